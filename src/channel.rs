@@ -1,0 +1,243 @@
+//! Framed message I/O over any byte stream, with a deadline on every read.
+//!
+//! [`FramedStream`] owns a connection and reads exactly one frame at a time (length prefix, then
+//! body), never more, so a link connection can hand its stream to the HTTP/2 layer right after its
+//! handshake messages without losing bytes. Each frame is written with a single write.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::{
+    FRAME_HEADER_LEN, FrameError, HubPreamble, MAX_FRAME_LEN, PREAMBLE_LEN, Preamble,
+    PreambleError, decode_frame, encode_frame,
+};
+
+/// Errors on a framed connection.
+#[derive(Debug, Error)]
+pub enum ChannelError {
+    /// The socket failed.
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    /// The peer closed the connection.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// The peer sent nothing in time.
+    #[error("the peer sent nothing for {0:?} while {1}")]
+    Timeout(Duration, &'static str),
+    /// A frame was oversized or malformed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The opening bytes were wrong.
+    #[error(transparent)]
+    Preamble(#[from] PreambleError),
+}
+
+/// A connection that speaks length-prefixed frames.
+pub struct FramedStream<S> {
+    stream: S,
+    buf: BytesMut,
+}
+
+impl<S> FramedStream<S> {
+    /// Wraps a connection (or one half of it).
+    pub fn new(stream: S) -> Self {
+        FramedStream {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The connection, for handing over to another protocol layer. Nothing is buffered past
+    /// the last frame read.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+}
+
+impl<S: AsyncRead + Unpin> FramedStream<S> {
+    /// Reads the tunnel's preamble.
+    pub async fn read_preamble(&mut self, limit: Duration) -> Result<Preamble, ChannelError> {
+        let bytes = self.read_exact_array(limit, "sending its preamble").await?;
+        Ok(Preamble::decode(&bytes)?)
+    }
+
+    /// Reads the hub's preamble.
+    pub async fn read_hub_preamble(
+        &mut self,
+        limit: Duration,
+    ) -> Result<HubPreamble, ChannelError> {
+        let bytes = self
+            .read_exact_array(limit, "answering our preamble")
+            .await?;
+        Ok(HubPreamble::decode(&bytes)?)
+    }
+
+    async fn read_exact_array(
+        &mut self,
+        limit: Duration,
+        doing: &'static str,
+    ) -> Result<[u8; PREAMBLE_LEN], ChannelError> {
+        let mut bytes = [0u8; PREAMBLE_LEN];
+        match tokio::time::timeout(limit, self.stream.read_exact(&mut bytes)).await {
+            Err(_) => Err(ChannelError::Timeout(limit, doing)),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ChannelError::Closed),
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(_)) => Ok(bytes),
+        }
+    }
+
+    /// Reads one message, waiting at most `limit` for all of it.
+    pub async fn read_message<M: DeserializeOwned>(
+        &mut self,
+        limit: Duration,
+        doing: &'static str,
+    ) -> Result<M, ChannelError> {
+        match tokio::time::timeout(limit, self.read_frame()).await {
+            Err(_) => Err(ChannelError::Timeout(limit, doing)),
+            Ok(result) => result,
+        }
+    }
+
+    async fn read_frame<M: DeserializeOwned>(&mut self) -> Result<M, ChannelError> {
+        self.buf.clear();
+        self.buf.resize(FRAME_HEADER_LEN, 0);
+        self.read_into(0).await?;
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_FRAME_LEN,
+            }
+            .into());
+        }
+        self.buf.resize(FRAME_HEADER_LEN + len, 0);
+        self.read_into(FRAME_HEADER_LEN).await?;
+        match decode_frame(&mut self.buf)? {
+            Some(msg) => Ok(msg),
+            // The buffer holds exactly one whole frame, so decoding cannot ask for more.
+            None => Err(ChannelError::Closed),
+        }
+    }
+
+    async fn read_into(&mut self, from: usize) -> Result<(), ChannelError> {
+        match self.stream.read_exact(&mut self.buf[from..]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ChannelError::Closed),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> FramedStream<S> {
+    /// Writes raw opening bytes followed by zero or more messages, in one write.
+    pub async fn write_preamble_and<M: Serialize>(
+        &mut self,
+        preamble: &[u8],
+        messages: &[&M],
+    ) -> Result<(), ChannelError> {
+        let mut out = BytesMut::with_capacity(preamble.len() + 256);
+        out.extend_from_slice(preamble);
+        for msg in messages {
+            encode_frame(msg, &mut out)?;
+        }
+        self.write_all(&out).await
+    }
+
+    /// Writes one message in one write.
+    pub async fn write_message<M: Serialize>(&mut self, msg: &M) -> Result<(), ChannelError> {
+        let mut out = BytesMut::with_capacity(256);
+        encode_frame(msg, &mut out)?;
+        self.write_all(&out).await
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ChannelError> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Channel, Envelope, TunnelMessage};
+
+    #[tokio::test]
+    async fn reads_exactly_one_frame_and_leaves_the_rest_on_the_stream() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut writer = FramedStream::new(a);
+        writer
+            .write_preamble_and(
+                &Preamble::new(Channel::Link).encode(),
+                &[&Envelope {
+                    id: 1,
+                    msg: TunnelMessage::Ping,
+                }],
+            )
+            .await
+            .unwrap();
+        let mut raw = writer.into_inner();
+        raw.write_all(b"after").await.unwrap();
+        drop(raw);
+
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        b.read_exact(&mut preamble).await.unwrap();
+        let mut reader = FramedStream::new(b);
+        let msg: Envelope<TunnelMessage> = reader
+            .read_message(Duration::from_secs(5), "test")
+            .await
+            .unwrap();
+        assert_eq!(msg.id, 1);
+        let mut rest = Vec::new();
+        reader.into_inner().read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"after");
+    }
+
+    #[tokio::test]
+    async fn oversized_length_prefix_is_refused_without_reading_the_body() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let mut reader = FramedStream::new(b);
+        let err = reader
+            .read_message::<Envelope<TunnelMessage>>(Duration::from_secs(5), "test")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ChannelError::Frame(FrameError::TooLarge { .. })),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out() {
+        let (_a, b) = tokio::io::duplex(64);
+        let mut reader = FramedStream::new(b);
+        let err = reader
+            .read_message::<Envelope<TunnelMessage>>(Duration::from_secs(3), "saying hello")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ChannelError::Timeout(_, "saying hello")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn eof_mid_frame_is_closed() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0, 0, 10, b'{']).await.unwrap();
+        drop(a);
+        let mut reader = FramedStream::new(b);
+        let err = reader
+            .read_message::<Envelope<TunnelMessage>>(Duration::from_secs(5), "test")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChannelError::Closed), "{err}");
+    }
+}

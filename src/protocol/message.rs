@@ -1,0 +1,240 @@
+//! Control-channel messages.
+//!
+//! Every message travels in an [`Envelope`] with a request id. A reply carries the id of the
+//! request it answers (a `Welcome` answers a `Hello`, a `Pong` answers a `Ping`), so replies and
+//! heartbeats can never be confused. Unknown fields are ignored, so later minor versions can add
+//! optional fields without a version bump; a new message type needs one.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::secret::Secret;
+
+/// A message with its request id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<M> {
+    /// Request id: chosen by the sender of a request, echoed by its reply.
+    pub id: u64,
+    /// The message.
+    pub msg: M,
+}
+
+/// What a tunnel asks of a hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TunnelMessage {
+    /// First message on a control channel: authenticate and register proxies.
+    Hello {
+        /// The tunnel key; `None` only for hubs in no-auth mode.
+        key: Option<Secret>,
+        /// A name for logs (host name of the tunnel machine by default).
+        name: String,
+        /// What the tunnel offers.
+        proxies: Vec<ProxyRequest>,
+    },
+    /// First message on a link connection: bind it to an authenticated session.
+    LinkHello {
+        /// The session the link belongs to.
+        tunnel_id: Uuid,
+        /// The session's link token from `Welcome`.
+        token: Secret,
+    },
+    /// Heartbeat; the hub answers with `Pong` and the same id.
+    Ping,
+    /// Answer to a hub's `Ping`.
+    Pong,
+}
+
+/// One proxy a tunnel asks the hub to expose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyRequest {
+    /// The proxy's name, unique within the tunnel; link streams name it.
+    pub name: String,
+    /// The hub service to expose it on.
+    pub service: String,
+    /// For port-routed services: the port wanted, or `None` for any free one.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// What a hub says to a tunnel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HubMessage {
+    /// The tunnel is authenticated; answers `Hello`.
+    Welcome {
+        /// This session's id, used in logs and by the admin API.
+        tunnel_id: Uuid,
+        /// Token that authorises link connections for this session.
+        link_token: Secret,
+        /// Seconds between the tunnel's heartbeats.
+        heartbeat_secs: u64,
+        /// One outcome per requested proxy, in request order.
+        proxies: Vec<ProxyOutcome>,
+    },
+    /// The link connection is bound to its session; answers `LinkHello`. Multiplexed streams
+    /// follow on the same connection.
+    LinkAccepted,
+    /// The request is refused; the hub closes the connection after sending this.
+    Refused {
+        /// Machine-readable reason.
+        code: RefusalCode,
+        /// Human-readable explanation, safe to print.
+        message: String,
+    },
+    /// Heartbeat answer, carrying the `Ping`'s id.
+    Pong,
+    /// Heartbeat from the hub; the tunnel answers with `Pong`.
+    Ping,
+    /// The hub is ending the session (shutdown, operator disconnect).
+    Goodbye {
+        /// Why, safe to print.
+        reason: String,
+    },
+}
+
+/// Outcome of one [`ProxyRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ProxyOutcome {
+    /// The proxy is live.
+    Accepted {
+        /// Proxy name, as requested.
+        name: String,
+        /// Public port assigned, for port-routed services.
+        port: Option<u16>,
+    },
+    /// The proxy was not set up; the tunnel's other proxies are unaffected.
+    Rejected {
+        /// Proxy name, as requested.
+        name: String,
+        /// Why, safe to print.
+        reason: String,
+    },
+}
+
+/// Why a hub refused a control or link connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    /// Wrong or missing key, or a link token that does not match.
+    AuthFailed,
+    /// The peer sent something out of order or malformed.
+    BadRequest,
+    /// A hub limit is reached.
+    Limit,
+    /// The hub is shutting down.
+    ShuttingDown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{decode_frame, encode_frame};
+    use bytes::BytesMut;
+
+    fn round_trip<M>(msg: M)
+    where
+        M: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug + Clone,
+    {
+        let env = Envelope { id: 42, msg };
+        let mut buf = BytesMut::new();
+        encode_frame(&env, &mut buf).unwrap();
+        let back: Envelope<M> = decode_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(back, env);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn every_tunnel_message_round_trips() {
+        round_trip(TunnelMessage::Hello {
+            key: Some(Secret::new("k")),
+            name: "laptop".into(),
+            proxies: vec![
+                ProxyRequest {
+                    name: "ssh".into(),
+                    service: "tcp".into(),
+                    port: Some(2222),
+                },
+                ProxyRequest {
+                    name: "db".into(),
+                    service: "tcp".into(),
+                    port: None,
+                },
+            ],
+        });
+        round_trip(TunnelMessage::Hello {
+            key: None,
+            name: String::new(),
+            proxies: vec![],
+        });
+        round_trip(TunnelMessage::LinkHello {
+            tunnel_id: Uuid::new_v4(),
+            token: Secret::random(16),
+        });
+        round_trip(TunnelMessage::Ping);
+        round_trip(TunnelMessage::Pong);
+    }
+
+    #[test]
+    fn every_hub_message_round_trips() {
+        round_trip(HubMessage::Welcome {
+            tunnel_id: Uuid::new_v4(),
+            link_token: Secret::random(16),
+            heartbeat_secs: 10,
+            proxies: vec![
+                ProxyOutcome::Accepted {
+                    name: "ssh".into(),
+                    port: Some(20001),
+                },
+                ProxyOutcome::Rejected {
+                    name: "db".into(),
+                    reason: "port 5432 is taken".into(),
+                },
+            ],
+        });
+        round_trip(HubMessage::LinkAccepted);
+        for code in [
+            RefusalCode::AuthFailed,
+            RefusalCode::BadRequest,
+            RefusalCode::Limit,
+            RefusalCode::ShuttingDown,
+        ] {
+            round_trip(HubMessage::Refused {
+                code,
+                message: "no".into(),
+            });
+        }
+        round_trip(HubMessage::Pong);
+        round_trip(HubMessage::Ping);
+        round_trip(HubMessage::Goodbye {
+            reason: "operator".into(),
+        });
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let json = br#"{"id":3,"msg":{"type":"ping","future":true},"extra":1}"#;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        buf.extend_from_slice(json);
+        let env: Envelope<TunnelMessage> = decode_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            env,
+            Envelope {
+                id: 3,
+                msg: TunnelMessage::Ping
+            }
+        );
+    }
+
+    #[test]
+    fn debug_of_a_hello_does_not_show_the_key() {
+        let hello = TunnelMessage::Hello {
+            key: Some(Secret::new("s3cr3t-key")),
+            name: "n".into(),
+            proxies: vec![],
+        };
+        assert!(!format!("{hello:?}").contains("s3cr3t"));
+    }
+}

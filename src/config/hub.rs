@@ -1,0 +1,638 @@
+//! The hub daemon's configuration (`/etc/tunnelize/hub.toml`).
+//!
+//! The file is deserialized into private `Raw*` structs that keep every value's span, then
+//! checked and converted into [`HubConfig`]. Rules that involve several keys (auth, TLS file
+//! pairs, unique keys) live here; `[services.NAME]` tables live in `service`, value syntaxes in
+//! `values`. This module does not open sockets or read certificates: it only says what the hub
+//! should do.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+use super::error::ConfigError;
+use super::secret_source::{SecretFields, resolve_secret};
+use super::service::{RawService, ServiceConfig, check_services};
+use super::source::{EnvLookup, Source};
+use super::values::{MIN_HUB_KEY_LEN, check_name, parse_duration};
+use crate::secret::Secret;
+
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7700);
+const DEFAULT_STATE_DIR: &str = "/var/lib/tunnelize";
+const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The hub's configuration, checked: every value is valid and the rules between keys hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// `listen` (default `0.0.0.0:7700`): address of the TLS listener for control and link
+    /// connections from tunnels. Port 0 lets the operating system pick one (for tests).
+    pub listen: SocketAddr,
+    /// `state_dir` (default `/var/lib/tunnelize`): where the hub keeps state such as its
+    /// generated certificate. Relative paths are resolved against the config file's directory.
+    pub state_dir: PathBuf,
+    /// `allow_no_auth` (default false): accept tunnels that present no key. Only allowed when
+    /// `listen` is a loopback address.
+    pub allow_no_auth: bool,
+    /// `[tls]`: the certificate and key to serve; `None` means a generated self-signed
+    /// certificate in `state_dir`.
+    pub tls: Option<TlsFiles>,
+    /// `[[keys]]`: the tunnel keys the hub accepts. Names and key values are unique.
+    pub keys: Vec<TunnelKey>,
+    /// `[services.NAME]`: the public services, sorted by name.
+    pub services: Vec<ServiceConfig>,
+    /// `heartbeat_interval` (default `10s`): how often tunnels send a heartbeat; the hub drops a
+    /// tunnel that stays silent for several intervals.
+    pub heartbeat_interval: Duration,
+    /// `handshake_timeout` (default `10s`): how long a new connection may take to finish its
+    /// TLS handshake and send its first message.
+    pub handshake_timeout: Duration,
+    /// `link_timeout` (default `10s`): how long the hub waits for a tunnel to reach its target.
+    pub link_timeout: Duration,
+}
+
+/// `[tls]`: PEM files the hub serves instead of its generated certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `cert_file`: certificate chain, PEM. Relative to the config file's directory.
+    pub cert_file: PathBuf,
+    /// `key_file`: private key, PEM. Relative to the config file's directory.
+    pub key_file: PathBuf,
+}
+
+/// `[[keys]]`: one tunnel key the hub accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelKey {
+    /// `name`: who the key belongs to; shown in logs, never secret.
+    pub name: String,
+    /// The key, from `key`, `key_file` or `key_env`.
+    pub key: Secret,
+}
+
+impl HubConfig {
+    /// Reads and checks the hub config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = super::read_config(path)?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks hub config `text`. `origin` names the file in errors and anchors relative paths;
+    /// `key_file`s are read and `key_env` variables looked up.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with_env(text, origin, &|name| std::env::var(name))
+    }
+
+    /// [`HubConfig::parse`] with `key_env` looked up through `env`.
+    pub(crate) fn parse_with_env(
+        text: &str,
+        origin: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<Self, ConfigError> {
+        let src = Source::new(text, origin, env);
+        let raw: RawHub = src.deserialize()?;
+        raw.check(&src)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHub {
+    listen: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+    allow_no_auth: Option<Spanned<bool>>,
+    tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    #[serde(default)]
+    services: BTreeMap<Spanned<String>, RawService>,
+    heartbeat_interval: Option<Spanned<Value>>,
+    handshake_timeout: Option<Spanned<Value>>,
+    link_timeout: Option<Spanned<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    name: Spanned<String>,
+    key: Option<Spanned<Value>>,
+    key_file: Option<Spanned<String>>,
+    key_env: Option<Spanned<String>>,
+}
+
+impl RawHub {
+    fn check(self, src: &Source<'_>) -> Result<HubConfig, ConfigError> {
+        let listen = match &self.listen {
+            Some(listen) => parse_listen(src, listen)?,
+            None => DEFAULT_LISTEN,
+        };
+        let state_dir = match &self.state_dir {
+            Some(dir) => non_empty_path(src, dir, "`state_dir`")?,
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        };
+        let allow_no_auth = self
+            .allow_no_auth
+            .as_ref()
+            .is_some_and(|allow| *allow.get_ref());
+        if let Some(allow) = &self.allow_no_auth
+            && *allow.get_ref()
+            && !listen.ip().is_loopback()
+        {
+            return Err(src.error_at(
+                allow.span(),
+                format!(
+                    "`allow_no_auth = true` is only allowed when `listen` is a loopback address, \
+                     but listen is {listen}; add a [[keys]] entry instead, or listen on \
+                     127.0.0.1 for local testing"
+                ),
+            ));
+        }
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|tls| check_tls(src, tls))
+            .transpose()?;
+        let keys = check_keys(src, &self.keys)?;
+        if keys.is_empty() && !allow_no_auth {
+            return Err(src.error_in_file(
+                "no tunnel keys are configured, so no tunnel could connect; add a [[keys]] entry \
+                 or, for loopback-only testing, allow_no_auth = true",
+            ));
+        }
+        let services = check_services(src, &self.services, listen)?;
+        let duration = |value: &Option<Spanned<Value>>, key: &str, default| match value {
+            Some(value) => parse_duration(value.get_ref())
+                .map_err(|problem| src.error_at(value.span(), format!("`{key}`: {problem}"))),
+            None => Ok(default),
+        };
+        Ok(HubConfig {
+            listen,
+            state_dir,
+            allow_no_auth,
+            tls,
+            keys,
+            services,
+            heartbeat_interval: duration(
+                &self.heartbeat_interval,
+                "heartbeat_interval",
+                DEFAULT_HEARTBEAT_INTERVAL,
+            )?,
+            handshake_timeout: duration(
+                &self.handshake_timeout,
+                "handshake_timeout",
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            )?,
+            link_timeout: duration(&self.link_timeout, "link_timeout", DEFAULT_LINK_TIMEOUT)?,
+        })
+    }
+}
+
+fn parse_listen(src: &Source<'_>, listen: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+    let text = listen.get_ref();
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        src.error_at(
+            listen.span(),
+            format!(
+                "`listen`: {text:?} is not an IP address and port; write one like \
+                 \"0.0.0.0:7700\" or \"[::]:7700\" (host names are not allowed here)"
+            ),
+        )
+    })?;
+    Ok(addr)
+}
+
+/// A path value that must not be empty, resolved against the config file's directory.
+fn non_empty_path(
+    src: &Source<'_>,
+    path: &Spanned<String>,
+    what: &str,
+) -> Result<PathBuf, ConfigError> {
+    if path.get_ref().is_empty() {
+        return Err(src.error_at(path.span(), format!("{what} is empty; give a path")));
+    }
+    Ok(src.resolve_path(path.get_ref()))
+}
+
+fn check_tls(src: &Source<'_>, tls: &Spanned<RawTls>) -> Result<TlsFiles, ConfigError> {
+    let raw = tls.get_ref();
+    match (&raw.cert_file, &raw.key_file) {
+        (Some(cert), Some(key)) => Ok(TlsFiles {
+            cert_file: non_empty_path(src, cert, "`cert_file` in [tls]")?,
+            key_file: non_empty_path(src, key, "`key_file` in [tls]")?,
+        }),
+        (Some(_), None) | (None, Some(_)) | (None, None) => Err(src.error_at(
+            tls.span(),
+            "[tls] needs both `cert_file` and `key_file`; set both, or remove [tls] to use a \
+             generated self-signed certificate",
+        )),
+    }
+}
+
+fn check_keys(src: &Source<'_>, raw_keys: &[RawKey]) -> Result<Vec<TunnelKey>, ConfigError> {
+    let mut keys: Vec<TunnelKey> = Vec::with_capacity(raw_keys.len());
+    for raw in raw_keys {
+        let name = raw.name.get_ref();
+        check_name(name).map_err(|problem| {
+            src.error_at(raw.name.span(), format!("`name` in [[keys]]: {problem}"))
+        })?;
+        if keys.iter().any(|key| key.name == *name) {
+            return Err(src.error_at(
+                raw.name.span(),
+                format!("[[keys]] name `{name}` is used twice; give each key its own name"),
+            ));
+        }
+        let fields = SecretFields {
+            key: raw.key.as_ref(),
+            key_file: raw.key_file.as_ref(),
+            key_env: raw.key_env.as_ref(),
+        };
+        let place = format!(" in [[keys]] `{name}`");
+        let Some(secret) = resolve_secret(src, &fields, &place, MIN_HUB_KEY_LEN)? else {
+            return Err(src.error_at(
+                raw.name.span(),
+                format!(
+                    "[[keys]] `{name}` has no key; set `key_file` (a file holding the key), \
+                     `key_env` (an environment variable holding it) or `key`"
+                ),
+            ));
+        };
+        if let Some(twin) = keys.iter().find(|key| key.key == secret) {
+            let span = [
+                raw.key.as_ref().map(Spanned::span),
+                raw.key_file.as_ref().map(Spanned::span),
+                raw.key_env.as_ref().map(Spanned::span),
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or_else(|| raw.name.span());
+            return Err(src.error_at(
+                span,
+                format!(
+                    "[[keys]] `{name}` has the same key as `{}`; every tunnel needs its own key \
+                     (generate one with `openssl rand -hex 32`)",
+                    twin.name
+                ),
+            ));
+        }
+        keys.push(TunnelKey {
+            name: name.clone(),
+            key: secret,
+        });
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::env::VarError;
+    use std::io::Write;
+
+    use super::*;
+    use crate::config::{PortRange, ServiceKind, TcpService};
+
+    const ORIGIN: &str = "/etc/tunnelize/hub.toml";
+    const ALICE_KEY: &str = "alice-0123456789abcdef";
+    const KEYS: &str = "[[keys]]\nname = \"alice\"\nkey = \"alice-0123456789abcdef\"\n";
+
+    fn no_env(_: &str) -> Result<String, VarError> {
+        Err(VarError::NotPresent)
+    }
+
+    fn parse(text: &str) -> Result<HubConfig, ConfigError> {
+        HubConfig::parse_with_env(text, Path::new(ORIGIN), &no_env)
+    }
+
+    /// The error for `text`, as the operator sees it.
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, parsed {config:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_file_with_only_a_key_gets_every_default() {
+        let config = parse(KEYS).unwrap();
+        assert_eq!(
+            config,
+            HubConfig {
+                listen: "0.0.0.0:7700".parse().unwrap(),
+                state_dir: PathBuf::from("/var/lib/tunnelize"),
+                allow_no_auth: false,
+                tls: None,
+                keys: vec![TunnelKey {
+                    name: "alice".into(),
+                    key: Secret::new(ALICE_KEY)
+                }],
+                services: vec![],
+                heartbeat_interval: Duration::from_secs(10),
+                handshake_timeout: Duration::from_secs(10),
+                link_timeout: Duration::from_secs(10),
+            }
+        );
+    }
+
+    #[test]
+    fn every_key_can_be_set() {
+        let text = format!(
+            "listen = \"[::]:8443\"\nstate_dir = \"state\"\nheartbeat_interval = \"500ms\"\n\
+             handshake_timeout = \"2m\"\nlink_timeout = \"1h\"\n\
+             [tls]\ncert_file = \"/etc/ssl/hub.pem\"\nkey_file = \"hub.key\"\n{KEYS}\
+             [services.web]\nkind = \"tcp\"\nlisten = \"127.0.0.1\"\nports = 8080\n\
+             [services.ssh]\nkind = \"tcp\"\nports = \"20000-20100\"\n"
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.listen, "[::]:8443".parse().unwrap());
+        assert_eq!(config.state_dir, PathBuf::from("/etc/tunnelize/state"));
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert_file: PathBuf::from("/etc/ssl/hub.pem"),
+                key_file: PathBuf::from("/etc/tunnelize/hub.key"),
+            })
+        );
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(config.handshake_timeout, Duration::from_secs(120));
+        assert_eq!(config.link_timeout, Duration::from_secs(3600));
+        // Sorted by name, whatever the order in the file.
+        assert_eq!(
+            config.services,
+            vec![
+                ServiceConfig {
+                    name: "ssh".into(),
+                    kind: ServiceKind::Tcp(TcpService {
+                        listen: "0.0.0.0".parse().unwrap(),
+                        ports: PortRange {
+                            start: 20000,
+                            end: 20100
+                        },
+                    }),
+                },
+                ServiceConfig {
+                    name: "web".into(),
+                    kind: ServiceKind::Tcp(TcpService {
+                        listen: "127.0.0.1".parse().unwrap(),
+                        ports: PortRange {
+                            start: 8080,
+                            end: 8080
+                        },
+                    }),
+                },
+            ]
+        );
+        assert_eq!(config.services[0].kind.name(), "tcp");
+    }
+
+    #[test]
+    fn unknown_key_in_a_service_names_file_line_table_and_expected_keys() {
+        let text =
+            format!("{KEYS}\n[services.ssh]\nkind = \"tcp\"\nports = \"2222\"\n    foo = 1\n");
+        assert_eq!(
+            error(&text),
+            "/etc/tunnelize/hub.toml:8:5: unknown key `foo` in [services.ssh]; expected one of \
+             `kind`, `listen`, `ports`"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_an_inline_service_table_is_found_too() {
+        let text = format!("services.ssh = {{ kind = \"tcp\", port = 22 }}\n{KEYS}");
+        let err = error(&text);
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:1:32: "), "{err}");
+        assert!(
+            err.contains("unknown key `port` in [services.ssh]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_at_the_top_level_and_in_keys_entries_are_refused() {
+        let err = error(&format!("lisen = \"0.0.0.0:1\"\n{KEYS}"));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:1:1: unknown key `lisen` at the top level; expected one of"
+            ),
+            "{err}"
+        );
+        let err = error(&format!("{KEYS}[[keys]]\nname = \"bob\"\nsecret = \"x\"\n"));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:6:1: unknown key `secret` in [[keys]] entry 2; expected"
+            ),
+            "{err}"
+        );
+        let err = error(&format!("{KEYS}[tls]\ncert = \"a\"\n"));
+        assert!(
+            err.contains(":5:1: unknown key `cert` in [tls]; expected `cert_file` or `key_file`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_line() {
+        let err = error(&format!("\n\n\nlisten = 7700\n{KEYS}"));
+        assert_eq!(
+            err,
+            "/etc/tunnelize/hub.toml:4:10: `listen`: invalid type: integer `7700`, expected a string"
+        );
+        let err = error(&format!("allow_no_auth = \"yes\"\n{KEYS}"));
+        assert!(
+            err.starts_with("/etc/tunnelize/hub.toml:1:17: `allow_no_auth`"),
+            "{err}"
+        );
+        let err = error(&format!("{KEYS}[services]\nssh = 3\n"));
+        assert!(
+            err.starts_with("/etc/tunnelize/hub.toml:5:7: `ssh` in [services]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn toml_syntax_errors_have_a_line() {
+        let err = error(&format!("listen = \n{KEYS}"));
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:1:10: "), "{err}");
+        assert!(err.contains("invalid TOML"), "{err}");
+        let err = error(&format!(
+            "listen = \"0.0.0.0:1\"\nlisten = \"0.0.0.0:2\"\n{KEYS}"
+        ));
+        assert!(
+            err.starts_with("/etc/tunnelize/hub.toml:2:1: duplicate key `listen`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_required_keys_name_their_table() {
+        let err = error(&format!("{KEYS}[services.ssh]\nports = 22\n"));
+        assert_eq!(
+            err,
+            "/etc/tunnelize/hub.toml:4:1: missing required key `kind` in [services.ssh]; add it"
+        );
+        let err = error("[[keys]]\nkey = \"alice-0123456789abcdef\"\n");
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:1:1: missing required key `name` in [[keys]] entry 1"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_hub_without_keys_is_refused_with_the_fix() {
+        let err = error("listen = \"0.0.0.0:7700\"\n");
+        assert_eq!(
+            err,
+            "/etc/tunnelize/hub.toml: no tunnel keys are configured, so no tunnel could connect; \
+             add a [[keys]] entry or, for loopback-only testing, allow_no_auth = true"
+        );
+    }
+
+    #[test]
+    fn allow_no_auth_only_on_loopback() {
+        let config = parse("listen = \"127.0.0.1:7700\"\nallow_no_auth = true\n").unwrap();
+        assert!(config.allow_no_auth && config.keys.is_empty());
+        let config = parse("listen = \"[::1]:7700\"\nallow_no_auth = true\n").unwrap();
+        assert!(config.allow_no_auth);
+        let err = error("\nallow_no_auth = true\n");
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:2:17: `allow_no_auth = true` is only allowed when `listen` is a loopback address, but listen is 0.0.0.0:7700"), "{err}");
+        let err = error("listen = \"10.0.0.1:7700\"\nallow_no_auth = true\n");
+        assert!(err.contains("add a [[keys]] entry instead"), "{err}");
+        assert!(parse("allow_no_auth = false\nlisten = \"127.0.0.1:1\"\n").is_err());
+    }
+
+    #[test]
+    fn bad_listen_addresses_are_refused() {
+        let err = error(&format!("listen = \"hub.example.com:7700\"\n{KEYS}"));
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:1:10: `listen`: \"hub.example.com:7700\" is not an IP address and port"), "{err}");
+        // Port 0 lets the operating system pick one, for tests.
+        assert!(parse(&format!("listen = \"127.0.0.1:0\"\n{KEYS}")).is_ok());
+        let err = error(&format!("state_dir = \"\"\n{KEYS}"));
+        assert!(err.contains(":1:13: `state_dir` is empty"), "{err}");
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let err = error(&format!("{KEYS}[tls]\ncert_file = \"hub.pem\"\n"));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:4:1: [tls] needs both `cert_file` and `key_file`"
+            ),
+            "{err}"
+        );
+        let err = error(&format!("{KEYS}[tls]\nkey_file = \"hub.key\"\n"));
+        assert!(err.contains("[tls] needs both"), "{err}");
+    }
+
+    #[test]
+    fn key_names_must_be_valid_and_unique() {
+        let err = error("[[keys]]\nname = \"Alice Smith\"\nkey = \"alice-0123456789abcdef\"\n");
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:2:8: `name` in [[keys]]: \"Alice Smith\" is not a valid name"), "{err}");
+        let err = error(&format!(
+            "{KEYS}[[keys]]\nname = \"alice\"\nkey = \"other-0123456789abcdef\"\n"
+        ));
+        assert!(
+            err.starts_with("/etc/tunnelize/hub.toml:5:8: [[keys]] name `alice` is used twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_key_entry_needs_exactly_one_distinct_secret() {
+        let err = error("[[keys]]\nname = \"alice\"\n");
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:2:8: [[keys]] `alice` has no key; set `key_file`"
+            ),
+            "{err}"
+        );
+        let err = error(&format!(
+            "{KEYS}[[keys]]\nname = \"bob\"\nkey = \"{ALICE_KEY}\"\n"
+        ));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:6:7: [[keys]] `bob` has the same key as `alice`"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains(ALICE_KEY), "{err}");
+        let err = error(
+            "[[keys]]\nname = \"alice\"\nkey = \"alice-0123456789abcdef\"\nkey_env = \"X\"\n",
+        );
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:4:11: `key` and `key_env` are both set in [[keys]] `alice`; keep exactly one"), "{err}");
+    }
+
+    #[test]
+    fn keys_come_from_files_relative_to_the_config_and_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = std::fs::File::create(dir.path().join("bob.key")).unwrap();
+        writeln!(file, "bob-0123456789abcdef  ").unwrap();
+        let origin = dir.path().join("hub.toml");
+        let env = |name: &str| match name {
+            "TUNNELIZE_TEST_CAROL_KEY" => Ok("carol-0123456789abcdef".to_string()),
+            _ => Err(VarError::NotPresent),
+        };
+        let text = "[[keys]]\nname = \"bob\"\nkey_file = \"bob.key\"\n\
+                    [[keys]]\nname = \"carol\"\nkey_env = \"TUNNELIZE_TEST_CAROL_KEY\"\n";
+        let config = HubConfig::parse_with_env(text, &origin, &env).unwrap();
+        assert_eq!(config.keys[0].key.expose(), "bob-0123456789abcdef");
+        assert_eq!(config.keys[1].key.expose(), "carol-0123456789abcdef");
+    }
+
+    #[test]
+    fn bad_durations_name_the_key_and_line() {
+        let err = error(&format!("heartbeat_interval = \"0s\"\n{KEYS}"));
+        assert!(
+            err.starts_with("/etc/tunnelize/hub.toml:1:22: `heartbeat_interval`: \"0s\" is zero"),
+            "{err}"
+        );
+        let err = error(&format!("link_timeout = 10\n{KEYS}"));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:1:16: `link_timeout`: expected a string, found integer"
+            ),
+            "{err}"
+        );
+        let err = error(&format!("handshake_timeout = \"10 seconds\"\n{KEYS}"));
+        assert!(
+            err.contains("`handshake_timeout`: \"10 seconds\" has an unknown unit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors_or_debug_output() {
+        let secret = "s3cr3t-value-that-must-not-leak";
+        let config = parse(&format!("[[keys]]\nname = \"alice\"\nkey = \"{secret}\"\n")).unwrap();
+        assert!(!format!("{config:?}").contains(secret));
+        for text in [
+            format!("[[keys]]\nname = \"alice\"\nkey = \"{secret}\"\nkey_file = \"x\"\n"),
+            format!(
+                "[[keys]]\nname = \"alice\"\nkey = \"{secret}\"\n[[keys]]\nname = \"bob\"\nkey = \"{secret}\"\n"
+            ),
+            format!("[[keys]]\nname = \"alice\"\nkey = \"{secret} \"\n"),
+            format!("[[keys]]\nname = \"alice\"\nkey = \"{secret}\"\nfoo = 1\n"),
+            format!("[[keys]]\nname = \"alice\"\nkey = \"{secret}\n"),
+            "[[keys]]\nname = \"alice\"\nkey = 1234567890123456789\n".to_string(),
+            "[[keys]]\nname = \"alice\"\nkey = \"short\"\n".to_string(),
+        ] {
+            let err = parse(&text).unwrap_err();
+            for shown in [err.to_string(), format!("{err:?}")] {
+                assert!(!shown.contains(secret), "{shown}");
+                assert!(!shown.contains("1234567890123456789"), "{shown}");
+                assert!(!shown.contains("\"short\""), "{shown}");
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Strict TOML configuration for the hub ([`HubConfig`]) and the tunnel ([`TunnelConfig`]).
+//!
+//! This module owns reading, checking and describing config files; it must not start anything,
+//! open sockets or read certificates. A loaded config is fully checked: unknown keys, wrong
+//! types, bad values and broken rules between keys are all refused with a [`ConfigError`] that
+//! names the file, the line and column, the key, and what to do. Secrets may come inline, from a
+//! file or from an environment variable, and never appear in errors or `Debug` output. Relative
+//! paths in a config file are relative to that file's directory.
+//!
+//! Layout: `source` turns `toml` errors and spans into [`ConfigError`]s, `values` parses value
+//! syntaxes (durations, port ranges, `host:port`), `secret_source` reads `key`/`key_file`/
+//! `key_env`, `hub` and `tunnel` hold each daemon's schema and rules, and `service` the hub's
+//! `[services.NAME]` tables.
+
+mod error;
+mod hub;
+mod secret_source;
+mod service;
+mod source;
+mod tunnel;
+mod values;
+
+use std::path::Path;
+
+pub use error::{ConfigError, Location, Position};
+pub use hub::{HubConfig, TlsFiles, TunnelKey};
+pub use service::{ServiceConfig, ServiceKind, TcpService};
+pub use tunnel::{HubTrust, ProxyConfig, TunnelConfig};
+pub use values::PortRange;
+
+use source::Source;
+
+/// A config file of either daemon, as told apart by [`load_any`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyConfig {
+    /// A hub config.
+    Hub(HubConfig),
+    /// A tunnel config.
+    Tunnel(TunnelConfig),
+}
+
+/// Reads and checks the config file at `path`, whichever daemon it is for.
+///
+/// A file whose top level has `hub_address` or `proxies` is a tunnel config; any other file is
+/// a hub config. Used by `tunnelize check-config`.
+pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigError> {
+    let text = read_config(path)?;
+    let no_env = |_: &str| Err(std::env::VarError::NotPresent);
+    let top_level = Source::new(&text, path, &no_env).top_level_keys()?;
+    if top_level
+        .iter()
+        .any(|key| key == "hub_address" || key == "proxies")
+    {
+        TunnelConfig::parse(&text, path).map(AnyConfig::Tunnel)
+    } else {
+        HubConfig::parse(&text, path).map(AnyConfig::Hub)
+    }
+}
+
+/// The text of the config file at `path`.
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        path: path.to_path_buf(),
+        cause,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HUB: &str = "[[keys]]\nname = \"alice\"\nkey = \"alice-0123456789abcdef\"\n";
+    const TUNNEL: &str = "hub_address = \"hub.example.com:7700\"\n[[proxies]]\nname = \"ssh\"\n\
+                          service = \"ssh\"\ntarget = \"127.0.0.1:22\"\n";
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn load_any_tells_hub_and_tunnel_configs_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = write(&dir, "a.toml", HUB);
+        let tunnel = write(&dir, "b.toml", TUNNEL);
+        assert!(matches!(load_any(&hub), Ok(AnyConfig::Hub(_))));
+        assert!(matches!(load_any(&tunnel), Ok(AnyConfig::Tunnel(_))));
+        assert_eq!(
+            load_any(&hub).unwrap(),
+            AnyConfig::Hub(HubConfig::load(&hub).unwrap())
+        );
+        assert_eq!(
+            load_any(&tunnel).unwrap(),
+            AnyConfig::Tunnel(TunnelConfig::load(&tunnel).unwrap())
+        );
+    }
+
+    #[test]
+    fn load_any_judges_a_tunnel_config_without_hub_address_as_a_tunnel_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "t.toml",
+            "[[proxies]]\nname = \"a\"\nservice = \"a\"\ntarget = \"h:1\"\n",
+        );
+        let err = load_any(&path).unwrap_err().to_string();
+        assert!(err.contains("missing required key `hub_address`"), "{err}");
+    }
+
+    #[test]
+    fn load_any_reports_syntax_errors_with_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "bad.toml", "\n[services\n");
+        let err = load_any(&path).unwrap_err();
+        assert_eq!(err.path(), path);
+        assert_eq!(err.position().map(|p| p.line), Some(2));
+        assert!(err.to_string().contains("invalid TOML"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.toml");
+        for err in [
+            load_any(&path).unwrap_err(),
+            HubConfig::load(&path).unwrap_err(),
+            TunnelConfig::load(&path).unwrap_err(),
+        ] {
+            assert!(matches!(err, ConfigError::Read { .. }));
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "{}: cannot read the config file: ",
+                    path.display()
+                )),
+                "{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Public services of the hub: `[services.NAME]` tables.
+//!
+//! A service table is deserialized as one flat struct holding the keys of every kind, so that
+//! `toml` can report unknown keys with their line (serde's tagged enums lose spans). The `kind`
+//! key then picks a builder, which rejects the keys its kind does not use. Adding a kind means:
+//! a [`ServiceKind`] variant, its optional keys in [`RawService`], and a match arm in
+//! `build_service` (plus `tcp_binding` if it binds TCP ports). Rules between services, such as
+//! overlapping ports, live here too.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+use super::error::ConfigError;
+use super::source::{Source, Span};
+use super::values::{PortRange, check_name, parse_port_range};
+
+const DEFAULT_SERVICE_LISTEN: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+/// `[services.NAME]`: one public service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The table name: 1 to 64 of `a-z`, `0-9`, `_`, `-`.
+    pub name: String,
+    /// `kind` and the settings of that kind.
+    pub kind: ServiceKind,
+}
+
+/// What a service forwards, chosen by its `kind` key, with that kind's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// `kind = "tcp"`: raw TCP on a range of public ports.
+    Tcp(TcpService),
+}
+
+impl ServiceKind {
+    /// The value of `kind` that selects this variant.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServiceKind::Tcp(_) => "tcp",
+        }
+    }
+}
+
+/// Settings of a `kind = "tcp"` service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpService {
+    /// `listen` (default `0.0.0.0`): address the public ports are bound on.
+    pub listen: IpAddr,
+    /// `ports` (required): the public ports, `"20000-20100"`, `"2222"` or `2222`.
+    pub ports: PortRange,
+}
+
+/// A service table with the keys of every kind; [`build_service`] rejects the keys its kind
+/// does not use. (A serde-tagged enum would lose the spans of unknown keys.)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    kind: Spanned<String>,
+    listen: Option<Spanned<String>>,
+    ports: Option<Spanned<Value>>,
+}
+
+impl RawService {
+    /// Every optional key with its span when present.
+    fn optional_keys(&self) -> [(&'static str, Option<Span>); 2] {
+        [
+            ("listen", self.listen.as_ref().map(Spanned::span)),
+            ("ports", self.ports.as_ref().map(Spanned::span)),
+        ]
+    }
+}
+
+/// The optional keys a `kind = "tcp"` service may set.
+const TCP_KEYS: &[&str] = &["listen", "ports"];
+
+/// The `kind`s a service may have, for error messages.
+const SERVICE_KINDS: &str = "\"tcp\"";
+
+/// A checked service with the spans needed to report conflicts between services.
+struct PlacedService {
+    config: ServiceConfig,
+    ports_span: Span,
+}
+
+pub(super) fn check_services(
+    src: &Source<'_>,
+    raw_services: &BTreeMap<Spanned<String>, RawService>,
+    hub_listen: SocketAddr,
+) -> Result<Vec<ServiceConfig>, ConfigError> {
+    let mut placed: Vec<PlacedService> = Vec::with_capacity(raw_services.len());
+    for (name, raw) in raw_services {
+        let service = build_service(src, name, raw)?;
+        let name = &service.config.name;
+        if let Some((ip, ports)) = tcp_binding(&service.config.kind)
+            && hub_listen.port() != 0
+            && !ports.is_os_assigned()
+            && shares_address(ip, hub_listen.ip())
+            && ports.contains(hub_listen.port())
+        {
+            return Err(src.error_at(
+                service.ports_span.clone(),
+                format!(
+                    "`ports` in [services.{name}]: {ports} includes {}, the hub's own `listen` \
+                     port; choose ports that exclude it",
+                    hub_listen.port(),
+                ),
+            ));
+        }
+        for other in &placed {
+            if let (Some((ip, ports)), Some((other_ip, other_ports))) = (
+                tcp_binding(&service.config.kind),
+                tcp_binding(&other.config.kind),
+            ) && shares_address(ip, other_ip)
+                && ports.overlaps(&other_ports)
+            {
+                return Err(src.error_at(
+                    service.ports_span.clone(),
+                    format!(
+                        "`ports` in [services.{name}]: {ports} overlaps ports {other_ports} of \
+                         [services.{}] on the same address; give each service its own ports",
+                        other.config.name
+                    ),
+                ));
+            }
+        }
+        placed.push(service);
+    }
+    Ok(placed.into_iter().map(|service| service.config).collect())
+}
+
+/// The TCP address and ports a service binds, if it binds TCP ports.
+fn tcp_binding(kind: &ServiceKind) -> Option<(IpAddr, PortRange)> {
+    match kind {
+        ServiceKind::Tcp(tcp) => Some((tcp.listen, tcp.ports)),
+    }
+}
+
+/// Whether listening on both addresses with the same port would conflict: the same address, or
+/// the wildcard address of the same family as the other.
+fn shares_address(a: IpAddr, b: IpAddr) -> bool {
+    a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
+}
+
+fn build_service(
+    src: &Source<'_>,
+    name: &Spanned<String>,
+    raw: &RawService,
+) -> Result<PlacedService, ConfigError> {
+    check_name(name.get_ref()).map_err(|problem| {
+        src.error_at(
+            name.span(),
+            format!("service name in [services.NAME]: {problem}"),
+        )
+    })?;
+    let table = format!("[services.{}]", name.get_ref());
+    let reject_keys_outside = |allowed: &[&str]| -> Result<(), ConfigError> {
+        for (key, span) in raw.optional_keys() {
+            if let Some(span) = span
+                && !allowed.contains(&key)
+            {
+                return Err(src.error_at(
+                    span,
+                    format!(
+                        "`{key}` in {table} is not used by kind = {:?}; remove it",
+                        raw.kind.get_ref()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    };
+    let (kind, ports_span) = match raw.kind.get_ref().as_str() {
+        "tcp" => {
+            reject_keys_outside(TCP_KEYS)?;
+            let (tcp, ports_span) = tcp_service(src, name, raw, &table)?;
+            (ServiceKind::Tcp(tcp), ports_span)
+        }
+        other => {
+            return Err(src.error_at(
+                raw.kind.span(),
+                format!(
+                    "`kind` in {table}: unknown kind {other:?}; supported kinds: {SERVICE_KINDS}"
+                ),
+            ));
+        }
+    };
+    Ok(PlacedService {
+        config: ServiceConfig {
+            name: name.get_ref().clone(),
+            kind,
+        },
+        ports_span,
+    })
+}
+
+fn tcp_service(
+    src: &Source<'_>,
+    name: &Spanned<String>,
+    raw: &RawService,
+    table: &str,
+) -> Result<(TcpService, Span), ConfigError> {
+    let listen = match &raw.listen {
+        Some(listen) => listen.get_ref().parse::<IpAddr>().map_err(|_| {
+            src.error_at(
+                listen.span(),
+                format!(
+                    "`listen` in {table}: {:?} is not an IP address; write one like \"0.0.0.0\" \
+                     (every IPv4 address), \"::\" or \"127.0.0.1\", and put the ports in `ports`",
+                    listen.get_ref()
+                ),
+            )
+        })?,
+        None => DEFAULT_SERVICE_LISTEN,
+    };
+    let Some(ports) = &raw.ports else {
+        return Err(src.error_at(
+            name.span(),
+            format!(
+                "{table} has kind = \"tcp\" but no `ports`; add one, like ports = \"20000-20100\""
+            ),
+        ));
+    };
+    let range = parse_port_range(ports.get_ref())
+        .map_err(|problem| src.error_at(ports.span(), format!("`ports` in {table}: {problem}")))?;
+    Ok((
+        TcpService {
+            listen,
+            ports: range,
+        },
+        ports.span(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::env::VarError;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::HubConfig;
+
+    const KEYS: &str = "[[keys]]\nname = \"alice\"\nkey = \"alice-0123456789abcdef\"\n";
+
+    fn parse(text: &str) -> Result<HubConfig, ConfigError> {
+        let no_env = |_: &str| Err(VarError::NotPresent);
+        HubConfig::parse_with_env(text, Path::new("/etc/tunnelize/hub.toml"), &no_env)
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, parsed {config:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn tcp_services_default_to_every_ipv4_address() {
+        let config = parse(&format!(
+            "{KEYS}[services.ssh]\nkind = \"tcp\"\nports = \"22\"\n"
+        ))
+        .unwrap();
+        let expected = ServiceKind::Tcp(TcpService {
+            listen: DEFAULT_SERVICE_LISTEN,
+            ports: PortRange { start: 22, end: 22 },
+        });
+        assert_eq!(
+            config.services,
+            vec![ServiceConfig {
+                name: "ssh".into(),
+                kind: expected
+            }]
+        );
+    }
+
+    #[test]
+    fn service_names_and_kinds_are_checked() {
+        let err = error(&format!(
+            "{KEYS}[services.SSH]\nkind = \"tcp\"\nports = 22\n"
+        ));
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:4:11: service name in [services.NAME]: \"SSH\" is not a valid name"), "{err}");
+        let err = error(&format!(
+            "{KEYS}[services.ssh]\nkind = \"udp\"\nports = 22\n"
+        ));
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:5:8: `kind` in [services.ssh]: unknown kind \"udp\"; supported kinds: \"tcp\""), "{err}");
+        let err = error(&format!("{KEYS}[services.ssh]\nkind = \"tcp\"\n"));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:4:11: [services.ssh] has kind = \"tcp\" but no `ports`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_service_values_name_the_key_and_line() {
+        let err = error(&format!(
+            "{KEYS}[services.ssh]\nkind = \"tcp\"\nports = \"22-21\"\n"
+        ));
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:6:9: `ports` in [services.ssh]: range 22-21 starts after it ends"), "{err}");
+        let err = error(&format!(
+            "{KEYS}[services.ssh]\nkind = \"tcp\"\nlisten = \"0.0.0.0:22\"\nports = 22\n"
+        ));
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:6:10: `listen` in [services.ssh]: \"0.0.0.0:22\" is not an IP address"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_ports_on_the_same_address_are_refused() {
+        let service = |name: &str, listen: &str, ports: &str| {
+            format!(
+                "[services.{name}]\nkind = \"tcp\"\nlisten = \"{listen}\"\nports = \"{ports}\"\n"
+            )
+        };
+        let text = format!(
+            "{KEYS}{}{}",
+            service("a", "0.0.0.0", "100-200"),
+            service("b", "0.0.0.0", "200-300")
+        );
+        let err = error(&text);
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:11:9: `ports` in [services.b]: 200-300 overlaps ports 100-200 of [services.a]"), "{err}");
+        // The wildcard address conflicts with a specific address of its family.
+        let text = format!(
+            "{KEYS}{}{}",
+            service("a", "10.0.0.1", "150"),
+            service("b", "0.0.0.0", "100-200")
+        );
+        assert!(error(&text).contains("overlaps ports 150 of [services.a]"));
+        // Different addresses, or different families, do not conflict.
+        let text = format!(
+            "{KEYS}{}{}",
+            service("a", "10.0.0.1", "100"),
+            service("b", "10.0.0.2", "100")
+        );
+        assert!(parse(&text).is_ok());
+        let text = format!(
+            "{KEYS}{}{}",
+            service("a", "::", "100"),
+            service("b", "10.0.0.2", "100")
+        );
+        assert!(parse(&text).is_ok());
+        let text = format!(
+            "{KEYS}{}{}",
+            service("a", "0.0.0.0", "100-199"),
+            service("b", "0.0.0.0", "200")
+        );
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn services_may_not_take_the_hub_listen_port() {
+        let text = format!("{KEYS}[services.web]\nkind = \"tcp\"\nports = \"7000-8000\"\n");
+        let err = error(&text);
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:6:9: `ports` in [services.web]: 7000-8000 includes 7700, the hub's own `listen` port"), "{err}");
+        let text = format!(
+            "listen = \"127.0.0.1:7700\"\n{KEYS}[services.web]\nkind = \"tcp\"\nlisten = \"10.0.0.1\"\nports = \"7000-8000\"\n"
+        );
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn os_assigned_ports_never_conflict() {
+        let service = |name: &str| format!("[services.{name}]\nkind = \"tcp\"\nports = \"0\"\n");
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n{KEYS}{}{}",
+            service("a"),
+            service("b")
+        );
+        let config = parse(&text).unwrap();
+        let ServiceKind::Tcp(tcp) = &config.services[0].kind;
+        assert!(tcp.ports.is_os_assigned());
+    }
+}

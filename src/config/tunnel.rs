@@ -1,0 +1,540 @@
+//! The tunnel daemon's configuration (`/etc/tunnelize/tunnel.toml`).
+//!
+//! The file is deserialized into private `Raw*` structs that keep every value's span, then
+//! checked and converted into [`TunnelConfig`]. This module does not resolve host names, connect
+//! or read certificates: it only says where the tunnel should connect and what it forwards.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+use super::error::ConfigError;
+use super::secret_source::{SecretFields, resolve_secret};
+use super::source::{EnvLookup, Source};
+use super::values::{
+    check_name, parse_duration, parse_fingerprint, parse_host_port, port_from_i64,
+};
+use crate::secret::Secret;
+
+const DEFAULT_LINKS: usize = 2;
+const MAX_LINKS: usize = 16;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The tunnel's configuration, checked: every value is valid and the rules between keys hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// `hub_address` (required): the hub's control address as `host:port`, not yet resolved.
+    pub hub_address: String,
+    /// `hub_server_name` (default: the host part of `hub_address`): the name the hub's
+    /// certificate must carry.
+    pub hub_server_name: String,
+    /// How the hub's certificate is verified: `hub_ca_file`, `hub_cert_sha256`, or neither for
+    /// the system's root certificates.
+    pub hub_trust: HubTrust,
+    /// The tunnel key, from `key`, `key_file` or `key_env`; `None` for a hub in no-auth mode.
+    pub key: Option<Secret>,
+    /// `links` (default 2, 1 to 16): how many multiplexed link connections to keep open.
+    pub links: usize,
+    /// `connect_timeout` (default `5s`): how long to wait when connecting to a local target.
+    pub connect_timeout: Duration,
+    /// `[[proxies]]`: what to forward; at least one, names unique.
+    pub proxies: Vec<ProxyConfig>,
+}
+
+/// How the tunnel verifies the hub's TLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubTrust {
+    /// Neither `hub_ca_file` nor `hub_cert_sha256`: the operating system's root certificates.
+    SystemRoots,
+    /// `hub_ca_file`: a PEM file of CA certificates. Relative to the config file's directory.
+    CaFile(PathBuf),
+    /// `hub_cert_sha256`: the SHA-256 of the hub's certificate (DER), pinned.
+    Fingerprint([u8; 32]),
+}
+
+/// `[[proxies]]`: one local target exposed through a hub service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// `name`: unique among the proxies; 1 to 64 of `a-z`, `0-9`, `_`, `-`.
+    pub name: String,
+    /// `service`: the name of the hub service (`[services.NAME]` on the hub) to attach to.
+    pub service: String,
+    /// `target`: the local `host:port` to forward to, not yet resolved.
+    pub target: String,
+    /// `port` (optional): the public port to ask for within the service's range; `None` lets
+    /// the hub choose.
+    pub port: Option<u16>,
+}
+
+impl TunnelConfig {
+    /// Reads and checks the tunnel config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = super::read_config(path)?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks tunnel config `text`. `origin` names the file in errors and anchors relative
+    /// paths; a `key_file` is read and a `key_env` variable looked up.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with_env(text, origin, &|name| std::env::var(name))
+    }
+
+    /// [`TunnelConfig::parse`] with `key_env` looked up through `env`.
+    pub(crate) fn parse_with_env(
+        text: &str,
+        origin: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<Self, ConfigError> {
+        let src = Source::new(text, origin, env);
+        let raw: RawTunnel = src.deserialize()?;
+        raw.check(&src)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    hub_address: Spanned<String>,
+    hub_server_name: Option<Spanned<String>>,
+    hub_ca_file: Option<Spanned<String>>,
+    hub_cert_sha256: Option<Spanned<String>>,
+    key: Option<Spanned<Value>>,
+    key_file: Option<Spanned<String>>,
+    key_env: Option<Spanned<String>>,
+    links: Option<Spanned<i64>>,
+    connect_timeout: Option<Spanned<Value>>,
+    #[serde(default)]
+    proxies: Vec<RawProxy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    name: Spanned<String>,
+    service: Spanned<String>,
+    target: Spanned<String>,
+    port: Option<Spanned<i64>>,
+}
+
+impl RawTunnel {
+    fn check(self, src: &Source<'_>) -> Result<TunnelConfig, ConfigError> {
+        let hub = parse_host_port(self.hub_address.get_ref(), "hub.example.com:7700").map_err(
+            |problem| src.error_at(self.hub_address.span(), format!("`hub_address`: {problem}")),
+        )?;
+        let hub_server_name = match &self.hub_server_name {
+            Some(name) => check_server_name(name.get_ref()).map_err(|problem| {
+                src.error_at(name.span(), format!("`hub_server_name`: {problem}"))
+            })?,
+            None => check_server_name(&hub.host).map_err(|problem| {
+                src.error_at(
+                    self.hub_address.span(),
+                    format!("`hub_address`: {problem}; or set `hub_server_name`"),
+                )
+            })?,
+        };
+        let hub_trust = self.check_trust(src)?;
+        let fields = SecretFields {
+            key: self.key.as_ref(),
+            key_file: self.key_file.as_ref(),
+            key_env: self.key_env.as_ref(),
+        };
+        // Any non-empty key may be sent; only the hub decides which keys are strong enough.
+        let key = resolve_secret(src, &fields, "", 1)?;
+        let links = match &self.links {
+            Some(links) => usize::try_from(*links.get_ref())
+                .ok()
+                .filter(|n| (1..=MAX_LINKS).contains(n))
+                .ok_or_else(|| {
+                    src.error_at(
+                        links.span(),
+                        format!(
+                            "`links`: {} is out of range; use 1 to {MAX_LINKS} (default \
+                             {DEFAULT_LINKS})",
+                            links.get_ref()
+                        ),
+                    )
+                })?,
+            None => DEFAULT_LINKS,
+        };
+        let connect_timeout = match &self.connect_timeout {
+            Some(value) => parse_duration(value.get_ref()).map_err(|problem| {
+                src.error_at(value.span(), format!("`connect_timeout`: {problem}"))
+            })?,
+            None => DEFAULT_CONNECT_TIMEOUT,
+        };
+        let proxies = check_proxies(src, &self.proxies)?;
+        Ok(TunnelConfig {
+            hub_address: self.hub_address.into_inner(),
+            hub_server_name,
+            hub_trust,
+            key,
+            links,
+            connect_timeout,
+            proxies,
+        })
+    }
+
+    fn check_trust(&self, src: &Source<'_>) -> Result<HubTrust, ConfigError> {
+        match (&self.hub_ca_file, &self.hub_cert_sha256) {
+            (Some(_), Some(fingerprint)) => Err(src.error_at(
+                fingerprint.span(),
+                "`hub_ca_file` and `hub_cert_sha256` are both set; keep one: `hub_ca_file` to \
+                 trust a CA, or `hub_cert_sha256` to pin the hub's certificate",
+            )),
+            (Some(file), None) if file.get_ref().is_empty() => {
+                Err(src.error_at(file.span(), "`hub_ca_file` is empty; give a path"))
+            }
+            (Some(file), None) => Ok(HubTrust::CaFile(src.resolve_path(file.get_ref()))),
+            (None, Some(fingerprint)) => parse_fingerprint(fingerprint.get_ref())
+                .map(HubTrust::Fingerprint)
+                .map_err(|problem| {
+                    src.error_at(fingerprint.span(), format!("`hub_cert_sha256`: {problem}"))
+                }),
+            (None, None) => Ok(HubTrust::SystemRoots),
+        }
+    }
+}
+
+/// Checks a TLS server name (DNS name or IP address) the way the TLS client will parse it.
+fn check_server_name(name: &str) -> Result<String, String> {
+    ServerName::try_from(name)
+        .map(|_| name.to_string())
+        .map_err(|_| {
+            format!(
+                "{name:?} is not a valid DNS name or IP address for TLS; use the name in the hub's \
+             certificate"
+            )
+        })
+}
+
+fn check_proxies(src: &Source<'_>, raw: &[RawProxy]) -> Result<Vec<ProxyConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(src.error_in_file(
+            "no [[proxies]] entries, so the tunnel would forward nothing; add at least one \
+             [[proxies]] entry with `name`, `service` and `target`",
+        ));
+    }
+    let mut proxies: Vec<ProxyConfig> = Vec::with_capacity(raw.len());
+    for proxy in raw {
+        let name = proxy.name.get_ref();
+        check_name(name).map_err(|problem| {
+            src.error_at(
+                proxy.name.span(),
+                format!("`name` in [[proxies]]: {problem}"),
+            )
+        })?;
+        if proxies.iter().any(|other| other.name == *name) {
+            return Err(src.error_at(
+                proxy.name.span(),
+                format!("[[proxies]] name `{name}` is used twice; give each proxy its own name"),
+            ));
+        }
+        let table = format!("[[proxies]] `{name}`");
+        check_name(proxy.service.get_ref()).map_err(|problem| {
+            src.error_at(
+                proxy.service.span(),
+                format!(
+                    "`service` in {table}: {problem}; it must match a [services.NAME] on the hub"
+                ),
+            )
+        })?;
+        parse_host_port(proxy.target.get_ref(), "127.0.0.1:22").map_err(|problem| {
+            src.error_at(
+                proxy.target.span(),
+                format!("`target` in {table}: {problem}"),
+            )
+        })?;
+        let port = proxy
+            .port
+            .as_ref()
+            .map(|port| {
+                port_from_i64(*port.get_ref()).map_err(|problem| {
+                    src.error_at(
+                        port.span(),
+                        format!("`port` in {table}: {problem}, or remove it to let the hub choose"),
+                    )
+                })
+            })
+            .transpose()?;
+        if let (Some(port_value), Some(other)) = (
+            port,
+            proxies
+                .iter()
+                .find(|other| other.service == *proxy.service.get_ref() && other.port == port),
+        ) {
+            let span = proxy
+                .port
+                .as_ref()
+                .map_or_else(|| proxy.name.span(), Spanned::span);
+            return Err(src.error_at(
+                span,
+                format!(
+                    "`port` in {table}: proxy `{}` already asks for port {port_value} of service \
+                     `{}`; choose another port",
+                    other.name, other.service
+                ),
+            ));
+        }
+        proxies.push(ProxyConfig {
+            name: name.clone(),
+            service: proxy.service.get_ref().clone(),
+            target: proxy.target.get_ref().clone(),
+            port,
+        });
+    }
+    Ok(proxies)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::env::VarError;
+
+    use super::*;
+
+    const ORIGIN: &str = "/etc/tunnelize/tunnel.toml";
+    const PROXY: &str =
+        "[[proxies]]\nname = \"ssh\"\nservice = \"ssh\"\ntarget = \"127.0.0.1:22\"\n";
+    const FINGERPRINT: &str = "AB:CD:EF:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:ab:cd:ef:01:23:45:67:89";
+
+    fn parse(text: &str) -> Result<TunnelConfig, ConfigError> {
+        let env = |name: &str| match name {
+            "TUNNELIZE_TEST_TUNNEL_KEY" => Ok("tunnel-0123456789abcdef".to_string()),
+            _ => Err(VarError::NotPresent),
+        };
+        TunnelConfig::parse_with_env(text, Path::new(ORIGIN), &env)
+    }
+
+    /// A config with `top` at the top level (starting at line 1) and one proxy.
+    fn with_proxy(top: &str) -> String {
+        format!("{top}\n{PROXY}")
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, parsed {config:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_file_gets_every_default() {
+        let config = parse(&with_proxy("hub_address = \"hub.example.com:7700\"")).unwrap();
+        assert_eq!(
+            config,
+            TunnelConfig {
+                hub_address: "hub.example.com:7700".into(),
+                hub_server_name: "hub.example.com".into(),
+                hub_trust: HubTrust::SystemRoots,
+                key: None,
+                links: 2,
+                connect_timeout: Duration::from_secs(5),
+                proxies: vec![ProxyConfig {
+                    name: "ssh".into(),
+                    service: "ssh".into(),
+                    target: "127.0.0.1:22".into(),
+                    port: None,
+                }],
+            }
+        );
+    }
+
+    #[test]
+    fn every_key_can_be_set() {
+        let text = format!(
+            "hub_address = \"203.0.113.7:7700\"\nhub_server_name = \"hub.example.com\"\n\
+             hub_ca_file = \"ca.pem\"\nkey_env = \"TUNNELIZE_TEST_TUNNEL_KEY\"\nlinks = 16\n\
+             connect_timeout = \"250ms\"\n{PROXY}port = 2222\n\
+             [[proxies]]\nname = \"web\"\nservice = \"http-1\"\ntarget = \"[::1]:8080\"\n"
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.hub_server_name, "hub.example.com");
+        assert_eq!(
+            config.hub_trust,
+            HubTrust::CaFile(PathBuf::from("/etc/tunnelize/ca.pem"))
+        );
+        assert_eq!(config.key, Some(Secret::new("tunnel-0123456789abcdef")));
+        assert_eq!(config.links, 16);
+        assert_eq!(config.connect_timeout, Duration::from_millis(250));
+        assert_eq!(config.proxies[0].port, Some(2222));
+        assert_eq!(config.proxies[1].target, "[::1]:8080");
+    }
+
+    #[test]
+    fn the_server_name_defaults_to_the_hub_host_without_brackets() {
+        let config = parse(&with_proxy("hub_address = \"[2001:db8::1]:7700\"")).unwrap();
+        assert_eq!(config.hub_server_name, "2001:db8::1");
+        let config = parse(&with_proxy("hub_address = \"10.1.2.3:7700\"")).unwrap();
+        assert_eq!(config.hub_server_name, "10.1.2.3");
+    }
+
+    #[test]
+    fn bad_hub_addresses_and_server_names_name_the_key_and_line() {
+        let err = error(&with_proxy("hub_address = \"hub.example.com\""));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/tunnel.toml:1:15: `hub_address`: \"hub.example.com\" has no port"
+            ),
+            "{err}"
+        );
+        let err = error(&with_proxy("hub_address = \"h:1\"\nhub_server_name = \"\""));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/tunnel.toml:2:19: `hub_server_name`: \"\" is not a valid DNS name"
+            ),
+            "{err}"
+        );
+        let err = error(&with_proxy("hub_address = \"bad_host-.:1\""));
+        assert!(err.contains("or set `hub_server_name`"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_hub_address_is_reported_without_a_line() {
+        let err = error(PROXY);
+        assert_eq!(
+            err,
+            "/etc/tunnelize/tunnel.toml: missing required key `hub_address` at the top level; add it"
+        );
+    }
+
+    #[test]
+    fn hub_trust_is_a_ca_file_or_a_fingerprint_but_not_both() {
+        let config = parse(&with_proxy(&format!(
+            "hub_address = \"h:1\"\nhub_cert_sha256 = \"{FINGERPRINT}\""
+        )))
+        .unwrap();
+        let HubTrust::Fingerprint(bytes) = config.hub_trust else {
+            panic!("{config:?}")
+        };
+        assert_eq!(&bytes[..4], &[0xab, 0xcd, 0xef, 0x01]);
+        let err = error(&with_proxy(&format!(
+            "hub_address = \"h:1\"\nhub_ca_file = \"ca.pem\"\nhub_cert_sha256 = \"{FINGERPRINT}\""
+        )));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/tunnel.toml:3:19: `hub_ca_file` and `hub_cert_sha256` are both set"
+            ),
+            "{err}"
+        );
+        let err = error(&with_proxy(
+            "hub_address = \"h:1\"\nhub_cert_sha256 = \"abcd\"",
+        ));
+        assert!(err.starts_with("/etc/tunnelize/tunnel.toml:2:19: `hub_cert_sha256`: found 4 hex digits instead of 64"), "{err}");
+    }
+
+    #[test]
+    fn links_must_be_between_1_and_16() {
+        for bad in ["0", "17", "-1"] {
+            let err = error(&with_proxy(&format!(
+                "hub_address = \"h:1\"\nlinks = {bad}"
+            )));
+            assert!(
+                err.starts_with(&format!(
+                    "/etc/tunnelize/tunnel.toml:2:9: `links`: {bad} is out of range; use 1 to 16"
+                )),
+                "{err}"
+            );
+        }
+        let err = error(&with_proxy("hub_address = \"h:1\"\nlinks = \"2\""));
+        assert!(
+            err.starts_with("/etc/tunnelize/tunnel.toml:2:9: `links`: invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_connect_timeouts_are_refused() {
+        let err = error(&with_proxy(
+            "hub_address = \"h:1\"\nconnect_timeout = \"5\"",
+        ));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/tunnel.toml:2:19: `connect_timeout`: \"5\" has no unit"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn at_least_one_proxy_is_required() {
+        let err = error("hub_address = \"h:1\"\n");
+        assert!(
+            err.starts_with("/etc/tunnelize/tunnel.toml: no [[proxies]] entries"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn proxies_are_checked_entry_by_entry() {
+        let base = "hub_address = \"h:1\"\n";
+        let proxy = |name: &str, service: &str, target: &str, extra: &str| {
+            format!(
+                "[[proxies]]\nname = \"{name}\"\nservice = \"{service}\"\ntarget = \"{target}\"\n{extra}"
+            )
+        };
+        let err = error(&format!(
+            "{base}{}{}",
+            proxy("a", "s", "h:1", ""),
+            proxy("a", "s", "h:2", "")
+        ));
+        assert!(
+            err.starts_with("/etc/tunnelize/tunnel.toml:7:8: [[proxies]] name `a` is used twice"),
+            "{err}"
+        );
+        let err = error(&format!("{base}{}", proxy("a", "S", "h:1", "")));
+        assert!(err.starts_with("/etc/tunnelize/tunnel.toml:4:11: `service` in [[proxies]] `a`: \"S\" is not a valid name"), "{err}");
+        let err = error(&format!("{base}{}", proxy("a", "s", "localhost", "")));
+        assert!(err.starts_with("/etc/tunnelize/tunnel.toml:5:10: `target` in [[proxies]] `a`: \"localhost\" has no port; write it as host:port, like \"127.0.0.1:22\""), "{err}");
+        let err = error(&format!("{base}{}", proxy("a", "s", "h:1", "port = 0\n")));
+        assert!(err.starts_with("/etc/tunnelize/tunnel.toml:6:8: `port` in [[proxies]] `a`: 0 is not a port number; use 1 to 65535, or remove it"), "{err}");
+        let err = error(&format!(
+            "{base}{}{}",
+            proxy("a", "s", "h:1", "port = 5\n"),
+            proxy("b", "s", "h:2", "port = 5\n")
+        ));
+        assert!(err.starts_with("/etc/tunnelize/tunnel.toml:11:8: `port` in [[proxies]] `b`: proxy `a` already asks for port 5 of service `s`"), "{err}");
+        assert!(
+            parse(&format!(
+                "{base}{}{}",
+                proxy("a", "s", "h:1", "port = 5\n"),
+                proxy("b", "t", "h:2", "port = 5\n")
+            ))
+            .is_ok()
+        );
+        let err = error(&format!(
+            "{base}{}{}",
+            proxy("a", "s", "h:1", ""),
+            proxy("b", "s", "h:2", "prt = 5\n")
+        ));
+        assert!(err.starts_with("/etc/tunnelize/tunnel.toml:10:1: unknown key `prt` in [[proxies]] entry 2; expected one of `name`, `service`, `target`, `port`"), "{err}");
+    }
+
+    #[test]
+    fn a_short_tunnel_key_is_sent_as_is_for_the_hub_to_judge() {
+        let config = parse(&with_proxy("hub_address = \"h:1\"\nkey = \"wrong-key\"")).unwrap();
+        assert_eq!(config.key, Some(Secret::new("wrong-key")));
+        let err = error(&with_proxy("hub_address = \"h:1\"\nkey = \"\""));
+        assert!(
+            err.starts_with("/etc/tunnelize/tunnel.toml:2:7: `key`: the key is empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_key_is_optional_but_never_printed() {
+        let secret = "tunnel-secret-never-printed";
+        let config = parse(&with_proxy(&format!(
+            "hub_address = \"h:1\"\nkey = \"{secret}\""
+        )))
+        .unwrap();
+        assert_eq!(config.key.as_ref().map(Secret::expose), Some(secret));
+        assert!(!format!("{config:?}").contains(secret));
+        let err = parse(&with_proxy(&format!(
+            "hub_address = \"h:1\"\nkey = \"{secret}\"\nkey_env = \"X\""
+        )))
+        .unwrap_err();
+        assert!(!err.to_string().contains(secret) && !format!("{err:?}").contains(secret));
+    }
+}

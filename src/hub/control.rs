@@ -1,0 +1,183 @@
+//! The hub side of a control channel: authenticate a tunnel, set up its proxies, then answer its
+//! heartbeats until it leaves, stops answering, or is told to go.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::registry::TunnelSession;
+use super::{Shared, refuse, tcp};
+use crate::channel::{ChannelError, FramedStream};
+use crate::protocol::{
+    Envelope, HEARTBEAT_MISSES, HubMessage, HubPreamble, PROTOCOL_VERSION, ProxyOutcome,
+    ProxyRequest, RefusalCode, TunnelMessage,
+};
+use crate::secret::Secret;
+
+/// Serves one control channel after its preamble.
+pub(super) async fn serve_control<S>(
+    shared: Arc<Shared>,
+    mut framed: FramedStream<S>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let accepted = HubPreamble {
+        version: PROTOCOL_VERSION,
+        accepted: true,
+    }
+    .encode();
+    let hello: Envelope<TunnelMessage> = match framed
+        .read_message(shared.config.handshake_timeout, "saying hello")
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(%peer, error = %e, "control connection dropped before its hello");
+            return;
+        }
+    };
+    let TunnelMessage::Hello { key, name, proxies } = hello.msg else {
+        refuse(
+            &mut framed,
+            &accepted,
+            hello.id,
+            RefusalCode::BadRequest,
+            "expected a hello",
+        )
+        .await;
+        return;
+    };
+    let key_name = match authenticate(&shared, key.as_ref()) {
+        Ok(name) => name,
+        Err(()) => {
+            warn!(%peer, tunnel_name = %name, "tunnel authentication failed");
+            refuse(
+                &mut framed,
+                &accepted,
+                hello.id,
+                RefusalCode::AuthFailed,
+                "authentication failed: the hub does not accept this key",
+            )
+            .await;
+            return;
+        }
+    };
+
+    let session = Arc::new(TunnelSession::new(name, key_name, peer, &shutdown));
+    shared.registry.insert(session.clone());
+    let span = info_span!("tunnel", tunnel_id = %session.id, tunnel_name = %session.name);
+    async {
+        let outcomes: Vec<ProxyOutcome> =
+            proxies.iter().map(|p| expose(&shared, &session, p)).collect();
+        info!(%peer, key = session.key_name.as_deref().unwrap_or("-"), proxies = outcomes.len(), "tunnel connected");
+        let welcome = Envelope {
+            id: hello.id,
+            msg: HubMessage::Welcome {
+                tunnel_id: session.id,
+                link_token: session.link_token.clone(),
+                heartbeat_secs: shared.config.heartbeat_interval.as_secs().max(1),
+                proxies: outcomes,
+            },
+        };
+        let reason = match framed.write_preamble_and(&accepted, &[&welcome]).await {
+            Ok(()) => heartbeats(&shared, &session, &mut framed, &shutdown).await,
+            Err(e) => format!("lost during handshake: {e}"),
+        };
+        shared.registry.remove(&session.id, &reason);
+        info!(%reason, "tunnel disconnected");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Checks a tunnel's key against the configured keys, in constant time per key, without
+/// stopping at the first match. Returns the matching key's name.
+fn authenticate(shared: &Shared, key: Option<&Secret>) -> Result<Option<String>, ()> {
+    let mut found = None;
+    if let Some(key) = key {
+        for candidate in &shared.config.keys {
+            if candidate.key.matches(key.expose()) && found.is_none() {
+                found = Some(candidate.name.clone());
+            }
+        }
+    }
+    match found {
+        Some(name) => Ok(Some(name)),
+        None if shared.config.allow_no_auth => Ok(None),
+        None => Err(()),
+    }
+}
+
+/// Sets up one proxy, or says why not.
+fn expose(shared: &Arc<Shared>, session: &Arc<TunnelSession>, req: &ProxyRequest) -> ProxyOutcome {
+    let Some(service) = shared
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == req.service)
+    else {
+        return ProxyOutcome::Rejected {
+            name: req.name.clone(),
+            reason: format!("the hub has no service `{}`", req.service),
+        };
+    };
+    match &service.kind {
+        crate::config::ServiceKind::Tcp(tcp_service) => {
+            match tcp::expose(shared, session, &service.name, tcp_service, req) {
+                Ok(port) => ProxyOutcome::Accepted {
+                    name: req.name.clone(),
+                    port: Some(port),
+                },
+                Err(reason) => ProxyOutcome::Rejected {
+                    name: req.name.clone(),
+                    reason,
+                },
+            }
+        }
+    }
+}
+
+/// Answers heartbeats until the session ends; returns why it ended.
+async fn heartbeats<S>(
+    shared: &Shared,
+    session: &TunnelSession,
+    framed: &mut FramedStream<S>,
+    shutdown: &CancellationToken,
+) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let silence = shared.config.heartbeat_interval * HEARTBEAT_MISSES;
+    loop {
+        tokio::select! {
+            () = session.cancel.cancelled() => {
+                let reason = if shutdown.is_cancelled() {
+                    "the hub is shutting down".to_owned()
+                } else {
+                    session.close_reason().unwrap_or_else(|| "closed by the hub".into())
+                };
+                let bye = Envelope { id: 0, msg: HubMessage::Goodbye { reason: reason.clone() } };
+                let _ = framed.write_message(&bye).await;
+                return reason;
+            }
+            msg = framed.read_message::<Envelope<TunnelMessage>>(silence, "sending heartbeats") => {
+                match msg {
+                    Ok(Envelope { id, msg: TunnelMessage::Ping }) => {
+                        if let Err(e) = framed.write_message(&Envelope { id, msg: HubMessage::Pong }).await {
+                            return format!("control connection failed: {e}");
+                        }
+                    }
+                    Ok(Envelope { msg: TunnelMessage::Pong, .. }) => {}
+                    Ok(other) => return format!("protocol error: unexpected message {:?}", other.msg),
+                    Err(ChannelError::Closed) => return "the tunnel closed its control connection".into(),
+                    Err(e) => return e.to_string(),
+                }
+            }
+        }
+    }
+}

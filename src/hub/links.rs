@@ -1,0 +1,201 @@
+//! Link connections on the hub side: binding them to sessions, and opening link streams.
+//!
+//! A tunnel dials a few link connections after its control handshake. Each presents the
+//! session's link token; once accepted, the hub runs the HTTP/2 *client* on it (roles reversed)
+//! and adds its request handle to the session's [`LinkSet`]. A public client then becomes one
+//! stream, opened on the next link connection in turn. Because the hub opens every stream on a
+//! connection already bound to the owning session, a stream cannot be attached to another
+//! tunnel's client, and it carries exactly one client.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::SendStream;
+use h2::client::{ResponseFuture, SendRequest};
+use thiserror::Error;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::{Shared, refuse};
+use crate::channel::FramedStream;
+use crate::mux;
+use crate::protocol::{
+    Envelope, HubMessage, HubPreamble, LinkOpen, PROTOCOL_VERSION, RefusalCode, TunnelMessage,
+};
+
+/// Errors opening a link stream.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    /// No link connection came up in time.
+    #[error("the tunnel has no link connection (waited {0:?})")]
+    NoLink(Duration),
+    /// The stream head could not be encoded.
+    #[error(transparent)]
+    Header(#[from] crate::protocol::LinkHeaderError),
+    /// HTTP/2 refused to open the stream.
+    #[error("cannot open a link stream: {0}")]
+    Open(#[from] h2::Error),
+}
+
+/// The link connections of one session.
+#[derive(Default)]
+pub struct LinkSet {
+    conns: Mutex<Vec<(u64, SendRequest<Bytes>)>>,
+    next_id: AtomicU64,
+    turn: AtomicUsize,
+    added: Notify,
+}
+
+impl std::fmt::Debug for LinkSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSet")
+            .field("connections", &self.len())
+            .finish()
+    }
+}
+
+impl LinkSet {
+    /// Number of live link connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, SendRequest<Bytes>)>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, handle: SendRequest<Bytes>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().push((id, handle));
+        self.added.notify_waiters();
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().retain(|(i, _)| *i != id);
+    }
+
+    /// The next connection in turn, if any.
+    fn pick(&self) -> Option<SendRequest<Bytes>> {
+        let conns = self.lock();
+        if conns.is_empty() {
+            return None;
+        }
+        let i = self.turn.fetch_add(1, Ordering::Relaxed) % conns.len();
+        Some(conns[i].1.clone())
+    }
+
+    /// Opens a stream for one client, waiting up to `wait` for a link connection to exist.
+    pub async fn open(
+        &self,
+        head: &LinkOpen,
+        wait: Duration,
+    ) -> Result<(ResponseFuture, SendStream<Bytes>), LinkError> {
+        let request = head.to_request()?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so an `add` between the two is not missed.
+            let added = self.added.notified();
+            if let Some(handle) = self.pick() {
+                let mut ready = tokio::time::timeout_at(deadline, handle.ready())
+                    .await
+                    .map_err(|_| LinkError::NoLink(wait))??;
+                return Ok(ready.send_request(request, false)?);
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                return Err(LinkError::NoLink(wait));
+            }
+        }
+    }
+}
+
+/// Serves one link connection after its preamble: authorise it, then run HTTP/2 on it until the
+/// session or the connection ends.
+pub(super) async fn serve_link<S>(
+    shared: Arc<Shared>,
+    mut framed: FramedStream<S>,
+    peer: SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let accepted = HubPreamble {
+        version: PROTOCOL_VERSION,
+        accepted: true,
+    }
+    .encode();
+    let hello: Envelope<TunnelMessage> = match framed
+        .read_message(shared.config.handshake_timeout, "sending its link hello")
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            debug!(%peer, error = %e, "link connection dropped before its hello");
+            return;
+        }
+    };
+    let TunnelMessage::LinkHello { tunnel_id, token } = hello.msg else {
+        refuse(
+            &mut framed,
+            &accepted,
+            hello.id,
+            RefusalCode::BadRequest,
+            "expected a link hello",
+        )
+        .await;
+        return;
+    };
+    let session = shared.registry.tunnel(&tunnel_id);
+    let Some(session) = session.filter(|s| s.link_token.matches(token.expose())) else {
+        warn!(%peer, %tunnel_id, "link connection refused: unknown session or wrong link token");
+        refuse(
+            &mut framed,
+            &accepted,
+            hello.id,
+            RefusalCode::AuthFailed,
+            "link authentication failed",
+        )
+        .await;
+        return;
+    };
+    let reply = Envelope {
+        id: hello.id,
+        msg: HubMessage::LinkAccepted,
+    };
+    if let Err(e) = framed.write_preamble_and(&accepted, &[&reply]).await {
+        debug!(%peer, %tunnel_id, error = %e, "link connection lost during handshake");
+        return;
+    }
+    let handshake = mux::hub_builder().handshake::<_, Bytes>(framed.into_inner());
+    let (handle, connection) =
+        match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                warn!(%peer, %tunnel_id, error = %e, "link connection failed its HTTP/2 handshake");
+                return;
+            }
+            Err(_) => {
+                warn!(%peer, %tunnel_id, "link connection timed out in its HTTP/2 handshake");
+                return;
+            }
+        };
+    let link_id = session.links.add(handle);
+    info!(%peer, %tunnel_id, link_id, "link connection up");
+    tokio::select! {
+        result = connection => {
+            if let Err(e) = result {
+                debug!(%tunnel_id, link_id, error = %e, "link connection ended");
+            }
+        }
+        () = session.cancel.cancelled() => {}
+    }
+    session.links.remove(link_id);
+    debug!(%tunnel_id, link_id, "link connection closed");
+}

@@ -1,0 +1,189 @@
+//! The hub daemon: accepts tunnels on its TLS listener and serves their public endpoints.
+//!
+//! [`Hub::run`] takes an already bound listener and a cancellation token, so the binary and the
+//! tests start it the same way. Each accepted connection gets its own task: the TLS handshake
+//! and the first read never run in the accept loop, and every one of them has a deadline. The
+//! preamble decides whether the connection is a control channel ([`control`]) or a link
+//! connection ([`links`]). Public endpoints live in one file per service kind ([`tcp`]).
+
+pub mod control;
+pub mod links;
+pub mod registry;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::channel::FramedStream;
+use crate::config::HubConfig;
+use crate::protocol::{Channel, Envelope, HubMessage, HubPreamble, PROTOCOL_VERSION, RefusalCode};
+use crate::tls::{Fingerprint, Identity, TlsError};
+pub use registry::Registry;
+
+/// How long a stopping hub waits for its connection tasks to finish.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors starting or running a hub.
+#[derive(Debug, Error)]
+pub enum HubError {
+    /// TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The configuration cannot be served.
+    #[error("invalid hub configuration: {0}")]
+    Config(String),
+}
+
+/// State shared by every task of a hub.
+pub(crate) struct Shared {
+    pub config: HubConfig,
+    pub registry: Registry,
+    pub tasks: TaskTracker,
+}
+
+/// A configured hub, ready to run.
+pub struct Hub {
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    fingerprint: Fingerprint,
+}
+
+impl Hub {
+    /// Prepares a hub with the certificate it presents to tunnels.
+    pub fn new(config: HubConfig, identity: &Identity) -> Result<Self, HubError> {
+        if config.keys.is_empty() && !(config.allow_no_auth && config.listen.ip().is_loopback()) {
+            return Err(HubError::Config(
+                "no tunnel key is configured; add a [[keys]] entry (or, for loopback-only \
+                 testing, allow_no_auth = true)"
+                    .into(),
+            ));
+        }
+        let acceptor = TlsAcceptor::from(identity.server_config()?);
+        Ok(Hub {
+            shared: Arc::new(Shared {
+                config,
+                registry: Registry::default(),
+                tasks: TaskTracker::new(),
+            }),
+            acceptor,
+            fingerprint: identity.fingerprint(),
+        })
+    }
+
+    /// SHA-256 fingerprint of the certificate tunnels will see.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Serves tunnels on `listener` until `shutdown` is cancelled, then closes every session
+    /// (tunnels are told why) and waits briefly for connection tasks to finish.
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+        match listener.local_addr() {
+            Ok(addr) => {
+                info!(listen = %addr, fingerprint = %self.fingerprint, "hub listening for tunnels")
+            }
+            Err(e) => warn!(error = %e, "hub listening for tunnels on an unknown address"),
+        }
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let shared = self.shared.clone();
+                        let acceptor = self.acceptor.clone();
+                        let stop = shutdown.clone();
+                        self.shared.tasks.spawn(async move {
+                            serve_connection(shared, acceptor, socket, peer, stop).await;
+                        });
+                    }
+                    Err(e) => {
+                        // Typically EMFILE/ENFILE: keep the listener, back off briefly.
+                        error!(error = %e, "accepting a tunnel connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        self.shared.tasks.close();
+        if tokio::time::timeout(STOP_GRACE, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not finish within {STOP_GRACE:?}; dropping them");
+        }
+        info!("hub stopped");
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    socket: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = socket.set_nodelay(true);
+    let limit = shared.config.handshake_timeout;
+    let tls = match tokio::time::timeout(limit, acceptor.accept(socket)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let mut framed = FramedStream::new(tls);
+    let preamble = match framed.read_preamble(limit).await {
+        Ok(p) => p,
+        Err(e) => {
+            debug!(%peer, error = %e, "dropping connection with a bad preamble");
+            return;
+        }
+    };
+    if preamble.version != PROTOCOL_VERSION {
+        warn!(%peer, theirs = preamble.version, ours = PROTOCOL_VERSION, "tunnel speaks another protocol version");
+        let answer = HubPreamble {
+            version: PROTOCOL_VERSION,
+            accepted: false,
+        }
+        .encode();
+        let _ = framed.write_preamble_and::<()>(&answer, &[]).await;
+        return;
+    }
+    match preamble.channel {
+        Channel::Control => control::serve_control(shared, framed, peer, shutdown).await,
+        Channel::Link => links::serve_link(shared, framed, peer).await,
+    }
+}
+
+/// Answers a connection's first message with a refusal; the caller closes the connection next.
+pub(crate) async fn refuse<S>(
+    framed: &mut FramedStream<S>,
+    preamble: &[u8],
+    id: u64,
+    code: RefusalCode,
+    message: &str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let msg = Envelope {
+        id,
+        msg: HubMessage::Refused {
+            code,
+            message: message.to_owned(),
+        },
+    };
+    let _ = framed.write_preamble_and(preamble, &[&msg]).await;
+}

@@ -1,0 +1,209 @@
+//! The hub's in-memory registry: live tunnel sessions and the public ports they own.
+//!
+//! All state sits behind one `std::sync::Mutex` with short critical sections (a map lookup or
+//! insert); no lock is ever held across an `.await`. Removing a session cancels its token, which
+//! stops its port listeners and link connections at once.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::links::LinkSet;
+use crate::secret::Secret;
+
+/// A live tunnel session.
+#[derive(Debug)]
+pub struct TunnelSession {
+    /// Session id, sent to the tunnel in `Welcome`.
+    pub id: Uuid,
+    /// The tunnel's self-reported name (for logs).
+    pub name: String,
+    /// Which configured key it used, if any.
+    pub key_name: Option<String>,
+    /// Where its control connection comes from.
+    pub peer: SocketAddr,
+    /// When it connected.
+    pub since: SystemTime,
+    /// Authorises this session's link connections.
+    pub link_token: Secret,
+    /// Its link connections.
+    pub links: LinkSet,
+    /// Cancelled when the session ends, for whatever reason.
+    pub cancel: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+}
+
+impl TunnelSession {
+    /// A new session whose lifetime is bounded by `parent`.
+    pub fn new(
+        name: String,
+        key_name: Option<String>,
+        peer: SocketAddr,
+        parent: &CancellationToken,
+    ) -> Self {
+        TunnelSession {
+            id: Uuid::new_v4(),
+            name,
+            key_name,
+            peer,
+            since: SystemTime::now(),
+            link_token: Secret::random(32),
+            links: LinkSet::default(),
+            cancel: parent.child_token(),
+            close_reason: Mutex::new(None),
+        }
+    }
+
+    /// Ends the session, recording why (the first reason given wins).
+    pub fn close(&self, reason: impl Into<String>) {
+        {
+            let mut slot = lock(&self.close_reason);
+            if slot.is_none() {
+                *slot = Some(reason.into());
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    /// Why the session ended, if it was closed with a reason.
+    pub fn close_reason(&self) -> Option<String> {
+        lock(&self.close_reason).clone()
+    }
+}
+
+/// Public port a tunnel owns, by the address it is bound on.
+pub type PortKey = (IpAddr, u16);
+
+#[derive(Default)]
+struct State {
+    tunnels: HashMap<Uuid, Arc<TunnelSession>>,
+    ports: HashMap<PortKey, Uuid>,
+}
+
+/// Live sessions and port ownership.
+#[derive(Default)]
+pub struct Registry {
+    state: Mutex<State>,
+    next_client_id: AtomicU64,
+}
+
+/// Poisoning only means another thread panicked mid-update of plain maps; the maps themselves
+/// are still consistent, so keep serving.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Registry {
+    /// Adds a session.
+    pub fn insert(&self, session: Arc<TunnelSession>) {
+        lock(&self.state).tunnels.insert(session.id, session);
+    }
+
+    /// Looks a session up.
+    pub fn tunnel(&self, id: &Uuid) -> Option<Arc<TunnelSession>> {
+        lock(&self.state).tunnels.get(id).cloned()
+    }
+
+    /// Number of live sessions.
+    pub fn tunnel_count(&self) -> usize {
+        lock(&self.state).tunnels.len()
+    }
+
+    /// Removes a session, frees its ports and cancels it.
+    pub fn remove(&self, id: &Uuid, reason: &str) {
+        let session = {
+            let mut state = lock(&self.state);
+            state.ports.retain(|_, owner| owner != id);
+            state.tunnels.remove(id)
+        };
+        if let Some(session) = session {
+            session.close(reason);
+        }
+    }
+
+    /// Claims a port for a tunnel; on conflict returns the owner.
+    pub fn claim_port(&self, key: PortKey, tunnel: Uuid) -> Result<(), Uuid> {
+        let mut state = lock(&self.state);
+        match state.ports.get(&key) {
+            Some(owner) => Err(*owner),
+            None => {
+                state.ports.insert(key, tunnel);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a port is claimed.
+    pub fn port_owner(&self, key: &PortKey) -> Option<Uuid> {
+        lock(&self.state).ports.get(key).copied()
+    }
+
+    /// Releases a port claimed by `tunnel` (no-op if another tunnel owns it).
+    pub fn release_port(&self, key: &PortKey, tunnel: Uuid) {
+        let mut state = lock(&self.state);
+        if state.ports.get(key) == Some(&tunnel) {
+            state.ports.remove(key);
+        }
+    }
+
+    /// A fresh client id, unique for this hub process.
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Arc<TunnelSession> {
+        Arc::new(TunnelSession::new(
+            "t".into(),
+            None,
+            "127.0.0.1:1".parse().unwrap(),
+            &CancellationToken::new(),
+        ))
+    }
+
+    #[test]
+    fn a_claimed_port_cannot_be_claimed_by_another_tunnel() {
+        let reg = Registry::default();
+        let (a, b) = (session(), session());
+        let key = ("127.0.0.1".parse().unwrap(), 5000);
+        assert_eq!(reg.claim_port(key, a.id), Ok(()));
+        assert_eq!(reg.claim_port(key, b.id), Err(a.id));
+        reg.release_port(&key, b.id);
+        assert_eq!(
+            reg.port_owner(&key),
+            Some(a.id),
+            "only the owner may release"
+        );
+    }
+
+    #[test]
+    fn removing_a_tunnel_frees_its_ports_and_cancels_it() {
+        let reg = Registry::default();
+        let a = session();
+        reg.insert(a.clone());
+        let key = ("0.0.0.0".parse().unwrap(), 6000);
+        reg.claim_port(key, a.id).unwrap();
+        reg.remove(&a.id, "bye");
+        assert!(a.cancel.is_cancelled());
+        assert_eq!(a.close_reason().as_deref(), Some("bye"));
+        assert_eq!(reg.port_owner(&key), None);
+        assert!(reg.tunnel(&a.id).is_none());
+    }
+
+    #[test]
+    fn client_ids_are_unique_and_nonzero() {
+        let reg = Registry::default();
+        let a = reg.next_client_id();
+        let b = reg.next_client_id();
+        assert!(a > 0 && b > a);
+    }
+}

@@ -1,0 +1,208 @@
+//! `tcp` services: public ports routed to tunnels by port number.
+//!
+//! A tunnel asks for a port in the service's range, or any free one. The hub claims the port in
+//! the registry (so no other tunnel can take it), binds it, and runs an accept loop that lives
+//! exactly as long as the tunnel's session: when the session ends the listener is dropped and
+//! the port closes at once. A range of `0` means "any port the operating system picks" (tests,
+//! `tunnelize demo`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::Shared;
+use super::registry::TunnelSession;
+use crate::config::TcpService;
+use crate::mux;
+use crate::protocol::{LinkOpen, LinkRefusal, ProxyRequest};
+
+/// Claims and binds a public port for `req`, starts serving it, and returns the port.
+/// The error is a reason fit to send to the tunnel.
+pub(super) fn expose(
+    shared: &Arc<Shared>,
+    session: &Arc<TunnelSession>,
+    service: &str,
+    config: &TcpService,
+    req: &ProxyRequest,
+) -> Result<u16, String> {
+    let ephemeral = config.ports.start == 0;
+    let listener = match req.port {
+        Some(port) if !ephemeral && !config.ports.contains(port) => {
+            return Err(format!(
+                "port {port} is outside service `{service}`'s range {}-{}",
+                config.ports.start, config.ports.end
+            ));
+        }
+        Some(port) => {
+            claim_and_bind(shared, session, config.listen, port).map_err(|e| e.message(port))?
+        }
+        None if ephemeral => {
+            claim_and_bind(shared, session, config.listen, 0).map_err(|e| e.message(0))?
+        }
+        None => any_free_port(shared, session, config).ok_or_else(|| {
+            format!(
+                "no free port left in service `{service}`'s range {}-{}",
+                config.ports.start, config.ports.end
+            )
+        })?,
+    };
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())?;
+    let shared2 = shared.clone();
+    let session2 = session.clone();
+    let service = service.to_owned();
+    let proxy = req.name.clone();
+    shared.tasks.spawn(async move {
+        accept_clients(shared2, session2, listener, service, proxy).await;
+    });
+    Ok(port)
+}
+
+enum BindError {
+    Taken,
+    Os(std::io::Error),
+}
+
+impl BindError {
+    fn message(&self, port: u16) -> String {
+        match self {
+            BindError::Taken => format!("port {port} is taken by another tunnel"),
+            BindError::Os(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                format!("port {port} is in use by another program on the hub host")
+            }
+            BindError::Os(e) => format!("cannot listen on port {port}: {e}"),
+        }
+    }
+}
+
+fn claim_and_bind(
+    shared: &Shared,
+    session: &TunnelSession,
+    ip: IpAddr,
+    port: u16,
+) -> Result<TcpListener, BindError> {
+    if port != 0 {
+        shared
+            .registry
+            .claim_port((ip, port), session.id)
+            .map_err(|_| BindError::Taken)?;
+    }
+    let bound = bind(SocketAddr::new(ip, port));
+    match (&bound, port) {
+        (Err(_), p) if p != 0 => shared.registry.release_port(&(ip, p), session.id),
+        (Ok(listener), 0) => {
+            // The OS picked a port nobody can have claimed (it was not bound a moment ago).
+            if let Ok(addr) = listener.local_addr() {
+                let _ = shared.registry.claim_port((ip, addr.port()), session.id);
+            }
+        }
+        _ => {}
+    }
+    bound.map_err(BindError::Os)
+}
+
+fn any_free_port(
+    shared: &Shared,
+    session: &TunnelSession,
+    config: &TcpService,
+) -> Option<TcpListener> {
+    let len = u32::from(config.ports.end - config.ports.start) + 1;
+    // Start at a random offset so concurrent tunnels rarely race for the same port.
+    let mut seed = [0u8; 4];
+    let _ = getrandom::fill(&mut seed);
+    let offset = u32::from_le_bytes(seed) % len;
+    (0..len)
+        .map(|i| config.ports.start + ((offset + i) % len) as u16)
+        .find_map(|port| claim_and_bind(shared, session, config.listen, port).ok())
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+async fn accept_clients(
+    shared: Arc<Shared>,
+    session: Arc<TunnelSession>,
+    listener: TcpListener,
+    service: String,
+    proxy: String,
+) {
+    let local = listener.local_addr().ok();
+    let span = info_span!("proxy", %service, tunnel_id = %session.id, %proxy);
+    async {
+        info!(listen = ?local, "serving tcp proxy");
+        loop {
+            tokio::select! {
+                () = session.cancel.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let client_id = shared.registry.next_client_id();
+                        let task = serve_client(shared.clone(), session.clone(), proxy.clone(), socket, peer, client_id);
+                        let span = info_span!("client", %service, tunnel_id = %session.id, client_id, %peer);
+                        shared.tasks.spawn(task.instrument(span));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "accepting a client failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        if let Some(addr) = local {
+            shared.registry.release_port(&(addr.ip(), addr.port()), session.id);
+        }
+        info!(listen = ?local, "tcp proxy closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn serve_client(
+    shared: Arc<Shared>,
+    session: Arc<TunnelSession>,
+    proxy: String,
+    socket: TcpStream,
+    peer: SocketAddr,
+    client_id: u64,
+) {
+    let _ = socket.set_nodelay(true);
+    let wait = shared.config.link_timeout;
+    let head = LinkOpen {
+        proxy,
+        client_id,
+        peer,
+    };
+    let (response, send) = match session.links.open(&head, wait).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(error = %e, "client dropped: no link to the tunnel");
+            return;
+        }
+    };
+    let response = match tokio::time::timeout(wait, response).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            warn!(error = %e, "client dropped: the link stream failed");
+            return;
+        }
+        Err(_) => {
+            warn!("client dropped: the tunnel did not reach its target within {wait:?}");
+            return;
+        }
+    };
+    if let Err(refusal) = LinkRefusal::check_response(response.status(), response.headers()) {
+        warn!(reason = %refusal.reason, "client closed: the tunnel could not reach its target");
+        return;
+    }
+    debug!("client connected");
+    match mux::splice(socket, send, response.into_body()).await {
+        Ok(t) => debug!(sent = t.sent, received = t.received, "client closed"),
+        Err(e) => debug!(error = %e, "client connection ended with an error"),
+    }
+}

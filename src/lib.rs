@@ -1,0 +1,43 @@
+//! tunnelize: a self-hosted tunnel service.
+//!
+//! A **hub** on a public machine owns public endpoints (services); a **tunnel** behind NAT
+//! connects out to the hub over TLS, authenticates with a key, declares the proxies it offers,
+//! and forwards every public client the hub hands it to a local target.
+//!
+//! Layout, by responsibility:
+//! - [`protocol`]: the wire format (preamble, frames, messages, link stream heads); no I/O.
+//! - [`channel`]: framed message I/O with deadlines, on top of [`protocol`].
+//! - [`mux`]: HTTP/2 settings for link connections and the byte pump for link streams.
+//! - [`config`]: strict TOML configuration for both daemons.
+//! - [`tls`]: certificates, fingerprints and hub verification.
+//! - [`hub`]: the hub daemon (registry, control channels, link broker, one file per service kind).
+//! - [`tunnel`]: the tunnel daemon (control client, reconnects, forwarders).
+//! - [`demo`]: `tunnelize demo`, everything on loopback with an embedded default.
+//! - [`daemon`]: process concerns (logging).
+//! - [`secret`]: secrets that never print.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod channel;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod hub;
+pub mod mux;
+pub mod protocol;
+pub mod secret;
+pub mod tls;
+pub mod tunnel;
+
+/// Process exit codes shared by the binaries.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// A failure (bad configuration, lost hub, ...).
+    pub const FAILURE: i32 = 1;
+    /// Bad command-line usage.
+    pub const USAGE: i32 = 2;
+    /// The hub refused the tunnel's key.
+    pub const AUTH_FAILED: i32 = 4;
+}

@@ -1,0 +1,168 @@
+//! Link multiplexing: HTTP/2 settings for link connections and the byte pump that joins a TCP
+//! socket to a link stream.
+//!
+//! Every public client is one HTTP/2 stream on a link connection; the hub opens it, the tunnel
+//! answers. [`splice`] copies bytes both ways until both sides have finished, honouring
+//! half-close (an ended request body is a write shutdown on the far socket, and the other way
+//! round) and applying backpressure through HTTP/2 flow control: a peer that stops reading stops
+//! its stream's window from being released, which stops the sender. See docs/protocol.md for why
+//! HTTP/2 (the `h2` crate) and for the measurements behind the window sizes.
+
+use std::future::poll_fn;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Per-stream flow-control window: enough for one stream to reach full loopback speed.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Per-connection flow-control window, shared by every stream of a link connection.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame either side accepts.
+pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
+/// How much a stream may queue for sending before it waits for the connection to drain.
+pub const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// Streams one link connection may carry at once.
+pub const MAX_STREAMS_PER_LINK: u32 = 16 * 1024;
+/// Bytes read from a socket at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// HTTP/2 client settings for the hub side of a link connection.
+pub fn hub_builder() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_reset_streams(1024)
+        .enable_push(false);
+    b
+}
+
+/// HTTP/2 server settings for the tunnel side of a link connection.
+pub fn tunnel_builder() -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(MAX_STREAMS_PER_LINK)
+        .max_concurrent_reset_streams(1024);
+    b
+}
+
+/// Bytes moved by [`splice`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// From the socket into the stream.
+    pub sent: u64,
+    /// From the stream out to the socket.
+    pub received: u64,
+}
+
+/// Copies bytes between `socket` and a link stream until both directions have ended.
+///
+/// Returns when the socket's reader hit end-of-file and the stream's body ended; an error on
+/// either side resets the stream and drops the socket.
+pub async fn splice(
+    socket: TcpStream,
+    mut send: SendStream<Bytes>,
+    recv: RecvStream,
+) -> io::Result<Traffic> {
+    let (reader, writer) = socket.into_split();
+    let result = tokio::try_join!(
+        socket_to_stream(reader, &mut send),
+        stream_to_socket(recv, writer)
+    );
+    match result {
+        Ok((sent, received)) => Ok(Traffic { sent, received }),
+        Err(e) => {
+            send.send_reset(h2::Reason::CANCEL);
+            Err(e)
+        }
+    }
+}
+
+async fn socket_to_stream(reader: OwnedReadHalf, send: &mut SendStream<Bytes>) -> io::Result<u64> {
+    let mut buf = BytesMut::new();
+    let mut total = 0u64;
+    loop {
+        reader.readable().await?;
+        if buf.capacity() < CHUNK / 4 {
+            buf.reserve(CHUNK);
+        }
+        match reader.try_read_buf(&mut buf) {
+            Ok(0) => {
+                send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+                return Ok(total);
+            }
+            Ok(n) => {
+                total += n as u64;
+                send_all(send, &mut buf).await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // About to wait for the peer: hold no buffer while idle.
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends everything in `buf`, waiting for flow-control capacity as needed.
+async fn send_all(send: &mut SendStream<Bytes>, buf: &mut BytesMut) -> io::Result<()> {
+    while !buf.is_empty() {
+        send.reserve_capacity(buf.len());
+        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(h2_to_io(e)),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "link stream closed",
+                ));
+            }
+        };
+        if granted == 0 {
+            continue;
+        }
+        let chunk = buf.split_to(granted.min(buf.len())).freeze();
+        send.send_data(chunk, false).map_err(h2_to_io)?;
+    }
+    Ok(())
+}
+
+async fn stream_to_socket(mut recv: RecvStream, mut writer: OwnedWriteHalf) -> io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(h2_to_io)?;
+        writer.write_all(&chunk).await?;
+        total += chunk.len() as u64;
+        // Release the window only once the bytes are out: a slow reader slows the sender.
+        recv.flow_control()
+            .release_capacity(chunk.len())
+            .map_err(h2_to_io)?;
+    }
+    writer.shutdown().await?;
+    Ok(total)
+}
+
+/// Maps an HTTP/2 error to an I/O error, keeping "the peer reset the stream" recognisable.
+pub fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("link connection failed"));
+    }
+    let kind = if e.is_reset() || e.is_go_away() {
+        io::ErrorKind::ConnectionReset
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, e)
+}

@@ -1,0 +1,167 @@
+//! Link connections on the tunnel side, and forwarding each link stream to its local target.
+//!
+//! A [`LinkWorker`] keeps one link connection to the hub up for as long as its session lives:
+//! it dials, presents the session's link token, then serves HTTP/2 (roles reversed: the hub opens
+//! streams). Every stream names a proxy and a client; the worker connects to that proxy's target
+//! and splices bytes until both sides are done. A target that refuses is reported back to the
+//! hub (which closes the client) and logged with the proxy, tunnel id and client id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::Request;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+use uuid::Uuid;
+
+use super::{Backoff, Tunnel, TunnelError};
+use crate::mux;
+use crate::protocol::{Channel, HubMessage, LinkOpen, LinkRefusal, TunnelMessage};
+use crate::secret::Secret;
+
+/// Keeps one link connection of a session up.
+pub struct LinkWorker {
+    /// The tunnel (for dialing).
+    pub tunnel: Tunnel,
+    /// The session the link belongs to.
+    pub tunnel_id: Uuid,
+    /// The session's link token.
+    pub token: Secret,
+    /// Proxy name to target address.
+    pub targets: Arc<HashMap<String, String>>,
+    /// Cancelled when the session ends.
+    pub stop: CancellationToken,
+}
+
+impl LinkWorker {
+    /// Dials and serves link connections until the session stops, redialing with backoff
+    /// when one fails.
+    pub async fn run(self) {
+        let backoff = Backoff::default();
+        let mut attempt = 0u32;
+        loop {
+            let outcome = tokio::select! {
+                () = self.stop.cancelled() => return,
+                r = self.serve_one() => r,
+            };
+            match outcome {
+                Ok(()) => attempt = 0,
+                Err(e) => {
+                    debug!(tunnel_id = %self.tunnel_id, error = %e, "link connection failed");
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(backoff.delay(attempt)) => {}
+            }
+        }
+    }
+
+    async fn serve_one(&self) -> Result<(), TunnelError> {
+        let hello = TunnelMessage::LinkHello {
+            tunnel_id: self.tunnel_id,
+            token: self.token.clone(),
+        };
+        let (framed, reply) = self.tunnel.handshake(Channel::Link, hello).await?;
+        if reply != HubMessage::LinkAccepted {
+            return Err(TunnelError::Protocol(format!(
+                "expected link accepted, got {reply:?}"
+            )));
+        }
+        let mut connection = mux::tunnel_builder()
+            .handshake::<_, Bytes>(framed.into_inner())
+            .await
+            .map_err(|e| TunnelError::Protocol(format!("link HTTP/2 handshake failed: {e}")))?;
+        debug!(tunnel_id = %self.tunnel_id, "link connection up");
+        while let Some(next) = connection.accept().await {
+            let (request, respond) =
+                next.map_err(|e| TunnelError::Protocol(format!("link connection failed: {e}")))?;
+            let targets = self.targets.clone();
+            let connect_timeout = self.tunnel.config().connect_timeout;
+            let tunnel_id = self.tunnel_id;
+            tokio::spawn(async move {
+                serve_stream(request, respond, &targets, connect_timeout, tunnel_id).await;
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn serve_stream(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    targets: &HashMap<String, String>,
+    connect_timeout: Duration,
+    tunnel_id: Uuid,
+) {
+    let head = match LinkOpen::from_headers(request.headers()) {
+        Ok(head) => head,
+        Err(e) => {
+            warn!(%tunnel_id, error = %e, "hub opened a malformed link stream");
+            let _ = respond.send_response(
+                LinkRefusal {
+                    reason: e.to_string(),
+                }
+                .to_response(),
+                true,
+            );
+            return;
+        }
+    };
+    let span = info_span!("client", proxy = %head.proxy, %tunnel_id, client_id = head.client_id, peer = %head.peer);
+    async {
+        let Some(target) = targets.get(&head.proxy) else {
+            warn!("hub asked for an unknown proxy");
+            let refusal = LinkRefusal {
+                reason: format!("this tunnel has no proxy `{}`", head.proxy),
+            };
+            let _ = respond.send_response(refusal.to_response(), true);
+            return;
+        };
+        let socket = match tokio::time::timeout(
+            connect_timeout,
+            TcpStream::connect(target.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(e)) => {
+                warn!(%target, error = %e, "cannot reach the target; client closed");
+                let refusal = LinkRefusal {
+                    reason: format!("cannot reach target {target}: {e}"),
+                };
+                let _ = respond.send_response(refusal.to_response(), true);
+                return;
+            }
+            Err(_) => {
+                warn!(%target, "target did not accept within {connect_timeout:?}; client closed");
+                let refusal = LinkRefusal {
+                    reason: format!("target {target} did not answer in time"),
+                };
+                let _ = respond.send_response(refusal.to_response(), true);
+                return;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let send = match respond.send_response(LinkRefusal::accepted_response(), false) {
+            Ok(send) => send,
+            Err(e) => {
+                debug!(error = %e, "client left before its target answered");
+                return;
+            }
+        };
+        debug!(%target, "forwarding");
+        match mux::splice(socket, send, request.into_body()).await {
+            Ok(t) => debug!(sent = t.sent, received = t.received, "client closed"),
+            Err(e) => debug!(error = %e, "client connection ended with an error"),
+        }
+    }
+    .instrument(span)
+    .await;
+}

@@ -1,0 +1,425 @@
+//! The tunnel daemon: connects out to a hub, registers its proxies, and forwards every client the
+//! hub hands it to a local target.
+//!
+//! [`Tunnel::connect`] performs the control handshake and returns a [`Session`] holding the
+//! hub's answer (which proxies are live, on which ports); [`Session::run`] then keeps the
+//! session alive with heartbeats while link connections ([`forward`]) serve streams.
+//! [`supervise`] wraps both in the reconnect loop the daemon uses.
+
+pub mod forward;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::channel::{ChannelError, FramedStream};
+use crate::config::TunnelConfig;
+use crate::protocol::{
+    Channel, Envelope, HANDSHAKE_TIMEOUT, HEARTBEAT_MISSES, HubMessage, PROTOCOL_VERSION, Preamble,
+    ProxyOutcome, ProxyRequest, RefusalCode, TunnelMessage,
+};
+use crate::secret::Secret;
+use crate::tls::{self, TlsError};
+
+/// Errors of a tunnel.
+#[derive(Debug, Error)]
+pub enum TunnelError {
+    /// TLS configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The hub could not be reached.
+    #[error("cannot connect to the hub at {addr}: {source}")]
+    Connect {
+        /// The hub address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TLS handshake with the hub failed (certificate not trusted, pin mismatch, ...).
+    #[error("TLS handshake with the hub at {addr} failed: {detail}")]
+    Handshake {
+        /// The hub address.
+        addr: String,
+        /// What went wrong, for people.
+        detail: String,
+        /// Whether TLS itself refused (an untrusted certificate stays untrusted), as opposed
+        /// to the connection breaking mid-handshake.
+        rejected: bool,
+    },
+    /// The hub rejected the key.
+    #[error("{0}; check the tunnel's key (key, key_file or key_env)")]
+    AuthFailed(String),
+    /// The hub speaks another protocol version.
+    #[error(
+        "the hub speaks protocol version {hub}, this tunnel speaks {ours}; install matching versions"
+    )]
+    VersionMismatch {
+        /// The hub's version.
+        hub: u8,
+        /// Ours.
+        ours: u8,
+    },
+    /// The hub refused for another reason.
+    #[error("the hub refused the tunnel: {0}")]
+    Refused(String),
+    /// The control channel failed.
+    #[error("control channel: {0}")]
+    Channel(#[from] ChannelError),
+    /// The hub ended the session.
+    #[error("the hub closed the session: {0}")]
+    Goodbye(String),
+    /// The hub answered out of protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl TunnelError {
+    /// Whether retrying cannot help (wrong key, incompatible versions, untrusted certificate).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            TunnelError::AuthFailed(_)
+            | TunnelError::VersionMismatch { .. }
+            | TunnelError::Tls(_) => true,
+            // A certificate the tunnel does not trust stays untrusted; a reset mid-handshake
+            // (hub restarting) is worth a retry.
+            TunnelError::Handshake { rejected, .. } => *rejected,
+            _ => false,
+        }
+    }
+}
+
+/// A configured tunnel. Cheap to clone: clones share the configuration.
+#[derive(Clone)]
+pub struct Tunnel {
+    config: Arc<TunnelConfig>,
+    connector: TlsConnector,
+    name: Arc<str>,
+}
+
+impl Tunnel {
+    /// Prepares a tunnel: builds its TLS client configuration.
+    pub fn new(config: TunnelConfig) -> Result<Self, TunnelError> {
+        let connector = TlsConnector::from(tls::client_config(&config.hub_trust)?);
+        // Validate the server name now rather than at the first connection.
+        tls::server_name(&config.hub_server_name)?;
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "tunnel".into());
+        Ok(Tunnel {
+            config: Arc::new(config),
+            connector,
+            name: name.into(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TunnelConfig {
+        &self.config
+    }
+
+    /// Opens a TLS connection to the hub.
+    async fn dial(&self) -> Result<TlsStream<TcpStream>, TunnelError> {
+        let addr = &self.config.hub_address;
+        let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(TunnelError::Connect {
+                    addr: addr.clone(),
+                    source,
+                });
+            }
+            Err(_) => {
+                let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+                return Err(TunnelError::Connect {
+                    addr: addr.clone(),
+                    source,
+                });
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let server_name = tls::server_name(&self.config.hub_server_name)?;
+        match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            self.connector.connect(server_name, socket),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => {
+                let (detail, rejected) = tls::describe_handshake_error(&e);
+                Err(TunnelError::Handshake {
+                    addr: addr.clone(),
+                    detail,
+                    rejected,
+                })
+            }
+            Err(_) => Err(TunnelError::Handshake {
+                addr: addr.clone(),
+                detail: "the handshake timed out".into(),
+                rejected: false,
+            }),
+        }
+    }
+
+    /// Sends the preamble and first message, and reads the hub's answer.
+    pub(crate) async fn handshake(
+        &self,
+        channel: Channel,
+        first: TunnelMessage,
+    ) -> Result<(FramedStream<TlsStream<TcpStream>>, HubMessage), TunnelError> {
+        let mut framed = FramedStream::new(self.dial().await?);
+        let hello = Envelope { id: 1, msg: first };
+        framed
+            .write_preamble_and(&Preamble::new(channel).encode(), &[&hello])
+            .await?;
+        let answer = framed.read_hub_preamble(HANDSHAKE_TIMEOUT).await?;
+        if !answer.accepted || answer.version != PROTOCOL_VERSION {
+            return Err(TunnelError::VersionMismatch {
+                hub: answer.version,
+                ours: PROTOCOL_VERSION,
+            });
+        }
+        let reply: Envelope<HubMessage> = framed
+            .read_message(HANDSHAKE_TIMEOUT, "answering our hello")
+            .await?;
+        match reply.msg {
+            HubMessage::Refused {
+                code: RefusalCode::AuthFailed,
+                message,
+            } => Err(TunnelError::AuthFailed(message)),
+            HubMessage::Refused { message, .. } => Err(TunnelError::Refused(message)),
+            msg => Ok((framed, msg)),
+        }
+    }
+
+    /// Authenticates and registers the proxies.
+    pub async fn connect(&self) -> Result<Session, TunnelError> {
+        let proxies = self
+            .config
+            .proxies
+            .iter()
+            .map(|p| ProxyRequest {
+                name: p.name.clone(),
+                service: p.service.clone(),
+                port: p.port,
+            })
+            .collect();
+        let hello = TunnelMessage::Hello {
+            key: self.config.key.clone(),
+            name: self.name.to_string(),
+            proxies,
+        };
+        let (framed, reply) = self.handshake(Channel::Control, hello).await?;
+        let HubMessage::Welcome {
+            tunnel_id,
+            link_token,
+            heartbeat_secs,
+            proxies,
+        } = reply
+        else {
+            return Err(TunnelError::Protocol(format!(
+                "expected a welcome, got {reply:?}"
+            )));
+        };
+        Ok(Session {
+            tunnel_id,
+            link_token,
+            heartbeat: Duration::from_secs(heartbeat_secs.clamp(1, 3600)),
+            proxies,
+            framed,
+        })
+    }
+}
+
+/// An authenticated session with a hub.
+pub struct Session {
+    tunnel_id: Uuid,
+    link_token: Secret,
+    heartbeat: Duration,
+    proxies: Vec<ProxyOutcome>,
+    framed: FramedStream<TlsStream<TcpStream>>,
+}
+
+impl Session {
+    /// The hub-assigned tunnel id.
+    pub fn tunnel_id(&self) -> Uuid {
+        self.tunnel_id
+    }
+
+    /// The hub's answer for each proxy, in configuration order.
+    pub fn proxies(&self) -> &[ProxyOutcome] {
+        &self.proxies
+    }
+
+    /// Logs each proxy's outcome: live ones at info, rejected ones at warn with the reason.
+    pub fn log_proxies(&self) {
+        for outcome in &self.proxies {
+            match outcome {
+                ProxyOutcome::Accepted {
+                    name,
+                    port: Some(port),
+                } => {
+                    info!(proxy = %name, port, "proxy is live on the hub")
+                }
+                ProxyOutcome::Accepted { name, port: None } => {
+                    info!(proxy = %name, "proxy is live on the hub")
+                }
+                ProxyOutcome::Rejected { name, reason } => {
+                    warn!(proxy = %name, %reason, "proxy rejected by the hub")
+                }
+            }
+        }
+    }
+
+    /// Serves the session until the hub goes away (an error) or `shutdown` is cancelled (`Ok`).
+    pub async fn run(
+        self,
+        tunnel: &Tunnel,
+        shutdown: CancellationToken,
+    ) -> Result<(), TunnelError> {
+        let session_stop = shutdown.child_token();
+        let targets: Arc<HashMap<String, String>> = Arc::new(
+            tunnel
+                .config
+                .proxies
+                .iter()
+                .map(|p| (p.name.clone(), p.target.clone()))
+                .collect(),
+        );
+        let mut links = tokio::task::JoinSet::new();
+        for _ in 0..tunnel.config.links.max(1) {
+            let link = forward::LinkWorker {
+                tunnel: tunnel.clone(),
+                tunnel_id: self.tunnel_id,
+                token: self.link_token.clone(),
+                targets: targets.clone(),
+                stop: session_stop.clone(),
+            };
+            links.spawn(link.run());
+        }
+        let result = self.heartbeats(&shutdown).await;
+        session_stop.cancel();
+        while links.join_next().await.is_some() {}
+        result
+    }
+
+    async fn heartbeats(self, shutdown: &CancellationToken) -> Result<(), TunnelError> {
+        let silence = self.heartbeat * HEARTBEAT_MISSES;
+        let (reader, writer) = tokio::io::split(self.framed.into_inner());
+        let mut writer = FramedStream::new(writer);
+        let mut ticker = tokio::time::interval(self.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_id: u64 = 2;
+        // One read in flight at a time, kept across loop turns: a timer tick must never cancel a
+        // half-read frame.
+        let mut pending = Box::pin(read_one(FramedStream::new(reader), silence));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = ticker.tick() => {
+                    writer.write_message(&Envelope { id: next_id, msg: TunnelMessage::Ping }).await?;
+                    next_id += 1;
+                }
+                (reader, msg) = &mut pending => {
+                    match msg?.msg {
+                        HubMessage::Pong => {}
+                        HubMessage::Ping => {
+                            writer.write_message(&Envelope { id: next_id, msg: TunnelMessage::Pong }).await?;
+                            next_id += 1;
+                        }
+                        HubMessage::Goodbye { reason } => return Err(TunnelError::Goodbye(reason)),
+                        other => return Err(TunnelError::Protocol(format!("unexpected message {other:?}"))),
+                    }
+                    pending = Box::pin(read_one(reader, silence));
+                }
+            }
+        }
+    }
+}
+
+type ControlReader = FramedStream<tokio::io::ReadHalf<TlsStream<TcpStream>>>;
+
+async fn read_one(
+    mut reader: ControlReader,
+    silence: Duration,
+) -> (ControlReader, Result<Envelope<HubMessage>, ChannelError>) {
+    let msg = reader.read_message(silence, "answering heartbeats").await;
+    (reader, msg)
+}
+
+/// Reconnect policy of [`supervise`].
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `attempt` (0-based): exponential with full jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let cap = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max);
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        let unit = (u64::from_le_bytes(seed) >> 11) as f64 / (1u64 << 53) as f64;
+        cap.mul_f64(unit)
+    }
+}
+
+/// Runs a tunnel until `shutdown`, reconnecting after transient failures. Returns the error that
+/// made retrying pointless (wrong key, version mismatch, untrusted hub certificate).
+pub async fn supervise(
+    tunnel: Tunnel,
+    backoff: Backoff,
+    shutdown: CancellationToken,
+) -> Result<(), TunnelError> {
+    let mut attempt = 0u32;
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            r = tunnel.connect() => r,
+        };
+        let error = match result {
+            Ok(session) => {
+                attempt = 0;
+                info!(tunnel_id = %session.tunnel_id(), hub = %tunnel.config.hub_address, "connected to the hub");
+                session.log_proxies();
+                match session.run(&tunnel, shutdown.clone()).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                }
+            }
+            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) => e,
+        };
+        let delay = backoff.delay(attempt);
+        attempt = attempt.saturating_add(1);
+        warn!(error = %error, retry_in = ?delay, "lost the hub; reconnecting");
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+        debug!(attempt, "reconnecting");
+    }
+}

@@ -1,0 +1,371 @@
+//! The `tunnelize` binary end to end: config files, exit codes, what it prints and logs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tunnelize")
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Daemon {
+    child: Child,
+    lines: Lines<BufReader<ChildStderr>>,
+    seen: Vec<String>,
+}
+
+impl Daemon {
+    fn spawn(args: &[&str]) -> Daemon {
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tunnelize");
+        let stderr = child.stderr.take().unwrap();
+        Daemon {
+            child,
+            lines: BufReader::new(stderr).lines(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads log lines until one satisfies `pred`, within `DEADLINE`.
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let left = DEADLINE.checked_sub(start.elapsed()).unwrap_or_default();
+            let line = match tokio::time::timeout(left, self.lines.next_line()).await {
+                Ok(Ok(Some(line))) => line,
+                Ok(_) => panic!(
+                    "process ended before {what}; it said:\n{}",
+                    self.seen.join("\n")
+                ),
+                Err(_) => panic!(
+                    "no {what} within {DEADLINE:?}; it said:\n{}",
+                    self.seen.join("\n")
+                ),
+            };
+            self.seen.push(line.clone());
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && pred(&v)
+            {
+                return v;
+            }
+        }
+    }
+}
+
+fn message(v: &serde_json::Value) -> &str {
+    v["fields"]["message"].as_str().unwrap_or("")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tunnel_toml(hub: &TestHub, key: &str, proxies: &str) -> String {
+    format!(
+        "hub_address = \"{}\"\nhub_server_name = \"localhost\"\nhub_cert_sha256 = \"{}\"\nkey = \"{key}\"\nlinks = 1\n{proxies}",
+        hub.addr, hub.fingerprint
+    )
+}
+
+#[tokio::test]
+async fn wrong_key_exits_with_the_auth_failure_code_and_says_so() {
+    let hub = start_hub(vec![tcp_any("tcp")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let echo = start_echo().await;
+    let proxies = format!("[[proxies]]\nname = \"echo\"\nservice = \"tcp\"\ntarget = \"{echo}\"\n");
+    let cfg = write(
+        dir.path(),
+        "tunnel.toml",
+        &tunnel_toml(&hub, "wrong-key-xyz", &proxies),
+    );
+    let out = tokio::time::timeout(
+        DEADLINE,
+        Command::new(bin())
+            .args(["tunnel", "-c"])
+            .arg(&cfg)
+            .output(),
+    )
+    .await
+    .expect("a tunnel with a wrong key must exit, not retry")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(tunnelize::exit::AUTH_FAILED),
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+    assert!(
+        !stderr.contains("wrong-key-xyz"),
+        "the key must never be printed: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn tunnel_prints_why_a_proxy_was_rejected_and_its_port_closes_when_it_dies() {
+    let hub = start_hub(vec![tcp_any("tcp")]).await;
+    let echo = start_echo().await;
+    let holder = start_tunnel(tunnel_config(&hub, vec![proxy("first", "tcp", echo, None)])).await;
+    let taken = holder.port(0);
+    let dir = tempfile::tempdir().unwrap();
+    let proxies = format!(
+        "[[proxies]]\nname = \"grab\"\nservice = \"tcp\"\ntarget = \"{echo}\"\nport = {taken}\n\n\
+         [[proxies]]\nname = \"mine\"\nservice = \"tcp\"\ntarget = \"{echo}\"\n"
+    );
+    let cfg = write(dir.path(), "tunnel.toml", &tunnel_toml(&hub, KEY, &proxies));
+    let mut daemon = Daemon::spawn(&[
+        "--log-format",
+        "json",
+        "tunnel",
+        "-c",
+        cfg.to_str().unwrap(),
+    ]);
+    let rejected = daemon
+        .wait_for("the rejection", |v| {
+            message(v) == "proxy rejected by the hub"
+        })
+        .await;
+    let reason = rejected["fields"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("port {taken} is taken by another tunnel")),
+        "{rejected}"
+    );
+    let live = daemon
+        .wait_for("the live proxy", |v| {
+            message(v) == "proxy is live on the hub"
+        })
+        .await;
+    let port = live["fields"]["port"].as_u64().expect("port field") as u16;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(
+        round_trip(addr, b"through the binary").await,
+        b"through the binary"
+    );
+
+    daemon.child.start_kill().unwrap();
+    daemon.child.wait().await.unwrap();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "port still open a second after the tunnel died"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub_cfg = write(
+        dir.path(),
+        "hub.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n[[keys]]\nname = \"ci\"\nkey = \"{KEY}\"\n\n\
+             [services.tcp]\nkind = \"tcp\"\nlisten = \"127.0.0.1\"\nports = \"0\"\n",
+            dir.path().join("state").display()
+        ),
+    );
+    let check = Command::new(bin())
+        .arg("check-config")
+        .arg(&hub_cfg)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let mut hub = Daemon::spawn(&[
+        "--log-format",
+        "json",
+        "hub",
+        "-c",
+        hub_cfg.to_str().unwrap(),
+    ]);
+    let listening = hub
+        .wait_for("the hub listening", |v| {
+            message(v) == "hub listening for tunnels"
+        })
+        .await;
+    let addr = listening["fields"]["listen"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("Some(")
+        .trim_end_matches(')')
+        .to_owned();
+    let fingerprint = listening["fields"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        dir.path().join("state/hub.crt").exists(),
+        "the generated certificate is kept in state_dir"
+    );
+
+    let dead = closed_port().await;
+    let tunnel_cfg = write(
+        dir.path(),
+        "tunnel.toml",
+        &format!(
+            "hub_address = \"{addr}\"\nhub_server_name = \"localhost\"\nhub_cert_sha256 = \"{fingerprint}\"\n\
+             key_file = \"key\"\n\n[[proxies]]\nname = \"dead\"\nservice = \"tcp\"\ntarget = \"{dead}\"\n"
+        ),
+    );
+    write(dir.path(), "key", &format!("{KEY}\n"));
+    let check = Command::new(bin())
+        .arg("check-config")
+        .arg(&tunnel_cfg)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let mut tunnel = Daemon::spawn(&[
+        "--log-format",
+        "json",
+        "tunnel",
+        "-c",
+        tunnel_cfg.to_str().unwrap(),
+    ]);
+    let live = tunnel
+        .wait_for("the live proxy", |v| {
+            message(v) == "proxy is live on the hub"
+        })
+        .await;
+    let port = live["fields"]["port"].as_u64().unwrap() as u16;
+    let mut client = connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(
+        DEADLINE,
+        tokio::io::AsyncReadExt::read(&mut client, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "client must be closed: {read:?}"
+    );
+
+    let logged = hub
+        .wait_for("the refusal log", |v| {
+            message(v).contains("could not reach its target")
+        })
+        .await;
+    let span = &logged["span"];
+    assert_eq!(span["service"], "tcp", "{logged}");
+    assert!(
+        span["tunnel_id"].as_str().is_some_and(|s| s.len() == 36),
+        "{logged}"
+    );
+    assert!(span["client_id"].as_u64().is_some(), "{logged}");
+    let logged = tunnel
+        .wait_for("the tunnel's refusal log", |v| {
+            message(v).contains("cannot reach the target")
+        })
+        .await;
+    assert!(logged["span"]["client_id"].as_u64().is_some(), "{logged}");
+    assert_eq!(logged["span"]["proxy"], "dead", "{logged}");
+}
+
+#[tokio::test]
+async fn check_config_rejects_a_bad_file_with_exit_code_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "hub.toml",
+        "listen = \"127.0.0.1:7700\"\nlisten_typo = 1\n",
+    );
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("hub.toml:2"),
+        "names file and line: {stderr}"
+    );
+    assert!(stderr.contains("listen_typo"), "names the key: {stderr}");
+}
+
+#[tokio::test]
+async fn demo_prints_a_working_curl_line_and_stops_on_ctrl_c() {
+    let mut child = Command::new(bin())
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let start = Instant::now();
+    let url = loop {
+        let left = DEADLINE.checked_sub(start.elapsed()).unwrap_or_default();
+        let line = tokio::time::timeout(left, lines.next_line())
+            .await
+            .expect("demo printed no curl line in time")
+            .unwrap()
+            .expect("demo exited early");
+        if let Some(rest) = line.trim().strip_prefix("curl ") {
+            break rest.trim().to_owned();
+        }
+    };
+    let out = tokio::time::timeout(
+        DEADLINE,
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", &url])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .expect("curl must be installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        tunnelize::demo::GREETING
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let kill = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("demo did not stop")
+        .unwrap();
+    assert!(status.success(), "demo exits 0 on Ctrl-C: {status:?}");
+}

@@ -1,0 +1,220 @@
+//! Shared helpers for integration tests: in-process hubs and tunnels on 127.0.0.1 with port 0,
+//! local targets, deterministic payloads, and deadline-bounded polling.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use tunnelize::config::{
+    HubConfig, HubTrust, PortRange, ProxyConfig, ServiceConfig, ServiceKind, TcpService,
+    TunnelConfig, TunnelKey,
+};
+use tunnelize::hub::Hub;
+use tunnelize::protocol::ProxyOutcome;
+use tunnelize::secret::Secret;
+use tunnelize::tls::{Fingerprint, Identity};
+use tunnelize::tunnel::{Session, Tunnel};
+
+/// The key every test hub accepts.
+pub const KEY: &str = "test-key-0123456789";
+
+/// Upper bound for any wait in a test.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A hub running in this process.
+pub struct TestHub {
+    pub addr: SocketAddr,
+    pub fingerprint: Fingerprint,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+/// A `tcp` service whose ports are picked by the OS.
+pub fn tcp_any(name: &str) -> ServiceConfig {
+    ServiceConfig {
+        name: name.into(),
+        kind: ServiceKind::Tcp(TcpService {
+            listen: [127, 0, 0, 1].into(),
+            ports: PortRange { start: 0, end: 0 },
+        }),
+    }
+}
+
+pub fn hub_config(services: Vec<ServiceConfig>) -> HubConfig {
+    HubConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: std::env::temp_dir(),
+        allow_no_auth: false,
+        tls: None,
+        keys: vec![TunnelKey {
+            name: "test".into(),
+            key: Secret::new(KEY),
+        }],
+        services,
+        heartbeat_interval: Duration::from_secs(10),
+        handshake_timeout: Duration::from_secs(10),
+        link_timeout: Duration::from_secs(10),
+    }
+}
+
+pub async fn start_hub(services: Vec<ServiceConfig>) -> TestHub {
+    start_hub_with(hub_config(services)).await
+}
+
+pub async fn start_hub_with(mut config: HubConfig) -> TestHub {
+    tunnelize::tls::install_crypto_provider();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    config.listen = addr;
+    let identity = Identity::generate(&["localhost"]).unwrap();
+    let hub = Hub::new(config, &identity).unwrap();
+    let fingerprint = hub.fingerprint();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(hub.run(listener, stop.clone()));
+    TestHub {
+        addr,
+        fingerprint,
+        stop,
+        task,
+    }
+}
+
+pub fn proxy(name: &str, service: &str, target: SocketAddr, port: Option<u16>) -> ProxyConfig {
+    ProxyConfig {
+        name: name.into(),
+        service: service.into(),
+        target: target.to_string(),
+        port,
+    }
+}
+
+pub fn tunnel_config(hub: &TestHub, proxies: Vec<ProxyConfig>) -> TunnelConfig {
+    TunnelConfig {
+        hub_address: hub.addr.to_string(),
+        hub_server_name: "localhost".into(),
+        hub_trust: HubTrust::Fingerprint(hub.fingerprint.0),
+        key: Some(Secret::new(KEY)),
+        links: 2,
+        connect_timeout: Duration::from_secs(5),
+        proxies,
+    }
+}
+
+/// A connected tunnel running in this process.
+pub struct TestTunnel {
+    pub outcomes: Vec<ProxyOutcome>,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl TestTunnel {
+    /// Public port of the proxy at `index`; panics with the rejection reason otherwise.
+    pub fn port(&self, index: usize) -> u16 {
+        match &self.outcomes[index] {
+            ProxyOutcome::Accepted { port: Some(p), .. } => *p,
+            other => panic!("proxy {index} not accepted: {other:?}"),
+        }
+    }
+
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port(index)))
+    }
+}
+
+pub async fn start_tunnel(config: TunnelConfig) -> TestTunnel {
+    let tunnel = Tunnel::new(config).unwrap();
+    let session: Session = tunnel.connect().await.unwrap();
+    let outcomes = session.proxies().to_vec();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        let _ = session.run(&tunnel, s).await;
+    });
+    TestTunnel {
+        outcomes,
+        stop,
+        task,
+    }
+}
+
+/// An echo server that echoes until the client half-closes, then half-closes too.
+pub async fn start_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port on which nothing listens (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so each client's data is its own.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Connects, retrying until `DEADLINE` (for a port that is about to open).
+pub async fn connect(addr: SocketAddr) -> TcpStream {
+    let start = std::time::Instant::now();
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return s,
+            Err(e) if start.elapsed() > DEADLINE => panic!("cannot connect to {addr}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Sends `data`, half-closes, and returns everything read back until EOF.
+pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let socket = connect(addr).await;
+    let (mut r, mut w) = socket.into_split();
+    let data = data.to_vec();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(DEADLINE, r.read_to_end(&mut back))
+        .await
+        .expect("echo timed out")
+        .unwrap();
+    writer.await.unwrap();
+    back
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}

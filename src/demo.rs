@@ -142,6 +142,7 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
         heartbeat_interval: Duration::from_secs(10),
         handshake_timeout: Duration::from_secs(10),
         link_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(7200),
     }
 }
 

@@ -18,6 +18,8 @@
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+// A std lock held across an await can deadlock the runtime; make the lint a hard error.
+#![deny(clippy::await_holding_lock)]
 
 pub mod channel;
 pub mod config;

@@ -10,12 +10,15 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
 
 /// Per-stream flow-control window: enough for one stream to reach full loopback speed.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -66,17 +69,29 @@ pub struct Traffic {
 /// Copies bytes between `socket` and a link stream until both directions have ended.
 ///
 /// Returns when the socket's reader hit end-of-file and the stream's body ended; an error on
-/// either side resets the stream and drops the socket.
+/// either side resets the stream and drops the socket. With `idle` set, a connection that moves
+/// no byte in either direction for that long is closed the same way.
 pub async fn splice(
     socket: TcpStream,
     mut send: SendStream<Bytes>,
     recv: RecvStream,
+    idle: Option<Duration>,
 ) -> io::Result<Traffic> {
     let (reader, writer) = socket.into_split();
-    let result = tokio::try_join!(
-        socket_to_stream(reader, &mut send),
-        stream_to_socket(recv, writer)
-    );
+    let activity = Activity::new();
+    let transfer = async {
+        tokio::try_join!(
+            socket_to_stream(reader, &mut send, &activity),
+            stream_to_socket(recv, writer, &activity)
+        )
+    };
+    let result = match idle {
+        Some(limit) => tokio::select! {
+            r = transfer => r,
+            e = activity.expired(limit) => Err(e),
+        },
+        None => transfer.await,
+    };
     match result {
         Ok((sent, received)) => Ok(Traffic { sent, received }),
         Err(e) => {
@@ -86,7 +101,43 @@ pub async fn splice(
     }
 }
 
-async fn socket_to_stream(reader: OwnedReadHalf, send: &mut SendStream<Bytes>) -> io::Result<u64> {
+/// When a spliced connection last moved a byte, shared by its two directions.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `limit`.
+    async fn expired(&self, limit: Duration) -> io::Error {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + limit;
+            if Instant::now() >= deadline {
+                return io::Error::new(io::ErrorKind::TimedOut, format!("idle for {limit:?}"));
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+async fn socket_to_stream(
+    reader: OwnedReadHalf,
+    send: &mut SendStream<Bytes>,
+    activity: &Activity,
+) -> io::Result<u64> {
     let mut buf = BytesMut::new();
     let mut total = 0u64;
     loop {
@@ -101,6 +152,7 @@ async fn socket_to_stream(reader: OwnedReadHalf, send: &mut SendStream<Bytes>) -
             }
             Ok(n) => {
                 total += n as u64;
+                activity.touch();
                 send_all(send, &mut buf).await?;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -137,11 +189,16 @@ async fn send_all(send: &mut SendStream<Bytes>, buf: &mut BytesMut) -> io::Resul
     Ok(())
 }
 
-async fn stream_to_socket(mut recv: RecvStream, mut writer: OwnedWriteHalf) -> io::Result<u64> {
+async fn stream_to_socket(
+    mut recv: RecvStream,
+    mut writer: OwnedWriteHalf,
+    activity: &Activity,
+) -> io::Result<u64> {
     let mut total = 0u64;
     while let Some(chunk) = recv.data().await {
         let chunk = chunk.map_err(h2_to_io)?;
         writer.write_all(&chunk).await?;
+        activity.touch();
         total += chunk.len() as u64;
         // Release the window only once the bytes are out: a slow reader slows the sender.
         recv.flow_control()
@@ -165,4 +222,22 @@ pub fn h2_to_io(e: h2::Error) -> io::Error {
         io::ErrorKind::Other
     };
     io::Error::new(kind, e)
+}
+
+/// Pings the peer of a link connection every `interval` and resolves, with the reason, once a
+/// ping goes unanswered for `misses` intervals or fails. Never resolves if pings are unavailable.
+/// Must be polled alongside the connection itself (which carries the ping).
+pub async fn keepalive(ping_pong: Option<h2::PingPong>, interval: Duration, misses: u32) -> String {
+    let Some(mut ping_pong) = ping_pong else {
+        return std::future::pending().await;
+    };
+    let silence = interval * misses;
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(silence, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(e)) => return format!("link ping failed: {e}"),
+            Err(_) => return format!("link connection silent for {silence:?}"),
+        }
+    }
 }

@@ -385,3 +385,24 @@ async fn wait_until_refused(addr: std::net::SocketAddr, within: Duration) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn an_idle_client_is_closed_after_the_idle_timeout() {
+    let mut config = hub_config(vec![tcp_any("tcp")]);
+    config.idle_timeout = Duration::from_millis(300);
+    let hub = start_hub_with(config).await;
+    let echo = start_echo().await;
+    let tunnel = start_tunnel(tunnel_config(&hub, vec![proxy("echo", "tcp", echo, None)])).await;
+    let mut socket = connect(tunnel.addr(0)).await;
+    socket.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    socket.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    // Now say nothing: the hub must close the connection on its own.
+    let read = tokio::time::timeout(DEADLINE, socket.read(&mut buf))
+        .await
+        .expect("idle client never closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The proxy itself keeps working for new clients.
+    assert_eq!(round_trip(tunnel.addr(0), b"fresh").await, b"fresh");
+}

@@ -26,6 +26,7 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/tunnelize";
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// The hub's configuration, checked: every value is valid and the rules between keys hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,9 @@ pub struct HubConfig {
     pub handshake_timeout: Duration,
     /// `link_timeout` (default `10s`): how long the hub waits for a tunnel to reach its target.
     pub link_timeout: Duration,
+    /// `idle_timeout` (default `2h`): a client connection with no bytes in either direction for
+    /// this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// `[tls]`: PEM files the hub serves instead of its generated certificate.
@@ -113,6 +117,7 @@ struct RawHub {
     heartbeat_interval: Option<Spanned<Value>>,
     handshake_timeout: Option<Spanned<Value>>,
     link_timeout: Option<Spanned<Value>>,
+    idle_timeout: Option<Spanned<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +199,7 @@ impl RawHub {
                 DEFAULT_HANDSHAKE_TIMEOUT,
             )?,
             link_timeout: duration(&self.link_timeout, "link_timeout", DEFAULT_LINK_TIMEOUT)?,
+            idle_timeout: duration(&self.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
         })
     }
 }
@@ -340,6 +346,7 @@ mod tests {
                 heartbeat_interval: Duration::from_secs(10),
                 handshake_timeout: Duration::from_secs(10),
                 link_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(7200),
             }
         );
     }
@@ -348,7 +355,7 @@ mod tests {
     fn every_key_can_be_set() {
         let text = format!(
             "listen = \"[::]:8443\"\nstate_dir = \"state\"\nheartbeat_interval = \"500ms\"\n\
-             handshake_timeout = \"2m\"\nlink_timeout = \"1h\"\n\
+             handshake_timeout = \"2m\"\nlink_timeout = \"1h\"\nidle_timeout = \"5m\"\n\
              [tls]\ncert_file = \"/etc/ssl/hub.pem\"\nkey_file = \"hub.key\"\n{KEYS}\
              [services.web]\nkind = \"tcp\"\nlisten = \"127.0.0.1\"\nports = 8080\n\
              [services.ssh]\nkind = \"tcp\"\nports = \"20000-20100\"\n"
@@ -366,6 +373,7 @@ mod tests {
         assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
         assert_eq!(config.handshake_timeout, Duration::from_secs(120));
         assert_eq!(config.link_timeout, Duration::from_secs(3600));
+        assert_eq!(config.idle_timeout, Duration::from_secs(300));
         // Sorted by name, whatever the order in the file.
         assert_eq!(
             config.services,

@@ -23,7 +23,8 @@ use super::{Shared, refuse};
 use crate::channel::FramedStream;
 use crate::mux;
 use crate::protocol::{
-    Envelope, HubMessage, HubPreamble, LinkOpen, PROTOCOL_VERSION, RefusalCode, TunnelMessage,
+    Envelope, HEARTBEAT_MISSES, HubMessage, HubPreamble, LinkOpen, PROTOCOL_VERSION, RefusalCode,
+    TunnelMessage,
 };
 
 /// Errors opening a link stream.
@@ -174,7 +175,7 @@ pub(super) async fn serve_link<S>(
         return;
     }
     let handshake = mux::hub_builder().handshake::<_, Bytes>(framed.into_inner());
-    let (handle, connection) =
+    let (handle, mut connection) =
         match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
@@ -188,11 +189,16 @@ pub(super) async fn serve_link<S>(
         };
     let link_id = session.links.add(handle);
     info!(%peer, %tunnel_id, link_id, "link connection up");
+    let pings = connection.ping_pong();
+    let interval = shared.config.heartbeat_interval;
     tokio::select! {
         result = connection => {
             if let Err(e) = result {
                 debug!(%tunnel_id, link_id, error = %e, "link connection ended");
             }
+        }
+        reason = mux::keepalive(pings, interval, HEARTBEAT_MISSES) => {
+            warn!(%tunnel_id, link_id, %reason, "dropping an unresponsive link connection");
         }
         () = session.cancel.cancelled() => {}
     }

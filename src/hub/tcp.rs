@@ -201,7 +201,14 @@ async fn serve_client(
         return;
     }
     debug!("client connected");
-    match mux::splice(socket, send, response.into_body()).await {
+    match mux::splice(
+        socket,
+        send,
+        response.into_body(),
+        Some(shared.config.idle_timeout),
+    )
+    .await
+    {
         Ok(t) => debug!(sent = t.sent, received = t.received, "client closed"),
         Err(e) => debug!(error = %e, "client connection ended with an error"),
     }

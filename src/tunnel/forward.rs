@@ -21,7 +21,9 @@ use uuid::Uuid;
 
 use super::{Backoff, Tunnel, TunnelError};
 use crate::mux;
-use crate::protocol::{Channel, HubMessage, LinkOpen, LinkRefusal, TunnelMessage};
+use crate::protocol::{
+    Channel, HANDSHAKE_TIMEOUT, HEARTBEAT_MISSES, HubMessage, LinkOpen, LinkRefusal, TunnelMessage,
+};
 use crate::secret::Secret;
 
 /// Keeps one link connection of a session up.
@@ -36,6 +38,8 @@ pub struct LinkWorker {
     pub targets: Arc<HashMap<String, String>>,
     /// Cancelled when the session ends.
     pub stop: CancellationToken,
+    /// The session's heartbeat interval; link connections are pinged as often.
+    pub heartbeat: Duration,
 }
 
 impl LinkWorker {
@@ -74,12 +78,20 @@ impl LinkWorker {
                 "expected link accepted, got {reply:?}"
             )));
         }
-        let mut connection = mux::tunnel_builder()
-            .handshake::<_, Bytes>(framed.into_inner())
+        let handshake = mux::tunnel_builder().handshake::<_, Bytes>(framed.into_inner());
+        let mut connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
+            .map_err(|_| TunnelError::Protocol("link HTTP/2 handshake timed out".into()))?
             .map_err(|e| TunnelError::Protocol(format!("link HTTP/2 handshake failed: {e}")))?;
         debug!(tunnel_id = %self.tunnel_id, "link connection up");
-        while let Some(next) = connection.accept().await {
+        let keepalive = mux::keepalive(connection.ping_pong(), self.heartbeat, HEARTBEAT_MISSES);
+        tokio::pin!(keepalive);
+        loop {
+            let next = tokio::select! {
+                next = connection.accept() => next,
+                reason = &mut keepalive => return Err(TunnelError::Protocol(reason)),
+            };
+            let Some(next) = next else { break };
             let (request, respond) =
                 next.map_err(|e| TunnelError::Protocol(format!("link connection failed: {e}")))?;
             let targets = self.targets.clone();
@@ -157,7 +169,8 @@ async fn serve_stream(
             }
         };
         debug!(%target, "forwarding");
-        match mux::splice(socket, send, request.into_body()).await {
+        // The hub enforces the idle timeout and resets the stream, which ends this splice too.
+        match mux::splice(socket, send, request.into_body(), None).await {
             Ok(t) => debug!(sent = t.sent, received = t.received, "client closed"),
             Err(e) => debug!(error = %e, "client connection ended with an error"),
         }

@@ -302,6 +302,7 @@ impl Session {
                 token: self.link_token.clone(),
                 targets: targets.clone(),
                 stop: session_stop.clone(),
+                heartbeat: self.heartbeat,
             };
             links.spawn(link.run());
         }

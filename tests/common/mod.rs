@@ -61,6 +61,7 @@ pub fn hub_config(services: Vec<ServiceConfig>) -> HubConfig {
         heartbeat_interval: Duration::from_secs(10),
         handshake_timeout: Duration::from_secs(10),
         link_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(7200),
     }
 }
 

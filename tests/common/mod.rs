@@ -110,6 +110,7 @@ pub fn tunnel_config(hub: &TestHub, proxies: Vec<ProxyConfig>) -> TunnelConfig {
 
 /// A connected tunnel running in this process.
 pub struct TestTunnel {
+    pub tunnel_id: uuid::Uuid,
     pub outcomes: Vec<ProxyOutcome>,
     pub stop: CancellationToken,
     pub task: JoinHandle<()>,
@@ -133,12 +134,14 @@ pub async fn start_tunnel(config: TunnelConfig) -> TestTunnel {
     let tunnel = Tunnel::new(config).unwrap();
     let session: Session = tunnel.connect().await.unwrap();
     let outcomes = session.proxies().to_vec();
+    let tunnel_id = session.tunnel_id();
     let stop = CancellationToken::new();
     let s = stop.clone();
     let task = tokio::spawn(async move {
         let _ = session.run(&tunnel, s).await;
     });
     TestTunnel {
+        tunnel_id,
         outcomes,
         stop,
         task,

@@ -164,6 +164,7 @@ fn tunnel_config(
             service: "demo".into(),
             target: target.to_string(),
             port: None,
+            ..Default::default()
         }],
     }
 }

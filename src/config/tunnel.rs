@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use serde::Deserialize;
+
+use crate::protocol::BasicAuth;
 use toml::{Spanned, Value};
 
 use super::error::ConfigError;
@@ -56,7 +58,7 @@ pub enum HubTrust {
 }
 
 /// `[[proxies]]`: one local target exposed through a hub service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProxyConfig {
     /// `name`: unique among the proxies; 1 to 64 of `a-z`, `0-9`, `_`, `-`.
     pub name: String,
@@ -67,6 +69,18 @@ pub struct ProxyConfig {
     /// `port` (optional): the public port to ask for within the service's range; `None` lets
     /// the hub choose.
     pub port: Option<u16>,
+    /// `hostname` (optional, http/https services): a name under the service's domain
+    /// (`myapp`) or a full hostname the hub allows; `None` lets the hub pick a random name.
+    pub hostname: Option<String>,
+    /// `group` (optional, http/https services): tunnels naming the same group share the
+    /// hostname, round-robin.
+    pub group: Option<String>,
+    /// `[proxies.basic_auth]` (optional, http/https services): `user` and `password_hash`
+    /// (from `tunnelize hash-password`); the hub asks clients for these credentials.
+    pub basic_auth: Option<BasicAuth>,
+    /// `max_body` (optional, http/https services): largest request body in bytes; larger
+    /// requests get 413.
+    pub max_body: Option<u64>,
 }
 
 impl TunnelConfig {
@@ -117,6 +131,17 @@ struct RawProxy {
     service: Spanned<String>,
     target: Spanned<String>,
     port: Option<Spanned<i64>>,
+    hostname: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    basic_auth: Option<RawBasicAuth>,
+    max_body: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasicAuth {
+    user: Spanned<String>,
+    password_hash: Spanned<String>,
 }
 
 impl RawTunnel {
@@ -278,14 +303,109 @@ fn check_proxies(src: &Source<'_>, raw: &[RawProxy]) -> Result<Vec<ProxyConfig>,
                 ),
             ));
         }
+        let hostname = proxy
+            .hostname
+            .as_ref()
+            .map(|h| {
+                check_hostname(h.get_ref()).map_err(|problem| {
+                    src.error_at(h.span(), format!("`hostname` in {table}: {problem}"))
+                })
+            })
+            .transpose()?;
+        let group = proxy
+            .group
+            .as_ref()
+            .map(|g| {
+                check_name(g.get_ref())
+                    .map(|()| g.get_ref().clone())
+                    .map_err(|problem| {
+                        src.error_at(g.span(), format!("`group` in {table}: {problem}"))
+                    })
+            })
+            .transpose()?;
+        let basic_auth = proxy
+            .basic_auth
+            .as_ref()
+            .map(|auth| check_basic_auth(src, auth, &table))
+            .transpose()?;
+        let max_body = proxy
+            .max_body
+            .as_ref()
+            .map(|m| {
+                u64::try_from(*m.get_ref())
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        src.error_at(
+                            m.span(),
+                            format!("`max_body` in {table}: must be a positive number of bytes"),
+                        )
+                    })
+            })
+            .transpose()?;
         proxies.push(ProxyConfig {
             name: name.clone(),
             service: proxy.service.get_ref().clone(),
             target: proxy.target.get_ref().clone(),
             port,
+            hostname,
+            group,
+            basic_auth,
+            max_body,
         });
     }
     Ok(proxies)
+}
+
+/// A hostname label (`myapp`) or a full hostname (`app.example.org`), lowercased.
+fn check_hostname(text: &str) -> Result<String, String> {
+    let host = text.to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(format!(
+            "{text:?} is not a valid hostname; use letters, digits and `-` in dot-separated labels, \
+             like \"myapp\" or \"app.example.org\""
+        ));
+    }
+    Ok(host)
+}
+
+fn check_basic_auth(
+    src: &Source<'_>,
+    raw: &RawBasicAuth,
+    table: &str,
+) -> Result<BasicAuth, ConfigError> {
+    let user = raw.user.get_ref();
+    if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+        return Err(src.error_at(
+            raw.user.span(),
+            format!(
+                "`basic_auth.user` in {table}: must be non-empty, without `:` or control characters"
+            ),
+        ));
+    }
+    let hash = raw.password_hash.get_ref();
+    if argon2::PasswordHash::new(hash).is_err() {
+        // The value is a hash, but say nothing of it: someone may have pasted a password here.
+        return Err(src.error_at(
+            raw.password_hash.span(),
+            format!(
+                "`basic_auth.password_hash` in {table}: not a password hash; create one with \
+                 `tunnelize hash-password` and paste its output"
+            ),
+        ));
+    }
+    Ok(BasicAuth {
+        user: user.clone(),
+        password_hash: hash.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -336,6 +456,7 @@ mod tests {
                     service: "ssh".into(),
                     target: "127.0.0.1:22".into(),
                     port: None,
+                    ..Default::default()
                 }],
             }
         );

@@ -132,6 +132,7 @@ fn expose(shared: &Arc<Shared>, session: &Arc<TunnelSession>, req: &ProxyRequest
                 Ok(port) => ProxyOutcome::Accepted {
                     name: req.name.clone(),
                     port: Some(port),
+                    hostname: None,
                 },
                 Err(reason) => ProxyOutcome::Rejected {
                     name: req.name.clone(),

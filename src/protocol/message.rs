@@ -46,7 +46,7 @@ pub enum TunnelMessage {
 }
 
 /// One proxy a tunnel asks the hub to expose.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyRequest {
     /// The proxy's name, unique within the tunnel; link streams name it.
     pub name: String,
@@ -55,6 +55,28 @@ pub struct ProxyRequest {
     /// For port-routed services: the port wanted, or `None` for any free one.
     #[serde(default)]
     pub port: Option<u16>,
+    /// For host-routed services: a name under the service's domain (`myapp`), or a full
+    /// hostname where the hub allows it; `None` for a random name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Load-balancing group: tunnels naming the same group may share one hostname.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// HTTP basic authentication the hub enforces in front of this proxy.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    /// Largest request body, in bytes, the hub lets through to this proxy.
+    #[serde(default)]
+    pub max_body: Option<u64>,
+}
+
+/// Credentials for HTTP basic authentication; the password only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuth {
+    /// User name.
+    pub user: String,
+    /// Password hash in PHC string format (`tunnelize hash-password`).
+    pub password_hash: String,
 }
 
 /// What a hub says to a tunnel.
@@ -103,6 +125,9 @@ pub enum ProxyOutcome {
         name: String,
         /// Public port assigned, for port-routed services.
         port: Option<u16>,
+        /// Public hostname assigned, for host-routed services.
+        #[serde(default)]
+        hostname: Option<String>,
     },
     /// The proxy was not set up; the tunnel's other proxies are unaffected.
     Rejected {
@@ -155,11 +180,19 @@ mod tests {
                     name: "ssh".into(),
                     service: "tcp".into(),
                     port: Some(2222),
+                    ..Default::default()
                 },
                 ProxyRequest {
-                    name: "db".into(),
-                    service: "tcp".into(),
+                    name: "web".into(),
+                    service: "http".into(),
                     port: None,
+                    hostname: Some("myapp".into()),
+                    group: Some("blue".into()),
+                    basic_auth: Some(BasicAuth {
+                        user: "ann".into(),
+                        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+                    }),
+                    max_body: Some(1 << 20),
                 },
             ],
         });
@@ -186,6 +219,12 @@ mod tests {
                 ProxyOutcome::Accepted {
                     name: "ssh".into(),
                     port: Some(20001),
+                    hostname: None,
+                },
+                ProxyOutcome::Accepted {
+                    name: "web".into(),
+                    port: None,
+                    hostname: Some("myapp.tunnel.example.com".into()),
                 },
                 ProxyOutcome::Rejected {
                     name: "db".into(),

@@ -13,7 +13,9 @@ mod preamble;
 
 pub use frame::{FrameError, decode_frame, encode_frame};
 pub use link::{LinkHeaderError, LinkOpen, LinkRefusal};
-pub use message::{Envelope, HubMessage, ProxyOutcome, ProxyRequest, RefusalCode, TunnelMessage};
+pub use message::{
+    BasicAuth, Envelope, HubMessage, ProxyOutcome, ProxyRequest, RefusalCode, TunnelMessage,
+};
 pub use preamble::{
     Channel, HubPreamble, MAGIC, PREAMBLE_LEN, PROTOCOL_VERSION, Preamble, PreambleError,
 };

@@ -210,6 +210,10 @@ impl Tunnel {
                 name: p.name.clone(),
                 service: p.service.clone(),
                 port: p.port,
+                hostname: p.hostname.clone(),
+                group: p.group.clone(),
+                basic_auth: p.basic_auth.clone(),
+                max_body: p.max_body,
             })
             .collect();
         let hello = TunnelMessage::Hello {
@@ -265,13 +269,15 @@ impl Session {
             match outcome {
                 ProxyOutcome::Accepted {
                     name,
-                    port: Some(port),
-                } => {
-                    info!(proxy = %name, port, "proxy is live on the hub")
-                }
-                ProxyOutcome::Accepted { name, port: None } => {
-                    info!(proxy = %name, "proxy is live on the hub")
-                }
+                    port,
+                    hostname,
+                } => match (port, hostname) {
+                    (Some(port), _) => info!(proxy = %name, port, "proxy is live on the hub"),
+                    (None, Some(host)) => {
+                        info!(proxy = %name, hostname = %host, "proxy is live on the hub")
+                    }
+                    (None, None) => info!(proxy = %name, "proxy is live on the hub"),
+                },
                 ProxyOutcome::Rejected { name, reason } => {
                     warn!(proxy = %name, %reason, "proxy rejected by the hub")
                 }

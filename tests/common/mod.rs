@@ -93,6 +93,7 @@ pub fn proxy(name: &str, service: &str, target: SocketAddr, port: Option<u16>) -
         service: service.into(),
         target: target.to_string(),
         port,
+        ..Default::default()
     }
 }
 

@@ -8,6 +8,10 @@
 //! its stream's window from being released, which stops the sender. See docs/protocol.md for why
 //! HTTP/2 (the `h2` crate) and for the measurements behind the window sizes.
 
+mod stream;
+
+pub use stream::LinkStream;
+
 use std::future::poll_fn;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,12 +26,14 @@ use tokio::time::Instant;
 
 /// Per-stream flow-control window: enough for one stream to reach full loopback speed.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-/// Per-connection flow-control window, shared by every stream of a link connection.
+/// Per-connection flow-control window, shared by every stream of a link connection. It also
+/// bounds what slow readers can make the receiving side buffer per link connection.
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Largest HTTP/2 frame either side accepts.
-pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
-/// How much a stream may queue for sending before it waits for the connection to drain.
-pub const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// Largest HTTP/2 frame either side accepts (larger frames measured no faster).
+pub const MAX_FRAME_SIZE: u32 = 16 * 1024;
+/// How much a stream may queue for sending before it waits for the connection to drain
+/// (h2's default; larger measured no faster).
+pub const MAX_SEND_BUFFER: usize = 400 * 1024;
 /// Streams one link connection may carry at once.
 pub const MAX_STREAMS_PER_LINK: u32 = 16 * 1024;
 /// Bytes read from a socket at a time.
@@ -166,27 +172,42 @@ async fn socket_to_stream(
     }
 }
 
-/// Sends everything in `buf`, waiting for flow-control capacity as needed.
+/// Sends everything in `buf`, waiting for flow-control capacity as needed. Reserves only what
+/// was read, so an idle stream never holds a share of the connection window.
 async fn send_all(send: &mut SendStream<Bytes>, buf: &mut BytesMut) -> io::Result<()> {
     while !buf.is_empty() {
         send.reserve_capacity(buf.len());
-        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(n)) => n,
-            Some(Err(e)) => return Err(h2_to_io(e)),
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "link stream closed",
-                ));
-            }
-        };
-        if granted == 0 {
-            continue;
-        }
+        let granted = poll_fn(|cx| poll_send_capacity(send, cx)).await?;
         let chunk = buf.split_to(granted.min(buf.len())).freeze();
         send.send_data(chunk, false).map_err(h2_to_io)?;
     }
     Ok(())
+}
+
+/// Waits until the stream has send capacity (after `reserve_capacity`). `poll_capacity` only
+/// reports increases, so capacity already assigned is checked first.
+pub(crate) fn poll_send_capacity(
+    send: &mut SendStream<Bytes>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<io::Result<usize>> {
+    use std::task::Poll;
+    loop {
+        let available = send.capacity();
+        if available > 0 {
+            return Poll::Ready(Ok(available));
+        }
+        match std::task::ready!(send.poll_capacity(cx)) {
+            Some(Ok(0)) => continue,
+            Some(Ok(n)) => return Poll::Ready(Ok(n)),
+            Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+            None => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "link stream closed",
+                )));
+            }
+        }
+    }
 }
 
 async fn stream_to_socket(

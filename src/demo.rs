@@ -77,7 +77,7 @@ impl Demo {
         let key = Secret::random(24);
         let hub_listener = TcpListener::bind("127.0.0.1:0").await?;
         let hub_addr = hub_listener.local_addr()?;
-        let hub = Hub::new(hub_config(hub_addr, key.clone()), &identity)?;
+        let hub = Hub::new(hub_config(hub_addr, key.clone()), &identity).await?;
         let fingerprint = hub.fingerprint();
         tasks.push(tokio::spawn(hub.run(hub_listener, stop.clone())));
 

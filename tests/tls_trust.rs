@@ -44,7 +44,7 @@ async fn hub_with_files(files: &TlsFiles) -> TestHub {
     let mut config = hub_config(vec![tcp_any("tcp")]);
     config.listen = addr;
     config.tls = Some(files.clone());
-    let hub = Hub::new(config, &identity).unwrap();
+    let hub = Hub::new(config, &identity).await.unwrap();
     let fingerprint = hub.fingerprint();
     let stop = CancellationToken::new();
     let task = tokio::spawn(hub.run(listener, stop.clone()));

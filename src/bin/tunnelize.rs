@@ -160,7 +160,7 @@ async fn run_hub(path: &Path) -> Result<()> {
     };
     info!(fingerprint = %identity.fingerprint(), "hub certificate");
     let listen = config.listen;
-    let hub = Hub::new(config, &identity)?;
+    let hub = Hub::new(config, &identity).await?;
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!(
             "cannot listen on {listen} (set `listen` in {} to a free address)",

@@ -13,6 +13,7 @@
 //! `[services.NAME]` tables.
 
 mod error;
+mod http;
 mod hub;
 mod secret_source;
 mod service;
@@ -23,6 +24,8 @@ mod values;
 use std::path::Path;
 
 pub use error::{ConfigError, Location, Position};
+pub use http::HttpService;
+pub(crate) use http::is_hostname;
 pub use hub::{HubConfig, TlsFiles, TunnelKey};
 pub use service::{ServiceConfig, ServiceKind, TcpService};
 pub use tunnel::{HubTrust, ProxyConfig, TunnelConfig};

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::error::ConfigError;
+use super::http::{HttpService, RawCertificate, RawHttpKeys, http_service};
 use super::source::{Source, Span};
 use super::values::{PortRange, check_name, parse_port_range};
 
@@ -33,6 +34,10 @@ pub struct ServiceConfig {
 pub enum ServiceKind {
     /// `kind = "tcp"`: raw TCP on a range of public ports.
     Tcp(TcpService),
+    /// `kind = "http"`: HTTP/1.1 on one public port, routed by the Host of each request.
+    Http(HttpService),
+    /// `kind = "https"`: like `http`, with TLS terminated at the hub (certificate by SNI).
+    Https(HttpService),
 }
 
 impl ServiceKind {
@@ -40,6 +45,8 @@ impl ServiceKind {
     pub fn name(&self) -> &'static str {
         match self {
             ServiceKind::Tcp(_) => "tcp",
+            ServiceKind::Http(_) => "http",
+            ServiceKind::Https(_) => "https",
         }
     }
 }
@@ -61,23 +68,80 @@ pub(super) struct RawService {
     kind: Spanned<String>,
     listen: Option<Spanned<String>>,
     ports: Option<Spanned<Value>>,
+    domain: Option<Spanned<String>>,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
+    header_timeout: Option<Spanned<Value>>,
+    response_timeout: Option<Spanned<Value>>,
+    max_head_size: Option<Spanned<i64>>,
+    redirect_https: Option<Spanned<String>>,
+    certificates: Option<Spanned<Vec<RawCertificate>>>,
 }
 
 impl RawService {
     /// Every optional key with its span when present.
-    fn optional_keys(&self) -> [(&'static str, Option<Span>); 2] {
-        [
+    fn optional_keys(&self) -> Vec<(&'static str, Option<Span>)> {
+        vec![
             ("listen", self.listen.as_ref().map(Spanned::span)),
             ("ports", self.ports.as_ref().map(Spanned::span)),
+            ("domain", self.domain.as_ref().map(Spanned::span)),
+            (
+                "trusted_proxies",
+                self.trusted_proxies.as_ref().map(Spanned::span),
+            ),
+            (
+                "header_timeout",
+                self.header_timeout.as_ref().map(Spanned::span),
+            ),
+            (
+                "response_timeout",
+                self.response_timeout.as_ref().map(Spanned::span),
+            ),
+            (
+                "max_head_size",
+                self.max_head_size.as_ref().map(Spanned::span),
+            ),
+            (
+                "redirect_https",
+                self.redirect_https.as_ref().map(Spanned::span),
+            ),
+            (
+                "certificates",
+                self.certificates.as_ref().map(Spanned::span),
+            ),
         ]
+    }
+
+    fn http_keys(&self) -> RawHttpKeys<'_> {
+        RawHttpKeys {
+            listen: self.listen.as_ref(),
+            domain: self.domain.as_ref(),
+            trusted_proxies: self.trusted_proxies.as_ref(),
+            header_timeout: self.header_timeout.as_ref(),
+            response_timeout: self.response_timeout.as_ref(),
+            max_head_size: self.max_head_size.as_ref(),
+            redirect_https: self.redirect_https.as_ref(),
+            certificates: self.certificates.as_ref(),
+        }
     }
 }
 
 /// The optional keys a `kind = "tcp"` service may set.
 const TCP_KEYS: &[&str] = &["listen", "ports"];
 
+/// The optional keys an `http` or `https` service may set.
+const HTTP_KEYS: &[&str] = &[
+    "listen",
+    "domain",
+    "trusted_proxies",
+    "header_timeout",
+    "response_timeout",
+    "max_head_size",
+    "redirect_https",
+    "certificates",
+];
+
 /// The `kind`s a service may have, for error messages.
-const SERVICE_KINDS: &str = "\"tcp\"";
+const SERVICE_KINDS: &str = "\"tcp\", \"http\", \"https\"";
 
 /// A checked service with the spans needed to report conflicts between services.
 struct PlacedService {
@@ -135,6 +199,9 @@ pub(super) fn check_services(
 fn tcp_binding(kind: &ServiceKind) -> Option<(IpAddr, PortRange)> {
     match kind {
         ServiceKind::Tcp(tcp) => Some((tcp.listen, tcp.ports)),
+        ServiceKind::Http(http) | ServiceKind::Https(http) => {
+            Some((http.listen.ip(), PortRange::single(http.listen.port())))
+        }
     }
 }
 
@@ -177,6 +244,16 @@ fn build_service(
             reject_keys_outside(TCP_KEYS)?;
             let (tcp, ports_span) = tcp_service(src, name, raw, &table)?;
             (ServiceKind::Tcp(tcp), ports_span)
+        }
+        "http" | "https" => {
+            reject_keys_outside(HTTP_KEYS)?;
+            let tls = raw.kind.get_ref() == "https";
+            let (http, span) = http_service(src, name, &raw.http_keys(), &table, tls)?;
+            if tls {
+                (ServiceKind::Https(http), span)
+            } else {
+                (ServiceKind::Http(http), span)
+            }
         }
         other => {
             return Err(src.error_at(
@@ -368,7 +445,9 @@ mod tests {
             service("b")
         );
         let config = parse(&text).unwrap();
-        let ServiceKind::Tcp(tcp) = &config.services[0].kind;
+        let ServiceKind::Tcp(tcp) = &config.services[0].kind else {
+            panic!("expected a tcp service, got {:?}", config.services[0].kind);
+        };
         assert!(tcp.ports.is_os_assigned());
     }
 }

@@ -38,7 +38,19 @@ impl PortRange {
     /// `ports = "0"`: one port, picked by the operating system when it is bound.
     pub const OS_ASSIGNED: PortRange = PortRange { start: 0, end: 0 };
 
-    /// Whether this is [`PortRange::OS_ASSIGNED`].
+    /// The range holding only `port` (`0` gives [`PortRange::OS_ASSIGNED`]).
+    pub fn single(port: u16) -> Self {
+        if port == 0 {
+            PortRange::OS_ASSIGNED
+        } else {
+            PortRange {
+                start: port,
+                end: port,
+            }
+        }
+    }
+
+    /// Whether the OS picks the port (`"0"`).
     pub fn is_os_assigned(&self) -> bool {
         *self == Self::OS_ASSIGNED
     }

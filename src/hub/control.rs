@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::registry::TunnelSession;
-use super::{Shared, refuse, tcp};
+use super::{Shared, http, refuse, tcp};
 use crate::channel::{ChannelError, FramedStream};
 use crate::protocol::{
     Envelope, HEARTBEAT_MISSES, HubMessage, HubPreamble, PROTOCOL_VERSION, ProxyOutcome,
@@ -89,6 +89,7 @@ pub(super) async fn serve_control<S>(
             Err(e) => format!("lost during handshake: {e}"),
         };
         shared.registry.remove(&session.id, &reason);
+        shared.hosts.remove_tunnel(&session.id);
         info!(%reason, "tunnel disconnected");
     }
     .instrument(span)
@@ -133,6 +134,19 @@ fn expose(shared: &Arc<Shared>, session: &Arc<TunnelSession>, req: &ProxyRequest
                     name: req.name.clone(),
                     port: Some(port),
                     hostname: None,
+                },
+                Err(reason) => ProxyOutcome::Rejected {
+                    name: req.name.clone(),
+                    reason,
+                },
+            }
+        }
+        crate::config::ServiceKind::Http(config) | crate::config::ServiceKind::Https(config) => {
+            match http::expose(shared, session, &service.name, config, req) {
+                Ok(host) => ProxyOutcome::Accepted {
+                    name: req.name.clone(),
+                    port: None,
+                    hostname: Some(host),
                 },
                 Err(reason) => ProxyOutcome::Rejected {
                     name: req.name.clone(),

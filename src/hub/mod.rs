@@ -7,10 +7,12 @@
 //! connection ([`links`]). Public endpoints live in one file per service kind ([`tcp`]).
 
 pub mod control;
+pub mod http;
 pub mod links;
 pub mod registry;
 pub mod tcp;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::channel::FramedStream;
-use crate::config::HubConfig;
+use crate::config::{HubConfig, ServiceKind};
 use crate::protocol::{Channel, Envelope, HubMessage, HubPreamble, PROTOCOL_VERSION, RefusalCode};
 use crate::tls::{Fingerprint, Identity, TlsError};
 pub use registry::Registry;
@@ -40,6 +42,18 @@ pub enum HubError {
     /// The configuration cannot be served.
     #[error("invalid hub configuration: {0}")]
     Config(String),
+    /// A service's listen address cannot be bound.
+    #[error(
+        "service `{service}`: cannot listen on {addr}: {source}; pick another `listen` address"
+    )]
+    Bind {
+        /// The service.
+        service: String,
+        /// Its address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// State shared by every task of a hub.
@@ -47,6 +61,18 @@ pub(crate) struct Shared {
     pub config: HubConfig,
     pub registry: Registry,
     pub tasks: TaskTracker,
+    /// Hostname routes of the http/https services.
+    pub hosts: http::routes::HostRoutes,
+    /// Bound addresses of the services that listen from the start (http, https).
+    pub service_addrs: HashMap<String, SocketAddr>,
+}
+
+/// A service listener bound at start, with what serving it needs.
+struct BoundService {
+    name: String,
+    config: crate::config::HttpService,
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
 }
 
 /// A configured hub, ready to run.
@@ -54,11 +80,13 @@ pub struct Hub {
     shared: Arc<Shared>,
     acceptor: TlsAcceptor,
     fingerprint: Fingerprint,
+    services: Vec<BoundService>,
 }
 
 impl Hub {
-    /// Prepares a hub with the certificate it presents to tunnels.
-    pub fn new(config: HubConfig, identity: &Identity) -> Result<Self, HubError> {
+    /// Prepares a hub with the certificate it presents to tunnels, and binds the listeners of
+    /// its http/https services (so a port in use is an error now, not later).
+    pub async fn new(config: HubConfig, identity: &Identity) -> Result<Self, HubError> {
         if config.keys.is_empty() && !(config.allow_no_auth && config.listen.ip().is_loopback()) {
             return Err(HubError::Config(
                 "no tunnel key is configured; add a [[keys]] entry (or, for loopback-only \
@@ -67,15 +95,47 @@ impl Hub {
             ));
         }
         let acceptor = TlsAcceptor::from(identity.server_config()?);
+        let mut services = Vec::new();
+        let mut service_addrs = HashMap::new();
+        for service in &config.services {
+            let (http, tls) = match &service.kind {
+                ServiceKind::Http(http) => (http, None),
+                ServiceKind::Https(http) => (http, Some(http::sni::acceptor(&http.certificates)?)),
+                _ => continue,
+            };
+            let bind_error = |source| HubError::Bind {
+                service: service.name.clone(),
+                addr: http.listen,
+                source,
+            };
+            let listener = TcpListener::bind(http.listen).await.map_err(bind_error)?;
+            let addr = listener.local_addr().map_err(bind_error)?;
+            service_addrs.insert(service.name.clone(), addr);
+            services.push(BoundService {
+                name: service.name.clone(),
+                config: http.clone(),
+                listener,
+                acceptor: tls,
+            });
+        }
+        let shared = Shared {
+            config,
+            registry: Registry::default(),
+            tasks: TaskTracker::new(),
+            hosts: http::routes::HostRoutes::default(),
+            service_addrs,
+        };
         Ok(Hub {
-            shared: Arc::new(Shared {
-                config,
-                registry: Registry::default(),
-                tasks: TaskTracker::new(),
-            }),
+            shared: Arc::new(shared),
             acceptor,
             fingerprint: identity.fingerprint(),
+            services,
         })
+    }
+
+    /// The bound address of an http/https service.
+    pub fn service_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.shared.service_addrs.get(name).copied()
     }
 
     /// SHA-256 fingerprint of the certificate tunnels will see.
@@ -85,7 +145,17 @@ impl Hub {
 
     /// Serves tunnels on `listener` until `shutdown` is cancelled, then closes every session
     /// (tunnels are told why) and waits briefly for connection tasks to finish.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+    pub async fn run(mut self, listener: TcpListener, shutdown: CancellationToken) {
+        for service in std::mem::take(&mut self.services) {
+            self.shared.tasks.spawn(http::serve(
+                self.shared.clone(),
+                service.name,
+                service.config,
+                service.listener,
+                service.acceptor,
+                shutdown.clone(),
+            ));
+        }
         match listener.local_addr() {
             Ok(addr) => {
                 info!(listen = %addr, fingerprint = %self.fingerprint, "hub listening for tunnels")

@@ -75,7 +75,7 @@ pub async fn start_hub_with(mut config: HubConfig) -> TestHub {
     let addr = listener.local_addr().unwrap();
     config.listen = addr;
     let identity = Identity::generate(&["localhost"]).unwrap();
-    let hub = Hub::new(config, &identity).unwrap();
+    let hub = Hub::new(config, &identity).await.unwrap();
     let fingerprint = hub.fingerprint();
     let stop = CancellationToken::new();
     let task = tokio::spawn(hub.run(listener, stop.clone()));

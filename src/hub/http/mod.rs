@@ -1,0 +1,565 @@
+//! `http` and `https` services: the hub as a reverse proxy, routing every request by its Host.
+//!
+//! One listener per service, bound at start. Each client connection runs hyper's server; every
+//! request (including later ones on a keep-alive connection) is routed by its own Host to a
+//! tunnel proxy ([`routes`]), and sent over a link stream as HTTP/1.1 ([`upstream`]). The hub
+//! replaces `X-Forwarded-For/-Proto/-Host` (extends them for trusted proxies), strips hop-by-hop
+//! headers, streams bodies both ways, relays upgrades (WebSocket), and answers itself with small
+//! pages ([`pages`]): 404 unknown host, 502 unreachable target, 504 silent target, 400 ambiguous
+//! framing ([`framing`]), 401 basic auth ([`auth`]), 413 body too large, 431 head too large.
+//! `https` terminates TLS with a certificate chosen by SNI ([`sni`]) and speaks h2 or http/1.1.
+
+pub mod auth;
+pub mod framing;
+pub mod pages;
+pub mod routes;
+pub mod sni;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use self::framing::{HeadInspector, Verdict};
+use self::upstream::{Body, UpstreamError};
+use super::Shared;
+use super::registry::TunnelSession;
+use crate::config::HttpService;
+use crate::protocol::ProxyRequest;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// One http/https service, as its request handlers see it.
+pub(crate) struct Frontend {
+    shared: Arc<Shared>,
+    name: String,
+    config: HttpService,
+    tls: bool,
+    auth: auth::AuthCache,
+}
+
+/// Registers a tunnel's proxy on an http/https service: picks its hostname and claims it.
+/// Returns the public hostname, or a reason fit to send to the tunnel.
+pub(crate) fn expose(
+    shared: &Arc<Shared>,
+    session: &Arc<TunnelSession>,
+    service: &str,
+    config: &HttpService,
+    req: &ProxyRequest,
+) -> Result<String, String> {
+    let host = match req.hostname.as_deref().map(str::to_ascii_lowercase) {
+        None => loop {
+            let mut bytes = [0u8; 5];
+            let _ = getrandom::fill(&mut bytes);
+            let candidate = format!("{}.{}", hex::encode(bytes), config.domain);
+            if !shared.hosts.is_taken(service, &candidate) {
+                break candidate;
+            }
+        },
+        Some(name) if !name.contains('.') => format!("{name}.{}", config.domain),
+        Some(name) if name.ends_with(&format!(".{}", config.domain)) => name,
+        Some(name) => {
+            return Err(format!(
+                "hostname {name} is not under service `{service}`'s domain {}",
+                config.domain
+            ));
+        }
+    };
+    if !crate::config::is_hostname(&host) {
+        return Err(format!("{host:?} is not a valid hostname"));
+    }
+    shared
+        .hosts
+        .claim(
+            service,
+            &host,
+            req.group.as_deref(),
+            routes::BackendSpec {
+                session: session.clone(),
+                proxy: req.name.clone(),
+                auth: req.basic_auth.clone(),
+                max_body: req.max_body,
+            },
+        )
+        .map(|_| host)
+}
+
+/// Serves one http/https service on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    name: String,
+    config: HttpService,
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    let front = Arc::new(Frontend {
+        shared: shared.clone(),
+        name: name.clone(),
+        tls: acceptor.is_some(),
+        config,
+        auth: auth::AuthCache::default(),
+    });
+    let span = info_span!("service", service = %name);
+    async {
+        if let Ok(addr) = listener.local_addr() {
+            info!(listen = %addr, tls = front.tls, "serving http");
+        }
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let front = front.clone();
+                        let acceptor = acceptor.clone();
+                        shared.tasks.spawn(
+                            serve_connection(front, socket, peer, acceptor).instrument(info_span!("connection", %peer)),
+                        );
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "accepting an http client failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn serve_connection(
+    front: Arc<Frontend>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+) {
+    let _ = socket.set_nodelay(true);
+    match acceptor {
+        None => serve_http1(front, socket, peer).await,
+        Some(acceptor) => {
+            let limit = front.config.header_timeout;
+            let tls = match tokio::time::timeout(limit, acceptor.accept(socket)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+                Err(_) => return debug!("TLS handshake timed out"),
+            };
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(front, tls, peer).await;
+            } else {
+                serve_http1(front, tls, peer).await;
+            }
+        }
+    }
+}
+
+async fn serve_http1<S>(front: Arc<Frontend>, io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let inspector = Arc::new(Mutex::new(HeadInspector::new(front.config.max_head_size)));
+    let io = Inspected {
+        inner: io,
+        inspector: inspector.clone(),
+    };
+    let handler = front.clone();
+    let service = service_fn(move |req| {
+        let verdict = inspector
+            .lock()
+            .map(|mut i| i.next_verdict())
+            .unwrap_or(Verdict::Clean);
+        handle(handler.clone(), req, peer, verdict)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(front.config.header_timeout)
+        .max_buf_size(front.config.max_head_size);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+    {
+        debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+async fn serve_h2<S>(front: Arc<Frontend>, io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handler = front.clone();
+    let service = service_fn(move |req| handle(handler.clone(), req, peer, Verdict::Clean));
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(front.config.max_head_size as u32)
+        .max_concurrent_streams(256);
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        debug!(error = %e, "h2 connection ended with an error");
+    }
+}
+
+/// A client connection whose every received byte is also shown to a [`HeadInspector`].
+struct Inspected<S> {
+    inner: S,
+    inspector: Arc<Mutex<HeadInspector>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Inspected<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result
+            && let Ok(mut inspector) = self.inspector.lock()
+        {
+            inspector.feed(&buf.filled()[before..]);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Inspected<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The hostname a request is for: Host header (HTTP/1.1) or authority (h2), without port,
+/// lowercased, without a trailing dot.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = match req.headers().get(header::HOST) {
+        Some(value) => value.to_str().ok()?.to_owned(),
+        None => req.uri().authority()?.as_str().to_owned(),
+    };
+    let authority: http::uri::Authority = raw.parse().ok()?;
+    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+async fn handle(
+    front: Arc<Frontend>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    verdict: Verdict,
+) -> Result<Response<Body>, Infallible> {
+    let bad = |detail: &str| Ok(pages::page(StatusCode::BAD_REQUEST, detail, true));
+    if let Verdict::Ambiguous(reason) = verdict {
+        warn!(%peer, reason, "refused an ambiguous request");
+        return bad("The request's framing is ambiguous.");
+    }
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        warn!(%peer, "refused a request with several Host headers");
+        return bad("The request has more than one Host header.");
+    }
+    if req.method() == http::Method::CONNECT {
+        return Ok(pages::page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported.",
+            true,
+        ));
+    }
+    let Some(host) = request_host(&req) else {
+        return bad("The request names no valid host.");
+    };
+    if let Some(target) = &front.config.redirect_https {
+        return Ok(redirect_to_https(&front, target, &host, req.uri()));
+    }
+    let Some(backend) = front.shared.hosts.pick(&front.name, &host) else {
+        debug!(%peer, %host, "no tunnel for host");
+        return Ok(pages::unknown_host(&host));
+    };
+    if let Some(auth) = &backend.auth {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !front.auth.check(auth, presented).await {
+            return Ok(pages::auth_required());
+        }
+    }
+    let client_id = front.shared.registry.next_client_id();
+    let span = info_span!("client", service = %front.name, tunnel_id = %backend.session.id, client_id, %peer, %host);
+    forward(front, backend, req, peer, host, client_id)
+        .instrument(span)
+        .await
+}
+
+async fn forward(
+    front: Arc<Frontend>,
+    backend: Arc<routes::Backend>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    host: String,
+    client_id: u64,
+) -> Result<Response<Body>, Infallible> {
+    if let Some(limit) = backend.max_body {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Ok(pages::page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "The request body is too large.",
+                true,
+            ));
+        }
+    }
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let upstream_req = match upstream_request(&front, req, peer, &host, backend.max_body, upgrade) {
+        Ok(r) => r,
+        Err(detail) => return Ok(pages::page(StatusCode::BAD_REQUEST, &detail, true)),
+    };
+    let sent = upstream::send(
+        &front.shared,
+        &backend,
+        upstream_req,
+        client_id,
+        peer,
+        upgrade,
+    );
+    let mut response = match tokio::time::timeout(front.config.response_timeout, sent).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            warn!(error = %e, "bad gateway");
+            let detail = match e {
+                UpstreamError::Refused(_) | UpstreamError::LinkTimeout | UpstreamError::Link(_) => {
+                    format!(
+                        "The tunnel for <code>{}</code> could not reach its service.",
+                        pages::escape(&host)
+                    )
+                }
+                UpstreamError::Http(_) => {
+                    format!(
+                        "The service behind <code>{}</code> sent no valid response.",
+                        pages::escape(&host)
+                    )
+                }
+            };
+            return Ok(pages::page(StatusCode::BAD_GATEWAY, &detail, false));
+        }
+        Err(_) => {
+            warn!(timeout = ?front.config.response_timeout, "gateway timeout");
+            let detail = format!(
+                "The service behind <code>{}</code> did not answer in time.",
+                pages::escape(&host)
+            );
+            return Ok(pages::page(StatusCode::GATEWAY_TIMEOUT, &detail, false));
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        front.shared.tasks.spawn(
+            async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                            Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
+                            Err(e) => debug!(error = %e, "upgraded connection ended with an error"),
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "upgrade failed"),
+                }
+            }
+            .in_current_span(),
+        );
+        let (parts, body) = response.into_parts();
+        return Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed(),
+        ));
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if upgrade {
+        // The upgrade was refused: whatever the client sends next was not inspected as HTTP.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed(),
+    ))
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including any the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The request as sent to the target: origin-form URI, HTTP/1.1, hop-by-hop headers removed,
+/// forwarding headers set, body limited if the proxy says so.
+fn upstream_request(
+    front: &Frontend,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    host: &str,
+    max_body: Option<u64>,
+    upgrade: bool,
+) -> Result<Request<Body>, String> {
+    let (mut parts, body) = req.into_parts();
+    let original_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
+        .ok_or("The request names no host.")?;
+    let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    if upgrade && let Some(value) = upgrade_value {
+        parts.headers.insert(header::UPGRADE, value);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    parts.headers.insert(header::HOST, original_host.clone());
+    set_forwarded(front, &mut parts.headers, peer, &original_host);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = path
+        .parse::<Uri>()
+        .map_err(|_| format!("bad request target for {host}"))?;
+    parts.version = Version::HTTP_11;
+    let body = match max_body {
+        Some(limit) => Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed(),
+        None => body.map_err(Into::into).boxed(),
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`: replaced, unless the direct peer is a trusted proxy,
+/// in which case its values are kept and the peer is appended to `X-Forwarded-For`.
+fn set_forwarded(front: &Frontend, headers: &mut HeaderMap, peer: SocketAddr, host: &HeaderValue) {
+    const XFF: &str = "x-forwarded-for";
+    const XFP: &str = "x-forwarded-proto";
+    const XFH: &str = "x-forwarded-host";
+    let ip = peer.ip().to_canonical();
+    let trusted = front
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&ip));
+    let proto = if front.tls { "https" } else { "http" };
+    let prior: Vec<String> = headers
+        .get_all(XFF)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    let xff = if trusted && !prior.is_empty() {
+        format!("{}, {ip}", prior.join(", "))
+    } else {
+        ip.to_string()
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(XFF, value);
+    }
+    if !(trusted && headers.contains_key(XFP)) {
+        headers.insert(XFP, HeaderValue::from_static(proto));
+    }
+    if !(trusted && headers.contains_key(XFH)) {
+        headers.insert(XFH, host.clone());
+    }
+}
+
+fn redirect_to_https(front: &Frontend, target: &str, host: &str, uri: &Uri) -> Response<Body> {
+    let port = front
+        .shared
+        .service_addrs
+        .get(target)
+        .map(|a| a.port())
+        .unwrap_or(443);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    pages::redirect(&location)
+}

@@ -215,6 +215,7 @@ async fn a_tunnel_reports_both_versions_when_the_hub_speaks_another() {
     });
     let fake = TestHub {
         addr,
+        services: Default::default(),
         fingerprint: identity.fingerprint(),
         stop: tokio_util::sync::CancellationToken::new(),
         task: tokio::spawn(async {}),

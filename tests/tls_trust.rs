@@ -50,6 +50,7 @@ async fn hub_with_files(files: &TlsFiles) -> TestHub {
     let task = tokio::spawn(hub.run(listener, stop.clone()));
     TestHub {
         addr,
+        services: Default::default(),
         fingerprint,
         stop,
         task,

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod web;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -31,6 +33,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// A hub running in this process.
 pub struct TestHub {
     pub addr: SocketAddr,
+    /// Bound addresses of the hub's http/https services, by name.
+    pub services: std::collections::HashMap<String, SocketAddr>,
     pub fingerprint: Fingerprint,
     pub stop: CancellationToken,
     pub task: JoinHandle<()>,
@@ -75,12 +79,18 @@ pub async fn start_hub_with(mut config: HubConfig) -> TestHub {
     let addr = listener.local_addr().unwrap();
     config.listen = addr;
     let identity = Identity::generate(&["localhost"]).unwrap();
+    let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
     let hub = Hub::new(config, &identity).await.unwrap();
+    let services = names
+        .into_iter()
+        .filter_map(|n| Some((n.clone(), hub.service_addr(&n)?)))
+        .collect();
     let fingerprint = hub.fingerprint();
     let stop = CancellationToken::new();
     let task = tokio::spawn(hub.run(listener, stop.clone()));
     TestHub {
         addr,
+        services,
         fingerprint,
         stop,
         task,

@@ -318,29 +318,79 @@ async fn handle(
     if let Some(target) = &front.config.redirect_https {
         return Ok(redirect_to_https(&front, target, &host, req.uri()));
     }
-    let Some(backend) = front.shared.hosts.pick(&front.name, &host) else {
-        debug!(%peer, %host, "no tunnel for host");
-        return Ok(pages::unknown_host(&host));
-    };
-    if let Some(auth) = &backend.auth {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if !front.auth.check(auth, presented).await {
-            return Ok(pages::auth_required());
+    // Try the hostname's backends in turn until one gives a connection: a tunnel that is
+    // just leaving must not fail a request another member of its group can serve.
+    let mut tried = Vec::new();
+    let mut last_error = None;
+    let (backend, sender, client_id) = loop {
+        let Some(backend) = front.shared.hosts.pick(&front.name, &host) else {
+            if let Some(e) = last_error {
+                return Ok(bad_gateway(&host, &e));
+            }
+            debug!(%peer, %host, "no tunnel for host");
+            return Ok(pages::unknown_host(&host));
+        };
+        if tried.contains(&backend.id) {
+            return Ok(bad_gateway(
+                &host,
+                &last_error.unwrap_or(UpstreamError::LinkTimeout),
+            ));
         }
-    }
-    let client_id = front.shared.registry.next_client_id();
+        tried.push(backend.id);
+        if let Some(auth) = &backend.auth {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !front.auth.check(auth, presented).await {
+                return Ok(pages::auth_required());
+            }
+        }
+        let client_id = front.shared.registry.next_client_id();
+        match upstream::acquire(
+            &front.shared,
+            &backend,
+            client_id,
+            peer,
+            is_upgrade(req.headers()),
+        )
+        .await
+        {
+            Ok(sender) => break (backend, sender, client_id),
+            Err(e) => {
+                warn!(service = %front.name, tunnel_id = %backend.session.id, client_id, %peer, %host, error = %e, "backend unavailable");
+                last_error = Some(e);
+            }
+        }
+    };
     let span = info_span!("client", service = %front.name, tunnel_id = %backend.session.id, client_id, %peer, %host);
-    forward(front, backend, req, peer, host, client_id)
+    forward(front, backend, sender, req, peer, host, client_id)
         .instrument(span)
         .await
+}
+
+fn bad_gateway(host: &str, e: &UpstreamError) -> Response<Body> {
+    let detail = match e {
+        UpstreamError::Refused(_) | UpstreamError::LinkTimeout | UpstreamError::Link(_) => {
+            format!(
+                "The tunnel for <code>{}</code> could not reach its service.",
+                pages::escape(host)
+            )
+        }
+        UpstreamError::Http(_) => {
+            format!(
+                "The service behind <code>{}</code> sent no valid response.",
+                pages::escape(host)
+            )
+        }
+    };
+    pages::page(StatusCode::BAD_GATEWAY, &detail, false)
 }
 
 async fn forward(
     front: Arc<Frontend>,
     backend: Arc<routes::Backend>,
+    sender: hyper::client::conn::http1::SendRequest<Body>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     host: String,
@@ -368,6 +418,7 @@ async fn forward(
     let sent = upstream::send(
         &front.shared,
         &backend,
+        sender,
         upstream_req,
         client_id,
         peer,
@@ -377,21 +428,7 @@ async fn forward(
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             warn!(error = %e, "bad gateway");
-            let detail = match e {
-                UpstreamError::Refused(_) | UpstreamError::LinkTimeout | UpstreamError::Link(_) => {
-                    format!(
-                        "The tunnel for <code>{}</code> could not reach its service.",
-                        pages::escape(&host)
-                    )
-                }
-                UpstreamError::Http(_) => {
-                    format!(
-                        "The service behind <code>{}</code> sent no valid response.",
-                        pages::escape(&host)
-                    )
-                }
-            };
-            return Ok(pages::page(StatusCode::BAD_GATEWAY, &detail, false));
+            return Ok(bad_gateway(&host, &e));
         }
         Err(_) => {
             warn!(timeout = ?front.config.response_timeout, "gateway timeout");

@@ -130,31 +130,43 @@ async fn connect(
     Ok(sender)
 }
 
-/// Sends `request` to `backend`, on an idle pooled connection when one is ready, else on a
-/// new one. A pooled connection the target had closed is retried once on a new connection.
+/// A connection ready for one request: an idle pooled one when there is one, else a new one.
+/// Upgrades always get a new connection. Failing here leaves the request unsent, so the caller
+/// may try another backend.
+pub(crate) async fn acquire(
+    shared: &Arc<Shared>,
+    backend: &Backend,
+    client_id: u64,
+    peer: SocketAddr,
+    upgrade: bool,
+) -> Result<SendRequest<Body>, UpstreamError> {
+    if !upgrade && let Some(sender) = backend.pool.take() {
+        return Ok(sender);
+    }
+    connect(shared, backend, client_id, peer).await
+}
+
+/// Sends `request` on `sender`. If that was a pooled connection the target had closed before
+/// the request went out, the request is retried once on a new connection.
 pub(crate) async fn send(
     shared: &Arc<Shared>,
     backend: &Arc<Backend>,
-    mut request: Request<Body>,
+    mut sender: SendRequest<Body>,
+    request: Request<Body>,
     client_id: u64,
     peer: SocketAddr,
     upgrade: bool,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    if !upgrade && let Some(mut sender) = backend.pool.take() {
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                park(shared, backend, sender);
-                return Ok(response);
+    let response = match sender.try_send_request(request).await {
+        Ok(response) => response,
+        Err(mut e) => match e.take_message() {
+            Some(unsent) => {
+                sender = connect(shared, backend, client_id, peer).await?;
+                sender.send_request(unsent).await?
             }
-            Err(mut e) => match e.take_message() {
-                // Not sent at all: the connection had gone; try a fresh one.
-                Some(unsent) => request = unsent,
-                None => return Err(e.into_error().into()),
-            },
-        }
-    }
-    let mut sender = connect(shared, backend, client_id, peer).await?;
-    let response = sender.send_request(request).await?;
+            None => return Err(e.into_error().into()),
+        },
+    };
     if !upgrade {
         park(shared, backend, sender);
     }

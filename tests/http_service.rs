@@ -1,0 +1,480 @@
+//! The `http` service end to end: a real hub and tunnels in process, the test app behind them,
+//! and real clients (curl, raw sockets, hyper, a WebSocket client).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::web::{App, start_app};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tunnelize::config::{HttpService, ServiceConfig, ServiceKind};
+use tunnelize::protocol::{BasicAuth, ProxyOutcome};
+
+const DOMAIN: &str = "test.local";
+
+fn http_service(name: &str, tweak: impl FnOnce(&mut HttpService)) -> ServiceConfig {
+    let mut http = HttpService {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        domain: DOMAIN.into(),
+        trusted_proxies: vec![],
+        header_timeout: Duration::from_secs(10),
+        response_timeout: Duration::from_secs(30),
+        max_head_size: 64 * 1024,
+        redirect_https: None,
+        certificates: vec![],
+    };
+    tweak(&mut http);
+    ServiceConfig {
+        name: name.into(),
+        kind: ServiceKind::Http(http),
+    }
+}
+
+fn web_proxy(name: &str, app: &App, hostname: &str) -> tunnelize::config::ProxyConfig {
+    let mut p = proxy(name, "web", app.addr, None);
+    p.hostname = Some(hostname.into());
+    p
+}
+
+fn hostname_of(tunnel: &TestTunnel, index: usize) -> String {
+    match &tunnel.outcomes[index] {
+        ProxyOutcome::Accepted {
+            hostname: Some(h), ..
+        } => h.clone(),
+        other => panic!("proxy {index} not accepted: {other:?}"),
+    }
+}
+
+/// Runs curl against `url` (written without a port), resolving its host to `addr`; returns
+/// (status, body).
+async fn curl(addr: SocketAddr, url: &str, extra: &[&str]) -> (u16, String) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let resolve = format!("{host}:{}:127.0.0.1", addr.port());
+    let url = format!("{scheme}://{host}:{}/{path}", addr.port());
+    let out = tokio::time::timeout(
+        DEADLINE,
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "15",
+                "-w",
+                "\n%{http_code}",
+                "--resolve",
+                &resolve,
+            ])
+            .args(extra)
+            .arg(&url)
+            .output(),
+    )
+    .await
+    .expect("curl hung")
+    .expect("curl must be installed (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Sends raw bytes, then reads until the hub closes the connection (or `DEADLINE`).
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("hub kept the connection open");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct Setup {
+    hub: TestHub,
+    web: SocketAddr,
+}
+
+async fn setup(tweak: impl FnOnce(&mut HttpService)) -> Setup {
+    let hub = start_hub(vec![http_service("web", tweak)]).await;
+    let web = hub.services["web"];
+    Setup { hub, web }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_keep_alive_connection_is_routed_by_its_own_host() {
+    let s = setup(|_| {}).await;
+    let (a, b) = (start_app("a").await, start_app("b").await);
+    let ta = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("a", &a, "alpha")])).await;
+    let tb = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("b", &b, "beta")])).await;
+    assert_eq!(hostname_of(&ta, 0), "alpha.test.local");
+    assert_eq!(hostname_of(&tb, 0), "beta.test.local");
+
+    // Three requests pipelined on one connection, alternating hosts.
+    let pipelined = b"GET /1 HTTP/1.1\r\nHost: alpha.test.local\r\n\r\n\
+                      GET /2 HTTP/1.1\r\nHost: BETA.test.local:80\r\n\r\n\
+                      GET /3 HTTP/1.1\r\nHost: alpha.test.local\r\nConnection: close\r\n\r\n";
+    let out = raw_exchange(s.web, pipelined).await;
+    let apps: Vec<&str> = out
+        .match_indices("\"app\":\"")
+        .map(|(i, _)| &out[i + 7..i + 8])
+        .collect();
+    assert_eq!(
+        apps,
+        ["a", "b", "a"],
+        "responses in order, each from its own host's app: {out}"
+    );
+    assert_eq!(
+        a.requests(),
+        ["GET /1", "GET /3"],
+        "alpha's app never sees beta's request"
+    );
+    assert_eq!(b.requests(), ["GET /2"]);
+}
+
+#[tokio::test]
+async fn an_unknown_host_gets_a_404_naming_it_escaped() {
+    let s = setup(|_| {}).await;
+    let (status, body) = curl(s.web, "http://nobody.test.local/", &[]).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("<code>nobody.test.local</code>"), "{body}");
+    let out = raw_exchange(
+        s.web,
+        b"GET / HTTP/1.1\r\nHost: <script>x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        !out.contains("<script>"),
+        "a host is never echoed unescaped: {out}"
+    );
+}
+
+#[tokio::test]
+async fn a_refusing_target_gives_502_and_a_silent_one_504() {
+    let s = setup(|h| h.response_timeout = Duration::from_millis(500)).await;
+    let dead = closed_port().await;
+    let app = start_app("slow").await;
+    let mut refusing = proxy("dead", "web", dead, None);
+    refusing.hostname = Some("dead".into());
+    let _t = start_tunnel(tunnel_config(
+        &s.hub,
+        vec![refusing, web_proxy("slow", &app, "slow")],
+    ))
+    .await;
+    let (status, body) = curl(s.web, "http://dead.test.local/", &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("could not reach its service"), "{body}");
+    let (status, body) = curl(s.web, "http://slow.test.local/silent", &[]).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("did not answer in time"), "{body}");
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
+    let s = setup(|_| {}).await;
+    let app = start_app("a").await;
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("a", &app, "fwd")])).await;
+    let spoof = [
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
+        "-H",
+        "X-Forwarded-Host: evil",
+        "-H",
+        "X-Forwarded-Proto: gopher",
+    ];
+    let (status, body) = curl(s.web, "http://fwd.test.local/x?y=1", &spoof).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = json(&body);
+    assert_eq!(seen["path"], "/x?y=1");
+    assert_eq!(
+        seen["headers"]["x-forwarded-for"],
+        serde_json::json!(["127.0.0.1"])
+    );
+    assert_eq!(
+        seen["headers"]["x-forwarded-proto"],
+        serde_json::json!(["http"])
+    );
+    // The Host as the client sent it (curl adds the port), passed on unchanged.
+    let sent_host = format!("fwd.test.local:{}", s.web.port());
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"],
+        serde_json::json!([sent_host])
+    );
+    assert_eq!(seen["headers"]["host"], serde_json::json!([sent_host]));
+
+    let trusting = setup(|h| h.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let _t2 = start_tunnel(tunnel_config(
+        &trusting.hub,
+        vec![web_proxy("a", &app, "fwd")],
+    ))
+    .await;
+    let (_, body) = curl(trusting.web, "http://fwd.test.local/", &spoof).await;
+    let seen = json(&body);
+    assert_eq!(
+        seen["headers"]["x-forwarded-for"],
+        serde_json::json!(["6.6.6.6, 127.0.0.1"])
+    );
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"],
+        serde_json::json!(["evil"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_carries_a_one_mib_binary_message_both_ways() {
+    let s = setup(|_| {}).await;
+    let app = start_app("ws").await;
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("ws", &app, "ws")])).await;
+    let socket = TcpStream::connect(s.web).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://ws.test.local/ws", socket)
+        .await
+        .expect("websocket handshake through the hub");
+    assert_eq!(response.status(), 101);
+    let message = payload(42, 1024 * 1024);
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(
+        message.clone(),
+    ))
+    .await
+    .unwrap();
+    let echoed = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("echo timed out")
+        .unwrap()
+        .unwrap();
+    assert_eq!(sha256(&echoed.into_data()), sha256(&message));
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_delivers_its_first_event_before_it_ends() {
+    let s = setup(|_| {}).await;
+    let app = start_app("sse").await;
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("sse", &app, "sse")])).await;
+    let mut socket = TcpStream::connect(s.web).await.unwrap();
+    socket
+        .write_all(b"GET /sse HTTP/1.1\r\nHost: sse.test.local\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The app sends its second event only once released, so the first must arrive on its own.
+    while !String::from_utf8_lossy(&got).contains("data: one") {
+        let n = tokio::time::timeout(DEADLINE, socket.read(&mut buf))
+            .await
+            .expect("first event held back")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&got).contains("data: two"));
+    app.release.notify_one();
+    while !String::from_utf8_lossy(&got).contains("data: two") {
+        let n = tokio::time::timeout(DEADLINE, socket.read(&mut buf))
+            .await
+            .expect("second event")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn smuggling_payloads_get_400_and_never_reach_the_target() {
+    let s = setup(|_| {}).await;
+    let app = start_app("a").await;
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("a", &app, "app")])).await;
+    let payloads: [&[u8]; 5] = [
+        b"POST / HTTP/1.1\r\nHost: app.test.local\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+        b"POST / HTTP/1.1\r\nHost: app.test.local\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\nG",
+        b"POST / HTTP/1.1\r\nHost: app.test.local\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: app.test.local\r\nHost: other.test.local\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: app.test.local\r\nX-Folded: a\r\n  b\r\n\r\n",
+    ];
+    for payload in payloads {
+        let out = raw_exchange(s.web, payload).await;
+        assert!(
+            out.starts_with("HTTP/1.1 400"),
+            "{}\n=> {out}",
+            String::from_utf8_lossy(payload)
+        );
+    }
+    assert!(
+        app.requests().is_empty(),
+        "nothing may reach the target: {:?}",
+        app.requests()
+    );
+    // The same connection shape without the ambiguity works.
+    let (status, _) = curl(s.web, "http://app.test.local/ok", &[]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_oversized_bodies_413() {
+    let s = setup(|h| h.max_head_size = 16 * 1024).await;
+    let app = start_app("a").await;
+    let mut limited = web_proxy("a", &app, "small");
+    limited.max_body = Some(1000);
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![limited])).await;
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: small.test.local\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(32 * 1024)
+    );
+    let out = raw_exchange(s.web, big_header.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    let body = "x".repeat(5000);
+    let (status, _) = curl(
+        s.web,
+        "http://small.test.local/upload",
+        &["--data-binary", &body],
+    )
+    .await;
+    assert_eq!(status, 413);
+    let (status, body) = curl(
+        s.web,
+        "http://small.test.local/upload",
+        &["--data-binary", "fits"],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "4"));
+    assert_eq!(
+        app.requests(),
+        ["POST /upload"],
+        "only the request that fits reaches the target"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_clients_are_dropped_and_do_not_block_others() {
+    let s = setup(|h| h.header_timeout = Duration::from_millis(800)).await;
+    let app = start_app("a").await;
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("a", &app, "app")])).await;
+    let mut slow = Vec::new();
+    for _ in 0..1000 {
+        let mut c = TcpStream::connect(s.web).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: app.test.local\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(c);
+    }
+    let (status, _) = curl(s.web, "http://app.test.local/while-slowloris", &[]).await;
+    assert_eq!(
+        status, 200,
+        "a normal client is served while 1,000 slow ones wait"
+    );
+    let mut buf = [0u8; 64];
+    for c in slow.iter_mut().take(20) {
+        let read = tokio::time::timeout(DEADLINE, c.read(&mut buf))
+            .await
+            .expect("slow client never dropped");
+        assert!(
+            !matches!(read, Ok(n) if n > 0 && !String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408")),
+            "{read:?}"
+        );
+    }
+    assert_eq!(app.requests(), ["GET /while-slowloris"]);
+}
+
+#[tokio::test]
+async fn basic_auth_asks_for_and_checks_credentials() {
+    let s = setup(|_| {}).await;
+    let app = start_app("a").await;
+    let mut guarded = web_proxy("a", &app, "private");
+    guarded.basic_auth = Some(BasicAuth {
+        user: "ann".into(),
+        password_hash: tunnelize::hub::http::auth::hash_password("open sesame").unwrap(),
+    });
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![guarded])).await;
+    let out = raw_exchange(
+        s.web,
+        b"GET / HTTP/1.1\r\nHost: private.test.local\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"tunnelize\""),
+        "{out}"
+    );
+    let (status, _) = curl(s.web, "http://private.test.local/", &["-u", "ann:wrong"]).await;
+    assert_eq!(status, 401);
+    let (status, body) = curl(
+        s.web,
+        "http://private.test.local/in",
+        &["-u", "ann:open sesame"],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.requests(), ["GET /in"]);
+}
+
+#[tokio::test]
+async fn a_second_tunnel_cannot_take_a_hostname_in_use_and_random_names_are_given() {
+    let s = setup(|_| {}).await;
+    let app = start_app("a").await;
+    let first = start_tunnel(tunnel_config(
+        &s.hub,
+        vec![
+            web_proxy("a", &app, "mine"),
+            proxy("r", "web", app.addr, None),
+        ],
+    ))
+    .await;
+    let random = hostname_of(&first, 1);
+    assert!(
+        random.ends_with(".test.local") && random.len() > ".test.local".len(),
+        "{random}"
+    );
+    let second = start_tunnel(tunnel_config(
+        &s.hub,
+        vec![
+            web_proxy("a", &app, "MINE"),
+            web_proxy("b", &app, "x.other.org"),
+        ],
+    ))
+    .await;
+    for (i, want) in [
+        (0, "hostname mine.test.local is in use by another tunnel"),
+        (1, "not under service `web`'s domain"),
+    ] {
+        match &second.outcomes[i] {
+            ProxyOutcome::Rejected { reason, .. } => assert!(reason.contains(want), "{reason}"),
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_balances_across_tunnels_and_survives_one_leaving() {
+    let s = setup(|_| {}).await;
+    let (a, b) = (start_app("a").await, start_app("b").await);
+    let mut pa = web_proxy("a", &a, "lb");
+    pa.group = Some("blue".into());
+    let mut pb = web_proxy("b", &b, "lb");
+    pb.group = Some("blue".into());
+    let ta = start_tunnel(tunnel_config(&s.hub, vec![pa])).await;
+    let _tb = start_tunnel(tunnel_config(&s.hub, vec![pb])).await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let (status, body) = curl(s.web, "http://lb.test.local/", &[]).await;
+        assert_eq!(status, 200);
+        seen.push(json(&body)["app"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        seen.iter().filter(|a| *a == "a").count(),
+        3,
+        "round-robin: {seen:?}"
+    );
+    ta.stop.cancel();
+    ta.task.await.unwrap();
+    for _ in 0..6 {
+        let (status, body) = curl(s.web, "http://lb.test.local/", &[]).await;
+        assert_eq!(status, 200, "no failed request after a member left: {body}");
+        assert_eq!(json(&body)["app"], "b");
+    }
+}

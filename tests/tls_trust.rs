@@ -17,6 +17,11 @@ use tunnelize::tunnel::{Tunnel, TunnelError};
 fn make_pki(dir: &Path) -> (TlsFiles, std::path::PathBuf) {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct subject names: OpenSSL takes a leaf whose subject equals its issuer for
+    // self-signed.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tunnelize test CA");
     let ca_key = KeyPair::generate().unwrap();
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::from_params(&ca_params, &ca_key);

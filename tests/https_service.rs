@@ -1,0 +1,225 @@
+//! The `https` service: certificates by SNI (two names and a wildcard), ALPN h2, and the http
+//! service's redirect to it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::web::start_app;
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tunnelize::config::{HttpService, ServiceConfig, ServiceKind, TlsFiles};
+
+/// A CA and three certificates it signs: `a.test.local`, `b.test.local`, `*.test.local`.
+struct Pki {
+    ca_file: std::path::PathBuf,
+    ca_der: CertificateDer<'static>,
+    certs: Vec<(TlsFiles, CertificateDer<'static>)>,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct subject names: OpenSSL takes a leaf whose subject equals its issuer for
+    // self-signed.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tunnelize test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let mut certs = Vec::new();
+    for (i, name) in ["a.test.local", "b.test.local", "*.test.local"]
+        .into_iter()
+        .enumerate()
+    {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let files = TlsFiles {
+            cert_file: dir.join(format!("{i}.crt")),
+            key_file: dir.join(format!("{i}.key")),
+        };
+        std::fs::write(&files.cert_file, cert.pem()).unwrap();
+        std::fs::write(&files.key_file, key.serialize_pem()).unwrap();
+        certs.push((files, cert.der().clone()));
+    }
+    Pki {
+        ca_file,
+        ca_der: ca.der().clone(),
+        certs,
+    }
+}
+
+fn web(
+    name: &str,
+    tls: bool,
+    certificates: Vec<TlsFiles>,
+    redirect: Option<&str>,
+) -> ServiceConfig {
+    let http = HttpService {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        domain: "test.local".into(),
+        trusted_proxies: vec![],
+        header_timeout: Duration::from_secs(10),
+        response_timeout: Duration::from_secs(30),
+        max_head_size: 64 * 1024,
+        redirect_https: redirect.map(str::to_owned),
+        certificates,
+    };
+    let kind = if tls {
+        ServiceKind::Https(http)
+    } else {
+        ServiceKind::Http(http)
+    };
+    ServiceConfig {
+        name: name.into(),
+        kind,
+    }
+}
+
+/// The certificate the hub presents for `sni`.
+async fn presented_cert(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    sni: &str,
+) -> CertificateDer<'static> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let socket = TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), socket)
+        .await
+        .unwrap_or_else(|e| panic!("TLS to {sni} failed: {e}"));
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+async fn curl(args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        DEADLINE,
+        Command::new("curl")
+            .args(["-sS", "--max-time", "15"])
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("curl hung")
+    .expect("curl must be installed");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_chosen_by_sni_including_a_wildcard_and_h2_is_offered() {
+    tunnelize::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let files: Vec<TlsFiles> = pki.certs.iter().map(|(f, _)| f.clone()).collect();
+    let hub = start_hub(vec![web("secure", true, files, None)]).await;
+    let addr = hub.services["secure"];
+    let app = start_app("tls").await;
+    let mut proxies = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut p = proxy(name, "secure", app.addr, None);
+        p.hostname = Some(name.into());
+        proxies.push(p);
+    }
+    let _t = start_tunnel(tunnel_config(&hub, proxies)).await;
+
+    for (sni, want) in [
+        ("a.test.local", 0),
+        ("b.test.local", 1),
+        ("c.test.local", 2),
+    ] {
+        assert_eq!(
+            presented_cert(addr, &pki.ca_der, sni).await,
+            pki.certs[want].1,
+            "certificate for {sni}"
+        );
+    }
+    for host in ["a", "b", "c"] {
+        let resolve = format!("{host}.test.local:{}:127.0.0.1", addr.port());
+        let url = format!("https://{host}.test.local:{}/over-tls", addr.port());
+        let ca = pki.ca_file.to_str().unwrap();
+        let out = curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "--http2",
+            "-w",
+            "\n%{http_version}",
+            &url,
+        ])
+        .await;
+        let (body, version) = out.rsplit_once('\n').unwrap();
+        assert_eq!(version, "2", "ALPN h2 negotiated for {host}");
+        let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            seen["headers"]["x-forwarded-proto"],
+            serde_json::json!(["https"])
+        );
+        let out = curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "--http1.1",
+            "-w",
+            "\n%{http_version}",
+            &url,
+        ])
+        .await;
+        assert!(out.ends_with("\n1.1"), "http/1.1 still works: {out}");
+    }
+    assert_eq!(app.requests().len(), 6);
+}
+
+#[tokio::test]
+async fn an_http_service_can_redirect_everything_to_https() {
+    tunnelize::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let files: Vec<TlsFiles> = pki.certs.iter().map(|(f, _)| f.clone()).collect();
+    let hub = start_hub(vec![
+        web("plain", false, vec![], Some("secure")),
+        web("secure", true, files, None),
+    ])
+    .await;
+    let (plain, secure) = (hub.services["plain"], hub.services["secure"]);
+    let resolve = format!("a.test.local:{}:127.0.0.1", plain.port());
+    let url = format!("http://a.test.local:{}/path?q=1", plain.port());
+    let out = curl(&[
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &url,
+    ])
+    .await;
+    assert_eq!(
+        out,
+        format!("308 https://a.test.local:{}/path?q=1", secure.port())
+    );
+}

@@ -1,6 +1,8 @@
 //! `tunnelize demo`: a hub, a tunnel and a small local HTTP service, all on loopback with free
 //! ports and an embedded default configuration, so a new user sees the whole path work without
-//! writing a config or being root.
+//! writing a config or being root. The service is published twice: through the hub's `http`
+//! service as `demo.localhost` (routed by Host; `*.localhost` resolves to loopback in curl and
+//! browsers) and through a `tcp` service on a port of its own.
 //!
 //! The hub gets a fresh self-signed certificate in memory and a random tunnel key; the tunnel
 //! pins that certificate's fingerprint, exactly as an operator would with `hub_cert_sha256`.
@@ -20,8 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    HubConfig, HubTrust, PortRange, ProxyConfig, ServiceConfig, ServiceKind, TcpService,
-    TunnelConfig, TunnelKey,
+    HttpService, HubConfig, HubTrust, PortRange, ProxyConfig, ServiceConfig, ServiceKind,
+    TcpService, TunnelConfig, TunnelKey,
 };
 use crate::hub::{Hub, HubError};
 use crate::protocol::ProxyOutcome;
@@ -61,7 +63,9 @@ pub struct Demo {
     pub fingerprint: Fingerprint,
     /// The local service behind the tunnel.
     pub local_addr: SocketAddr,
-    /// The public address clients use.
+    /// The public URL through the hub's http service.
+    pub http_url: String,
+    /// The public address through the hub's tcp service.
     pub public_addr: SocketAddr,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -79,6 +83,9 @@ impl Demo {
         let hub_addr = hub_listener.local_addr()?;
         let hub = Hub::new(hub_config(hub_addr, key.clone()), &identity).await?;
         let fingerprint = hub.fingerprint();
+        let http_addr = hub
+            .service_addr("web")
+            .ok_or_else(|| DemoError::Rejected("the hub has no http listener".into()))?;
         tasks.push(tokio::spawn(hub.run(hub_listener, stop.clone())));
 
         let web = TcpListener::bind("127.0.0.1:0").await?;
@@ -87,14 +94,24 @@ impl Demo {
 
         let tunnel = Tunnel::new(tunnel_config(hub_addr, fingerprint, key, local_addr))?;
         let session = tunnel.connect().await?;
-        let port = match session.proxies().first() {
-            Some(ProxyOutcome::Accepted {
-                port: Some(port), ..
-            }) => *port,
-            Some(ProxyOutcome::Rejected { reason, .. }) => {
-                return Err(DemoError::Rejected(reason.clone()));
+        let mut port = None;
+        let mut hostname = None;
+        for outcome in session.proxies() {
+            match outcome {
+                ProxyOutcome::Accepted { port: Some(p), .. } => port = Some(*p),
+                ProxyOutcome::Accepted {
+                    hostname: Some(h), ..
+                } => hostname = Some(h.clone()),
+                ProxyOutcome::Accepted { .. } => {}
+                ProxyOutcome::Rejected { reason, .. } => {
+                    return Err(DemoError::Rejected(reason.clone()));
+                }
             }
-            _ => return Err(DemoError::Rejected("the hub assigned no port".into())),
+        }
+        let (Some(port), Some(hostname)) = (port, hostname) else {
+            return Err(DemoError::Rejected(
+                "the hub assigned no port or hostname".into(),
+            ));
         };
         let tunnel_stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -103,10 +120,12 @@ impl Demo {
             }
         }));
         let public_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let http_url = format!("http://{hostname}:{}/", http_addr.port());
         Ok(Demo {
             hub_addr,
             fingerprint,
             local_addr,
+            http_url,
             public_addr,
             stop,
             tasks,
@@ -132,13 +151,28 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
             name: "demo".into(),
             key,
         }],
-        services: vec![ServiceConfig {
-            name: "demo".into(),
-            kind: ServiceKind::Tcp(TcpService {
-                listen: [127, 0, 0, 1].into(),
-                ports: PortRange { start: 0, end: 0 },
-            }),
-        }],
+        services: vec![
+            ServiceConfig {
+                name: "demo".into(),
+                kind: ServiceKind::Tcp(TcpService {
+                    listen: [127, 0, 0, 1].into(),
+                    ports: PortRange::OS_ASSIGNED,
+                }),
+            },
+            ServiceConfig {
+                name: "web".into(),
+                kind: ServiceKind::Http(HttpService {
+                    listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    domain: "localhost".into(),
+                    trusted_proxies: vec![],
+                    header_timeout: Duration::from_secs(10),
+                    response_timeout: Duration::from_secs(60),
+                    max_head_size: 64 * 1024,
+                    redirect_https: None,
+                    certificates: vec![],
+                }),
+            },
+        ],
         heartbeat_interval: Duration::from_secs(10),
         handshake_timeout: Duration::from_secs(10),
         link_timeout: Duration::from_secs(10),
@@ -159,13 +193,21 @@ fn tunnel_config(
         key: Some(key),
         links: 2,
         connect_timeout: Duration::from_secs(5),
-        proxies: vec![ProxyConfig {
-            name: "web".into(),
-            service: "demo".into(),
-            target: target.to_string(),
-            port: None,
-            ..Default::default()
-        }],
+        proxies: vec![
+            ProxyConfig {
+                name: "web".into(),
+                service: "web".into(),
+                target: target.to_string(),
+                hostname: Some("demo".into()),
+                ..Default::default()
+            },
+            ProxyConfig {
+                name: "raw".into(),
+                service: "demo".into(),
+                target: target.to_string(),
+                ..Default::default()
+            },
+        ],
     }
 }
 

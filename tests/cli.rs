@@ -369,3 +369,56 @@ async fn demo_prints_a_working_curl_line_and_stops_on_ctrl_c() {
         .unwrap();
     assert!(status.success(), "demo exits 0 on Ctrl-C: {status:?}");
 }
+
+#[tokio::test]
+async fn hash_password_prints_a_hash_the_config_accepts() {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(bin())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("correct horse"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "tunnel.toml",
+        &format!(
+            "hub_address = \"127.0.0.1:7700\"\n\n[[proxies]]\nname = \"web\"\nservice = \"web\"\n\
+             target = \"127.0.0.1:3000\"\nhostname = \"app\"\n\n[proxies.basic_auth]\nuser = \"ann\"\n\
+             password_hash = \"{hash}\"\n"
+        ),
+    );
+    let check = Command::new(bin())
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

@@ -61,13 +61,16 @@ enum Command {
     },
     /// Run a hub, a tunnel and a sample local service on loopback, and print a working curl line.
     Demo,
+    /// Hash a password for a proxy's `basic_auth.password_hash` (argon2id). Reads the password
+    /// from the terminal without echo, or the first line of standard input when piped.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     install_crypto_provider();
     let default_level = match cli.command {
-        Command::Demo => "warn",
+        Command::Demo | Command::HashPassword => "warn",
         _ => "info",
     };
     init_logging(cli.log_format, default_level);
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             Command::Tunnel { config } => run_tunnel(&config).await,
             Command::CheckConfig { file } => check_config(&file),
             Command::Demo => report(run_demo().await),
+            Command::HashPassword => report(hash_password()),
         }
     });
     ExitCode::from(code as u8)
@@ -210,12 +214,39 @@ async fn run_demo() -> Result<()> {
         demo.hub_addr, demo.fingerprint
     );
     println!("  local service:  http://{}/", demo.local_addr);
-    println!("  public address: http://{}/", demo.public_addr);
+    println!("  public, http:   {} (routed by hostname)", demo.http_url);
+    println!("  public, tcp:    {} (a port of its own)", demo.public_addr);
     println!();
     println!("Try it:");
-    println!("  curl http://{}/", demo.public_addr);
+    println!("  curl {}", demo.http_url);
     shutdown.cancelled().await;
     demo.stop().await;
     println!("demo stopped");
+    Ok(())
+}
+
+fn hash_password() -> Result<()> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("reading the password")?;
+        let again = rpassword::prompt_password("Again: ").context("reading the password")?;
+        anyhow::ensure!(
+            first == again,
+            "the two passwords differ; nothing was hashed"
+        );
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    anyhow::ensure!(
+        !password.is_empty(),
+        "the password is empty; nothing was hashed"
+    );
+    let hash = tunnelize::hub::http::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+    println!("{hash}");
     Ok(())
 }

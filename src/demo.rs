@@ -150,6 +150,7 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
         keys: vec![TunnelKey {
             name: "demo".into(),
             key,
+            hostnames: vec![],
         }],
         services: vec![
             ServiceConfig {

@@ -478,3 +478,25 @@ async fn a_group_balances_across_tunnels_and_survives_one_leaving() {
         assert_eq!(json(&body)["app"], "b");
     }
 }
+
+#[tokio::test]
+async fn a_key_may_claim_the_custom_hostnames_the_hub_allows_it() {
+    let s = setup(|_| {}).await;
+    let app = start_app("custom").await;
+    let t = start_tunnel(tunnel_config(
+        &s.hub,
+        vec![
+            web_proxy("w", &app, "app.custom.test"),
+            web_proxy("e", &app, "exact.example.org"),
+            web_proxy("n", &app, "custom.test"),
+        ],
+    ))
+    .await;
+    assert_eq!(hostname_of(&t, 0), "app.custom.test");
+    assert_eq!(hostname_of(&t, 1), "exact.example.org");
+    assert!(
+        matches!(&t.outcomes[2], ProxyOutcome::Rejected { reason, .. } if reason.contains("may not claim it"))
+    );
+    let (status, body) = curl(s.web, "http://app.custom.test/", &[]).await;
+    assert_eq!(status, 200, "{body}");
+}

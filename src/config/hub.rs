@@ -76,6 +76,25 @@ pub struct TunnelKey {
     pub name: String,
     /// The key, from `key`, `key_file` or `key_env`.
     pub key: Secret,
+    /// `hostnames` (default none): full hostnames outside the http services' domains that
+    /// tunnels using this key may claim; `*.example.org` allows every name under example.org.
+    pub hostnames: Vec<String>,
+}
+
+impl TunnelKey {
+    /// Whether this key may claim `host` as a custom hostname.
+    pub fn allows_hostname(&self, host: &str) -> bool {
+        self.hostnames
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(parent) => {
+                    host.len() > parent.len() + 1
+                        && host.ends_with(parent)
+                        && host[..host.len() - parent.len()].ends_with('.')
+                }
+                None => pattern == host,
+            })
+    }
 }
 
 impl HubConfig {
@@ -134,6 +153,7 @@ struct RawKey {
     key: Option<Spanned<Value>>,
     key_file: Option<Spanned<String>>,
     key_env: Option<Spanned<String>>,
+    hostnames: Option<Spanned<Vec<String>>>,
 }
 
 impl RawHub {
@@ -292,9 +312,32 @@ fn check_keys(src: &Source<'_>, raw_keys: &[RawKey]) -> Result<Vec<TunnelKey>, C
                 ),
             ));
         }
+        let hostnames = match &raw.hostnames {
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .map(|pattern| {
+                    let lower = pattern.to_ascii_lowercase();
+                    let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+                    if super::http::is_hostname(bare) && bare.contains('.') {
+                        Ok(lower)
+                    } else {
+                        Err(src.error_at(
+                            list.span(),
+                            format!(
+                                "`hostnames` in [[keys]] `{name}`: {pattern:?} is not a hostname \
+                                 like \"app.example.org\" or a pattern like \"*.example.org\""
+                            ),
+                        ))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
         keys.push(TunnelKey {
             name: name.clone(),
             key: secret,
+            hostnames,
         });
     }
     Ok(keys)
@@ -340,7 +383,8 @@ mod tests {
                 tls: None,
                 keys: vec![TunnelKey {
                     name: "alice".into(),
-                    key: Secret::new(ALICE_KEY)
+                    key: Secret::new(ALICE_KEY),
+                    hostnames: vec![],
                 }],
                 services: vec![],
                 heartbeat_interval: Duration::from_secs(10),
@@ -645,5 +689,29 @@ mod tests {
                 assert!(!shown.contains("\"short\""), "{shown}");
             }
         }
+    }
+
+    #[test]
+    fn keys_may_allow_custom_hostnames_by_name_or_wildcard() {
+        let text = "[[keys]]\nname = \"bob\"\nkey = \"bob-0123456789abcdef\"\n\
+                    hostnames = [\"App.Example.org\", \"*.bob.example.net\"]\n";
+        let config = parse(text).unwrap();
+        let key = &config.keys[0];
+        assert!(key.allows_hostname("app.example.org"));
+        assert!(key.allows_hostname("x.bob.example.net"));
+        assert!(key.allows_hostname("a.b.bob.example.net"));
+        assert!(
+            !key.allows_hostname("bob.example.net"),
+            "a wildcard needs a label before it"
+        );
+        assert!(!key.allows_hostname("xbob.example.net"));
+        assert!(!key.allows_hostname("other.example.org"));
+        let err = error(
+            "[[keys]]\nname = \"bob\"\nkey = \"bob-0123456789abcdef\"\nhostnames = [\"not a host\"]\n",
+        );
+        assert!(
+            err.contains(":4:") && err.contains("is not a hostname"),
+            "{err}"
+        );
     }
 }

@@ -60,6 +60,7 @@ pub fn hub_config(services: Vec<ServiceConfig>) -> HubConfig {
         keys: vec![TunnelKey {
             name: "test".into(),
             key: Secret::new(KEY),
+            hostnames: vec!["*.custom.test".into(), "exact.example.org".into()],
         }],
         services,
         heartbeat_interval: Duration::from_secs(10),

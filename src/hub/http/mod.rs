@@ -84,10 +84,21 @@ pub(crate) fn expose(
         Some(name) if !name.contains('.') => format!("{name}.{}", config.domain),
         Some(name) if name.ends_with(&format!(".{}", config.domain)) => name,
         Some(name) => {
-            return Err(format!(
-                "hostname {name} is not under service `{service}`'s domain {}",
-                config.domain
-            ));
+            let allowed = session.key_name.as_ref().is_some_and(|key_name| {
+                shared
+                    .config
+                    .keys
+                    .iter()
+                    .any(|k| &k.name == key_name && k.allows_hostname(&name))
+            });
+            if !allowed {
+                return Err(format!(
+                    "hostname {name} is not under service `{service}`'s domain {} and this \
+                     tunnel's key may not claim it (see `hostnames` in the hub's [[keys]])",
+                    config.domain
+                ));
+            }
+            name
         }
     };
     if !crate::config::is_hostname(&host) {

@@ -27,7 +27,7 @@ pub use error::{ConfigError, Location, Position};
 pub use http::HttpService;
 pub(crate) use http::is_hostname;
 pub use hub::{HubConfig, TlsFiles, TunnelKey};
-pub use service::{ServiceConfig, ServiceKind, TcpService};
+pub use service::{ServiceConfig, ServiceKind, TcpService, UdpService};
 pub use tunnel::{HubTrust, ProxyConfig, TunnelConfig};
 pub use values::PortRange;
 

@@ -4,11 +4,12 @@
 //! `toml` can report unknown keys with their line (serde's tagged enums lose spans). The `kind`
 //! key then picks a builder, which rejects the keys its kind does not use. Adding a kind means:
 //! a [`ServiceKind`] variant, its optional keys in [`RawService`], and a match arm in
-//! `build_service` (plus `tcp_binding` if it binds TCP ports). Rules between services, such as
+//! `build_service` (plus `port_binding` if it binds ports). Rules between services, such as
 //! overlapping ports, live here too.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::{Spanned, Value};
@@ -16,9 +17,14 @@ use toml::{Spanned, Value};
 use super::error::ConfigError;
 use super::http::{HttpService, RawCertificate, RawHttpKeys, http_service};
 use super::source::{Source, Span};
-use super::values::{PortRange, check_name, parse_port_range};
+use super::values::{PortRange, check_name, parse_duration, parse_port_range};
+use crate::protocol::Transport;
 
 const DEFAULT_SERVICE_LISTEN: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+const DEFAULT_UDP_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_UDP_MAX_SESSIONS: usize = 1024;
+/// Every UDP session holds a socket on the tunnel host and a stream on a link connection.
+const MAX_UDP_MAX_SESSIONS: usize = 16 * 1024;
 
 /// `[services.NAME]`: one public service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +44,8 @@ pub enum ServiceKind {
     Http(HttpService),
     /// `kind = "https"`: like `http`, with TLS terminated at the hub (certificate by SNI).
     Https(HttpService),
+    /// `kind = "udp"`: UDP datagrams on a range of public ports, one session per client address.
+    Udp(UdpService),
 }
 
 impl ServiceKind {
@@ -47,6 +55,7 @@ impl ServiceKind {
             ServiceKind::Tcp(_) => "tcp",
             ServiceKind::Http(_) => "http",
             ServiceKind::Https(_) => "https",
+            ServiceKind::Udp(_) => "udp",
         }
     }
 }
@@ -58,6 +67,21 @@ pub struct TcpService {
     pub listen: IpAddr,
     /// `ports` (required): the public ports, `"20000-20100"`, `"2222"` or `2222`.
     pub ports: PortRange,
+}
+
+/// Settings of a `kind = "udp"` service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpService {
+    /// `listen` (default `0.0.0.0`): address the public ports are bound on.
+    pub listen: IpAddr,
+    /// `ports` (required): the public ports, `"20000-20100"`, `"2222"` or `2222`.
+    pub ports: PortRange,
+    /// `session_timeout` (default `60s`): a client address that exchanges no datagram for this
+    /// long loses its session (and the tunnel its socket for it).
+    pub session_timeout: Duration,
+    /// `max_sessions` (default 1024): client sessions one proxy keeps at once; a new client
+    /// beyond it evicts the session idle longest.
+    pub max_sessions: usize,
 }
 
 /// A service table with the keys of every kind; [`build_service`] rejects the keys its kind
@@ -75,6 +99,8 @@ pub(super) struct RawService {
     max_head_size: Option<Spanned<i64>>,
     redirect_https: Option<Spanned<String>>,
     certificates: Option<Spanned<Vec<RawCertificate>>>,
+    session_timeout: Option<Spanned<Value>>,
+    max_sessions: Option<Spanned<i64>>,
 }
 
 impl RawService {
@@ -108,6 +134,14 @@ impl RawService {
                 "certificates",
                 self.certificates.as_ref().map(Spanned::span),
             ),
+            (
+                "session_timeout",
+                self.session_timeout.as_ref().map(Spanned::span),
+            ),
+            (
+                "max_sessions",
+                self.max_sessions.as_ref().map(Spanned::span),
+            ),
         ]
     }
 
@@ -128,6 +162,9 @@ impl RawService {
 /// The optional keys a `kind = "tcp"` service may set.
 const TCP_KEYS: &[&str] = &["listen", "ports"];
 
+/// The optional keys a `kind = "udp"` service may set.
+const UDP_KEYS: &[&str] = &["listen", "ports", "session_timeout", "max_sessions"];
+
 /// The optional keys an `http` or `https` service may set.
 const HTTP_KEYS: &[&str] = &[
     "listen",
@@ -141,7 +178,7 @@ const HTTP_KEYS: &[&str] = &[
 ];
 
 /// The `kind`s a service may have, for error messages.
-const SERVICE_KINDS: &str = "\"tcp\", \"http\", \"https\"";
+const SERVICE_KINDS: &str = "\"tcp\", \"udp\", \"http\", \"https\"";
 
 /// A checked service with the spans needed to report conflicts between services.
 struct PlacedService {
@@ -158,7 +195,7 @@ pub(super) fn check_services(
     for (name, raw) in raw_services {
         let service = build_service(src, name, raw)?;
         let name = &service.config.name;
-        if let Some((ip, ports)) = tcp_binding(&service.config.kind)
+        if let Some((Transport::Tcp, ip, ports)) = port_binding(&service.config.kind)
             && hub_listen.port() != 0
             && !ports.is_os_assigned()
             && shares_address(ip, hub_listen.ip())
@@ -174,10 +211,11 @@ pub(super) fn check_services(
             ));
         }
         for other in &placed {
-            if let (Some((ip, ports)), Some((other_ip, other_ports))) = (
-                tcp_binding(&service.config.kind),
-                tcp_binding(&other.config.kind),
-            ) && shares_address(ip, other_ip)
+            if let (Some((transport, ip, ports)), Some((other_transport, other_ip, other_ports))) = (
+                port_binding(&service.config.kind),
+                port_binding(&other.config.kind),
+            ) && transport == other_transport
+                && shares_address(ip, other_ip)
                 && ports.overlaps(&other_ports)
             {
                 return Err(src.error_at(
@@ -195,13 +233,17 @@ pub(super) fn check_services(
     Ok(placed.into_iter().map(|service| service.config).collect())
 }
 
-/// The TCP address and ports a service binds, if it binds TCP ports.
-fn tcp_binding(kind: &ServiceKind) -> Option<(IpAddr, PortRange)> {
+/// The transport, address and ports a service binds, if it binds ports. A TCP and a UDP
+/// service may share a port number.
+fn port_binding(kind: &ServiceKind) -> Option<(Transport, IpAddr, PortRange)> {
     match kind {
-        ServiceKind::Tcp(tcp) => Some((tcp.listen, tcp.ports)),
-        ServiceKind::Http(http) | ServiceKind::Https(http) => {
-            Some((http.listen.ip(), PortRange::single(http.listen.port())))
-        }
+        ServiceKind::Tcp(tcp) => Some((Transport::Tcp, tcp.listen, tcp.ports)),
+        ServiceKind::Udp(udp) => Some((Transport::Udp, udp.listen, udp.ports)),
+        ServiceKind::Http(http) | ServiceKind::Https(http) => Some((
+            Transport::Tcp,
+            http.listen.ip(),
+            PortRange::single(http.listen.port()),
+        )),
     }
 }
 
@@ -244,6 +286,11 @@ fn build_service(
             reject_keys_outside(TCP_KEYS)?;
             let (tcp, ports_span) = tcp_service(src, name, raw, &table)?;
             (ServiceKind::Tcp(tcp), ports_span)
+        }
+        "udp" => {
+            reject_keys_outside(UDP_KEYS)?;
+            let (udp, ports_span) = udp_service(src, name, raw, &table)?;
+            (ServiceKind::Udp(udp), ports_span)
         }
         "http" | "https" => {
             reject_keys_outside(HTTP_KEYS)?;
@@ -296,7 +343,8 @@ fn tcp_service(
         return Err(src.error_at(
             name.span(),
             format!(
-                "{table} has kind = \"tcp\" but no `ports`; add one, like ports = \"20000-20100\""
+                "{table} has kind = {:?} but no `ports`; add one, like ports = \"20000-20100\"",
+                raw.kind.get_ref()
             ),
         ));
     };
@@ -308,6 +356,50 @@ fn tcp_service(
             ports: range,
         },
         ports.span(),
+    ))
+}
+
+fn udp_service(
+    src: &Source<'_>,
+    name: &Spanned<String>,
+    raw: &RawService,
+    table: &str,
+) -> Result<(UdpService, Span), ConfigError> {
+    let (TcpService { listen, ports }, ports_span) = tcp_service(src, name, raw, table)?;
+    let session_timeout = match &raw.session_timeout {
+        Some(value) => parse_duration(value.get_ref()).map_err(|problem| {
+            src.error_at(
+                value.span(),
+                format!("`session_timeout` in {table}: {problem}"),
+            )
+        })?,
+        None => DEFAULT_UDP_SESSION_TIMEOUT,
+    };
+    let max_sessions = match &raw.max_sessions {
+        Some(value) => usize::try_from(*value.get_ref())
+            .ok()
+            .filter(|n| (1..=MAX_UDP_MAX_SESSIONS).contains(n))
+            .ok_or_else(|| {
+                src.error_at(
+                    value.span(),
+                    format!(
+                        "`max_sessions` in {table}: {} is out of range; use 1 to \
+                         {MAX_UDP_MAX_SESSIONS} (default {DEFAULT_UDP_MAX_SESSIONS}); each session \
+                         holds a socket on the tunnel host",
+                        value.get_ref()
+                    ),
+                )
+            })?,
+        None => DEFAULT_UDP_MAX_SESSIONS,
+    };
+    Ok((
+        UdpService {
+            listen,
+            ports,
+            session_timeout,
+            max_sessions,
+        },
+        ports_span,
     ))
 }
 
@@ -359,9 +451,9 @@ mod tests {
         ));
         assert!(err.starts_with("/etc/tunnelize/hub.toml:4:11: service name in [services.NAME]: \"SSH\" is not a valid name"), "{err}");
         let err = error(&format!(
-            "{KEYS}[services.ssh]\nkind = \"udp\"\nports = 22\n"
+            "{KEYS}[services.ssh]\nkind = \"sctp\"\nports = 22\n"
         ));
-        assert!(err.starts_with("/etc/tunnelize/hub.toml:5:8: `kind` in [services.ssh]: unknown kind \"udp\"; supported kinds: \"tcp\""), "{err}");
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:5:8: `kind` in [services.ssh]: unknown kind \"sctp\"; supported kinds: \"tcp\", \"udp\""), "{err}");
         let err = error(&format!("{KEYS}[services.ssh]\nkind = \"tcp\"\n"));
         assert!(
             err.starts_with(
@@ -449,5 +541,86 @@ mod tests {
             panic!("expected a tcp service, got {:?}", config.services[0].kind);
         };
         assert!(tcp.ports.is_os_assigned());
+    }
+
+    #[test]
+    fn udp_services_get_defaults_and_every_key_can_be_set() {
+        let config = parse(&format!(
+            "{KEYS}[services.dns]\nkind = \"udp\"\nports = \"5300-5310\"\n"
+        ))
+        .unwrap();
+        let expected = ServiceKind::Udp(UdpService {
+            listen: DEFAULT_SERVICE_LISTEN,
+            ports: PortRange {
+                start: 5300,
+                end: 5310,
+            },
+            session_timeout: Duration::from_secs(60),
+            max_sessions: 1024,
+        });
+        assert_eq!(config.services[0].kind, expected);
+        assert_eq!(config.services[0].kind.name(), "udp");
+        let config = parse(&format!(
+            "{KEYS}[services.dns]\nkind = \"udp\"\nlisten = \"::\"\nports = \"0\"\n\
+             session_timeout = \"5s\"\nmax_sessions = 10\n"
+        ))
+        .unwrap();
+        let ServiceKind::Udp(udp) = &config.services[0].kind else {
+            panic!("expected a udp service: {config:?}");
+        };
+        assert_eq!(udp.listen, "::".parse::<IpAddr>().unwrap());
+        assert!(udp.ports.is_os_assigned());
+        assert_eq!(udp.session_timeout, Duration::from_secs(5));
+        assert_eq!(udp.max_sessions, 10);
+    }
+
+    #[test]
+    fn bad_udp_values_name_the_key_and_line() {
+        let udp =
+            |extra: &str| format!("{KEYS}[services.dns]\nkind = \"udp\"\nports = 53\n{extra}\n");
+        let err = error(&udp("session_timeout = \"0s\""));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:7:19: `session_timeout` in [services.dns]: \"0s\" is zero"
+            ),
+            "{err}"
+        );
+        let err = error(&udp("max_sessions = 0"));
+        assert!(err.starts_with("/etc/tunnelize/hub.toml:7:16: `max_sessions` in [services.dns]: 0 is out of range; use 1 to 16384"), "{err}");
+        assert!(error(&udp("max_sessions = 100000")).contains("out of range"));
+        let err = error(&format!("{KEYS}[services.dns]\nkind = \"udp\"\n"));
+        assert!(
+            err.contains("[services.dns] has kind = \"udp\" but no `ports`"),
+            "{err}"
+        );
+        let err = error(&format!(
+            "{KEYS}[services.ssh]\nkind = \"tcp\"\nports = 22\nmax_sessions = 5\n"
+        ));
+        assert!(
+            err.contains("`max_sessions` in [services.ssh] is not used by kind = \"tcp\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_udp_and_a_tcp_service_may_share_ports_but_two_udp_services_may_not() {
+        let service = |name: &str, kind: &str, ports: &str| {
+            format!("[services.{name}]\nkind = \"{kind}\"\nports = \"{ports}\"\n")
+        };
+        let text = format!(
+            "{KEYS}{}{}",
+            service("a", "tcp", "5000-5010"),
+            service("b", "udp", "5000-5010")
+        );
+        assert!(parse(&text).is_ok());
+        let text = format!(
+            "{KEYS}{}{}",
+            service("a", "udp", "5000-5010"),
+            service("b", "udp", "5010")
+        );
+        assert!(error(&text).contains("5010 overlaps ports 5000-5010 of [services.a]"));
+        // UDP ports do not collide with the hub's own (TCP) listen port.
+        let text = format!("{KEYS}{}", service("dns", "udp", "7000-8000"));
+        assert!(parse(&text).is_ok());
     }
 }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::registry::TunnelSession;
-use super::{Shared, http, refuse, tcp};
+use super::{Shared, http, refuse, tcp, udp};
 use crate::channel::{ChannelError, FramedStream};
 use crate::protocol::{
     Envelope, HEARTBEAT_MISSES, HubMessage, HubPreamble, PROTOCOL_VERSION, ProxyOutcome,
@@ -130,6 +130,19 @@ fn expose(shared: &Arc<Shared>, session: &Arc<TunnelSession>, req: &ProxyRequest
     match &service.kind {
         crate::config::ServiceKind::Tcp(tcp_service) => {
             match tcp::expose(shared, session, &service.name, tcp_service, req) {
+                Ok(port) => ProxyOutcome::Accepted {
+                    name: req.name.clone(),
+                    port: Some(port),
+                    hostname: None,
+                },
+                Err(reason) => ProxyOutcome::Rejected {
+                    name: req.name.clone(),
+                    reason,
+                },
+            }
+        }
+        crate::config::ServiceKind::Udp(udp_service) => {
+            match udp::expose(shared, session, &service.name, udp_service, req) {
                 Ok(port) => ProxyOutcome::Accepted {
                     name: req.name.clone(),
                     port: Some(port),

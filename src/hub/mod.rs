@@ -4,13 +4,15 @@
 //! tests start it the same way. Each accepted connection gets its own task: the TLS handshake
 //! and the first read never run in the accept loop, and every one of them has a deadline. The
 //! preamble decides whether the connection is a control channel ([`control`]) or a link
-//! connection ([`links`]). Public endpoints live in one file per service kind ([`tcp`]).
+//! connection ([`links`]). Public endpoints live in one file per service kind ([`tcp`],
+//! [`udp`]).
 
 pub mod control;
 pub mod http;
 pub mod links;
 pub mod registry;
 pub mod tcp;
+pub mod udp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! The hub's in-memory registry: live tunnel sessions and the public ports they own.
+//! The hub's in-memory registry: live tunnel sessions and the public ports they own. Ports are
+//! claimed per transport: a TCP and a UDP proxy may both hold port 5000.
 //!
 //! All state sits behind one `std::sync::Mutex` with short critical sections (a map lookup or
 //! insert); no lock is ever held across an `.await`. Removing a session cancels its token, which
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::links::LinkSet;
+use crate::protocol::Transport;
 use crate::secret::Secret;
 
 /// A live tunnel session.
@@ -82,7 +84,7 @@ pub type PortKey = (IpAddr, u16);
 #[derive(Default)]
 struct State {
     tunnels: HashMap<Uuid, Arc<TunnelSession>>,
-    ports: HashMap<PortKey, Uuid>,
+    ports: HashMap<(Transport, PortKey), Uuid>,
 }
 
 /// Live sessions and port ownership.
@@ -126,28 +128,43 @@ impl Registry {
         }
     }
 
-    /// Claims a port for a tunnel; on conflict returns the owner.
+    /// Claims a TCP port for a tunnel; on conflict returns the owner.
     pub fn claim_port(&self, key: PortKey, tunnel: Uuid) -> Result<(), Uuid> {
+        self.claim(Transport::Tcp, key, tunnel)
+    }
+
+    /// Whether a TCP port is claimed.
+    pub fn port_owner(&self, key: &PortKey) -> Option<Uuid> {
+        self.owner(Transport::Tcp, key)
+    }
+
+    /// Releases a TCP port claimed by `tunnel` (no-op if another tunnel owns it).
+    pub fn release_port(&self, key: &PortKey, tunnel: Uuid) {
+        self.release(Transport::Tcp, key, tunnel)
+    }
+
+    /// Claims a port of `transport` for a tunnel; on conflict returns the owner.
+    pub fn claim(&self, transport: Transport, key: PortKey, tunnel: Uuid) -> Result<(), Uuid> {
         let mut state = lock(&self.state);
-        match state.ports.get(&key) {
+        match state.ports.get(&(transport, key)) {
             Some(owner) => Err(*owner),
             None => {
-                state.ports.insert(key, tunnel);
+                state.ports.insert((transport, key), tunnel);
                 Ok(())
             }
         }
     }
 
-    /// Whether a port is claimed.
-    pub fn port_owner(&self, key: &PortKey) -> Option<Uuid> {
-        lock(&self.state).ports.get(key).copied()
+    /// Who holds a port of `transport`, if anyone.
+    pub fn owner(&self, transport: Transport, key: &PortKey) -> Option<Uuid> {
+        lock(&self.state).ports.get(&(transport, *key)).copied()
     }
 
-    /// Releases a port claimed by `tunnel` (no-op if another tunnel owns it).
-    pub fn release_port(&self, key: &PortKey, tunnel: Uuid) {
+    /// Releases a port of `transport` claimed by `tunnel` (no-op if another tunnel owns it).
+    pub fn release(&self, transport: Transport, key: &PortKey, tunnel: Uuid) {
         let mut state = lock(&self.state);
-        if state.ports.get(key) == Some(&tunnel) {
-            state.ports.remove(key);
+        if state.ports.get(&(transport, *key)) == Some(&tunnel) {
+            state.ports.remove(&(transport, *key));
         }
     }
 
@@ -182,6 +199,32 @@ mod tests {
             reg.port_owner(&key),
             Some(a.id),
             "only the owner may release"
+        );
+    }
+
+    #[test]
+    fn tcp_and_udp_ports_are_claimed_separately() {
+        let reg = Registry::default();
+        let (a, b) = (session(), session());
+        let key = ("127.0.0.1".parse().unwrap(), 5000);
+        assert_eq!(reg.claim_port(key, a.id), Ok(()));
+        assert_eq!(reg.claim(Transport::Udp, key, b.id), Ok(()));
+        assert_eq!(reg.claim(Transport::Udp, key, a.id), Err(b.id));
+        assert_eq!(reg.owner(Transport::Tcp, &key), Some(a.id));
+        reg.release(Transport::Udp, &key, b.id);
+        assert_eq!(reg.owner(Transport::Udp, &key), None);
+        assert_eq!(
+            reg.port_owner(&key),
+            Some(a.id),
+            "the TCP claim is untouched"
+        );
+        reg.insert(b.clone());
+        reg.claim(Transport::Udp, key, b.id).unwrap();
+        reg.remove(&b.id, "bye");
+        assert_eq!(
+            reg.owner(Transport::Udp, &key),
+            None,
+            "removal frees UDP ports too"
         );
     }
 

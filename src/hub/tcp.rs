@@ -16,7 +16,7 @@ use super::Shared;
 use super::registry::TunnelSession;
 use crate::config::TcpService;
 use crate::mux;
-use crate::protocol::{LinkOpen, LinkRefusal, ProxyRequest};
+use crate::protocol::{LinkOpen, LinkRefusal, ProxyRequest, Transport};
 
 /// Claims and binds a public port for `req`, starts serving it, and returns the port.
 /// The error is a reason fit to send to the tunnel.
@@ -177,6 +177,7 @@ async fn serve_client(
         proxy,
         client_id,
         peer,
+        transport: Transport::Tcp,
     };
     let (response, send) = match session.links.open(&head, wait).await {
         Ok(pair) => pair,

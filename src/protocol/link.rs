@@ -5,6 +5,8 @@
 //! says which proxy and which client the stream is for ([`LinkOpen`]); the response head says
 //! whether the tunnel reached its target (200) or not (502 with a [`LinkRefusal`] reason). The
 //! bodies are then the client's bytes in each direction, and ending a body is a half-close.
+//! A stream for a `udp` proxy says so ([`Transport::Udp`]); its bodies then carry datagrams
+//! framed by [`super::datagram`].
 
 use std::net::SocketAddr;
 
@@ -19,6 +21,8 @@ pub const CLIENT_HEADER: &str = "tunnelize-client";
 pub const PEER_HEADER: &str = "tunnelize-peer";
 /// Header carrying why a tunnel could not serve a stream.
 pub const ERROR_HEADER: &str = "tunnelize-error";
+/// Header naming the transport the stream's bodies carry; absent means TCP.
+pub const TRANSPORT_HEADER: &str = "tunnelize-transport";
 
 const LINK_URI: &str = "https://tunnelize.link/v1/stream";
 
@@ -33,6 +37,26 @@ pub enum LinkHeaderError {
     Invalid(&'static str),
 }
 
+/// What a link stream's bodies carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// A byte stream (`tcp`, `http` services). The default: no header is sent.
+    #[default]
+    Tcp,
+    /// Length-prefixed datagrams of one UDP client session (`tunnelize-transport: udp`).
+    Udp,
+}
+
+impl Transport {
+    /// The name used in the header and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
 /// The head of a link stream: which proxy, which client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkOpen {
@@ -42,6 +66,8 @@ pub struct LinkOpen {
     pub client_id: u64,
     /// The public client's address.
     pub peer: SocketAddr,
+    /// What the stream's bodies carry.
+    pub transport: Transport,
 }
 
 impl LinkOpen {
@@ -64,6 +90,12 @@ impl LinkOpen {
             HeaderValue::from_str(&self.peer.to_string())
                 .map_err(|_| LinkHeaderError::Invalid(PEER_HEADER))?,
         );
+        if self.transport != Transport::Tcp {
+            headers.insert(
+                TRANSPORT_HEADER,
+                HeaderValue::from_static(self.transport.name()),
+            );
+        }
         Ok(req)
     }
 
@@ -76,10 +108,17 @@ impl LinkOpen {
         let peer = text(headers, PEER_HEADER)?
             .parse()
             .map_err(|_| LinkHeaderError::Invalid(PEER_HEADER))?;
+        let transport = match headers.get(TRANSPORT_HEADER).map(|v| v.to_str()) {
+            None => Transport::Tcp,
+            Some(Ok("tcp")) => Transport::Tcp,
+            Some(Ok("udp")) => Transport::Udp,
+            Some(_) => return Err(LinkHeaderError::Invalid(TRANSPORT_HEADER)),
+        };
         Ok(LinkOpen {
             proxy,
             client_id,
             peer,
+            transport,
         })
     }
 }
@@ -144,10 +183,34 @@ mod tests {
             proxy: "ssh".into(),
             client_id: 12345678901,
             peer: "[::1]:5555".parse().unwrap(),
+            transport: Transport::Tcp,
         };
         let req = open.to_request().unwrap();
         assert_eq!(req.method(), Method::POST);
         assert_eq!(LinkOpen::from_headers(req.headers()), Ok(open));
+        assert!(
+            req.headers().get(TRANSPORT_HEADER).is_none(),
+            "tcp streams send no transport header"
+        );
+    }
+
+    #[test]
+    fn udp_streams_say_so_and_unknown_transports_are_refused() {
+        let open = LinkOpen {
+            proxy: "dns".into(),
+            client_id: 9,
+            peer: "10.0.0.1:53000".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        let req = open.to_request().unwrap();
+        assert_eq!(req.headers()[TRANSPORT_HEADER], "udp");
+        assert_eq!(LinkOpen::from_headers(req.headers()), Ok(open));
+        let mut headers = req.headers().clone();
+        headers.insert(TRANSPORT_HEADER, HeaderValue::from_static("sctp"));
+        assert_eq!(
+            LinkOpen::from_headers(&headers),
+            Err(LinkHeaderError::Invalid(TRANSPORT_HEADER))
+        );
     }
 
     #[test]
@@ -178,6 +241,7 @@ mod tests {
             proxy: "bad\nname".into(),
             client_id: 1,
             peer: "1.2.3.4:5".parse().unwrap(),
+            transport: Transport::Tcp,
         };
         assert_eq!(
             open.to_request().unwrap_err(),

@@ -2,17 +2,23 @@
 //!
 //! This module owns the byte layout of everything a hub and a tunnel say to each other: the
 //! preamble that opens every connection (magic and version), the length-prefixed control frames,
-//! the control messages, and the headers that open a link stream. It never touches a socket: the
-//! I/O code in [`crate::channel`] calls it, and its functions can be unit-tested and fuzzed on
-//! plain byte slices. `docs/protocol.md` is the prose description of the same thing.
+//! the control messages, the headers that open a link stream, and the framing of datagrams inside
+//! UDP link streams. It never touches a socket: the I/O code in [`crate::channel`] calls it, and
+//! its functions can be unit-tested and fuzzed on plain byte slices. `docs/protocol.md` is the
+//! prose description of the same thing.
 
+mod datagram;
 mod frame;
 mod link;
 mod message;
 mod preamble;
 
+pub use datagram::{
+    DATAGRAM_HEADER_LEN, DatagramDecoder, DatagramError, MAX_DATAGRAM_LEN, datagram_header,
+    encode_datagram,
+};
 pub use frame::{FrameError, decode_frame, encode_frame};
-pub use link::{LinkHeaderError, LinkOpen, LinkRefusal};
+pub use link::{LinkHeaderError, LinkOpen, LinkRefusal, Transport};
 pub use message::{
     BasicAuth, Envelope, HubMessage, ProxyOutcome, ProxyRequest, RefusalCode, TunnelMessage,
 };

@@ -4,7 +4,8 @@
 //! it dials, presents the session's link token, then serves HTTP/2 (roles reversed: the hub opens
 //! streams). Every stream names a proxy and a client; the worker connects to that proxy's target
 //! and splices bytes until both sides are done. A target that refuses is reported back to the
-//! hub (which closes the client) and logged with the proxy, tunnel id and client id.
+//! hub (which closes the client) and logged with the proxy, tunnel id and client id. Streams of
+//! `udp` proxies carry datagrams and are relayed by [`super::udp`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +23,8 @@ use uuid::Uuid;
 use super::{Backoff, Tunnel, TunnelError};
 use crate::mux;
 use crate::protocol::{
-    Channel, HANDSHAKE_TIMEOUT, HEARTBEAT_MISSES, HubMessage, LinkOpen, LinkRefusal, TunnelMessage,
+    Channel, HANDSHAKE_TIMEOUT, HEARTBEAT_MISSES, HubMessage, LinkOpen, LinkRefusal, Transport,
+    TunnelMessage,
 };
 use crate::secret::Secret;
 
@@ -136,6 +138,10 @@ async fn serve_stream(
             let _ = respond.send_response(refusal.to_response(), true);
             return;
         };
+        if head.transport == Transport::Udp {
+            super::udp::serve_stream(request.into_body(), respond, target, connect_timeout).await;
+            return;
+        }
         let socket = match tokio::time::timeout(
             connect_timeout,
             TcpStream::connect(target.as_str()),

@@ -7,6 +7,7 @@
 //! [`supervise`] wraps both in the reconnect loop the daemon uses.
 
 pub mod forward;
+pub mod udp;
 
 use std::collections::HashMap;
 use std::sync::Arc;

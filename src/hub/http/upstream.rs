@@ -24,7 +24,7 @@ use super::routes::Backend;
 use crate::hub::Shared;
 use crate::hub::links::LinkError;
 use crate::mux::LinkStream;
-use crate::protocol::{LinkOpen, LinkRefusal};
+use crate::protocol::{LinkOpen, LinkRefusal, Transport};
 
 /// Errors carried by request and response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,6 +111,7 @@ async fn connect(
         proxy: backend.proxy.clone(),
         client_id,
         peer,
+        transport: Transport::Tcp,
     };
     let (response, send) = backend.session.links.open(&head, wait).await?;
     let response = match tokio::time::timeout(wait, response).await {

@@ -1,0 +1,632 @@
+//! `udp` services: public UDP ports routed to tunnels by port number, one link stream per client
+//! address.
+//!
+//! A tunnel asks for a port as with `tcp` services; the hub claims it in the registry (for UDP:
+//! a TCP proxy may hold the same number) and binds it. One task per proxy owns the socket's
+//! receive loop and a map of *sessions* by client address. A new address opens a session: a
+//! link stream whose bodies carry that client's datagrams, framed so their boundaries survive
+//! ([`crate::protocol::DatagramDecoder`]). Sessions per proxy are bounded by `max_sessions`
+//! (a new client evicts the session idle longest), and each has a bounded queue toward the
+//! tunnel: a datagram that does not fit is dropped and counted, as a congested network would.
+//! Replies from a stream go back to that session's client address only. A session ends after
+//! `session_timeout` without a datagram either way, when its stream fails, or with the tunnel's
+//! session, which also closes the port. The hub never answers a client itself: a client only
+//! ever receives what the tunnel's target sent, so a public UDP port cannot be used to amplify
+//! traffic. Drops are logged at most once per [`DROP_LOG_INTERVAL`] per port.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::Shared;
+use super::registry::TunnelSession;
+use crate::config::UdpService;
+use crate::mux;
+use crate::protocol::{
+    DATAGRAM_HEADER_LEN, DatagramDecoder, LinkOpen, LinkRefusal, ProxyRequest, Transport,
+    datagram_header,
+};
+
+/// Datagrams one session may have queued toward the tunnel.
+const SESSION_QUEUE_DATAGRAMS: usize = 256;
+/// Bytes one session may have queued toward the tunnel; with `max_sessions` this bounds what
+/// clients can make a proxy buffer.
+const SESSION_QUEUE_BYTES: usize = 256 * 1024;
+/// Drops on one port are logged at most this often.
+pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Receive buffer of a proxy socket: room for the frame header, then more than the largest UDP
+/// payload (65,527 bytes over IPv6), so an oversized datagram is seen whole and refused.
+const RECV_BUFFER: usize = DATAGRAM_HEADER_LEN + 64 * 1024;
+// The largest UDP payload is 65,527 bytes (IPv6 without jumbograms): it must fit, with a byte
+// to spare so that nothing is ever silently truncated.
+const _: () = assert!(RECV_BUFFER - DATAGRAM_HEADER_LEN > 65_527);
+/// How long a closing proxy waits for its sessions to reset their streams.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Claims and binds a public UDP port for `req`, starts serving it, and returns the port.
+/// The error is a reason fit to send to the tunnel.
+pub(super) fn expose(
+    shared: &Arc<Shared>,
+    session: &Arc<TunnelSession>,
+    service: &str,
+    config: &UdpService,
+    req: &ProxyRequest,
+) -> Result<u16, String> {
+    let ephemeral = config.ports.is_os_assigned();
+    let socket = match req.port {
+        Some(port) if !ephemeral && !config.ports.contains(port) => {
+            return Err(format!(
+                "port {port} is outside service `{service}`'s range {}-{}",
+                config.ports.start, config.ports.end
+            ));
+        }
+        Some(port) => {
+            claim_and_bind(shared, session, config.listen, port).map_err(|e| e.message(port))?
+        }
+        None if ephemeral => {
+            claim_and_bind(shared, session, config.listen, 0).map_err(|e| e.message(0))?
+        }
+        None => any_free_port(shared, session, config).ok_or_else(|| {
+            format!(
+                "no free port left in service `{service}`'s range {}-{}",
+                config.ports.start, config.ports.end
+            )
+        })?,
+    };
+    let local = socket.local_addr().map_err(|e| e.to_string())?;
+    let proxy = Arc::new(Proxy {
+        shared: shared.clone(),
+        session: session.clone(),
+        service: service.to_owned(),
+        name: req.name.clone(),
+        socket,
+        local,
+        session_timeout: config.session_timeout,
+        max_sessions: config.max_sessions.max(1),
+        epoch: Instant::now(),
+        dropped: AtomicU64::new(0),
+        drop_log: Mutex::new(DropLog::default()),
+    });
+    shared.tasks.spawn(serve_proxy(proxy));
+    Ok(local.port())
+}
+
+enum BindError {
+    Taken,
+    Os(io::Error),
+}
+
+impl BindError {
+    fn message(&self, port: u16) -> String {
+        match self {
+            BindError::Taken => format!("udp port {port} is taken by another tunnel"),
+            BindError::Os(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                format!("udp port {port} is in use by another program on the hub host")
+            }
+            BindError::Os(e) => format!("cannot bind udp port {port}: {e}"),
+        }
+    }
+}
+
+fn claim_and_bind(
+    shared: &Shared,
+    session: &TunnelSession,
+    ip: IpAddr,
+    port: u16,
+) -> Result<UdpSocket, BindError> {
+    let registry = &shared.registry;
+    if port != 0 {
+        registry
+            .claim(Transport::Udp, (ip, port), session.id)
+            .map_err(|_| BindError::Taken)?;
+    }
+    let bound = bind(SocketAddr::new(ip, port));
+    match (&bound, port) {
+        (Err(_), p) if p != 0 => registry.release(Transport::Udp, &(ip, p), session.id),
+        (Ok(socket), 0) => {
+            // The OS picked a port nobody can have claimed (it was not bound a moment ago).
+            if let Ok(addr) = socket.local_addr() {
+                let _ = registry.claim(Transport::Udp, (ip, addr.port()), session.id);
+            }
+        }
+        _ => {}
+    }
+    bound.map_err(BindError::Os)
+}
+
+fn any_free_port(
+    shared: &Shared,
+    session: &TunnelSession,
+    config: &UdpService,
+) -> Option<UdpSocket> {
+    let len = u32::from(config.ports.end - config.ports.start) + 1;
+    // Start at a random offset so concurrent tunnels rarely race for the same port.
+    let mut seed = [0u8; 4];
+    let _ = getrandom::fill(&mut seed);
+    let offset = u32::from_le_bytes(seed) % len;
+    (0..len)
+        .map(|i| config.ports.start + ((offset + i) % len) as u16)
+        .find_map(|port| claim_and_bind(shared, session, config.listen, port).ok())
+}
+
+fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// One served UDP proxy port.
+struct Proxy {
+    shared: Arc<Shared>,
+    session: Arc<TunnelSession>,
+    service: String,
+    /// The tunnel's proxy name.
+    name: String,
+    socket: UdpSocket,
+    local: SocketAddr,
+    session_timeout: Duration,
+    max_sessions: usize,
+    /// Zero of the sessions' activity clocks, so they compare.
+    epoch: Instant,
+    /// Datagrams dropped on this port, in either direction.
+    dropped: AtomicU64,
+    drop_log: Mutex<DropLog>,
+}
+
+impl Proxy {
+    /// Counts a dropped datagram and logs why, at most once per [`DROP_LOG_INTERVAL`].
+    fn drop_datagram(&self, reason: &str) {
+        self.drop_datagrams(1, reason);
+    }
+
+    /// Counts `count` dropped datagrams and logs why, at most once per [`DROP_LOG_INTERVAL`].
+    fn drop_datagrams(&self, count: usize, reason: &str) {
+        self.dropped.fetch_add(count as u64, Ordering::Relaxed);
+        let suppressed = {
+            let mut log = self.drop_log.lock().unwrap_or_else(|p| p.into_inner());
+            log.due()
+        };
+        if let Some(suppressed) = suppressed {
+            warn!(
+                service = %self.service,
+                tunnel_id = %self.session.id,
+                proxy = %self.name,
+                port = self.local.port(),
+                %reason,
+                count,
+                similar_drops_not_logged = suppressed,
+                "dropping udp datagrams"
+            );
+        }
+    }
+}
+
+/// Rate limit for drop logs on one port.
+#[derive(Default)]
+struct DropLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl DropLog {
+    /// `Some(drops suppressed since the last log)` when a log line is due now.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < DROP_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// What a session shares with the proxy's receive loop.
+struct SessionState {
+    epoch: Instant,
+    /// Microseconds after `epoch` of the last datagram in either direction (fine enough to
+    /// order clients that take turns).
+    last_active_us: AtomicU64,
+    /// Bytes in the session's queue toward the tunnel.
+    queued_bytes: AtomicUsize,
+}
+
+impl SessionState {
+    fn new(epoch: Instant) -> Self {
+        let state = SessionState {
+            epoch,
+            last_active_us: AtomicU64::new(0),
+            queued_bytes: AtomicUsize::new(0),
+        };
+        state.touch();
+        state
+    }
+
+    fn touch(&self) {
+        let us = self.epoch.elapsed().as_micros() as u64;
+        self.last_active_us.store(us, Ordering::Relaxed);
+    }
+
+    fn last_active(&self) -> u64 {
+        self.last_active_us.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once nothing has moved for `limit`.
+    async fn idle(&self, limit: Duration) {
+        loop {
+            let deadline = self.epoch + Duration::from_micros(self.last_active()) + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A session as the receive loop sees it.
+struct ClientSession {
+    client_id: u64,
+    queue: mpsc::Sender<Bytes>,
+    state: Arc<SessionState>,
+    stop: CancellationToken,
+}
+
+impl ClientSession {
+    /// Queues a framed datagram toward the tunnel without waiting, or says why it was dropped.
+    fn offer(&self, frame: Bytes) -> Result<(), &'static str> {
+        const FULL: &str = "the client's queue toward the tunnel is full";
+        let size = frame.len();
+        let queued = &self.state.queued_bytes;
+        if queued.fetch_add(size, Ordering::Relaxed) + size > SESSION_QUEUE_BYTES {
+            queued.fetch_sub(size, Ordering::Relaxed);
+            return Err(FULL);
+        }
+        self.queue.try_send(frame).map_err(|e| {
+            queued.fetch_sub(size, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => FULL,
+                TrySendError::Closed(_) => "the client's session just ended",
+            }
+        })
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum Ended {
+    Idle,
+    /// Evicted for a new client, or the proxy is closing.
+    Stopped,
+    /// The tunnel ended the stream (its socket toward the target failed).
+    TunnelClosed,
+}
+
+async fn serve_proxy(proxy: Arc<Proxy>) {
+    let span = info_span!("proxy", service = %proxy.service, tunnel_id = %proxy.session.id, proxy = %proxy.name);
+    async {
+        info!(listen = %proxy.local, "serving udp proxy");
+        let mut buf = vec![0u8; RECV_BUFFER].into_boxed_slice();
+        let mut sessions: HashMap<SocketAddr, ClientSession> = HashMap::new();
+        let mut tasks: JoinSet<(SocketAddr, u64)> = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = proxy.session.cancel.cancelled() => break,
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok((peer, client_id)) = done
+                        && sessions.get(&peer).is_some_and(|s| s.client_id == client_id)
+                    {
+                        sessions.remove(&peer);
+                    }
+                }
+                received = proxy.socket.recv_from(&mut buf[DATAGRAM_HEADER_LEN..]) => match received {
+                    Ok((len, peer)) => route(&proxy, &mut sessions, &mut tasks, &mut buf, len, peer),
+                    // Unconnected UDP sockets report no ICMP errors, so this is unusual (such as
+                    // ENOBUFS): note it, give the host a moment, go on.
+                    Err(e) => {
+                        warn!(error = %e, "receiving a datagram failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        // Every session's stop token is a child of the tunnel session's: they are all stopping.
+        drop(sessions);
+        if tokio::time::timeout(CLOSE_GRACE, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            warn!("some udp sessions did not stop within {CLOSE_GRACE:?}; aborting them");
+            tasks.shutdown().await;
+        }
+        let local = proxy.local;
+        let dropped = proxy.dropped.load(Ordering::Relaxed);
+        // The sessions have ended, so this is the last handle on the socket: the port closes
+        // here, and only then is it free for another tunnel.
+        let (shared, tunnel_id) = (proxy.shared.clone(), proxy.session.id);
+        drop(proxy);
+        shared
+            .registry
+            .release(Transport::Udp, &(local.ip(), local.port()), tunnel_id);
+        info!(listen = %local, dropped, "udp proxy closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Hands one received datagram (at `buf[DATAGRAM_HEADER_LEN..][..len]`) to its client's
+/// session, opening one if needed. Never waits.
+fn route(
+    proxy: &Arc<Proxy>,
+    sessions: &mut HashMap<SocketAddr, ClientSession>,
+    tasks: &mut JoinSet<(SocketAddr, u64)>,
+    buf: &mut [u8],
+    len: usize,
+    peer: SocketAddr,
+) {
+    let Ok(header) = datagram_header(len) else {
+        proxy.drop_datagram("larger than 65,507 bytes");
+        return;
+    };
+    buf[..DATAGRAM_HEADER_LEN].copy_from_slice(&header);
+    let frame = Bytes::copy_from_slice(&buf[..DATAGRAM_HEADER_LEN + len]);
+    let live = sessions.get(&peer).is_some_and(|s| !s.queue.is_closed());
+    if !live {
+        sessions.remove(&peer);
+        if sessions.len() >= proxy.max_sessions {
+            evict_idlest(sessions);
+        }
+        let session = open_session(proxy, tasks, peer);
+        sessions.insert(peer, session);
+    }
+    // Just inserted if it was not there.
+    let Some(session) = sessions.get(&peer) else {
+        return;
+    };
+    session.state.touch();
+    if let Err(reason) = session.offer(frame) {
+        proxy.drop_datagram(reason);
+    }
+}
+
+/// Removes the session idle longest and stops it.
+fn evict_idlest(sessions: &mut HashMap<SocketAddr, ClientSession>) {
+    let Some(peer) = sessions
+        .iter()
+        .min_by_key(|(_, s)| s.state.last_active())
+        .map(|(peer, _)| *peer)
+    else {
+        return;
+    };
+    if let Some(evicted) = sessions.remove(&peer) {
+        debug!(client_id = evicted.client_id, %peer, "evicting the udp session idle longest");
+        evicted.stop.cancel();
+    }
+}
+
+fn open_session(
+    proxy: &Arc<Proxy>,
+    tasks: &mut JoinSet<(SocketAddr, u64)>,
+    peer: SocketAddr,
+) -> ClientSession {
+    let client_id = proxy.shared.registry.next_client_id();
+    let (queue, receiver) = mpsc::channel(SESSION_QUEUE_DATAGRAMS);
+    let state = Arc::new(SessionState::new(proxy.epoch));
+    let stop = proxy.session.cancel.child_token();
+    let span = info_span!("client", service = %proxy.service, tunnel_id = %proxy.session.id, client_id, %peer);
+    let task = serve_session(
+        proxy.clone(),
+        peer,
+        client_id,
+        receiver,
+        state.clone(),
+        stop.clone(),
+    );
+    tasks.spawn(task.instrument(span));
+    ClientSession {
+        client_id,
+        queue,
+        state,
+        stop,
+    }
+}
+
+/// Runs one client session: opens its link stream, then relays datagrams both ways until it
+/// ends. Returns who it was, so the receive loop can forget it.
+async fn serve_session(
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    client_id: u64,
+    queue: mpsc::Receiver<Bytes>,
+    state: Arc<SessionState>,
+    stop: CancellationToken,
+) -> (SocketAddr, u64) {
+    let opened = tokio::select! {
+        () = stop.cancelled() => return (peer, client_id),
+        opened = open_stream(&proxy, peer, client_id) => opened,
+    };
+    let (send, recv) = match opened {
+        Ok(pair) => pair,
+        Err(reason) => {
+            // What the client sent meanwhile is lost (at least the datagram that opened it).
+            proxy.drop_datagrams(queue.len().max(1), &reason);
+            return (peer, client_id);
+        }
+    };
+    debug!("udp session opened");
+    match relay(&proxy, peer, queue, send, recv, &state, &stop).await {
+        Ok(ended) => debug!(?ended, "udp session ended"),
+        Err(e) => debug!(error = %e, "udp session ended with an error"),
+    }
+    (peer, client_id)
+}
+
+/// Opens the session's link stream and waits for the tunnel's answer, or says why not.
+async fn open_stream(
+    proxy: &Proxy,
+    peer: SocketAddr,
+    client_id: u64,
+) -> Result<(SendStream<Bytes>, RecvStream), String> {
+    let wait = proxy.shared.config.link_timeout;
+    let head = LinkOpen {
+        proxy: proxy.name.clone(),
+        client_id,
+        peer,
+        transport: Transport::Udp,
+    };
+    let (response, send) = match proxy.session.links.open(&head, wait).await {
+        Ok(pair) => pair,
+        Err(e) => return Err(format!("no link to the tunnel: {e}")),
+    };
+    let response = match tokio::time::timeout(wait, response).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(format!("the link stream failed: {e}")),
+        Err(_) => return Err(format!("the tunnel did not answer within {wait:?}")),
+    };
+    if let Err(refusal) = LinkRefusal::check_response(response.status(), response.headers()) {
+        return Err(format!(
+            "the tunnel cannot reach its target: {}",
+            refusal.reason
+        ));
+    }
+    Ok((send, response.into_body()))
+}
+
+async fn relay(
+    proxy: &Proxy,
+    peer: SocketAddr,
+    mut queue: mpsc::Receiver<Bytes>,
+    mut send: SendStream<Bytes>,
+    recv: RecvStream,
+    state: &SessionState,
+    stop: &CancellationToken,
+) -> io::Result<Ended> {
+    let result = tokio::select! {
+        r = to_tunnel(&mut queue, &mut send, state) => r,
+        r = to_client(recv, proxy, peer, state) => r,
+        () = state.idle(proxy.session_timeout) => Ok(Ended::Idle),
+        () = stop.cancelled() => Ok(Ended::Stopped),
+    };
+    // A UDP session has no graceful end: the tunnel drops its socket when the stream resets.
+    send.send_reset(h2::Reason::CANCEL);
+    result
+}
+
+/// Sends queued datagrams (already framed) into the stream.
+async fn to_tunnel(
+    queue: &mut mpsc::Receiver<Bytes>,
+    send: &mut SendStream<Bytes>,
+    state: &SessionState,
+) -> io::Result<Ended> {
+    while let Some(mut frame) = queue.recv().await {
+        state.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+        while !frame.is_empty() {
+            send.reserve_capacity(frame.len());
+            let granted = poll_fn(|cx| mux::poll_send_capacity(send, cx)).await?;
+            let chunk = frame.split_to(granted.min(frame.len()));
+            send.send_data(chunk, false).map_err(mux::h2_to_io)?;
+        }
+    }
+    // The receive loop let go of the session.
+    Ok(Ended::Stopped)
+}
+
+/// Sends the datagrams of the stream's body to the session's client, and to nobody else.
+async fn to_client(
+    mut recv: RecvStream,
+    proxy: &Proxy,
+    peer: SocketAddr,
+    state: &SessionState,
+) -> io::Result<Ended> {
+    let mut decoder = DatagramDecoder::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(mux::h2_to_io)?;
+        let len = chunk.len();
+        decoder.push(chunk);
+        while let Some(datagram) = decoder
+            .next_datagram()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        {
+            state.touch();
+            if let Err(e) = proxy.socket.send_to(&datagram, peer).await {
+                proxy.drop_datagram(&format!("cannot send a reply to the client: {e}"));
+            }
+        }
+        // Release the window only once the datagrams are out: a stalled socket slows the sender.
+        recv.flow_control()
+            .release_capacity(len)
+            .map_err(mux::h2_to_io)?;
+    }
+    Ok(Ended::TunnelClosed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_logs_are_rate_limited_and_count_what_they_skipped() {
+        let mut log = DropLog::default();
+        assert_eq!(log.due(), Some(0));
+        assert_eq!(log.due(), None);
+        assert_eq!(log.due(), None);
+        log.last = Some(Instant::now() - DROP_LOG_INTERVAL);
+        assert_eq!(log.due(), Some(2));
+    }
+
+    #[test]
+    fn a_session_queue_is_bounded_in_bytes_and_datagrams() {
+        let (queue, mut receiver) = mpsc::channel(SESSION_QUEUE_DATAGRAMS);
+        let session = ClientSession {
+            client_id: 1,
+            queue,
+            state: Arc::new(SessionState::new(Instant::now())),
+            stop: CancellationToken::new(),
+        };
+        let largest = Bytes::from(vec![0u8; DATAGRAM_HEADER_LEN + 65_507]);
+        let fit = SESSION_QUEUE_BYTES / largest.len();
+        for _ in 0..fit {
+            assert_eq!(session.offer(largest.clone()), Ok(()));
+        }
+        assert!(
+            session.offer(largest.clone()).is_err(),
+            "over the byte budget"
+        );
+        // Taking a datagram out (as `to_tunnel` does) makes room again.
+        let taken = receiver.try_recv().unwrap();
+        session
+            .state
+            .queued_bytes
+            .fetch_sub(taken.len(), Ordering::Relaxed);
+        assert_eq!(session.offer(largest), Ok(()));
+        // Small datagrams hit the count limit instead.
+        while receiver.try_recv().is_ok() {}
+        session.state.queued_bytes.store(0, Ordering::Relaxed);
+        let small = Bytes::from_static(&[0, 1, 7]);
+        for _ in 0..SESSION_QUEUE_DATAGRAMS {
+            assert_eq!(session.offer(small.clone()), Ok(()));
+        }
+        assert!(
+            session.offer(small.clone()).is_err(),
+            "over the datagram count"
+        );
+        drop(receiver);
+        assert_eq!(session.offer(small), Err("the client's session just ended"));
+    }
+}

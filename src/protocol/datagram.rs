@@ -1,0 +1,246 @@
+//! Datagram framing inside a UDP link stream.
+//!
+//! A `udp` proxy carries one client session per link stream. HTTP/2 DATA frames are a byte
+//! stream whose chunk boundaries mean nothing, so every datagram travels as a frame: a 2-byte
+//! big-endian length, then that many bytes. A length of 0 is a valid, empty datagram; a length
+//! above [`MAX_DATAGRAM_LEN`] is a protocol error. [`DatagramDecoder`] reassembles frames split
+//! across DATA chunks and splits chunks that hold several frames; it checks each length before
+//! it reserves room for the body, and hands out whole frames without copying when a chunk holds
+//! them. No I/O here.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+/// Largest datagram a UDP link stream carries: the largest UDP payload over IPv4.
+pub const MAX_DATAGRAM_LEN: usize = 65_507;
+
+/// Size of the length prefix in front of every datagram.
+pub const DATAGRAM_HEADER_LEN: usize = 2;
+
+/// Errors framing or unframing datagrams.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DatagramError {
+    /// A datagram, or an announced length, above [`MAX_DATAGRAM_LEN`].
+    #[error("datagram of {0} bytes exceeds the {MAX_DATAGRAM_LEN}-byte limit")]
+    TooLarge(usize),
+}
+
+/// The length prefix for a datagram of `len` bytes.
+pub fn datagram_header(len: usize) -> Result<[u8; DATAGRAM_HEADER_LEN], DatagramError> {
+    if len > MAX_DATAGRAM_LEN {
+        return Err(DatagramError::TooLarge(len));
+    }
+    // Fits: MAX_DATAGRAM_LEN is below u16::MAX.
+    Ok((len as u16).to_be_bytes())
+}
+
+/// Appends one framed datagram to `out`.
+pub fn encode_datagram(datagram: &[u8], out: &mut BytesMut) -> Result<(), DatagramError> {
+    let header = datagram_header(datagram.len())?;
+    out.reserve(DATAGRAM_HEADER_LEN + datagram.len());
+    out.put_slice(&header);
+    out.put_slice(datagram);
+    Ok(())
+}
+
+/// Turns the DATA chunks of a UDP link stream back into datagrams.
+///
+/// Feed a chunk with [`push`](Self::push), then call [`next_datagram`](Self::next_datagram)
+/// until it returns `Ok(None)`; only then push the next chunk. Memory is bounded by one
+/// partial frame (at most [`MAX_DATAGRAM_LEN`] plus the header) plus the current chunk.
+#[derive(Debug, Default)]
+pub struct DatagramDecoder {
+    /// The chunk being split.
+    chunk: Bytes,
+    /// A frame whose bytes arrived in more than one chunk, header included.
+    partial: BytesMut,
+}
+
+impl DatagramDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the next chunk of the stream. Call only once the previous chunk is used up
+    /// ([`next_datagram`](Self::next_datagram) returned `Ok(None)`).
+    pub fn push(&mut self, chunk: Bytes) {
+        debug_assert!(
+            self.chunk.is_empty(),
+            "push before the last chunk was used up"
+        );
+        self.chunk = chunk;
+    }
+
+    /// Whether the stream ended in the middle of a frame (some bytes are still held).
+    pub fn has_partial(&self) -> bool {
+        !self.partial.is_empty() || !self.chunk.is_empty()
+    }
+
+    /// The next whole datagram, or `Ok(None)` once the current chunk is used up. After an
+    /// error the stream is unusable and should be reset.
+    pub fn next_datagram(&mut self) -> Result<Option<Bytes>, DatagramError> {
+        if self.partial.is_empty() {
+            // Fast path: a whole frame inside the chunk is handed out without copying.
+            if let Some(len) = announced_len(&self.chunk)? {
+                let end = DATAGRAM_HEADER_LEN + len;
+                if self.chunk.len() >= end {
+                    let datagram = self.chunk.slice(DATAGRAM_HEADER_LEN..end);
+                    self.chunk.advance(end);
+                    return Ok(Some(datagram));
+                }
+                self.partial.reserve(end);
+            }
+            if self.chunk.is_empty() {
+                return Ok(None);
+            }
+        }
+        // Slow path: collect the rest of a split frame into `partial`.
+        if self.partial.len() < DATAGRAM_HEADER_LEN {
+            let take = (DATAGRAM_HEADER_LEN - self.partial.len()).min(self.chunk.len());
+            self.partial.put_slice(&self.chunk.split_to(take));
+        }
+        let Some(len) = announced_len(&self.partial)? else {
+            return Ok(None);
+        };
+        let end = DATAGRAM_HEADER_LEN + len;
+        self.partial.reserve(end - self.partial.len());
+        let take = (end - self.partial.len()).min(self.chunk.len());
+        self.partial.put_slice(&self.chunk.split_to(take));
+        if self.partial.len() < end {
+            return Ok(None);
+        }
+        let mut frame = self.partial.split().freeze();
+        frame.advance(DATAGRAM_HEADER_LEN);
+        Ok(Some(frame))
+    }
+}
+
+/// The length a frame starting at `buf` announces, checked; `None` if the header is incomplete.
+fn announced_len(buf: &[u8]) -> Result<Option<usize>, DatagramError> {
+    let Some(header) = buf.get(..DATAGRAM_HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = usize::from(u16::from_be_bytes([header[0], header[1]]));
+    if len > MAX_DATAGRAM_LEN {
+        return Err(DatagramError::TooLarge(len));
+    }
+    Ok(Some(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datagrams() -> Vec<Vec<u8>> {
+        vec![
+            b"hello".to_vec(),
+            Vec::new(),
+            (0..=255u8).cycle().take(3000).collect(),
+            vec![7u8; 1],
+            Vec::new(),
+        ]
+    }
+
+    fn encode_all(list: &[Vec<u8>]) -> Bytes {
+        let mut out = BytesMut::new();
+        for d in list {
+            encode_datagram(d, &mut out).unwrap();
+        }
+        out.freeze()
+    }
+
+    /// Feeds `chunks` one at a time and collects every datagram.
+    fn decode_chunks(chunks: &[Bytes]) -> Result<Vec<Vec<u8>>, DatagramError> {
+        let mut decoder = DatagramDecoder::new();
+        let mut got = Vec::new();
+        for chunk in chunks {
+            decoder.push(chunk.clone());
+            while let Some(d) = decoder.next_datagram()? {
+                got.push(d.to_vec());
+            }
+        }
+        assert!(!decoder.has_partial(), "bytes left over");
+        Ok(got)
+    }
+
+    #[test]
+    fn datagrams_round_trip_in_one_chunk() {
+        let list = datagrams();
+        assert_eq!(decode_chunks(&[encode_all(&list)]).unwrap(), list);
+    }
+
+    #[test]
+    fn a_stream_split_at_every_offset_gives_the_same_datagrams() {
+        let list = datagrams();
+        let wire = encode_all(&list);
+        for cut in 0..=wire.len() {
+            let chunks = [wire.slice(..cut), wire.slice(cut..)];
+            assert_eq!(decode_chunks(&chunks).unwrap(), list, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_stream_fed_one_byte_at_a_time_gives_the_same_datagrams() {
+        let list = datagrams();
+        let wire = encode_all(&list);
+        let chunks: Vec<Bytes> = (0..wire.len()).map(|i| wire.slice(i..i + 1)).collect();
+        assert_eq!(decode_chunks(&chunks).unwrap(), list);
+    }
+
+    #[test]
+    fn the_largest_datagram_round_trips_across_http2_sized_chunks() {
+        let big: Vec<u8> = (0..MAX_DATAGRAM_LEN).map(|i| (i % 251) as u8).collect();
+        let list = vec![big, b"after".to_vec()];
+        let wire = encode_all(&list);
+        let chunks: Vec<Bytes> = wire.chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
+        assert_eq!(decode_chunks(&chunks).unwrap(), list);
+    }
+
+    #[test]
+    fn whole_frames_in_a_chunk_are_not_copied() {
+        let wire = encode_all(&[b"abc".to_vec()]);
+        let mut decoder = DatagramDecoder::new();
+        decoder.push(wire.clone());
+        let d = decoder.next_datagram().unwrap().unwrap();
+        assert_eq!(d.as_ptr(), wire[DATAGRAM_HEADER_LEN..].as_ptr());
+    }
+
+    #[test]
+    fn oversized_datagrams_are_refused_on_both_sides() {
+        let mut out = BytesMut::new();
+        assert_eq!(
+            encode_datagram(&vec![0u8; MAX_DATAGRAM_LEN + 1], &mut out),
+            Err(DatagramError::TooLarge(MAX_DATAGRAM_LEN + 1))
+        );
+        assert!(out.is_empty(), "nothing written on error");
+        assert!(datagram_header(MAX_DATAGRAM_LEN).is_ok());
+
+        let announced = (MAX_DATAGRAM_LEN as u16 + 1).to_be_bytes();
+        let mut decoder = DatagramDecoder::new();
+        decoder.push(Bytes::copy_from_slice(&announced));
+        assert_eq!(
+            decoder.next_datagram(),
+            Err(DatagramError::TooLarge(MAX_DATAGRAM_LEN + 1))
+        );
+        // Refused before any room is reserved for the body, even when the header is split.
+        let mut decoder = DatagramDecoder::new();
+        decoder.push(Bytes::from_static(&[0xff]));
+        assert_eq!(decoder.next_datagram(), Ok(None));
+        decoder.push(Bytes::from_static(&[0xff]));
+        assert_eq!(
+            decoder.next_datagram(),
+            Err(DatagramError::TooLarge(0xffff))
+        );
+        assert!(decoder.partial.capacity() < 1024);
+    }
+
+    #[test]
+    fn a_truncated_stream_is_reported_as_partial() {
+        let wire = encode_all(&[b"abcdef".to_vec()]);
+        let mut decoder = DatagramDecoder::new();
+        decoder.push(wire.slice(..5));
+        assert_eq!(decoder.next_datagram(), Ok(None));
+        assert!(decoder.has_partial());
+    }
+}

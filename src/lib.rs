@@ -12,6 +12,7 @@
 //! - [`tls`]: certificates, fingerprints and hub verification.
 //! - [`hub`]: the hub daemon (registry, control channels, link broker, one file per service kind).
 //! - [`tunnel`]: the tunnel daemon (control client, reconnects, forwarders).
+//! - [`admin`]: the monitoring/control API (model, server, client).
 //! - [`demo`]: `tunnelize demo`, everything on loopback with an embedded default.
 //! - [`daemon`]: process concerns (logging).
 //! - [`secret`]: secrets that never print.
@@ -21,6 +22,7 @@
 // A std lock held across an await can deadlock the runtime; make the lint a hard error.
 #![deny(clippy::await_holding_lock)]
 
+pub mod admin;
 pub mod channel;
 pub mod config;
 pub mod daemon;

@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    HttpService, HubConfig, HubTrust, PortRange, ProxyConfig, ServiceConfig, ServiceKind,
-    TcpService, TunnelConfig, TunnelKey,
+    AdminConfig, HttpService, HubConfig, HubTrust, PortRange, ProxyConfig, ServiceConfig,
+    ServiceKind, TcpService, TunnelConfig, TunnelKey,
 };
 use crate::hub::{Hub, HubError};
 use crate::protocol::ProxyOutcome;
@@ -178,6 +178,7 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
         handshake_timeout: Duration::from_secs(10),
         link_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(7200),
+        admin: AdminConfig::disabled(),
     }
 }
 
@@ -194,6 +195,7 @@ fn tunnel_config(
         key: Some(key),
         links: 2,
         connect_timeout: Duration::from_secs(5),
+        admin: AdminConfig::disabled(),
         proxies: vec![
             ProxyConfig {
                 name: "web".into(),

@@ -76,10 +76,12 @@ fn example_configs_document_every_key() {
         format!("{keys}zz_unknown = 1\n"),
         format!("{keys}[tls]\nzz_unknown = 1\n"),
         format!("{keys}[services.x]\nzz_unknown = 1\n"),
+        format!("{keys}[admin]\nzz_unknown = 1\n"),
     ];
     let tunnel_probes = [
         format!("hub_address = \"h:1\"\nzz_unknown = 1\n{proxy}"),
         format!("hub_address = \"h:1\"\n{proxy}zz_unknown = 1\n"),
+        format!("hub_address = \"h:1\"\n{proxy}[admin]\nzz_unknown = 1\n"),
     ];
     let check = |example: &str, message: String| {
         let text = fs::read_to_string(repo_path(example)).expect("example config is readable");

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
+use super::admin::{AdminConfig, RawAdmin, check_admin};
 use super::error::ConfigError;
 use super::secret_source::{SecretFields, resolve_secret};
 use super::service::{RawService, ServiceConfig, check_services};
@@ -26,6 +27,8 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/tunnelize";
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default admin socket of the hub.
+pub const DEFAULT_HUB_SOCKET: &str = "/run/tunnelize/hub.sock";
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// The hub's configuration, checked: every value is valid and the rules between keys hold.
@@ -58,6 +61,8 @@ pub struct HubConfig {
     /// `idle_timeout` (default `2h`): a client connection with no bytes in either direction for
     /// this long is closed.
     pub idle_timeout: Duration,
+    /// `[admin]`: the monitoring/control API (socket, optional TLS listener and key).
+    pub admin: AdminConfig,
 }
 
 /// `[tls]`: PEM files the hub serves instead of its generated certificate.
@@ -137,6 +142,7 @@ struct RawHub {
     handshake_timeout: Option<Spanned<Value>>,
     link_timeout: Option<Spanned<Value>>,
     idle_timeout: Option<Spanned<Value>>,
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +226,7 @@ impl RawHub {
             )?,
             link_timeout: duration(&self.link_timeout, "link_timeout", DEFAULT_LINK_TIMEOUT)?,
             idle_timeout: duration(&self.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
+            admin: check_admin(src, self.admin.as_ref(), DEFAULT_HUB_SOCKET, true)?,
         })
     }
 }
@@ -391,6 +398,10 @@ mod tests {
                 handshake_timeout: Duration::from_secs(10),
                 link_timeout: Duration::from_secs(10),
                 idle_timeout: Duration::from_secs(7200),
+                admin: AdminConfig {
+                    socket: Some(PathBuf::from(DEFAULT_HUB_SOCKET)),
+                    ..AdminConfig::default()
+                },
             }
         );
     }

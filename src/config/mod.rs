@@ -12,6 +12,7 @@
 //! `key_env`, `hub` and `tunnel` hold each daemon's schema and rules, and `service` the hub's
 //! `[services.NAME]` tables.
 
+mod admin;
 mod error;
 mod http;
 mod hub;
@@ -23,6 +24,7 @@ mod values;
 
 use std::path::Path;
 
+pub use admin::AdminConfig;
 pub use error::{ConfigError, Location, Position};
 pub use http::HttpService;
 pub(crate) use http::is_hostname;

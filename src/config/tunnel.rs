@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::protocol::BasicAuth;
 use toml::{Spanned, Value};
 
+use super::admin::{AdminConfig, RawAdmin, check_admin};
 use super::error::ConfigError;
 use super::secret_source::{SecretFields, resolve_secret};
 use super::source::{EnvLookup, Source};
@@ -44,6 +45,8 @@ pub struct TunnelConfig {
     pub connect_timeout: Duration,
     /// `[[proxies]]`: what to forward; at least one, names unique.
     pub proxies: Vec<ProxyConfig>,
+    /// `[admin]`: the tunnel's own status API on a Unix socket.
+    pub admin: AdminConfig,
 }
 
 /// How the tunnel verifies the hub's TLS certificate.
@@ -108,6 +111,9 @@ impl TunnelConfig {
     }
 }
 
+/// Default admin socket of the tunnel daemon.
+pub const DEFAULT_TUNNEL_SOCKET: &str = "/run/tunnelize/tunnel.sock";
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTunnel {
@@ -122,6 +128,7 @@ struct RawTunnel {
     connect_timeout: Option<Spanned<Value>>,
     #[serde(default)]
     proxies: Vec<RawProxy>,
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +206,7 @@ impl RawTunnel {
             links,
             connect_timeout,
             proxies,
+            admin: check_admin(src, self.admin.as_ref(), DEFAULT_TUNNEL_SOCKET, false)?,
         })
     }
 
@@ -458,6 +466,10 @@ mod tests {
                     port: None,
                     ..Default::default()
                 }],
+                admin: AdminConfig {
+                    socket: Some(PathBuf::from(DEFAULT_TUNNEL_SOCKET)),
+                    ..AdminConfig::default()
+                },
             }
         );
     }

@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use tunnelize::config::{
-    HubConfig, HubTrust, PortRange, ProxyConfig, ServiceConfig, ServiceKind, TcpService,
-    TunnelConfig, TunnelKey,
+    AdminConfig, HubConfig, HubTrust, PortRange, ProxyConfig, ServiceConfig, ServiceKind,
+    TcpService, TunnelConfig, TunnelKey,
 };
 use tunnelize::hub::Hub;
 use tunnelize::protocol::ProxyOutcome;
@@ -67,6 +67,7 @@ pub fn hub_config(services: Vec<ServiceConfig>) -> HubConfig {
         handshake_timeout: Duration::from_secs(10),
         link_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(7200),
+        admin: AdminConfig::disabled(),
     }
 }
 
@@ -116,6 +117,7 @@ pub fn tunnel_config(hub: &TestHub, proxies: Vec<ProxyConfig>) -> TunnelConfig {
         key: Some(Secret::new(KEY)),
         links: 2,
         connect_timeout: Duration::from_secs(5),
+        admin: AdminConfig::disabled(),
         proxies,
     }
 }

@@ -2,4 +2,7 @@
 //!
 //! [`model`] is the contract: paths and documents shared by the servers and `tunnelizectl`.
 
+pub mod client;
 pub mod model;
+pub mod table;
+pub mod view;

@@ -1,0 +1,273 @@
+//! Traffic tools: a TCP echo target, a fixed-rate latency client, a connect-rate client, an
+//! idle-connection holder, a readiness probe and a free-port finder.
+//!
+//! Each prints `name value` lines on stdout for `run.sh` to record. Every loop ends by a count
+//! or a deadline; the echo server ends after `max_secs` even if nobody stops it.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+
+/// Deadline for one connect + 1-byte echo in the connect-rate, hold and wait tools.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Listen backlog of the echo target (the kernel caps it at `net.core.somaxconn`).
+const ECHO_BACKLOG: u32 = 4096;
+/// Read buffer per echo connection: small, so 10,000 idle clients cost the target little.
+const ECHO_BUFFER: usize = 4096;
+
+fn runtime(threads: usize) -> io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
+/// Echoes every byte back on every connection accepted at `listen`, for `max_secs` at most.
+pub fn echo(listen: SocketAddr, max_secs: u64) -> io::Result<()> {
+    runtime(2)?.block_on(async move {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(listen)?;
+        let listener = socket.listen(ECHO_BACKLOG)?;
+        println!("listening {}", listener.local_addr()?);
+        io::stdout().flush()?;
+        let deadline = tokio::time::sleep(Duration::from_secs(max_secs));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(echo_connection(stream));
+                    }
+                    // Out of file descriptors or a reset before accept: back off briefly.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
+            }
+        }
+    })
+}
+
+async fn echo_connection(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; ECHO_BUFFER];
+    // Ends when the peer closes or the connection fails.
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Sends `size`-byte requests on one connection at `rate` per second and waits for each echo;
+/// prints the percentiles of the round-trip times measured after `warmup_secs`.
+///
+/// Blocking sockets and `thread::sleep` on purpose: tokio's timer has 1 ms granularity, far
+/// coarser than the round trips measured here.
+pub fn latency(
+    addr: SocketAddr,
+    rate: f64,
+    secs: f64,
+    warmup_secs: f64,
+    size: usize,
+) -> io::Result<()> {
+    if !(rate > 0.0 && secs > 0.0 && warmup_secs >= 0.0 && size > 0) {
+        return Err(io::Error::other("rate, secs and size must be positive"));
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    let request = vec![b'x'; size];
+    let mut response = vec![0u8; size];
+    let interval = 1.0 / rate;
+    let warmup = (warmup_secs * rate).ceil() as u64;
+    let total = warmup + (secs * rate).ceil() as u64;
+    let start = Instant::now();
+    let give_up = start + Duration::from_secs_f64(warmup_secs + secs * 2.0 + 10.0);
+    let mut samples = Vec::with_capacity((total - warmup) as usize);
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(interval * i as f64);
+        let now = Instant::now();
+        if now > give_up {
+            break;
+        }
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let sent = Instant::now();
+        stream.write_all(&request)?;
+        stream.read_exact(&mut response)?;
+        if i >= warmup {
+            samples.push(sent.elapsed());
+        }
+    }
+    samples.sort_unstable();
+    let us = |q: f64| percentile(&samples, q).as_secs_f64() * 1e6;
+    println!("p50_us {:.1}", us(0.50));
+    println!("p90_us {:.1}", us(0.90));
+    println!("p99_us {:.1}", us(0.99));
+    println!("max_us {:.1}", us(1.0));
+    println!("count {}", samples.len());
+    Ok(())
+}
+
+/// The `q` quantile (nearest rank) of sorted `samples`; zero when there are none.
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len());
+    samples[rank - 1]
+}
+
+/// Connect, send one byte, read it back, close: as often as `concurrency` workers manage in
+/// `secs` seconds (and at most `max_total` times). Prints the rate and the failures.
+pub fn connect_rate(
+    addr: SocketAddr,
+    secs: f64,
+    concurrency: usize,
+    max_total: u64,
+) -> io::Result<()> {
+    runtime(2)?.block_on(async move {
+        let started = Arc::new(AtomicU64::new(0));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let begin = Instant::now();
+        let deadline = begin + Duration::from_secs_f64(secs);
+        let mut workers = JoinSet::new();
+        for _ in 0..concurrency.max(1) {
+            let (started, ok, failed) = (started.clone(), ok.clone(), failed.clone());
+            workers.spawn(async move {
+                while Instant::now() < deadline
+                    && started.fetch_add(1, Ordering::Relaxed) < max_total
+                {
+                    match tokio::time::timeout(CONNECT_TIMEOUT, open_verified(addr)).await {
+                        Ok(Ok(_stream)) => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+        let elapsed = begin.elapsed().as_secs_f64();
+        let ok = ok.load(Ordering::Relaxed);
+        println!("conns_per_s {:.1}", ok as f64 / elapsed);
+        println!("ok {ok}");
+        println!("failed {}", failed.load(Ordering::Relaxed));
+        Ok(())
+    })
+}
+
+/// Connects and checks with a 1-byte echo that the whole forwarded path is up.
+async fn open_verified(addr: SocketAddr) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(b"h").await?;
+    let mut byte = [0u8; 1];
+    stream.read_exact(&mut byte).await?;
+    Ok(stream)
+}
+
+/// Opens `count` verified connections (`concurrency` at a time, giving up after
+/// `ready_timeout_secs`), prints how many are up, then keeps them idle for `hold_secs`.
+pub fn hold(
+    addr: SocketAddr,
+    count: usize,
+    concurrency: usize,
+    ready_timeout_secs: u64,
+    hold_secs: u64,
+) -> io::Result<()> {
+    runtime(1)?.block_on(async move {
+        let begin = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(ready_timeout_secs);
+        let mut opening = JoinSet::new();
+        let mut held = Vec::with_capacity(count);
+        let (mut launched, mut failed) = (0usize, 0usize);
+        while launched < count || !opening.is_empty() {
+            while launched < count && opening.len() < concurrency.max(1) {
+                opening.spawn(tokio::time::timeout_at(deadline, open_verified(addr)));
+                launched += 1;
+            }
+            match opening.join_next().await {
+                Some(Ok(Ok(Ok(stream)))) => held.push(stream),
+                Some(_) => failed += 1,
+                None => break,
+            }
+        }
+        let ramp = begin.elapsed().as_secs_f64();
+        println!("established {}", held.len());
+        println!("failed {failed}");
+        println!("ramp_secs {ramp:.2}");
+        io::stdout().flush()?;
+        tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+        drop(held);
+        Ok(())
+    })
+}
+
+/// Returns once `addr` echoes a byte back; fails after `timeout_secs`.
+pub fn wait(addr: SocketAddr, timeout_secs: u64) -> io::Result<()> {
+    runtime(1)?.block_on(async move {
+        let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+        let mut last_error = None;
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(1), open_verified(addr)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => last_error = Some(e.to_string()),
+                Err(_) => last_error = Some("no echo within 1s".into()),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(io::Error::other(format!(
+            "{addr} did not echo within {timeout_secs}s (last: {})",
+            last_error.unwrap_or_default()
+        )))
+    })
+}
+
+/// Prints the first port of `count` consecutive ports that are free for TCP and UDP on
+/// 127.0.0.1, below the kernel's ephemeral range (32768+), so outgoing connections never take
+/// them later.
+pub fn free_ports(count: u16) -> io::Result<()> {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let count = u32::from(count.max(1));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut state = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..500 {
+        // xorshift32: enough to spread the tries.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let base = LOW + state % (SPAN - count);
+        if (base..base + count).all(|p| port_is_free(p as u16)) {
+            println!("{base}");
+            return Ok(());
+        }
+    }
+    Err(io::Error::other(format!(
+        "no {count} consecutive free ports found"
+    )))
+}
+
+fn port_is_free(port: u16) -> bool {
+    let addr = (Ipv4Addr::LOCALHOST, port);
+    std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok()
+}

@@ -1,0 +1,161 @@
+//! `loadgen`: the small load tools that `bench/run.sh` drives, and the report it prints.
+//!
+//! This is a `harness = false` bench target, so it is built with the release settings and never
+//! run by `cargo test`. Run it as `cargo bench --bench loadgen -- <subcommand> ...` or through
+//! the built binary (`cargo bench --bench loadgen --no-run` prints its path).
+//!
+//! - `load`: traffic tools (echo target, fixed-rate latency, connect rate, idle holder, probe).
+//! - `iperf`: reads the figures `run.sh` needs out of `iperf3 -J` output.
+//! - `report`: medians, ratios and targets from the raw measurements; markdown and JSON.
+//!
+//! Every tool talks to the address it is given, which `run.sh` only ever sets to 127.0.0.1, and
+//! every loop is bounded by a count and a deadline. Nothing here asserts a timing: it measures.
+
+#![forbid(unsafe_code)]
+
+mod iperf;
+mod load;
+mod report;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Load tools and report for bench/run.sh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// TCP echo server: the local target for latency, connect-rate and idle-client runs.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Exit after this many seconds whatever happens.
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
+    /// Small requests on one connection at a fixed rate; prints p50/p90/p99/max in microseconds.
+    Latency {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Measured seconds (after the warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Seconds of requests sent first and not measured.
+        #[arg(long, default_value_t = 0.5)]
+        warmup_secs: f64,
+        /// Request (and echoed response) size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// New connections per second: connect, 1-byte echo, close, from concurrent workers.
+    ConnectRate {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Upper bound on connections opened, whatever the duration.
+        #[arg(long, default_value_t = 2_000_000)]
+        max_total: u64,
+    },
+    /// Opens COUNT connections (each verified by a 1-byte echo), reports, then holds them idle.
+    Hold {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        /// Connections being opened at once.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// Give up opening connections after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        ready_timeout_secs: u64,
+        /// Hold the connections this long, then exit.
+        #[arg(long, default_value_t = 120)]
+        hold_secs: u64,
+    },
+    /// Waits until ADDR echoes a byte back (a forwarded path is up); exit 1 on timeout.
+    Wait {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 15)]
+        timeout_secs: u64,
+    },
+    /// Prints the first of COUNT consecutive ports free for TCP and UDP on 127.0.0.1.
+    FreePorts {
+        #[arg(long, default_value_t = 10)]
+        count: u16,
+    },
+    /// Prints `gbps`, `bytes` (and for UDP `loss_pct`) from an `iperf3 -J` output file.
+    IperfSummary { file: PathBuf },
+    /// Markdown table on stdout and JSON file from the raw measurements of a run.
+    Report {
+        /// Lines `system<TAB>round<TAB>metric<TAB>value` (value a number or `NA:reason`).
+        #[arg(long)]
+        raw: PathBuf,
+        /// Lines `key<TAB>value` describing the run (machine, versions, command, notes).
+        #[arg(long)]
+        meta: PathBuf,
+        #[arg(long)]
+        json_out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` appends `--bench`; it means nothing to these tools.
+    let args = std::env::args_os().filter(|a| a != "--bench");
+    let cli = Cli::parse_from(args);
+    let Some(command) = cli.command else {
+        println!("loadgen: load tools for bench/run.sh; see `loadgen --help`");
+        return ExitCode::SUCCESS;
+    };
+    let result = match command {
+        Command::Echo { listen, max_secs } => load::echo(listen, max_secs),
+        Command::Latency {
+            addr,
+            rate,
+            secs,
+            warmup_secs,
+            size,
+        } => load::latency(addr, rate, secs, warmup_secs, size),
+        Command::ConnectRate {
+            addr,
+            secs,
+            concurrency,
+            max_total,
+        } => load::connect_rate(addr, secs, concurrency, max_total),
+        Command::Hold {
+            addr,
+            count,
+            concurrency,
+            ready_timeout_secs,
+            hold_secs,
+        } => load::hold(addr, count, concurrency, ready_timeout_secs, hold_secs),
+        Command::Wait { addr, timeout_secs } => load::wait(addr, timeout_secs),
+        Command::FreePorts { count } => load::free_ports(count),
+        Command::IperfSummary { file } => iperf::summary(&file),
+        Command::Report {
+            raw,
+            meta,
+            json_out,
+        } => report::run(&raw, &meta, &json_out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! The report of a run: medians over rounds, ratios against rathole and direct, and the verdict
+//! on each target of issue 9, as a markdown table on stdout and a JSON file.
+//!
+//! Input is what `run.sh` wrote while measuring: raw lines `system<TAB>round<TAB>metric<TAB>value`
+//! (a value is a number or `NA:reason`) and meta lines `key<TAB>value`. Figures that are sums or
+//! quotients of raw values (RSS per idle client, CPU seconds per GiB) are derived per round
+//! before the median is taken. Nothing here judges a run as passed or failed: it reports.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+/// Whether a larger or a smaller figure is the better one.
+#[derive(Clone, Copy, PartialEq)]
+enum Better {
+    Higher,
+    Lower,
+    Neither,
+}
+
+/// One row of the table.
+struct Figure {
+    key: &'static str,
+    label: &'static str,
+    decimals: usize,
+    better: Better,
+    /// The figure of rathole (and direct) that this one is compared with, if not its own key.
+    baseline_key: Option<&'static str>,
+}
+
+const fn fig(key: &'static str, label: &'static str, decimals: usize, better: Better) -> Figure {
+    Figure {
+        key,
+        label,
+        decimals,
+        better,
+        baseline_key: None,
+    }
+}
+
+const FIGURES: &[Figure] = &[
+    fig(
+        "tcp_1_up_gbps",
+        "TCP 1 stream, client→target, Gbit/s",
+        2,
+        Better::Higher,
+    ),
+    fig(
+        "tcp_1_down_gbps",
+        "TCP 1 stream, target→client (-R), Gbit/s",
+        2,
+        Better::Higher,
+    ),
+    fig(
+        "tcp_8_up_gbps",
+        "TCP 8 streams, client→target, Gbit/s",
+        2,
+        Better::Higher,
+    ),
+    fig(
+        "tcp_8_down_gbps",
+        "TCP 8 streams, target→client (-R), Gbit/s",
+        2,
+        Better::Higher,
+    ),
+    fig(
+        "udp_gbps",
+        "UDP 1400 B datagrams, 1 Gbit/s offered: received, Gbit/s",
+        3,
+        Better::Higher,
+    ),
+    fig(
+        "udp_loss_pct",
+        "UDP 1400 B datagrams: loss, %",
+        2,
+        Better::Lower,
+    ),
+    Figure {
+        baseline_key: Some("http_ka_rps"),
+        ..fig(
+            "httpsvc_ka_rps",
+            "HTTP keep-alive via the `http` service, req/s",
+            0,
+            Better::Higher,
+        )
+    },
+    Figure {
+        baseline_key: Some("http_close_rps"),
+        ..fig(
+            "httpsvc_close_rps",
+            "HTTP new conn each via the `http` service, req/s",
+            0,
+            Better::Higher,
+        )
+    },
+    fig(
+        "http_ka_rps",
+        "HTTP keep-alive through a tcp proxy, req/s",
+        0,
+        Better::Higher,
+    ),
+    fig(
+        "http_close_rps",
+        "HTTP new conn each through a tcp proxy, req/s",
+        0,
+        Better::Higher,
+    ),
+    fig(
+        "lat_p50_us",
+        "64 B echo at 1,000 req/s, 1 conn: p50, us",
+        0,
+        Better::Lower,
+    ),
+    fig(
+        "lat_p99_us",
+        "64 B echo at 1,000 req/s, 1 conn: p99, us",
+        0,
+        Better::Lower,
+    ),
+    fig(
+        "connrate_conns_per_s",
+        "New TCP connections/s (connect, 1 B echo, close)",
+        0,
+        Better::Higher,
+    ),
+    fig("rss_idle_mib", "RSS idle, MiB", 1, Better::Lower),
+    fig(
+        "rss_after_mib",
+        "RSS after the traffic runs, MiB",
+        1,
+        Better::Lower,
+    ),
+    fig(
+        "rss_1k_mib",
+        "RSS with 1,000 idle clients, MiB",
+        1,
+        Better::Lower,
+    ),
+    fig(
+        "per_client_1k_kib",
+        "RSS per idle client (1,000), KiB",
+        1,
+        Better::Lower,
+    ),
+    fig(
+        "rss_10k_mib",
+        "RSS with 10,000 idle clients, MiB",
+        1,
+        Better::Lower,
+    ),
+    fig(
+        "per_client_10k_kib",
+        "RSS per idle client (10,000), KiB",
+        1,
+        Better::Lower,
+    ),
+    fig(
+        "held_10k",
+        "idle clients actually held (of 10,000)",
+        0,
+        Better::Neither,
+    ),
+    fig(
+        "cpu_s_per_gib",
+        "CPU s per GiB moved (iperf3 TCP runs)",
+        2,
+        Better::Lower,
+    ),
+];
+
+/// A measured value: a number, or why there is none.
+#[derive(Clone, Debug)]
+enum Measure {
+    Num(f64),
+    Na(String),
+}
+
+impl Measure {
+    fn parse(text: &str) -> Self {
+        match text.strip_prefix("NA:") {
+            Some(reason) => Measure::Na(reason.to_string()),
+            None => text
+                .parse()
+                .map(Measure::Num)
+                .unwrap_or_else(|_| Measure::Na(format!("unreadable value {text:?}"))),
+        }
+    }
+
+    fn num(&self) -> Option<f64> {
+        match self {
+            Measure::Num(v) => Some(*v),
+            Measure::Na(_) => None,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Measure::Num(v) => json!(v),
+            Measure::Na(reason) => json!({ "na": reason }),
+        }
+    }
+}
+
+/// system -> round -> metric -> value
+type Raw = BTreeMap<String, BTreeMap<u32, BTreeMap<String, Measure>>>;
+/// system -> metric -> median
+type Medians = BTreeMap<String, BTreeMap<String, Measure>>;
+
+const TUNNELIZE: &str = "tunnelize";
+const RATHOLE: &str = "rathole";
+const DIRECT: &str = "direct";
+
+/// Reads the raw and meta files, prints the markdown report, writes the JSON report.
+pub fn run(raw_path: &Path, meta_path: &Path, json_out: &Path) -> io::Result<()> {
+    let meta = read_meta(&std::fs::read_to_string(meta_path)?);
+    let mut raw = read_raw(&std::fs::read_to_string(raw_path)?)?;
+    for rounds in raw.values_mut() {
+        for values in rounds.values_mut() {
+            derive(values);
+        }
+    }
+    let systems: Vec<String> = meta
+        .iter()
+        .find(|(k, _)| k == "systems")
+        .map(|(_, v)| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_else(|| raw.keys().cloned().collect());
+    let medians = medians(&raw);
+    let targets = targets(&medians);
+    print!("{}", markdown(&meta, &systems, &medians, &targets));
+    let json = to_json(&meta, &systems, &raw, &medians, &targets);
+    let text = serde_json::to_string_pretty(&json).map_err(io::Error::other)?;
+    std::fs::write(json_out, text + "\n")
+}
+
+fn read_meta(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn read_raw(text: &str) -> io::Result<Raw> {
+    let mut raw = Raw::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let parts: Vec<&str> = line.splitn(4, '\t').collect();
+        let [system, round, metric, value] = parts[..] else {
+            return Err(io::Error::other(format!("raw line {}: {line:?}", n + 1)));
+        };
+        let round: u32 = round
+            .parse()
+            .map_err(|_| io::Error::other(format!("raw line {}: round {round:?}", n + 1)))?;
+        raw.entry(system.to_string())
+            .or_default()
+            .entry(round)
+            .or_default()
+            .insert(metric.to_string(), Measure::parse(value));
+    }
+    Ok(raw)
+}
+
+/// Adds the figures computed from several raw values of one round.
+fn derive(values: &mut BTreeMap<String, Measure>) {
+    let get = |values: &BTreeMap<String, Measure>, k: &str| values.get(k).and_then(Measure::num);
+    for (kib, mib) in [
+        ("rss_idle_kib", "rss_idle_mib"),
+        ("rss_after_kib", "rss_after_mib"),
+        ("rss_1k_kib", "rss_1k_mib"),
+        ("rss_10k_kib", "rss_10k_mib"),
+    ] {
+        if let Some(v) = get(values, kib) {
+            values.insert(mib.into(), Measure::Num(v / 1024.0));
+        }
+    }
+    for n in ["1k", "10k"] {
+        let with = get(values, &format!("rss_{n}_kib"));
+        let base = get(values, &format!("rss_base_{n}_kib"));
+        let held = get(values, &format!("held_{n}"));
+        if let (Some(with), Some(base), Some(held)) = (with, base, held)
+            && held > 0.0
+        {
+            let per = (with - base) / held;
+            values.insert(format!("per_client_{n}_kib"), Measure::Num(per));
+        }
+    }
+    let runs = ["tcp_1_up", "tcp_1_down", "tcp_8_up", "tcp_8_down"];
+    let cpu: Option<f64> = runs
+        .iter()
+        .map(|r| get(values, &format!("cpu_s_{r}")))
+        .sum();
+    let bytes: Option<f64> = runs
+        .iter()
+        .map(|r| get(values, &format!("bytes_{r}")))
+        .sum();
+    if let (Some(cpu), Some(bytes)) = (cpu, bytes)
+        && bytes > 0.0
+    {
+        let gib = bytes / (1u64 << 30) as f64;
+        values.insert("cpu_s_per_gib".into(), Measure::Num(cpu / gib));
+    }
+}
+
+fn medians(raw: &Raw) -> Medians {
+    let mut out = Medians::new();
+    for (system, rounds) in raw {
+        let mut by_metric: BTreeMap<&str, Vec<&Measure>> = BTreeMap::new();
+        for values in rounds.values() {
+            for (metric, m) in values {
+                by_metric.entry(metric).or_default().push(m);
+            }
+        }
+        let system_out = out.entry(system.clone()).or_default();
+        for (metric, measures) in by_metric {
+            let mut nums: Vec<f64> = measures.iter().filter_map(|m| m.num()).collect();
+            let median = if nums.is_empty() {
+                measures[0].clone()
+            } else {
+                nums.sort_by(f64::total_cmp);
+                let mid = nums.len() / 2;
+                Measure::Num(if nums.len() % 2 == 1 {
+                    nums[mid]
+                } else {
+                    (nums[mid - 1] + nums[mid]) / 2.0
+                })
+            };
+            system_out.insert(metric.to_string(), median);
+        }
+    }
+    out
+}
+
+fn median_of(medians: &Medians, system: &str, key: &str) -> Option<f64> {
+    medians.get(system)?.get(key)?.num()
+}
+
+/// `tunnelize / system` for `figure`, comparing with the baseline's own figure where the row
+/// has one (the `http` service is compared with rathole's TCP forward of the same server).
+fn ratio(medians: &Medians, figure: &Figure, system: &str) -> Option<f64> {
+    let ours = median_of(medians, TUNNELIZE, figure.key)?;
+    let theirs = median_of(medians, system, figure.key)
+        .or_else(|| median_of(medians, system, figure.baseline_key?))?;
+    (theirs != 0.0).then(|| ours / theirs)
+}
+
+/// One target of issue 9 and how this run did against it.
+struct Target {
+    name: String,
+    measured: String,
+    required: String,
+    met: Option<bool>,
+}
+
+fn targets(m: &Medians) -> Vec<Target> {
+    let mut out = Vec::new();
+    let ratio_target = |name: &str, ours: Option<f64>, theirs: Option<f64>, need: f64| {
+        let r = ours.zip(theirs).map(|(a, b)| a / b);
+        Target {
+            name: name.to_string(),
+            measured: r.map_or("n/a".into(), |r| format!("{r:.2}x rathole")),
+            required: format!(">= {need:.1}x"),
+            met: r.map(|r| r >= need),
+        }
+    };
+    for (key, what) in [
+        ("tcp_1_up_gbps", "1 stream up"),
+        ("tcp_1_down_gbps", "1 stream down"),
+        ("tcp_8_up_gbps", "8 streams up"),
+        ("tcp_8_down_gbps", "8 streams down"),
+    ] {
+        let (ours, theirs) = (median_of(m, TUNNELIZE, key), median_of(m, RATHOLE, key));
+        out.push(ratio_target(
+            &format!("TCP throughput, {what}"),
+            ours,
+            theirs,
+            1.3,
+        ));
+    }
+    let rathole_http = median_of(m, RATHOLE, "http_ka_rps");
+    match median_of(m, TUNNELIZE, "httpsvc_ka_rps") {
+        Some(ours) => out.push(ratio_target(
+            "HTTP keep-alive req/s via the `http` service",
+            Some(ours),
+            rathole_http,
+            1.3,
+        )),
+        None => out.push(ratio_target(
+            "HTTP keep-alive req/s (tcp proxy; `http` service n/a)",
+            median_of(m, TUNNELIZE, "http_ka_rps"),
+            rathole_http,
+            1.3,
+        )),
+    }
+    out.push(ratio_target(
+        "New connections per second",
+        median_of(m, TUNNELIZE, "connrate_conns_per_s"),
+        median_of(m, RATHOLE, "connrate_conns_per_s"),
+        2.0,
+    ));
+    let added = |system: &str| {
+        Some(median_of(m, system, "lat_p50_us")? - median_of(m, DIRECT, "lat_p50_us")?)
+    };
+    let (ours, theirs) = (added(TUNNELIZE), added(RATHOLE));
+    out.push(Target {
+        name: "Added p50 latency over direct".into(),
+        measured: ours.map_or("n/a".into(), |v| format!("+{v:.0} us")),
+        required: theirs.map_or("n/a".into(), |v| format!("<= +{v:.0} us (rathole)")),
+        met: ours.zip(theirs).map(|(a, b)| a <= b),
+    });
+    let limit = |name: &str, key: &str, unit: &str, max: f64| {
+        let v = median_of(m, TUNNELIZE, key);
+        Target {
+            name: name.into(),
+            measured: v.map_or("n/a".into(), |v| format!("{v:.1} {unit}")),
+            required: format!("<= {max} {unit}"),
+            met: v.map(|v| v <= max),
+        }
+    };
+    out.push(limit("Hub+tunnel RSS idle", "rss_idle_mib", "MiB", 12.0));
+    out.push(limit(
+        "RSS per idle client, 1,000 held",
+        "per_client_1k_kib",
+        "KiB",
+        16.0,
+    ));
+    out.push(limit(
+        "RSS per idle client, 10,000 held",
+        "per_client_10k_kib",
+        "KiB",
+        16.0,
+    ));
+    let (ours, theirs) = (
+        median_of(m, TUNNELIZE, "cpu_s_per_gib"),
+        median_of(m, RATHOLE, "cpu_s_per_gib"),
+    );
+    out.push(Target {
+        name: "CPU per GiB moved".into(),
+        measured: ours.map_or("n/a".into(), |v| format!("{v:.2} s/GiB")),
+        required: theirs.map_or("n/a".into(), |v| format!("<= {v:.2} s/GiB (rathole)")),
+        met: ours.zip(theirs).map(|(a, b)| a <= b),
+    });
+    out
+}
+
+fn cell(measure: Option<&Measure>, decimals: usize) -> String {
+    match measure {
+        None => "–".into(),
+        Some(Measure::Num(v)) => group_thousands(&format!("{v:.decimals$}")),
+        Some(Measure::Na(reason)) => format!("n/a ({reason})"),
+    }
+}
+
+/// `12345.6` -> `12,345.6`
+fn group_thousands(number: &str) -> String {
+    let (sign, rest) = number.strip_prefix('-').map_or(("", number), |r| ("-", r));
+    let (int, frac) = rest
+        .split_once('.')
+        .map_or((rest, None), |(i, f)| (i, Some(f)));
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+fn markdown(
+    meta: &[(String, String)],
+    systems: &[String],
+    medians: &Medians,
+    targets: &[Target],
+) -> String {
+    let mut s = String::new();
+    s.push_str("## Run\n\n");
+    for (k, v) in meta.iter().filter(|(k, _)| !k.starts_with("note")) {
+        s.push_str(&format!("- {k}: {v}\n"));
+    }
+    s.push_str("\n## Figures (medians over rounds)\n\n| figure |");
+    for system in systems {
+        s.push_str(&format!(" {system} |"));
+    }
+    s.push_str(" tunnelize/rathole | tunnelize/direct | better |\n|---|");
+    s.push_str(&"---:|".repeat(systems.len() + 2));
+    s.push_str("---|\n");
+    for figure in FIGURES {
+        s.push_str(&format!("| {} |", figure.label));
+        for system in systems {
+            let m = medians.get(system).and_then(|m| m.get(figure.key));
+            s.push_str(&format!(" {} |", cell(m, figure.decimals)));
+        }
+        for system in [RATHOLE, DIRECT] {
+            let r = ratio(medians, figure, system).filter(|_| figure.better != Better::Neither);
+            s.push_str(&r.map_or(" – |".into(), |r| format!(" {r:.2}x |")));
+        }
+        s.push_str(match figure.better {
+            Better::Higher => " higher |\n",
+            Better::Lower => " lower |\n",
+            Better::Neither => " – |\n",
+        });
+    }
+    s.push_str("\n## Targets of issue 9 (tunnelize, TLS on; rathole = plain TCP transport)\n\n");
+    s.push_str("| target | measured | required | met |\n|---|---:|---:|---|\n");
+    for t in targets {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "n/a",
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {met} |\n",
+            t.name, t.measured, t.required
+        ));
+    }
+    let notes: Vec<&String> = meta
+        .iter()
+        .filter(|(k, _)| k.starts_with("note"))
+        .map(|(_, v)| v)
+        .collect();
+    if !notes.is_empty() {
+        s.push_str("\nNotes:\n");
+        for note in notes {
+            s.push_str(&format!("- {note}\n"));
+        }
+    }
+    s
+}
+
+fn to_json(
+    meta: &[(String, String)],
+    systems: &[String],
+    raw: &Raw,
+    medians: &Medians,
+    targets: &[Target],
+) -> Value {
+    let meta_json: serde_json::Map<String, Value> = meta
+        .iter()
+        .filter(|(k, _)| !k.starts_with("note"))
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let notes: Vec<&String> = meta
+        .iter()
+        .filter(|(k, _)| k.starts_with("note"))
+        .map(|(_, v)| v)
+        .collect();
+    let measures = |values: &BTreeMap<String, Measure>| -> Value {
+        values
+            .iter()
+            .map(|(k, m)| (k.clone(), m.to_json()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let rounds: serde_json::Map<String, Value> = raw
+        .iter()
+        .map(|(system, rounds)| {
+            let list: Vec<Value> = rounds.values().map(measures).collect();
+            (system.clone(), Value::Array(list))
+        })
+        .collect();
+    let medians_json: serde_json::Map<String, Value> = medians
+        .iter()
+        .map(|(system, values)| (system.clone(), measures(values)))
+        .collect();
+    let ratios: serde_json::Map<String, Value> = FIGURES
+        .iter()
+        .map(|f| {
+            let r = |s| ratio(medians, f, s).map_or(Value::Null, |r| json!(r));
+            let value = json!({
+                "tunnelize_over_rathole": r(RATHOLE),
+                "tunnelize_over_direct": r(DIRECT),
+            });
+            (f.key.to_string(), value)
+        })
+        .collect();
+    let targets_json: Vec<Value> = targets
+        .iter()
+        .map(|t| json!({ "target": t.name, "measured": t.measured, "required": t.required, "met": t.met }))
+        .collect();
+    json!({
+        "meta": meta_json,
+        "notes": notes,
+        "systems": systems,
+        "rounds": rounds,
+        "medians": medians_json,
+        "ratios": ratios,
+        "targets": targets_json,
+    })
+}

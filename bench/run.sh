@@ -109,6 +109,9 @@ install_tools() {
   command -v openssl >/dev/null || missing+=(openssl)
   command -v ss >/dev/null || missing+=(iproute2)
   command -v curl >/dev/null || missing+=(curl)
+  # rathole's default build links OpenSSL (native-tls).
+  dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
   [ ${#missing[@]} = 0 ] && return 0
   log "installing with apt: ${missing[*]}"
   apt-get update -qq >&2
@@ -126,8 +129,12 @@ install_baseline() {
   [ -x "$CACHE/cargo/bin/$bin" ] && return 0
   log "cargo install $crate into bench/.cache/cargo (first run only)"
   mkdir -p "$CACHE"
+  # --locked first (the versions its authors tested); an old lock file can pin a dependency
+  # today's compiler rejects (rathole 0.5.0 pins `time` 0.3.29), so then resolve afresh.
   if ! CARGO_TARGET_DIR=$CACHE/cargo-target timeout 1800 \
-      cargo install --locked --root "$CACHE/cargo" "$crate" >"$CACHE/install-$crate.log" 2>&1; then
+      cargo install --locked --root "$CACHE/cargo" "$crate" >"$CACHE/install-$crate.log" 2>&1 \
+    && ! CARGO_TARGET_DIR=$CACHE/cargo-target timeout 1800 \
+      cargo install --root "$CACHE/cargo" "$crate" >>"$CACHE/install-$crate.log" 2>&1; then
     NOTES+=("$crate: \`cargo install $crate\` failed, baseline skipped (log: bench/.cache/install-$crate.log)")
     log "cargo install $crate failed; skipping that baseline"
   fi

@@ -1,8 +1,116 @@
 //! The monitoring and control API of both daemons (axum, JSON under `/v1`), and its client.
 //!
 //! [`model`] is the contract: paths and documents shared by the servers and `tunnelizectl`.
+//! [`api`] holds the routes, [`server`] the transports (Unix socket, TLS), [`openapi`] the
+//! document describing it all, [`system`] the host figures; [`client`], [`table`] and [`view`]
+//! are `tunnelizectl`'s side. [`serve_hub`] and [`serve_tunnel`] start what a daemon's
+//! `[admin]` section asks for.
 
+pub mod api;
 pub mod client;
 pub mod model;
+pub mod openapi;
+pub mod server;
+pub mod system;
 pub mod table;
 pub mod view;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::config::AdminConfig;
+use crate::hub::inspect::HubView;
+use crate::tls::Identity;
+use crate::tunnel::status::StatusBoard;
+pub use server::ServeError;
+
+/// Where a daemon's admin API ended up listening.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminListeners {
+    /// The Unix socket, when one is served.
+    pub socket: Option<PathBuf>,
+    /// The TLS address, when one is served.
+    pub tls: Option<SocketAddr>,
+}
+
+/// Binds the socket `config` asks for. The default path is skipped (with a warning) when its
+/// directory does not exist, such as outside a service manager that creates /run/tunnelize.
+async fn socket(
+    config: &AdminConfig,
+    router: &axum::Router,
+    shutdown: &CancellationToken,
+) -> Result<Option<PathBuf>, ServeError> {
+    let Some(path) = &config.socket else {
+        return Ok(None);
+    };
+    let parent_missing = path
+        .parent()
+        .is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir());
+    if parent_missing && !config.socket_explicit {
+        warn!(
+            socket = %path.display(),
+            "admin socket not served: its directory does not exist (set `socket` in [admin])"
+        );
+        return Ok(None);
+    }
+    let listener = server::bind_socket(path, config.socket_group.as_deref()).await?;
+    tokio::spawn(server::serve_socket(
+        listener,
+        path.clone(),
+        router.clone(),
+        shutdown.clone(),
+    ));
+    Ok(Some(path.clone()))
+}
+
+/// Starts a hub's admin API as `config` asks: the socket, and the TLS listener when both
+/// `listen` and a monitoring key are set (without a key it does not start: fail closed). Both
+/// stop with `shutdown`.
+pub async fn serve_hub(
+    view: HubView,
+    config: &AdminConfig,
+    identity: &Identity,
+    shutdown: &CancellationToken,
+) -> Result<AdminListeners, ServeError> {
+    let router = api::router(api::Daemon::Hub(view.clone()));
+    let socket = socket(config, &router, shutdown).await?;
+    let tls = match (config.listen, &config.key) {
+        (Some(addr), Some(key)) => {
+            let fail = |source| ServeError::Bind { addr, source };
+            let listener = TcpListener::bind(addr).await.map_err(fail)?;
+            let bound = listener.local_addr().map_err(fail)?;
+            let server_config = identity.server_config().map_err(ServeError::Tls)?;
+            let keyed = api::with_key(router, view, key.clone());
+            tokio::spawn(server::serve_tls(
+                listener,
+                TlsAcceptor::from(server_config),
+                keyed,
+                shutdown.clone(),
+            ));
+            Some(bound)
+        }
+        (Some(addr), None) => {
+            warn!(listen = %addr, "TLS admin listener not started: [admin] has no monitoring key");
+            None
+        }
+        (None, _) => None,
+    };
+    Ok(AdminListeners { socket, tls })
+}
+
+/// Starts a tunnel daemon's status API on its socket.
+pub async fn serve_tunnel(
+    board: Arc<StatusBoard>,
+    config: &AdminConfig,
+    shutdown: &CancellationToken,
+) -> Result<AdminListeners, ServeError> {
+    let router = api::router(api::Daemon::Tunnel(board));
+    let socket = socket(config, &router, shutdown).await?;
+    Ok(AdminListeners { socket, tls: None })
+}

@@ -164,6 +164,7 @@ async fn run_hub(path: &Path) -> Result<()> {
     };
     info!(fingerprint = %identity.fingerprint(), "hub certificate");
     let listen = config.listen;
+    let admin = config.admin.clone();
     let hub = Hub::new(config, &identity).await?;
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!(
@@ -172,6 +173,9 @@ async fn run_hub(path: &Path) -> Result<()> {
         )
     })?;
     let shutdown = stop_on_signals()?;
+    tunnelize::admin::serve_hub(hub.view(), &admin, &identity, &shutdown)
+        .await
+        .with_context(|| format!("starting the admin API ([admin] in {})", path.display()))?;
     hub.run(listener, shutdown).await;
     Ok(())
 }
@@ -179,8 +183,12 @@ async fn run_hub(path: &Path) -> Result<()> {
 async fn run_tunnel(path: &Path) -> i32 {
     let result = async {
         let config = TunnelConfig::load(path)?;
+        let admin = config.admin.clone();
         let tunnel = Tunnel::new(config)?;
         let shutdown = stop_on_signals()?;
+        tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin, &shutdown)
+            .await
+            .with_context(|| format!("starting the status API ([admin] in {})", path.display()))?;
         Ok::<_, anyhow::Error>((tunnel, shutdown))
     }
     .await;

@@ -8,7 +8,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::registry::TunnelSession;
+use super::metrics::Rejection;
+use super::registry::{ExposedProxy, TunnelSession};
 use super::{Shared, http, refuse, tcp, udp};
 use crate::channel::{ChannelError, FramedStream};
 use crate::protocol::{
@@ -56,6 +57,7 @@ pub(super) async fn serve_control<S>(
         Ok(name) => name,
         Err(()) => {
             warn!(%peer, tunnel_name = %name, "tunnel authentication failed");
+            shared.metrics.auth_failed();
             refuse(
                 &mut framed,
                 &accepted,
@@ -74,6 +76,17 @@ pub(super) async fn serve_control<S>(
     async {
         let outcomes: Vec<ProxyOutcome> =
             proxies.iter().map(|p| expose(&shared, &session, p)).collect();
+        for (request, outcome) in proxies.iter().zip(&outcomes) {
+            match outcome {
+                ProxyOutcome::Accepted { name, port, hostname } => session.add_proxy(ExposedProxy {
+                    service: request.service.clone(),
+                    name: name.clone(),
+                    port: *port,
+                    hostname: hostname.clone(),
+                }),
+                ProxyOutcome::Rejected { .. } => shared.metrics.reject(Rejection::Proxy),
+            }
+        }
         info!(%peer, key = session.key_name.as_deref().unwrap_or("-"), proxies = outcomes.len(), "tunnel connected");
         let welcome = Envelope {
             id: hello.id,

@@ -7,9 +7,12 @@
 //! connection ([`links`]). Public endpoints live in one file per service kind ([`tcp`],
 //! [`udp`]).
 
+pub mod clients;
 pub mod control;
 pub mod http;
+pub mod inspect;
 pub mod links;
+pub mod metrics;
 pub mod registry;
 pub mod tcp;
 pub mod udp;
@@ -67,6 +70,10 @@ pub(crate) struct Shared {
     pub hosts: http::routes::HostRoutes,
     /// Bound addresses of the services that listen from the start (http, https).
     pub service_addrs: HashMap<String, SocketAddr>,
+    /// Counters for the Prometheus endpoint.
+    pub metrics: metrics::HubMetrics,
+    /// When the hub started.
+    pub started: std::time::SystemTime,
 }
 
 /// A service listener bound at start, with what serving it needs.
@@ -126,6 +133,8 @@ impl Hub {
             tasks: TaskTracker::new(),
             hosts: http::routes::HostRoutes::default(),
             service_addrs,
+            metrics: metrics::HubMetrics::default(),
+            started: std::time::SystemTime::now(),
         };
         Ok(Hub {
             shared: Arc::new(shared),
@@ -138,6 +147,11 @@ impl Hub {
     /// The bound address of an http/https service.
     pub fn service_addr(&self, name: &str) -> Option<SocketAddr> {
         self.shared.service_addrs.get(name).copied()
+    }
+
+    /// A handle for the admin API on this hub's state; valid while the hub runs.
+    pub fn view(&self) -> inspect::HubView {
+        inspect::HubView::new(self.shared.clone())
     }
 
     /// SHA-256 fingerprint of the certificate tunnels will see.
@@ -209,10 +223,12 @@ async fn serve_connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake failed");
+            shared.metrics.reject(metrics::Rejection::Handshake);
             return;
         }
         Err(_) => {
             debug!(%peer, "TLS handshake timed out");
+            shared.metrics.reject(metrics::Rejection::Handshake);
             return;
         }
     };
@@ -221,6 +237,7 @@ async fn serve_connection(
         Ok(p) => p,
         Err(e) => {
             debug!(%peer, error = %e, "dropping connection with a bad preamble");
+            shared.metrics.reject(metrics::Rejection::Handshake);
             return;
         }
     };

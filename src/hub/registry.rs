@@ -14,9 +14,24 @@ use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::clients::{ClientEntry, ClientGuard, ClientTable};
 use super::links::LinkSet;
+use crate::mux::ByteCounters;
 use crate::protocol::Transport;
 use crate::secret::Secret;
+
+/// A proxy the hub accepted for a session: where the public reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposedProxy {
+    /// The hub service.
+    pub service: String,
+    /// The tunnel's proxy name.
+    pub name: String,
+    /// Public port (tcp/udp).
+    pub port: Option<u16>,
+    /// Public hostname (http/https).
+    pub hostname: Option<String>,
+}
 
 /// A live tunnel session.
 #[derive(Debug)]
@@ -37,6 +52,9 @@ pub struct TunnelSession {
     pub links: LinkSet,
     /// Cancelled when the session ends, for whatever reason.
     pub cancel: CancellationToken,
+    /// Bytes of all its clients so far.
+    pub traffic: Arc<ByteCounters>,
+    proxies: Mutex<Vec<ExposedProxy>>,
     close_reason: Mutex<Option<String>>,
 }
 
@@ -57,8 +75,20 @@ impl TunnelSession {
             link_token: Secret::random(32),
             links: LinkSet::default(),
             cancel: parent.child_token(),
+            traffic: Arc::default(),
+            proxies: Mutex::new(Vec::new()),
             close_reason: Mutex::new(None),
         }
+    }
+
+    /// Records a proxy the hub accepted.
+    pub fn add_proxy(&self, proxy: ExposedProxy) {
+        lock(&self.proxies).push(proxy);
+    }
+
+    /// The proxies the hub accepted.
+    pub fn proxies(&self) -> Vec<ExposedProxy> {
+        lock(&self.proxies).clone()
     }
 
     /// Ends the session, recording why (the first reason given wins).
@@ -87,11 +117,15 @@ struct State {
     ports: HashMap<(Transport, PortKey), Uuid>,
 }
 
-/// Live sessions and port ownership.
+/// Live sessions, port ownership, connected clients and per-service byte counts.
 #[derive(Default)]
 pub struct Registry {
     state: Mutex<State>,
     next_client_id: AtomicU64,
+    /// Connected clients.
+    pub clients: Arc<ClientTable>,
+    /// Bytes per service name, since the hub started.
+    service_traffic: Mutex<HashMap<String, Arc<ByteCounters>>>,
 }
 
 /// Poisoning only means another thread panicked mid-update of plain maps; the maps themselves
@@ -114,6 +148,48 @@ impl Registry {
     /// Number of live sessions.
     pub fn tunnel_count(&self) -> usize {
         lock(&self.state).tunnels.len()
+    }
+
+    /// Every live session, in no particular order.
+    pub fn tunnels(&self) -> Vec<Arc<TunnelSession>> {
+        lock(&self.state).tunnels.values().cloned().collect()
+    }
+
+    /// The byte counters of service `name` (created on first use).
+    pub fn service_traffic(&self, name: &str) -> Arc<ByteCounters> {
+        lock(&self.service_traffic)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Lists a new client of `session` on `service`'s `proxy` under a fresh id. The client
+    /// stays listed while the guard lives; its token is cancelled with the session or by an
+    /// operator.
+    pub fn open_client(
+        &self,
+        session: &TunnelSession,
+        service: &str,
+        proxy: &str,
+        peer: SocketAddr,
+    ) -> ClientGuard {
+        self.clients.insert(ClientEntry {
+            id: self.next_client_id(),
+            tunnel_id: session.id,
+            service: service.to_owned(),
+            proxy: proxy.to_owned(),
+            peer,
+            since: SystemTime::now(),
+            traffic: Arc::default(),
+            cancel: session.cancel.child_token(),
+        })
+    }
+
+    /// A meter counting one client's bytes into its own, its tunnel's and its service's
+    /// counters.
+    pub fn meter(&self, client: &ClientGuard, session: &TunnelSession) -> crate::mux::Meter {
+        let service = self.service_traffic(&client.entry().service);
+        client.meter(&[&session.traffic, &service])
     }
 
     /// Removes a session, frees its ports and cancels it.

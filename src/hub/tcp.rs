@@ -13,6 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Shared;
+use super::clients::ClientGuard;
+use super::metrics::Rejection;
 use super::registry::TunnelSession;
 use crate::config::TcpService;
 use crate::mux;
@@ -142,8 +144,9 @@ async fn accept_clients(
                 () = session.cancel.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let client_id = shared.registry.next_client_id();
-                        let task = serve_client(shared.clone(), session.clone(), proxy.clone(), socket, peer, client_id);
+                        let client = shared.registry.open_client(&session, &service, &proxy, peer);
+                        let client_id = client.entry().id;
+                        let task = serve_client(shared.clone(), session.clone(), proxy.clone(), socket, client);
                         let span = info_span!("client", %service, tunnel_id = %session.id, client_id, %peer);
                         shared.tasks.spawn(task.instrument(span));
                     }
@@ -168,9 +171,22 @@ async fn serve_client(
     session: Arc<TunnelSession>,
     proxy: String,
     socket: TcpStream,
-    peer: SocketAddr,
-    client_id: u64,
+    client: ClientGuard,
 ) {
+    tokio::select! {
+        () = relay(&shared, &session, proxy, socket, &client) => {}
+        () = client.cancelled() => debug!("client disconnected by the hub"),
+    }
+}
+
+async fn relay(
+    shared: &Shared,
+    session: &TunnelSession,
+    proxy: String,
+    socket: TcpStream,
+    client: &ClientGuard,
+) {
+    let (peer, client_id) = (client.entry().peer, client.entry().id);
     let _ = socket.set_nodelay(true);
     let wait = shared.config.link_timeout;
     let head = LinkOpen {
@@ -179,10 +195,12 @@ async fn serve_client(
         peer,
         transport: Transport::Tcp,
     };
+    let started = std::time::Instant::now();
     let (response, send) = match session.links.open(&head, wait).await {
         Ok(pair) => pair,
         Err(e) => {
             warn!(error = %e, "client dropped: no link to the tunnel");
+            shared.metrics.reject(Rejection::NoLink);
             return;
         }
     };
@@ -190,15 +208,19 @@ async fn serve_client(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             warn!(error = %e, "client dropped: the link stream failed");
+            shared.metrics.reject(Rejection::NoLink);
             return;
         }
         Err(_) => {
             warn!("client dropped: the tunnel did not reach its target within {wait:?}");
+            shared.metrics.reject(Rejection::TargetUnreachable);
             return;
         }
     };
+    shared.metrics.link_setup.observe(started.elapsed());
     if let Err(refusal) = LinkRefusal::check_response(response.status(), response.headers()) {
         warn!(reason = %refusal.reason, "client closed: the tunnel could not reach its target");
+        shared.metrics.reject(Rejection::TargetUnreachable);
         return;
     }
     debug!("client connected");
@@ -207,6 +229,7 @@ async fn serve_client(
         send,
         response.into_body(),
         Some(shared.config.idle_timeout),
+        &shared.registry.meter(client, session),
     )
     .await
     {

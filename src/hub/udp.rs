@@ -33,9 +33,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Shared;
+use super::clients::ClientGuard;
+use super::metrics::Rejection;
 use super::registry::TunnelSession;
 use crate::config::UdpService;
-use crate::mux;
+use crate::mux::{self, Meter};
 use crate::protocol::{
     DATAGRAM_HEADER_LEN, DatagramDecoder, LinkOpen, LinkRefusal, ProxyRequest, Transport,
     datagram_header,
@@ -246,14 +248,17 @@ struct SessionState {
     last_active_us: AtomicU64,
     /// Bytes in the session's queue toward the tunnel.
     queued_bytes: AtomicUsize,
+    /// Counts the session's datagram payloads (for the admin API and metrics).
+    meter: Meter,
 }
 
 impl SessionState {
-    fn new(epoch: Instant) -> Self {
+    fn new(epoch: Instant, meter: Meter) -> Self {
         let state = SessionState {
             epoch,
             last_active_us: AtomicU64::new(0),
             queued_bytes: AtomicUsize::new(0),
+            meter,
         };
         state.touch();
         state
@@ -425,15 +430,22 @@ fn open_session(
     tasks: &mut JoinSet<(SocketAddr, u64)>,
     peer: SocketAddr,
 ) -> ClientSession {
-    let client_id = proxy.shared.registry.next_client_id();
+    let client =
+        proxy
+            .shared
+            .registry
+            .open_client(&proxy.session, &proxy.service, &proxy.name, peer);
+    let client_id = client.entry().id;
     let (queue, receiver) = mpsc::channel(SESSION_QUEUE_DATAGRAMS);
-    let state = Arc::new(SessionState::new(proxy.epoch));
-    let stop = proxy.session.cancel.child_token();
+    let meter = proxy.shared.registry.meter(&client, &proxy.session);
+    let state = Arc::new(SessionState::new(proxy.epoch, meter));
+    // A child of the tunnel session's token; an operator's disconnect cancels it too.
+    let stop = client.entry().cancel.clone();
     let span = info_span!("client", service = %proxy.service, tunnel_id = %proxy.session.id, client_id, %peer);
     let task = serve_session(
         proxy.clone(),
         peer,
-        client_id,
+        client,
         receiver,
         state.clone(),
         stop.clone(),
@@ -452,11 +464,12 @@ fn open_session(
 async fn serve_session(
     proxy: Arc<Proxy>,
     peer: SocketAddr,
-    client_id: u64,
+    client: ClientGuard,
     queue: mpsc::Receiver<Bytes>,
     state: Arc<SessionState>,
     stop: CancellationToken,
 ) -> (SocketAddr, u64) {
+    let client_id = client.entry().id;
     let opened = tokio::select! {
         () = stop.cancelled() => return (peer, client_id),
         opened = open_stream(&proxy, peer, client_id) => opened,
@@ -490,16 +503,29 @@ async fn open_stream(
         peer,
         transport: Transport::Udp,
     };
+    let metrics = &proxy.shared.metrics;
+    let started = Instant::now();
     let (response, send) = match proxy.session.links.open(&head, wait).await {
         Ok(pair) => pair,
-        Err(e) => return Err(format!("no link to the tunnel: {e}")),
+        Err(e) => {
+            metrics.reject(Rejection::NoLink);
+            return Err(format!("no link to the tunnel: {e}"));
+        }
     };
     let response = match tokio::time::timeout(wait, response).await {
         Ok(Ok(response)) => response,
-        Ok(Err(e)) => return Err(format!("the link stream failed: {e}")),
-        Err(_) => return Err(format!("the tunnel did not answer within {wait:?}")),
+        Ok(Err(e)) => {
+            metrics.reject(Rejection::NoLink);
+            return Err(format!("the link stream failed: {e}"));
+        }
+        Err(_) => {
+            metrics.reject(Rejection::TargetUnreachable);
+            return Err(format!("the tunnel did not answer within {wait:?}"));
+        }
     };
+    metrics.link_setup.observe(started.elapsed());
     if let Err(refusal) = LinkRefusal::check_response(response.status(), response.headers()) {
+        metrics.reject(Rejection::TargetUnreachable);
         return Err(format!(
             "the tunnel cannot reach its target: {}",
             refusal.reason
@@ -536,6 +562,7 @@ async fn to_tunnel(
 ) -> io::Result<Ended> {
     while let Some(mut frame) = queue.recv().await {
         state.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+        state.meter.add_in(frame.len().saturating_sub(DATAGRAM_HEADER_LEN));
         while !frame.is_empty() {
             send.reserve_capacity(frame.len());
             let granted = poll_fn(|cx| mux::poll_send_capacity(send, cx)).await?;
@@ -564,8 +591,9 @@ async fn to_client(
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
         {
             state.touch();
-            if let Err(e) = proxy.socket.send_to(&datagram, peer).await {
-                proxy.drop_datagram(&format!("cannot send a reply to the client: {e}"));
+            match proxy.socket.send_to(&datagram, peer).await {
+                Ok(sent) => state.meter.add_out(sent),
+                Err(e) => proxy.drop_datagram(&format!("cannot send a reply to the client: {e}")),
             }
         }
         // Release the window only once the datagrams are out: a stalled socket slows the sender.
@@ -596,7 +624,7 @@ mod tests {
         let session = ClientSession {
             client_id: 1,
             queue,
-            state: Arc::new(SessionState::new(Instant::now())),
+            state: Arc::new(SessionState::new(Instant::now(), Meter::default())),
             stop: CancellationToken::new(),
         };
         let largest = Bytes::from(vec![0u8; DATAGRAM_HEADER_LEN + 65_507]);

@@ -14,6 +14,7 @@ pub use stream::LinkStream;
 
 use std::future::poll_fn;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -72,23 +73,71 @@ pub struct Traffic {
     pub received: u64,
 }
 
+/// Live byte counts of one thing (a client, a tunnel, a service), updated as bytes move.
+/// "In" is toward the tunnel's target, "out" toward the public client.
+#[derive(Debug, Default)]
+pub struct ByteCounters {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl ByteCounters {
+    /// Bytes that went toward the target so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Bytes that went toward the client so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters one connection's bytes are added to (its client's, its tunnel's, its
+/// service's). Empty for connections nobody reports on.
+#[derive(Debug, Clone, Default)]
+pub struct Meter(Vec<Arc<ByteCounters>>);
+
+impl Meter {
+    /// A meter adding to each of `counters`.
+    pub fn new(counters: Vec<Arc<ByteCounters>>) -> Self {
+        Meter(counters)
+    }
+
+    /// Counts `n` bytes toward the target.
+    pub fn add_in(&self, n: usize) {
+        for c in &self.0 {
+            c.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `n` bytes toward the client.
+    pub fn add_out(&self, n: usize) {
+        for c in &self.0 {
+            c.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Copies bytes between `socket` and a link stream until both directions have ended.
 ///
 /// Returns when the socket's reader hit end-of-file and the stream's body ended; an error on
 /// either side resets the stream and drops the socket. With `idle` set, a connection that moves
-/// no byte in either direction for that long is closed the same way.
+/// no byte in either direction for that long is closed the same way. Bytes read from the socket
+/// count as "in" on `meter`, bytes written to it as "out".
 pub async fn splice(
     socket: TcpStream,
     mut send: SendStream<Bytes>,
     recv: RecvStream,
     idle: Option<Duration>,
+    meter: &Meter,
 ) -> io::Result<Traffic> {
     let (reader, writer) = socket.into_split();
     let activity = Activity::new();
     let transfer = async {
         tokio::try_join!(
-            socket_to_stream(reader, &mut send, &activity),
-            stream_to_socket(recv, writer, &activity)
+            socket_to_stream(reader, &mut send, &activity, meter),
+            stream_to_socket(recv, writer, &activity, meter)
         )
     };
     let result = match idle {
@@ -143,6 +192,7 @@ async fn socket_to_stream(
     reader: OwnedReadHalf,
     send: &mut SendStream<Bytes>,
     activity: &Activity,
+    meter: &Meter,
 ) -> io::Result<u64> {
     let mut buf = BytesMut::new();
     let mut total = 0u64;
@@ -159,6 +209,7 @@ async fn socket_to_stream(
             Ok(n) => {
                 total += n as u64;
                 activity.touch();
+                meter.add_in(n);
                 send_all(send, &mut buf).await?;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -214,12 +265,14 @@ async fn stream_to_socket(
     mut recv: RecvStream,
     mut writer: OwnedWriteHalf,
     activity: &Activity,
+    meter: &Meter,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     while let Some(chunk) = recv.data().await {
         let chunk = chunk.map_err(h2_to_io)?;
         writer.write_all(&chunk).await?;
         activity.touch();
+        meter.add_out(chunk.len());
         total += chunk.len() as u64;
         // Release the window only once the bytes are out: a slow reader slows the sender.
         recv.flow_control()

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 use uuid::Uuid;
 
+use super::status::StatusBoard;
 use super::{Backoff, Tunnel, TunnelError};
 use crate::mux;
 use crate::protocol::{
@@ -99,21 +100,38 @@ impl LinkWorker {
             let targets = self.targets.clone();
             let connect_timeout = self.tunnel.config().connect_timeout;
             let tunnel_id = self.tunnel_id;
+            let status = self.tunnel.status().clone();
             tokio::spawn(async move {
-                serve_stream(request, respond, &targets, connect_timeout, tunnel_id).await;
+                let stream = Stream {
+                    tunnel_id,
+                    connect_timeout,
+                    status: &status,
+                };
+                serve_stream(request, respond, &targets, stream).await;
             });
         }
         Ok(())
     }
 }
 
+/// What serving one stream needs besides the stream.
+struct Stream<'a> {
+    tunnel_id: Uuid,
+    connect_timeout: Duration,
+    status: &'a StatusBoard,
+}
+
 async fn serve_stream(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     targets: &HashMap<String, String>,
-    connect_timeout: Duration,
-    tunnel_id: Uuid,
+    stream: Stream<'_>,
 ) {
+    let Stream {
+        tunnel_id,
+        connect_timeout,
+        status,
+    } = stream;
     let head = match LinkOpen::from_headers(request.headers()) {
         Ok(head) => head,
         Err(e) => {
@@ -148,8 +166,12 @@ async fn serve_stream(
         )
         .await
         {
-            Ok(Ok(socket)) => socket,
+            Ok(Ok(socket)) => {
+                status.target(&head.proxy, true);
+                socket
+            }
             Ok(Err(e)) => {
+                status.target(&head.proxy, false);
                 warn!(%target, error = %e, "cannot reach the target; client closed");
                 let refusal = LinkRefusal {
                     reason: format!("cannot reach target {target}: {e}"),
@@ -158,6 +180,7 @@ async fn serve_stream(
                 return;
             }
             Err(_) => {
+                status.target(&head.proxy, false);
                 warn!(%target, "target did not accept within {connect_timeout:?}; client closed");
                 let refusal = LinkRefusal {
                     reason: format!("target {target} did not answer in time"),
@@ -176,7 +199,15 @@ async fn serve_stream(
         };
         debug!(%target, "forwarding");
         // The hub enforces the idle timeout and resets the stream, which ends this splice too.
-        match mux::splice(socket, send, request.into_body(), None).await {
+        match mux::splice(
+            socket,
+            send,
+            request.into_body(),
+            None,
+            &mux::Meter::default(),
+        )
+        .await
+        {
             Ok(t) => debug!(sent = t.sent, received = t.received, "client closed"),
             Err(e) => debug!(error = %e, "client connection ended with an error"),
         }

@@ -7,6 +7,7 @@
 //! [`supervise`] wraps both in the reconnect loop the daemon uses.
 
 pub mod forward;
+pub mod status;
 pub mod udp;
 
 use std::collections::HashMap;
@@ -103,6 +104,7 @@ pub struct Tunnel {
     config: Arc<TunnelConfig>,
     connector: TlsConnector,
     name: Arc<str>,
+    status: Arc<status::StatusBoard>,
 }
 
 impl Tunnel {
@@ -115,6 +117,7 @@ impl Tunnel {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "tunnel".into());
         Ok(Tunnel {
+            status: Arc::new(status::StatusBoard::new(&config)),
             config: Arc::new(config),
             connector,
             name: name.into(),
@@ -124,6 +127,11 @@ impl Tunnel {
     /// The configuration.
     pub fn config(&self) -> &TunnelConfig {
         &self.config
+    }
+
+    /// The tunnel's own view of its state, for its admin socket.
+    pub fn status(&self) -> &Arc<status::StatusBoard> {
+        &self.status
     }
 
     /// Opens a TLS connection to the hub.
@@ -413,14 +421,21 @@ pub async fn supervise(
                 attempt = 0;
                 info!(tunnel_id = %session.tunnel_id(), hub = %tunnel.config.hub_address, "connected to the hub");
                 session.log_proxies();
+                tunnel
+                    .status
+                    .connected(session.tunnel_id(), session.proxies());
                 match session.run(&tunnel, shutdown.clone()).await {
                     Ok(()) => return Ok(()),
                     Err(e) => e,
                 }
             }
-            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) if e.is_permanent() => {
+                tunnel.status.connecting(Some(e.to_string()));
+                return Err(e);
+            }
             Err(e) => e,
         };
+        tunnel.status.connecting(Some(error.to_string()));
         let delay = backoff.delay(attempt);
         attempt = attempt.saturating_add(1);
         warn!(error = %error, retry_in = ?delay, "lost the hub; reconnecting");

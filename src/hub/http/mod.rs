@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod framing;
+pub mod metered;
 pub mod pages;
 pub mod routes;
 pub mod sni;
@@ -36,8 +37,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use self::framing::{HeadInspector, Verdict};
+use self::metered::{Direction, Metered};
 use self::upstream::{Body, UpstreamError};
 use super::Shared;
+use super::clients::ClientGuard;
+use super::metrics::Rejection;
 use super::registry::TunnelSession;
 use crate::config::HttpService;
 use crate::protocol::ProxyRequest;
@@ -333,15 +337,18 @@ async fn handle(
     // just leaving must not fail a request another member of its group can serve.
     let mut tried = Vec::new();
     let mut last_error = None;
-    let (backend, sender, client_id) = loop {
+    let (backend, sender, client) = loop {
         let Some(backend) = front.shared.hosts.pick(&front.name, &host) else {
             if let Some(e) = last_error {
+                front.shared.metrics.reject(Rejection::TargetUnreachable);
                 return Ok(bad_gateway(&host, &e));
             }
             debug!(%peer, %host, "no tunnel for host");
+            front.shared.metrics.reject(Rejection::UnknownHost);
             return Ok(pages::unknown_host(&host));
         };
         if tried.contains(&backend.id) {
+            front.shared.metrics.reject(Rejection::TargetUnreachable);
             return Ok(bad_gateway(
                 &host,
                 &last_error.unwrap_or(UpstreamError::LinkTimeout),
@@ -357,7 +364,12 @@ async fn handle(
                 return Ok(pages::auth_required());
             }
         }
-        let client_id = front.shared.registry.next_client_id();
+        let client =
+            front
+                .shared
+                .registry
+                .open_client(&backend.session, &front.name, &backend.proxy, peer);
+        let client_id = client.entry().id;
         match upstream::acquire(
             &front.shared,
             &backend,
@@ -367,15 +379,16 @@ async fn handle(
         )
         .await
         {
-            Ok(sender) => break (backend, sender, client_id),
+            Ok(sender) => break (backend, sender, client),
             Err(e) => {
                 warn!(service = %front.name, tunnel_id = %backend.session.id, client_id, %peer, %host, error = %e, "backend unavailable");
                 last_error = Some(e);
             }
         }
     };
+    let client_id = client.entry().id;
     let span = info_span!("client", service = %front.name, tunnel_id = %backend.session.id, client_id, %peer, %host);
-    forward(front, backend, sender, req, peer, host, client_id)
+    forward(front, backend, sender, req, peer, host, client)
         .instrument(span)
         .await
 }
@@ -405,8 +418,11 @@ async fn forward(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     host: String,
-    client_id: u64,
+    client: ClientGuard,
 ) -> Result<Response<Body>, Infallible> {
+    let client_id = client.entry().id;
+    let meter = front.shared.registry.meter(&client, &backend.session);
+    let client = Arc::new(client);
     if let Some(limit) = backend.max_body {
         let declared = req
             .headers()
@@ -426,6 +442,8 @@ async fn forward(
         Ok(r) => r,
         Err(detail) => return Ok(pages::page(StatusCode::BAD_REQUEST, &detail, true)),
     };
+    let upstream_req = upstream_req
+        .map(|body| Metered::new(body, meter.clone(), Direction::In, client.clone()).boxed());
     let sent = upstream::send(
         &front.shared,
         &backend,
@@ -439,10 +457,12 @@ async fn forward(
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             warn!(error = %e, "bad gateway");
+            front.shared.metrics.reject(Rejection::TargetUnreachable);
             return Ok(bad_gateway(&host, &e));
         }
         Err(_) => {
             warn!(timeout = ?front.config.response_timeout, "gateway timeout");
+            front.shared.metrics.reject(Rejection::TargetUnreachable);
             let detail = format!(
                 "The service behind <code>{}</code> did not answer in time.",
                 pages::escape(&host)
@@ -454,15 +474,23 @@ async fn forward(
         && let Some(client_upgrade) = client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let listed = client.clone();
         front.shared.tasks.spawn(
             async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);
                         let mut upstream = TokioIo::new(upstream);
-                        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                            Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
-                            Err(e) => debug!(error = %e, "upgraded connection ended with an error"),
+                        tokio::select! {
+                            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
+                                Ok((up, down)) => {
+                                    meter.add_in(up as usize);
+                                    meter.add_out(down as usize);
+                                    debug!(up, down, "upgraded connection closed");
+                                }
+                                Err(e) => debug!(error = %e, "upgraded connection ended with an error"),
+                            },
+                            () = listed.cancelled() => debug!("upgraded connection disconnected by the hub"),
                         }
                     }
                     Err(e) => debug!(error = %e, "upgrade failed"),
@@ -484,10 +512,13 @@ async fn forward(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(Response::from_parts(
-        parts,
+    let body = Metered::new(
         body.map_err(Into::into).boxed(),
-    ))
+        meter,
+        Direction::Out,
+        client,
+    );
+    Ok(Response::from_parts(parts, body.boxed()))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {

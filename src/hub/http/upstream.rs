@@ -113,12 +113,14 @@ async fn connect(
         peer,
         transport: Transport::Tcp,
     };
+    let started = std::time::Instant::now();
     let (response, send) = backend.session.links.open(&head, wait).await?;
     let response = match tokio::time::timeout(wait, response).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(LinkError::Open(e).into()),
         Err(_) => return Err(UpstreamError::LinkTimeout),
     };
+    shared.metrics.link_setup.observe(started.elapsed());
     LinkRefusal::check_response(response.status(), response.headers())
         .map_err(|refusal| UpstreamError::Refused(refusal.reason))?;
     let io = TokioIo::new(LinkStream::new(send, response.into_body()));

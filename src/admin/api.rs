@@ -1,0 +1,235 @@
+//! The admin API's routes (axum): what each path answers for a hub and for a tunnel daemon, and
+//! the bearer-key check of the hub's TLS listener. Transport (socket, TLS) is in
+//! [`server`](super::server); the documents are in [`model`](super::model).
+//!
+//! Every answer is JSON except `/metrics` (Prometheus text) and `/healthz` (`ok`). Errors are a
+//! [`Message`] with the HTTP status saying what kind of error it is.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, middleware};
+
+use super::model::{self, Message};
+use super::openapi;
+use super::system::SystemSampler;
+use crate::hub::inspect::HubView;
+use crate::secret::Secret;
+use crate::tunnel::status::StatusBoard;
+
+/// Which daemon the API describes.
+#[derive(Clone)]
+pub enum Daemon {
+    /// A hub.
+    Hub(HubView),
+    /// A tunnel daemon.
+    Tunnel(Arc<StatusBoard>),
+}
+
+#[derive(Clone)]
+struct Api {
+    daemon: Daemon,
+    system: Arc<SystemSampler>,
+}
+
+fn message(status: StatusCode, text: impl Into<String>) -> Response {
+    (
+        status,
+        Json(Message {
+            message: text.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn not_found(what: &str, hint: &str) -> Response {
+    message(StatusCode::NOT_FOUND, format!("{what}; {hint}"))
+}
+
+/// The routes of `daemon`'s API, without authentication (the Unix socket's file mode guards it).
+pub fn router(daemon: Daemon) -> Router {
+    let (role, started) = match &daemon {
+        Daemon::Hub(hub) => ("hub", hub.started()),
+        Daemon::Tunnel(board) => ("tunnel", board.started()),
+    };
+    let api = Api {
+        system: SystemSampler::new(role, started),
+        daemon: daemon.clone(),
+    };
+    let common = Router::new()
+        .route(model::HEALTHZ, get(|| async { "ok\n" }))
+        .route(model::METRICS, get(metrics))
+        .route(
+            model::OPENAPI,
+            get(move || async move { Json(openapi::document(role)) }),
+        )
+        .route(model::SYSTEM, get(system))
+        .route(model::RELOAD, post(reload));
+    let specific = match daemon {
+        Daemon::Hub(_) => Router::new()
+            .route(model::SERVICES, get(services))
+            .route("/v1/services/{name}", get(service))
+            .route("/v1/services/{name}/tunnels", get(tunnels))
+            .route("/v1/services/{name}/clients", get(clients))
+            .route("/v1/tunnels/{id}", delete(disconnect_tunnel))
+            .route("/v1/clients/{id}", delete(disconnect_client)),
+        Daemon::Tunnel(_) => Router::new().route(model::STATUS, get(status)),
+    };
+    common
+        .merge(specific)
+        .fallback(|| async { not_found("no such endpoint", "see GET /v1/openapi.json") })
+        .with_state(api)
+}
+
+/// `router` behind the monitoring key: every request needs `Authorization: Bearer <key>`,
+/// except `GET /v1/services`, which a tunnel key also opens (for `tunnelize tunnel
+/// --init-from`). Failures answer 401 with `WWW-Authenticate` and are counted.
+pub fn with_key(router: Router, hub: HubView, key: Secret) -> Router {
+    let guard = Arc::new(KeyGuard { hub, key });
+    router.layer(middleware::from_fn(move |req: Request, next: Next| {
+        let guard = guard.clone();
+        async move { guard.check(req, next).await }
+    }))
+}
+
+struct KeyGuard {
+    hub: HubView,
+    key: Secret,
+}
+
+impl KeyGuard {
+    async fn check(&self, req: Request, next: Next) -> Response {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let allowed = match presented {
+            Some(key) if self.key.matches(key) => true,
+            Some(key) => {
+                let listing = req.method() == Method::GET && req.uri().path() == model::SERVICES;
+                listing && self.hub.is_tunnel_key(key)
+            }
+            None => false,
+        };
+        if allowed {
+            return next.run(req).await;
+        }
+        self.hub.count_auth_failure();
+        let text = if presented.is_some() {
+            "the key is not valid for this request"
+        } else {
+            "this API needs `Authorization: Bearer <monitoring key>`"
+        };
+        let mut response = message(StatusCode::UNAUTHORIZED, text);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tunnelize\""),
+        );
+        response
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let text = match &api.daemon {
+        Daemon::Hub(hub) => hub.metrics(),
+        Daemon::Tunnel(board) => board.metrics(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn system(State(api): State<Api>) -> Response {
+    match api.system.sample().await {
+        Ok(info) => Json(info).into_response(),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn reload() -> Response {
+    message(
+        StatusCode::NOT_IMPLEMENTED,
+        "reloading the configuration is not supported yet; restart the daemon to apply a new \
+         configuration",
+    )
+}
+
+fn hub(api: &Api) -> Option<&HubView> {
+    match &api.daemon {
+        Daemon::Hub(hub) => Some(hub),
+        Daemon::Tunnel(_) => None,
+    }
+}
+
+const SERVICE_HINT: &str = "list them with `tunnelizectl list-services`";
+
+async fn services(State(api): State<Api>) -> Response {
+    match hub(&api) {
+        Some(hub) => Json(hub.services()).into_response(),
+        None => not_found("a tunnel has no services", "ask the hub"),
+    }
+}
+
+async fn service(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match hub(&api).and_then(|hub| hub.service(&name)) {
+        Some(info) => Json(info).into_response(),
+        None => not_found(&format!("no service `{name}`"), SERVICE_HINT),
+    }
+}
+
+async fn tunnels(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match hub(&api).and_then(|hub| hub.tunnels(&name)) {
+        Some(list) => Json(list).into_response(),
+        None => not_found(&format!("no service `{name}`"), SERVICE_HINT),
+    }
+}
+
+async fn clients(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match hub(&api).and_then(|hub| hub.clients(&name)) {
+        Some(list) => Json(list).into_response(),
+        None => not_found(&format!("no service `{name}`"), SERVICE_HINT),
+    }
+}
+
+async fn disconnect_tunnel(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match hub(&api) {
+        Some(hub) if hub.disconnect_tunnel(&id) => {
+            message(StatusCode::OK, format!("tunnel {id} disconnected"))
+        }
+        _ => not_found(
+            &format!("no tunnel `{id}`"),
+            "list them with `tunnelizectl list-tunnels SERVICE`",
+        ),
+    }
+}
+
+async fn disconnect_client(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match hub(&api) {
+        Some(hub) if hub.disconnect_client(&id) => {
+            message(StatusCode::OK, format!("client {id} disconnected"))
+        }
+        _ => not_found(
+            &format!("no client `{id}`"),
+            "list them with `tunnelizectl list-clients SERVICE`",
+        ),
+    }
+}
+
+async fn status(State(api): State<Api>) -> Response {
+    match &api.daemon {
+        Daemon::Tunnel(board) => Json(board.snapshot()).into_response(),
+        Daemon::Hub(_) => not_found("a hub has no tunnel status", "ask the tunnel daemon"),
+    }
+}

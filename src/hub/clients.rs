@@ -1,0 +1,167 @@
+//! The hub's table of connected clients: who is connected through which tunnel and proxy, since
+//! when, and how many bytes each has moved, so the admin API can list them and an operator can
+//! disconnect one.
+//!
+//! A client is a public TCP connection, a UDP session (one client address), or an HTTP request
+//! (an upgraded one for as long as the upgraded connection lives). Each entry lives exactly as
+//! long as its [`ClientGuard`]: the task serving the client holds it and dropping it, however
+//! the task ends, removes the entry. The table holds no more entries than there are live
+//! client tasks, which the services bound. One `std::sync::Mutex`, held for a map operation only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::mux::{ByteCounters, Meter};
+
+/// One connected client.
+#[derive(Debug)]
+pub struct ClientEntry {
+    /// Client id (unique for this hub process), as in the logs.
+    pub id: u64,
+    /// The tunnel session serving it.
+    pub tunnel_id: Uuid,
+    /// The hub service it came in on.
+    pub service: String,
+    /// The tunnel's proxy serving it.
+    pub proxy: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// When it connected.
+    pub since: SystemTime,
+    /// Its bytes so far.
+    pub traffic: Arc<ByteCounters>,
+    /// Cancelled to disconnect it; a child of its tunnel session's token.
+    pub cancel: CancellationToken,
+}
+
+/// Connected clients by id.
+#[derive(Debug, Default)]
+pub struct ClientTable {
+    clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ClientTable {
+    /// Adds `entry`; it stays until the returned guard is dropped.
+    pub fn insert(self: &Arc<Self>, entry: ClientEntry) -> ClientGuard {
+        let entry = Arc::new(entry);
+        lock(&self.clients).insert(entry.id, entry.clone());
+        ClientGuard {
+            table: self.clone(),
+            entry,
+        }
+    }
+
+    /// Looks a client up.
+    pub fn get(&self, id: u64) -> Option<Arc<ClientEntry>> {
+        lock(&self.clients).get(&id).cloned()
+    }
+
+    /// Every connected client, in no particular order.
+    pub fn snapshot(&self) -> Vec<Arc<ClientEntry>> {
+        lock(&self.clients).values().cloned().collect()
+    }
+
+    /// Number of connected clients.
+    pub fn len(&self) -> usize {
+        lock(&self.clients).len()
+    }
+
+    /// Whether no client is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Keeps a client listed; dropping it removes the entry.
+#[derive(Debug)]
+pub struct ClientGuard {
+    table: Arc<ClientTable>,
+    entry: Arc<ClientEntry>,
+}
+
+impl ClientGuard {
+    /// The entry.
+    pub fn entry(&self) -> &ClientEntry {
+        &self.entry
+    }
+
+    /// Resolves when an operator (or the tunnel's end) disconnects this client.
+    pub async fn cancelled(&self) {
+        self.entry.cancel.cancelled().await
+    }
+
+    /// A meter adding this client's bytes to its own counters and to `more` (its tunnel's and
+    /// its service's).
+    pub fn meter(&self, more: &[&Arc<ByteCounters>]) -> Meter {
+        let mut counters = vec![self.entry.traffic.clone()];
+        counters.extend(more.iter().map(|c| (*c).clone()));
+        Meter::new(counters)
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        lock(&self.table.clients).remove(&self.entry.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64, cancel: CancellationToken) -> ClientEntry {
+        ClientEntry {
+            id,
+            tunnel_id: Uuid::new_v4(),
+            service: "tcp".into(),
+            proxy: "echo".into(),
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            since: SystemTime::now(),
+            traffic: Arc::default(),
+            cancel,
+        }
+    }
+
+    #[test]
+    fn an_entry_lives_exactly_as_long_as_its_guard() {
+        let table = Arc::new(ClientTable::default());
+        let guard = table.insert(entry(7, CancellationToken::new()));
+        assert_eq!(table.get(7).map(|e| e.id), Some(7));
+        assert_eq!(table.len(), 1);
+        drop(guard);
+        assert!(table.get(7).is_none());
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_meter_counts_into_the_client_and_every_extra_counter() {
+        let table = Arc::new(ClientTable::default());
+        let guard = table.insert(entry(1, CancellationToken::new()));
+        let (tunnel, service) = (Arc::default(), Arc::default());
+        let meter = guard.meter(&[&tunnel, &service]);
+        meter.add_in(10);
+        meter.add_out(3);
+        for counters in [&guard.entry().traffic, &tunnel, &service] {
+            assert_eq!((counters.bytes_in(), counters.bytes_out()), (10, 3));
+        }
+    }
+
+    #[tokio::test]
+    async fn cancelling_the_entry_wakes_the_guard() {
+        let table = Arc::new(ClientTable::default());
+        let parent = CancellationToken::new();
+        let guard = table.insert(entry(2, parent.child_token()));
+        parent.cancel();
+        guard.cancelled().await;
+        assert!(guard.entry().cancel.is_cancelled());
+    }
+}

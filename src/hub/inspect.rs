@@ -1,0 +1,350 @@
+//! What the admin API may see and do of a running hub: snapshots of services, tunnels and
+//! clients as [`model`](crate::admin::model) documents, Prometheus text, and the two
+//! disconnects. [`HubView`] is the only door from the admin module into the hub's state; it
+//! copies what it reports and never hands out the registry itself, and no key ever appears in
+//! what it returns.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+use super::Shared;
+use super::clients::ClientEntry;
+use super::registry::TunnelSession;
+use crate::admin::model::{ClientInfo, ProxyInfo, ServiceInfo, TunnelInfo};
+use crate::config::{ServiceConfig, ServiceKind};
+
+/// A handle on a running hub for its admin API. Cheap to clone.
+#[derive(Clone)]
+pub struct HubView {
+    shared: Arc<Shared>,
+}
+
+/// RFC 3339 in UTC, to the second.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl HubView {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        HubView { shared }
+    }
+
+    /// When the hub started.
+    pub fn started(&self) -> SystemTime {
+        self.shared.started
+    }
+
+    /// Whether `presented` is one of the configured tunnel keys (constant time per key).
+    pub fn is_tunnel_key(&self, presented: &str) -> bool {
+        let mut found = false;
+        for candidate in &self.shared.config.keys {
+            found |= candidate.key.matches(presented);
+        }
+        found
+    }
+
+    /// Counts a request that presented a wrong key.
+    pub fn count_auth_failure(&self) {
+        self.shared.metrics.auth_failed();
+        self.shared
+            .metrics
+            .reject(super::metrics::Rejection::AdminUnauthorized);
+    }
+
+    fn service_config(&self, name: &str) -> Option<&ServiceConfig> {
+        self.shared.config.services.iter().find(|s| s.name == name)
+    }
+
+    /// Every configured service, in configuration order.
+    pub fn services(&self) -> Vec<ServiceInfo> {
+        let tunnels = self.shared.registry.tunnels();
+        let clients = self.shared.registry.clients.snapshot();
+        self.shared
+            .config
+            .services
+            .iter()
+            .map(|s| self.service_info(s, &tunnels, &clients))
+            .collect()
+    }
+
+    /// One service, if it exists.
+    pub fn service(&self, name: &str) -> Option<ServiceInfo> {
+        let config = self.service_config(name)?;
+        let tunnels = self.shared.registry.tunnels();
+        let clients = self.shared.registry.clients.snapshot();
+        Some(self.service_info(config, &tunnels, &clients))
+    }
+
+    fn service_info(
+        &self,
+        config: &ServiceConfig,
+        tunnels: &[Arc<TunnelSession>],
+        clients: &[Arc<ClientEntry>],
+    ) -> ServiceInfo {
+        let (listen, domain) = match &config.kind {
+            ServiceKind::Tcp(t) => (format!("{}:{}", t.listen, t.ports), None),
+            ServiceKind::Udp(u) => (format!("{}:{}", u.listen, u.ports), None),
+            ServiceKind::Http(h) | ServiceKind::Https(h) => {
+                let bound = self.shared.service_addrs.get(&config.name).copied();
+                (
+                    bound.unwrap_or(h.listen).to_string(),
+                    Some(h.domain.clone()),
+                )
+            }
+        };
+        let traffic = self.shared.registry.service_traffic(&config.name);
+        ServiceInfo {
+            name: config.name.clone(),
+            kind: config.kind.name().to_owned(),
+            listen,
+            domain,
+            tunnels: tunnels
+                .iter()
+                .filter(|t| t.proxies().iter().any(|p| p.service == config.name))
+                .count(),
+            clients: clients.iter().filter(|c| c.service == config.name).count(),
+            bytes_in: traffic.bytes_in(),
+            bytes_out: traffic.bytes_out(),
+        }
+    }
+
+    /// The tunnels with a proxy on `service`, oldest first; `None` if there is no such service.
+    pub fn tunnels(&self, service: &str) -> Option<Vec<TunnelInfo>> {
+        self.service_config(service)?;
+        let mut sessions: Vec<_> = self
+            .shared
+            .registry
+            .tunnels()
+            .into_iter()
+            .filter_map(|t| {
+                let proxies: Vec<ProxyInfo> = t
+                    .proxies()
+                    .into_iter()
+                    .filter(|p| p.service == service)
+                    .map(|p| ProxyInfo {
+                        name: p.name,
+                        port: p.port,
+                        hostname: p.hostname,
+                    })
+                    .collect();
+                (!proxies.is_empty()).then_some((t, proxies))
+            })
+            .collect();
+        sessions.sort_by_key(|(t, _)| t.since);
+        Some(
+            sessions
+                .into_iter()
+                .map(|(t, proxies)| TunnelInfo {
+                    id: t.id.to_string(),
+                    name: t.name.clone(),
+                    key_name: t.key_name.clone(),
+                    peer: t.peer.to_string(),
+                    since: rfc3339(t.since),
+                    proxies,
+                })
+                .collect(),
+        )
+    }
+
+    /// The clients of `service`, by id; `None` if there is no such service.
+    pub fn clients(&self, service: &str) -> Option<Vec<ClientInfo>> {
+        self.service_config(service)?;
+        let mut clients: Vec<_> = self
+            .shared
+            .registry
+            .clients
+            .snapshot()
+            .into_iter()
+            .filter(|c| c.service == service)
+            .collect();
+        clients.sort_by_key(|c| c.id);
+        Some(clients.iter().map(|c| client_info(c)).collect())
+    }
+
+    /// Disconnects a tunnel: its clients close, its ports and hostnames are freed, and the
+    /// tunnel is told why. False if no tunnel has that id.
+    pub fn disconnect_tunnel(&self, id: &str) -> bool {
+        let Ok(id) = id.parse::<Uuid>() else {
+            return false;
+        };
+        if self.shared.registry.tunnel(&id).is_none() {
+            return false;
+        }
+        self.shared.hosts.remove_tunnel(&id);
+        self.shared
+            .registry
+            .remove(&id, "disconnected by an operator of the hub");
+        true
+    }
+
+    /// Disconnects one client. False if no client has that id.
+    pub fn disconnect_client(&self, id: &str) -> bool {
+        let Some(client) = id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| self.shared.registry.clients.get(id))
+        else {
+            return false;
+        };
+        client.cancel.cancel();
+        true
+    }
+
+    /// The Prometheus text exposition of the hub's figures.
+    pub fn metrics(&self) -> String {
+        let services = self.services();
+        let mut out = String::new();
+        family(
+            &mut out,
+            "tunnelize_tunnels",
+            "gauge",
+            "Tunnels with a proxy on the service.",
+        );
+        for s in &services {
+            let _ = writeln!(
+                out,
+                "tunnelize_tunnels{{service=\"{}\"}} {}",
+                label(&s.name),
+                s.tunnels
+            );
+        }
+        family(
+            &mut out,
+            "tunnelize_clients",
+            "gauge",
+            "Clients connected to the service.",
+        );
+        for s in &services {
+            let _ = writeln!(
+                out,
+                "tunnelize_clients{{service=\"{}\"}} {}",
+                label(&s.name),
+                s.clients
+            );
+        }
+        family(
+            &mut out,
+            "tunnelize_service_bytes_total",
+            "counter",
+            "Bytes through the service; direction in is toward tunnels.",
+        );
+        for s in &services {
+            let name = label(&s.name);
+            let _ = writeln!(
+                out,
+                "tunnelize_service_bytes_total{{service=\"{name}\",direction=\"in\"}} {}\n\
+                 tunnelize_service_bytes_total{{service=\"{name}\",direction=\"out\"}} {}",
+                s.bytes_in, s.bytes_out
+            );
+        }
+        self.tunnel_metrics(&mut out);
+        self.counter_metrics(&mut out);
+        out
+    }
+
+    fn tunnel_metrics(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP tunnelize_tunnel_bytes_total Bytes through the tunnel; direction in is toward it.\n\
+             # TYPE tunnelize_tunnel_bytes_total counter"
+        );
+        let mut tunnels = self.shared.registry.tunnels();
+        tunnels.sort_by_key(|t| t.since);
+        for t in tunnels {
+            let (id, name) = (t.id, label(&t.name));
+            let _ = writeln!(
+                out,
+                "tunnelize_tunnel_bytes_total{{tunnel_id=\"{id}\",tunnel_name=\"{name}\",direction=\"in\"}} {}\n\
+                 tunnelize_tunnel_bytes_total{{tunnel_id=\"{id}\",tunnel_name=\"{name}\",direction=\"out\"}} {}",
+                t.traffic.bytes_in(),
+                t.traffic.bytes_out()
+            );
+        }
+    }
+
+    fn counter_metrics(&self, out: &mut String) {
+        let m = &self.shared.metrics;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP tunnelize_auth_failures_total Logins and admin requests with a wrong key.\n\
+             # TYPE tunnelize_auth_failures_total counter\n\
+             tunnelize_auth_failures_total {}\n\
+             # HELP tunnelize_lockouts_total Addresses locked out after repeated failures.\n\
+             # TYPE tunnelize_lockouts_total counter\n\
+             tunnelize_lockouts_total {}\n\
+             # HELP tunnelize_rejected_total Connections and requests refused, by reason.\n\
+             # TYPE tunnelize_rejected_total counter",
+            load(&m.auth_failures),
+            load(&m.lockouts)
+        );
+        for (reason, count) in m.rejections() {
+            let _ = writeln!(
+                out,
+                "tunnelize_rejected_total{{reason=\"{}\"}} {count}",
+                reason.label()
+            );
+        }
+        let (buckets, count, sum) = m.link_setup.snapshot();
+        let _ = writeln!(
+            out,
+            "# HELP tunnelize_link_setup_seconds Time from a client's arrival to its tunnel's answer.\n\
+             # TYPE tunnelize_link_setup_seconds histogram"
+        );
+        for (bound, n) in buckets {
+            let _ = writeln!(
+                out,
+                "tunnelize_link_setup_seconds_bucket{{le=\"{bound}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "tunnelize_link_setup_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+             tunnelize_link_setup_seconds_sum {sum}\n\
+             tunnelize_link_setup_seconds_count {count}"
+        );
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Escapes a Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn client_info(c: &ClientEntry) -> ClientInfo {
+    ClientInfo {
+        id: c.id.to_string(),
+        tunnel_id: c.tunnel_id.to_string(),
+        proxy: c.proxy.clone(),
+        peer: c.peer.to_string(),
+        bytes_in: c.traffic.bytes_in(),
+        bytes_out: c.traffic.bytes_out(),
+        since: rfc3339(c.since),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_seconds() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400 + 61);
+        assert_eq!(rfc3339(t), "1970-01-02T00:01:01Z");
+    }
+}

@@ -1,0 +1,160 @@
+//! Counters the hub keeps for its Prometheus endpoint that the registry cannot derive: failed
+//! logins, refused connections by reason, and how long link streams take to set up. Plain
+//! atomics, bounded in size (a fixed set of reasons, fixed histogram buckets).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Why the hub refused or dropped a connection or request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// A connection to the hub's listener failed its TLS handshake or preamble, or was too slow.
+    Handshake,
+    /// A tunnel asked for a proxy the hub refused (port taken, unknown service, ...).
+    Proxy,
+    /// A client arrived but its tunnel had no usable link connection.
+    NoLink,
+    /// The tunnel could not reach its target, or did not answer in time.
+    TargetUnreachable,
+    /// An http/https request named a host no tunnel serves.
+    UnknownHost,
+    /// An http/https request was malformed or ambiguous (400, 431, 413).
+    BadRequest,
+    /// An admin API request without a valid key.
+    AdminUnauthorized,
+}
+
+impl Rejection {
+    /// Every reason, in the order they are reported.
+    pub const ALL: [Rejection; 7] = [
+        Rejection::Handshake,
+        Rejection::Proxy,
+        Rejection::NoLink,
+        Rejection::TargetUnreachable,
+        Rejection::UnknownHost,
+        Rejection::BadRequest,
+        Rejection::AdminUnauthorized,
+    ];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::Handshake => "handshake",
+            Rejection::Proxy => "proxy_rejected",
+            Rejection::NoLink => "no_link",
+            Rejection::TargetUnreachable => "target_unreachable",
+            Rejection::UnknownHost => "unknown_host",
+            Rejection::BadRequest => "bad_request",
+            Rejection::AdminUnauthorized => "admin_unauthorized",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the link setup histogram's buckets.
+pub const LINK_SETUP_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+/// A Prometheus histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or below each bucket's bound (not cumulative; summed when rendered).
+    buckets: [AtomicU64; LINK_SETUP_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, value: Duration) {
+        let secs = value.as_secs_f64();
+        if let Some(i) = LINK_SETUP_BUCKETS.iter().position(|bound| secs <= *bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound, then the total count and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut running = 0;
+        let buckets = LINK_SETUP_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, n)| {
+                running += n.load(Ordering::Relaxed);
+                (*bound, running)
+            })
+            .collect();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, self.count.load(Ordering::Relaxed), sum)
+    }
+}
+
+/// The hub's own counters.
+#[derive(Debug, Default)]
+pub struct HubMetrics {
+    /// Failed tunnel logins and admin requests with a wrong key.
+    pub auth_failures: AtomicU64,
+    /// Addresses locked out after repeated failures.
+    pub lockouts: AtomicU64,
+    rejections: [AtomicU64; Rejection::ALL.len()],
+    /// Time from a client's arrival to its tunnel's answer on the link stream.
+    pub link_setup: Histogram,
+}
+
+impl HubMetrics {
+    /// Counts one refusal.
+    pub fn reject(&self, reason: Rejection) {
+        self.rejections[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals so far, by reason.
+    pub fn rejections(&self) -> Vec<(Rejection, u64)> {
+        Rejection::ALL
+            .iter()
+            .map(|r| (*r, self.rejections[*r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Counts a failed login.
+    pub fn auth_failed(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_the_sum_is_in_seconds() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(10));
+        let (buckets, count, sum) = h.snapshot();
+        assert_eq!(buckets[0], (0.0005, 1));
+        assert_eq!(buckets[3], (0.005, 2));
+        assert_eq!(
+            buckets.last().copied(),
+            Some((2.5, 2)),
+            "10 s is only in +Inf"
+        );
+        assert_eq!(count, 3);
+        assert!((sum - 10.0033).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rejections_are_counted_per_reason() {
+        let m = HubMetrics::default();
+        m.reject(Rejection::NoLink);
+        m.reject(Rejection::NoLink);
+        m.reject(Rejection::UnknownHost);
+        let counts = m.rejections();
+        assert!(counts.contains(&(Rejection::NoLink, 2)));
+        assert!(counts.contains(&(Rejection::UnknownHost, 1)));
+        assert!(counts.contains(&(Rejection::Proxy, 0)));
+    }
+}

@@ -1,0 +1,190 @@
+//! A tunnel daemon's own view of itself, for its admin socket: whether it is connected, the
+//! hub's answer for each proxy, and whether each proxy's target accepted its last connection.
+//!
+//! The reconnect loop and the link workers write here; the admin API reads snapshots. One
+//! `std::sync::Mutex`, held only to copy or update a few fields. It holds one entry per
+//! configured proxy, so nothing a peer sends can grow it.
+
+use std::fmt::Write as _;
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+use crate::admin::model::{TunnelProxyStatus, TunnelStatus};
+use crate::config::TunnelConfig;
+use crate::hub::inspect::rfc3339;
+use crate::protocol::ProxyOutcome;
+
+#[derive(Debug)]
+struct Board {
+    connected: bool,
+    tunnel_id: Option<Uuid>,
+    since: SystemTime,
+    last_error: Option<String>,
+    proxies: Vec<TunnelProxyStatus>,
+    reconnects: u64,
+}
+
+/// The tunnel's state, shared by its tasks.
+#[derive(Debug)]
+pub struct StatusBoard {
+    hub: String,
+    started: SystemTime,
+    board: Mutex<Board>,
+}
+
+impl StatusBoard {
+    /// A board for `config`'s proxies, all pending.
+    pub fn new(config: &TunnelConfig) -> Self {
+        let proxies = config
+            .proxies
+            .iter()
+            .map(|p| TunnelProxyStatus {
+                name: p.name.clone(),
+                service: p.service.clone(),
+                target: p.target.clone(),
+                state: "pending".into(),
+                public: None,
+                reason: None,
+                target_up: None,
+            })
+            .collect();
+        let now = SystemTime::now();
+        StatusBoard {
+            hub: config.hub_address.clone(),
+            started: now,
+            board: Mutex::new(Board {
+                connected: false,
+                tunnel_id: None,
+                since: now,
+                last_error: None,
+                proxies,
+                reconnects: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the daemon started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// The session is up; `outcomes` is the hub's answer per proxy.
+    pub fn connected(&self, tunnel_id: Uuid, outcomes: &[ProxyOutcome]) {
+        let mut b = self.lock();
+        b.connected = true;
+        b.tunnel_id = Some(tunnel_id);
+        b.since = SystemTime::now();
+        b.last_error = None;
+        for outcome in outcomes {
+            let (name, state, public, reason) = match outcome {
+                ProxyOutcome::Accepted {
+                    name,
+                    port,
+                    hostname,
+                } => {
+                    let public = hostname.clone().or_else(|| port.map(|p| p.to_string()));
+                    (name, "live", public, None)
+                }
+                ProxyOutcome::Rejected { name, reason } => {
+                    (name, "rejected", None, Some(reason.clone()))
+                }
+            };
+            if let Some(p) = b.proxies.iter_mut().find(|p| &p.name == name) {
+                p.state = state.into();
+                p.public = public;
+                p.reason = reason;
+            }
+        }
+    }
+
+    /// The session is down (or not up yet); `error` says why.
+    pub fn connecting(&self, error: Option<String>) {
+        let mut b = self.lock();
+        if b.connected {
+            b.reconnects += 1;
+            b.since = SystemTime::now();
+        }
+        b.connected = false;
+        b.tunnel_id = None;
+        b.last_error = error;
+        for p in &mut b.proxies {
+            p.state = "pending".into();
+            p.public = None;
+            p.reason = None;
+        }
+    }
+
+    /// Records whether `proxy`'s target accepted a connection.
+    pub fn target(&self, proxy: &str, up: bool) {
+        if let Some(p) = self.lock().proxies.iter_mut().find(|p| p.name == proxy) {
+            p.target_up = Some(up);
+        }
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> TunnelStatus {
+        let b = self.lock();
+        TunnelStatus {
+            state: if b.connected {
+                "connected"
+            } else {
+                "connecting"
+            }
+            .into(),
+            hub: self.hub.clone(),
+            tunnel_id: b.tunnel_id.map(|id| id.to_string()),
+            since: rfc3339(b.since),
+            last_error: b.last_error.clone(),
+            proxies: b.proxies.clone(),
+        }
+    }
+
+    /// The Prometheus text exposition of the tunnel's state.
+    pub fn metrics(&self) -> String {
+        let b = self.lock();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP tunnelize_hub_connected Whether the tunnel has a session with its hub.\n\
+             # TYPE tunnelize_hub_connected gauge\n\
+             tunnelize_hub_connected {}\n\
+             # HELP tunnelize_reconnects_total Sessions lost since the daemon started.\n\
+             # TYPE tunnelize_reconnects_total counter\n\
+             tunnelize_reconnects_total {}\n\
+             # HELP tunnelize_proxy_live Whether the hub accepted the proxy.\n\
+             # TYPE tunnelize_proxy_live gauge",
+            u8::from(b.connected),
+            b.reconnects
+        );
+        for p in &b.proxies {
+            let _ = writeln!(
+                out,
+                "tunnelize_proxy_live{{proxy=\"{}\"}} {}",
+                p.name,
+                u8::from(p.state == "live")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tunnelize_target_up Whether the proxy's target accepted its last connection.\n\
+             # TYPE tunnelize_target_up gauge"
+        );
+        for p in &b.proxies {
+            if let Some(up) = p.target_up {
+                let _ = writeln!(
+                    out,
+                    "tunnelize_target_up{{proxy=\"{}\"}} {}",
+                    p.name,
+                    u8::from(up)
+                );
+            }
+        }
+        out
+    }
+}

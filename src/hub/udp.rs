@@ -562,7 +562,9 @@ async fn to_tunnel(
 ) -> io::Result<Ended> {
     while let Some(mut frame) = queue.recv().await {
         state.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-        state.meter.add_in(frame.len().saturating_sub(DATAGRAM_HEADER_LEN));
+        state
+            .meter
+            .add_in(frame.len().saturating_sub(DATAGRAM_HEADER_LEN));
         while !frame.is_empty() {
             send.reserve_capacity(frame.len());
             let granted = poll_fn(|cx| mux::poll_send_capacity(send, cx)).await?;

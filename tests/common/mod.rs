@@ -99,6 +99,54 @@ pub async fn start_hub_with(mut config: HubConfig) -> TestHub {
     }
 }
 
+/// Starts a hub like [`start_hub_with`], also serving its admin API as `config.admin` says.
+pub async fn start_hub_with_admin(
+    mut config: HubConfig,
+) -> (TestHub, tunnelize::admin::AdminListeners) {
+    tunnelize::tls::install_crypto_provider();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    config.listen = addr;
+    let admin = config.admin.clone();
+    let identity = Identity::generate(&["localhost"]).unwrap();
+    let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+    let hub = Hub::new(config, &identity).await.unwrap();
+    let services = names
+        .into_iter()
+        .filter_map(|n| Some((n.clone(), hub.service_addr(&n)?)))
+        .collect();
+    let fingerprint = hub.fingerprint();
+    let stop = CancellationToken::new();
+    let listeners = tunnelize::admin::serve_hub(hub.view(), &admin, &identity, &stop)
+        .await
+        .expect("admin API starts");
+    let task = tokio::spawn(hub.run(listener, stop.clone()));
+    let hub = TestHub {
+        addr,
+        services,
+        fingerprint,
+        stop,
+        task,
+    };
+    (hub, listeners)
+}
+
+/// Polls `check` until it returns `Some`, at most until [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn proxy(name: &str, service: &str, target: SocketAddr, port: Option<u16>) -> ProxyConfig {
     ProxyConfig {
         name: name.into(),

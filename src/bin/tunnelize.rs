@@ -43,9 +43,9 @@ enum Command {
         )]
         config: PathBuf,
     },
-    /// Run the tunnel daemon (private side).
+    /// Run the tunnel daemon (private side), or write its configuration with --init-from.
     Tunnel {
-        /// Configuration file.
+        /// Configuration file (with --init-from: the file to write).
         #[arg(
             short,
             long,
@@ -53,6 +53,20 @@ enum Command {
             value_name = "PATH"
         )]
         config: PathBuf,
+        #[command(flatten)]
+        init: InitArgs,
+        /// Run a one-off tunnel for this hub service only (hub and key from the config file).
+        #[arg(
+            short = 's',
+            long,
+            value_name = "SERVICE",
+            requires = "port",
+            conflicts_with = "init_from"
+        )]
+        service: Option<String>,
+        /// With --service: the local port to expose (127.0.0.1:PORT).
+        #[arg(short = 'p', long, value_name = "PORT", requires = "service")]
+        port: Option<u16>,
     },
     /// Validate a hub or tunnel configuration file without starting anything.
     CheckConfig {
@@ -64,6 +78,43 @@ enum Command {
     /// Hash a password for a proxy's `basic_auth.password_hash` (argon2id). Reads the password
     /// from the terminal without echo, or the first line of standard input when piped.
     HashPassword,
+}
+
+/// `tunnelize tunnel --init-from`.
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Write a tunnel configuration from the services of the hub whose TLS admin listener is
+    /// at HOST:PORT, then exit.
+    #[arg(long, value_name = "HOST:PORT")]
+    init_from: Option<String>,
+    /// The tunnel key (the hub lets a tunnel key list its services). Prefer the environment
+    /// variable: a command-line argument is visible to other users.
+    #[arg(
+        short = 'a',
+        long = "key",
+        value_name = "KEY",
+        env = "TUNNELIZE_KEY",
+        hide_env_values = true,
+        requires = "init_from"
+    )]
+    key: Option<String>,
+    /// Pin the hub's certificate by its SHA-256 (also written to the configuration).
+    #[arg(
+        long,
+        value_name = "SHA256",
+        requires = "init_from",
+        conflicts_with = "ca"
+    )]
+    fingerprint: Option<String>,
+    /// Verify the hub with this CA file (also written to the configuration).
+    #[arg(long, value_name = "FILE", requires = "init_from")]
+    ca: Option<PathBuf>,
+    /// The hub's tunnel listener to write as `hub_address` [default: HOST:7700].
+    #[arg(long, value_name = "HOST:PORT", requires = "init_from")]
+    hub_address: Option<String>,
+    /// Replace the configuration file if it exists.
+    #[arg(long, requires = "init_from")]
+    force: bool,
 }
 
 fn main() -> ExitCode {
@@ -84,7 +135,15 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Hub { config } => report(run_hub(&config).await),
-            Command::Tunnel { config } => run_tunnel(&config).await,
+            Command::Tunnel { config, init, .. } if init.init_from.is_some() => {
+                report(init_from(&config, init).await)
+            }
+            Command::Tunnel {
+                config,
+                service,
+                port,
+                ..
+            } => run_tunnel(&config, service.zip(port)).await,
             Command::CheckConfig { file } => check_config(&file),
             Command::Demo => report(run_demo().await),
             Command::HashPassword => report(hash_password()),
@@ -180,9 +239,12 @@ async fn run_hub(path: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn run_tunnel(path: &Path) -> i32 {
+async fn run_tunnel(path: &Path, one_off: Option<(String, u16)>) -> i32 {
     let result = async {
-        let config = TunnelConfig::load(path)?;
+        let mut config = TunnelConfig::load(path)?;
+        if let Some((service, port)) = one_off {
+            config = tunnelize::tunnel::bootstrap::one_off(config, &service, port);
+        }
         let admin = config.admin.clone();
         let tunnel = Tunnel::new(config)?;
         let shutdown = stop_on_signals()?;
@@ -257,4 +319,83 @@ fn hash_password() -> Result<()> {
     let hash = tunnelize::hub::http::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
     println!("{hash}");
     Ok(())
+}
+
+async fn init_from(path: &Path, init: InitArgs) -> Result<()> {
+    use tunnelize::admin::client::{AdminClient, parse_fingerprint};
+    use tunnelize::admin::model::{SERVICES, ServiceInfo};
+    use tunnelize::config::HubTrust;
+    use tunnelize::tunnel::bootstrap::{HubLocation, config_text};
+
+    let admin = init.init_from.unwrap_or_default();
+    let key = init
+        .key
+        .context("--init-from needs the tunnel key: pass -a KEY or set TUNNELIZE_KEY")?;
+    anyhow::ensure!(
+        init.force || !path.exists(),
+        "{} exists; pass --force to replace it, or -c another path",
+        path.display()
+    );
+    let fingerprint = match &init.fingerprint {
+        Some(text) => Some(parse_fingerprint(text).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let trust = match (&fingerprint, &init.ca) {
+        (Some(fp), _) => HubTrust::Fingerprint(*fp),
+        (None, Some(ca)) => HubTrust::CaFile(ca.clone()),
+        (None, None) => HubTrust::SystemRoots,
+    };
+    let client = AdminClient::hub(
+        &format!("https://{admin}"),
+        &trust,
+        Some(tunnelize::secret::Secret::new(key.clone())),
+    )?;
+    let services: Vec<ServiceInfo> = client
+        .get(SERVICES)
+        .await
+        .with_context(|| format!("listing the services of the hub at {admin}"))?;
+    anyhow::ensure!(
+        !services.is_empty(),
+        "the hub at {admin} has no services; nothing to write"
+    );
+    let host = admin
+        .rsplit_once(':')
+        .map_or(admin.as_str(), |(host, _)| host);
+    let hub = HubLocation {
+        address: init.hub_address.unwrap_or_else(|| format!("{host}:7700")),
+        fingerprint: fingerprint.map(|fp| tunnelize::tls::Fingerprint(fp).to_string()),
+        // Relative paths in a config file are relative to the file: write an absolute one.
+        ca_file: match &init.ca {
+            Some(ca) => Some(
+                std::fs::canonicalize(ca)
+                    .with_context(|| format!("reading the CA file {}", ca.display()))?
+                    .display()
+                    .to_string(),
+            ),
+            None => None,
+        },
+    };
+    let text = config_text(&hub, &key, &services);
+    write_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "{}: tunnel configuration with {} proxies (one per service of the hub); point each \
+         `target` at a local service, then run `tunnelize tunnel -c {}`",
+        path.display(),
+        services.len(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// Writes `text` to `path`, readable by its owner only (it holds a key).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
 }

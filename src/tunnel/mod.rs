@@ -6,6 +6,7 @@
 //! session alive with heartbeats while link connections ([`forward`]) serve streams.
 //! [`supervise`] wraps both in the reconnect loop the daemon uses.
 
+pub mod bootstrap;
 pub mod forward;
 pub mod status;
 pub mod udp;

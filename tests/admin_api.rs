@@ -733,3 +733,74 @@ async fn a_tunnel_daemon_reports_its_session_proxies_and_target_health_on_its_so
     stop.cancel();
     let _ = tokio::time::timeout(DEADLINE, running).await;
 }
+
+#[tokio::test]
+async fn udp_sessions_are_listed_as_clients_with_their_bytes() {
+    use tunnelize::config::{PortRange, ServiceKind, UdpService};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hub.sock");
+    let mut config = hub_config(vec![ServiceConfig {
+        name: "dns".into(),
+        kind: ServiceKind::Udp(UdpService {
+            listen: [127, 0, 0, 1].into(),
+            ports: PortRange { start: 0, end: 0 },
+            session_timeout: DEADLINE * 3,
+            max_sessions: 16,
+        }),
+    }]);
+    config.admin = AdminConfig {
+        socket: Some(socket.clone()),
+        socket_explicit: true,
+        ..AdminConfig::default()
+    };
+    let (hub, _) = start_hub_with_admin(config).await;
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    let tunnel = start_tunnel(tunnel_config(&hub, vec![proxy("dns", "dns", target, None)])).await;
+    let public = tunnel.addr(0);
+    let mut peers = Vec::new();
+    for size in [300usize, 1200] {
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let data = payload(size as u64, size);
+        client.send_to(&data, public).await.unwrap();
+        let mut back = vec![0u8; 2048];
+        let (n, _) = tokio::time::timeout(DEADLINE, client.recv_from(&mut back))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(&back[..n], &data[..]);
+        peers.push((
+            client.local_addr().unwrap().to_string(),
+            size as u64,
+            client,
+        ));
+    }
+    let admin = AdminClient::unix(&socket);
+    let clients: Vec<ClientInfo> = admin.get(&model::service_clients("dns")).await.unwrap();
+    assert_eq!(clients.len(), 2, "{clients:?}");
+    for (peer, size, _) in &peers {
+        let c = clients.iter().find(|c| &c.peer == peer).expect("listed");
+        assert_eq!(
+            (c.bytes_in, c.bytes_out),
+            (*size, *size),
+            "payload bytes only"
+        );
+        assert_eq!(c.proxy, "dns");
+    }
+    let dns: ServiceInfo = admin.get(&model::service("dns")).await.unwrap();
+    assert_eq!((dns.clients, dns.bytes_in, dns.bytes_out), (2, 1500, 1500));
+    // Disconnecting a UDP client ends its session: it is no longer listed.
+    let id = clients[0].id.clone();
+    let _: Message = admin.delete(&model::client(&id)).await.unwrap();
+    eventually("the session to end", || async {
+        let list: Vec<ClientInfo> = admin.get(&model::service_clients("dns")).await.ok()?;
+        (list.len() == 1 && list[0].id != id).then_some(())
+    })
+    .await;
+}

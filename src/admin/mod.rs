@@ -22,6 +22,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::config::AdminConfig;
@@ -31,12 +32,22 @@ use crate::tunnel::status::StatusBoard;
 pub use server::ServeError;
 
 /// Where a daemon's admin API ended up listening.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct AdminListeners {
     /// The Unix socket, when one is served.
     pub socket: Option<PathBuf>,
     /// The TLS address, when one is served.
     pub tls: Option<SocketAddr>,
+    tasks: TaskTracker,
+}
+
+impl AdminListeners {
+    /// Waits, at most `limit`, for the listeners to finish after their shutdown token was
+    /// cancelled (the socket file is removed then).
+    pub async fn stopped(&self, limit: std::time::Duration) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(limit, self.tasks.wait()).await;
+    }
 }
 
 /// Binds the socket `config` asks for. The default path is skipped (with a warning) when its
@@ -45,6 +56,7 @@ async fn socket(
     config: &AdminConfig,
     router: &axum::Router,
     shutdown: &CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<Option<PathBuf>, ServeError> {
     let Some(path) = &config.socket else {
         return Ok(None);
@@ -60,7 +72,7 @@ async fn socket(
         return Ok(None);
     }
     let listener = server::bind_socket(path, config.socket_group.as_deref()).await?;
-    tokio::spawn(server::serve_socket(
+    tasks.spawn(server::serve_socket(
         listener,
         path.clone(),
         router.clone(),
@@ -79,7 +91,8 @@ pub async fn serve_hub(
     shutdown: &CancellationToken,
 ) -> Result<AdminListeners, ServeError> {
     let router = api::router(api::Daemon::Hub(view.clone()));
-    let socket = socket(config, &router, shutdown).await?;
+    let tasks = TaskTracker::new();
+    let socket = socket(config, &router, shutdown, &tasks).await?;
     let tls = match (config.listen, &config.key) {
         (Some(addr), Some(key)) => {
             let fail = |source| ServeError::Bind { addr, source };
@@ -87,7 +100,7 @@ pub async fn serve_hub(
             let bound = listener.local_addr().map_err(fail)?;
             let server_config = identity.server_config().map_err(ServeError::Tls)?;
             let keyed = api::with_key(router, view, key.clone());
-            tokio::spawn(server::serve_tls(
+            tasks.spawn(server::serve_tls(
                 listener,
                 TlsAcceptor::from(server_config),
                 keyed,
@@ -101,7 +114,7 @@ pub async fn serve_hub(
         }
         (None, _) => None,
     };
-    Ok(AdminListeners { socket, tls })
+    Ok(AdminListeners { socket, tls, tasks })
 }
 
 /// Starts a tunnel daemon's status API on its socket.
@@ -111,6 +124,11 @@ pub async fn serve_tunnel(
     shutdown: &CancellationToken,
 ) -> Result<AdminListeners, ServeError> {
     let router = api::router(api::Daemon::Tunnel(board));
-    let socket = socket(config, &router, shutdown).await?;
-    Ok(AdminListeners { socket, tls: None })
+    let tasks = TaskTracker::new();
+    let socket = socket(config, &router, shutdown, &tasks).await?;
+    Ok(AdminListeners {
+        socket,
+        tls: None,
+        tasks,
+    })
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -10,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use tunnelize::config::{AnyConfig, HubConfig, TunnelConfig, load_any};
-use tunnelize::daemon::{LogFormat, init_logging};
+use tunnelize::daemon::{LogFormat, init_logging, notify};
 use tunnelize::exit;
 use tunnelize::hub::Hub;
 use tunnelize::tls::{Identity, install_crypto_provider};
@@ -23,8 +24,9 @@ use tunnelize::tunnel::{Backoff, Tunnel, TunnelError, supervise};
     about = "Self-hosted tunnels: expose services behind NAT through a public hub"
 )]
 struct Cli {
-    /// Log format on stderr: `text` or `json`.
-    #[arg(long, global = true, default_value = "text", value_name = "FORMAT")]
+    /// Log format: `auto` (the journal under systemd, else text on stderr), `text`, `json`
+    /// (one object per line on stderr) or `journald`.
+    #[arg(long, global = true, default_value = "auto", value_name = "FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -188,18 +190,26 @@ fn check_config(file: &Path) -> i32 {
     }
 }
 
-/// Cancels the token on SIGINT or SIGTERM.
+/// Cancels the token on SIGINT or SIGTERM (telling the service manager first); logs SIGHUP.
 fn stop_on_signals() -> Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let t = token.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => info!("SIGINT received; stopping"),
-            _ = term.recv() => info!("SIGTERM received; stopping"),
+        loop {
+            tokio::select! {
+                _ = int.recv() => { info!("SIGINT received; stopping"); break; }
+                _ = term.recv() => { info!("SIGTERM received; stopping"); break; }
+                // Without a handler SIGHUP would kill the daemon, which `systemctl reload`
+                // sends; until reload lands it changes nothing.
+                _ = hup.recv() => warn!("SIGHUP received: reloading the configuration is not supported yet; restart the daemon to apply a new configuration"),
+            }
         }
+        // Before anything starts closing, so the service manager knows at once.
+        notify::stopping();
         t.cancel();
     });
     Ok(token)
@@ -232,10 +242,31 @@ async fn run_hub(path: &Path) -> Result<()> {
         )
     })?;
     let shutdown = stop_on_signals()?;
-    tunnelize::admin::serve_hub(hub.view(), &admin, &identity, &shutdown)
+    let api = tunnelize::admin::serve_hub(hub.view(), &admin, &identity, &shutdown)
         .await
         .with_context(|| format!("starting the admin API ([admin] in {})", path.display()))?;
+    let view = hub.view();
+    notify::ready(&format!(
+        "listening for tunnels on {listen}; {} services; admin {}",
+        view.services().len(),
+        api.socket
+            .as_ref()
+            .map_or("socket off".to_owned(), |p| p.display().to_string())
+    ));
+    // Alive when the runtime runs tasks and the registry answers.
+    notify::spawn_watchdog(
+        move || {
+            let view = view.clone();
+            async move {
+                tokio::spawn(async move { view.services().len() })
+                    .await
+                    .is_ok()
+            }
+        },
+        shutdown.clone(),
+    );
     hub.run(listener, shutdown).await;
+    api.stopped(Duration::from_secs(5)).await;
     Ok(())
 }
 
@@ -248,17 +279,26 @@ async fn run_tunnel(path: &Path, one_off: Option<(String, u16)>) -> i32 {
         let admin = config.admin.clone();
         let tunnel = Tunnel::new(config)?;
         let shutdown = stop_on_signals()?;
-        tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin, &shutdown)
+        let api = tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin, &shutdown)
             .await
             .with_context(|| format!("starting the status API ([admin] in {})", path.display()))?;
-        Ok::<_, anyhow::Error>((tunnel, shutdown))
+        Ok::<_, anyhow::Error>((tunnel, shutdown, api))
     }
     .await;
-    let (tunnel, shutdown) = match result {
+    let (tunnel, shutdown, api) = match result {
         Ok(pair) => pair,
         Err(e) => return report(Err(e)),
     };
-    match supervise(tunnel, Backoff::default(), shutdown).await {
+    // Ready once the status socket is up; the session with the hub comes and goes after.
+    notify::ready(&format!("connecting to {}", tunnel.config().hub_address));
+    notify::spawn_watchdog(
+        || async { tokio::spawn(async {}).await.is_ok() },
+        shutdown.clone(),
+    );
+    let result = supervise(tunnel, Backoff::default(), shutdown.clone()).await;
+    shutdown.cancel();
+    api.stopped(Duration::from_secs(5)).await;
+    match result {
         Ok(()) => exit::OK,
         Err(e @ TunnelError::AuthFailed(_)) => {
             error!("{e}");

@@ -29,6 +29,11 @@ pub(crate) struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
+    /// The file this text comes from (or stands in for).
+    pub(crate) fn origin(&self) -> &Path {
+        self.origin
+    }
+
     /// A source for `text`, read from (or standing in for) the file `origin`.
     pub(crate) fn new(text: &'a str, origin: &'a Path, env: EnvLookup<'a>) -> Self {
         Source { text, origin, env }

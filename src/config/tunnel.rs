@@ -111,8 +111,22 @@ impl TunnelConfig {
     }
 }
 
-/// Default admin socket of the tunnel daemon.
+/// Default admin socket of the tunnel daemon (for `/etc/tunnelize/tunnel.toml`).
 pub const DEFAULT_TUNNEL_SOCKET: &str = "/run/tunnelize/tunnel.sock";
+
+/// The default socket for a tunnel configured by `origin`: named after the file, so the
+/// instances of `tunnelize-tunnel@NAME` (`tunnel-NAME.toml`) each get their own
+/// (`/run/tunnelize/tunnel-NAME.sock`); `tunnel.toml` gets [`DEFAULT_TUNNEL_SOCKET`].
+pub fn default_tunnel_socket(origin: &std::path::Path) -> String {
+    let stem = origin
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| s.starts_with("tunnel") && super::values::check_name(s).is_ok());
+    match stem {
+        Some(stem) => format!("/run/tunnelize/{stem}.sock"),
+        None => DEFAULT_TUNNEL_SOCKET.to_owned(),
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,7 +220,12 @@ impl RawTunnel {
             links,
             connect_timeout,
             proxies,
-            admin: check_admin(src, self.admin.as_ref(), DEFAULT_TUNNEL_SOCKET, false)?,
+            admin: check_admin(
+                src,
+                self.admin.as_ref(),
+                &default_tunnel_socket(src.origin()),
+                false,
+            )?,
         })
     }
 
@@ -445,6 +464,28 @@ mod tests {
             Ok(config) => panic!("expected an error, parsed {config:?}"),
             Err(err) => err.to_string(),
         }
+    }
+
+    #[test]
+    fn each_tunnel_config_file_gets_a_socket_of_its_own_by_default() {
+        use std::path::Path;
+        assert_eq!(
+            default_tunnel_socket(Path::new("/etc/tunnelize/tunnel.toml")),
+            "/run/tunnelize/tunnel.sock"
+        );
+        assert_eq!(
+            default_tunnel_socket(Path::new("/etc/tunnelize/tunnel-office.toml")),
+            "/run/tunnelize/tunnel-office.sock"
+        );
+        assert_eq!(
+            default_tunnel_socket(Path::new("/tmp/other.toml")),
+            DEFAULT_TUNNEL_SOCKET,
+            "files not named tunnel* keep the plain default"
+        );
+        assert_eq!(
+            default_tunnel_socket(Path::new("/tmp/tunnel with space.toml")),
+            DEFAULT_TUNNEL_SOCKET
+        );
     }
 
     #[test]

@@ -425,6 +425,17 @@ pub async fn supervise(
                 tunnel
                     .status
                     .connected(session.tunnel_id(), session.proxies());
+                let live = session
+                    .proxies()
+                    .iter()
+                    .filter(|p| matches!(p, ProxyOutcome::Accepted { .. }))
+                    .count();
+                crate::daemon::notify::status(&format!(
+                    "connected to {} as {}; {live} of {} proxies live",
+                    tunnel.config.hub_address,
+                    session.tunnel_id(),
+                    session.proxies().len()
+                ));
                 match session.run(&tunnel, shutdown.clone()).await {
                     Ok(()) => return Ok(()),
                     Err(e) => e,
@@ -437,6 +448,10 @@ pub async fn supervise(
             Err(e) => e,
         };
         tunnel.status.connecting(Some(error.to_string()));
+        crate::daemon::notify::status(&format!(
+            "reconnecting to {}: {error}",
+            tunnel.config.hub_address
+        ));
         let delay = backoff.delay(attempt);
         attempt = attempt.saturating_add(1);
         warn!(error = %error, retry_in = ?delay, "lost the hub; reconnecting");

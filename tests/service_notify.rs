@@ -97,3 +97,71 @@ async fn the_hub_says_ready_once_listening_survives_sighup_and_says_stopping_on_
     assert_eq!(status.code(), Some(0));
     assert!(!admin_socket.exists(), "the socket file is removed on stop");
 }
+
+#[tokio::test]
+async fn daemon_mode_detaches_writes_its_pidfile_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_socket = dir.path().join("hub.sock");
+    let pidfile = dir.path().join("hub.pid");
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n\
+             [[keys]]\nname = \"t\"\nkey = \"{}\"\n",
+            dir.path().join("state").display(),
+            admin_socket.display(),
+            common::KEY
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("hub.log")).unwrap();
+    // The parent returns once the daemon is detached.
+    let launched = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunnelize"))
+        .args(["--daemon", "--pidfile"])
+        .arg(&pidfile)
+        .args(["hub", "-c"])
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(log)
+        .status();
+    let status = tokio::time::timeout(DEADLINE, launched)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let pid: u32 = common::eventually("the pidfile", || async {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    })
+    .await;
+    let admin = AdminClient::unix(&admin_socket).with_timeout(Duration::from_secs(5));
+    let info: model::SystemInfo = common::eventually("the daemon's API", || async {
+        admin.get(model::SYSTEM).await.ok()
+    })
+    .await;
+    assert_eq!(
+        info.pid, pid,
+        "the pidfile names the process serving the API"
+    );
+    signal(pid, "TERM");
+    common::eventually("the daemon to exit", || async {
+        let alive = std::process::Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .ok()?
+            .success();
+        (!alive).then_some(())
+    })
+    .await;
+
+    // A bad configuration is reported to the caller, before detaching.
+    std::fs::write(&config, "listen = 5\n").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunnelize"))
+        .args(["--daemon", "hub", "-c"])
+        .arg(&config)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hub.toml"));
+}

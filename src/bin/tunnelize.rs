@@ -28,6 +28,14 @@ struct Cli {
     /// (one object per line on stderr) or `journald`.
     #[arg(long, global = true, default_value = "auto", value_name = "FORMAT")]
     log_format: LogFormat,
+    /// Detach into the background (for init systems other than systemd and launchd, which
+    /// want the daemon in the foreground). The configuration is checked first; standard
+    /// output and error stay where they were, so redirect them to a log file.
+    #[arg(long, global = true)]
+    daemon: bool,
+    /// With --daemon: write the daemon's process id to this file.
+    #[arg(long, global = true, value_name = "PATH", requires = "daemon")]
+    pidfile: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -119,8 +127,51 @@ struct InitArgs {
     force: bool,
 }
 
+/// For `--daemon`: checks the daemon's configuration while errors still reach the caller,
+/// then forks into the background. Returns the exit code to leave with on failure.
+fn detach(cli: &mut Cli) -> Result<(), i32> {
+    let config = match &mut cli.command {
+        Command::Hub { config } | Command::Tunnel { config, .. } => config,
+        _ => {
+            eprintln!("error: --daemon is for `tunnelize hub` and `tunnelize tunnel`");
+            return Err(exit::USAGE);
+        }
+    };
+    // The daemon runs in `/`: keep paths meaning what they meant here.
+    if let Ok(absolute) = std::fs::canonicalize(&*config) {
+        *config = absolute;
+    }
+    if let Err(e) = load_any(config) {
+        eprintln!("error: {e}");
+        return Err(exit::FAILURE);
+    }
+    let mut daemon = daemonix::Daemonize::new()
+        .working_directory("/")
+        .stdout(daemonix::Stdio::keep())
+        .stderr(daemonix::Stdio::keep());
+    if let Some(pidfile) = &cli.pidfile {
+        let absolute = match pidfile.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => std::fs::canonicalize(dir)
+                .map(|d| d.join(pidfile.file_name().unwrap_or_default()))
+                .unwrap_or_else(|_| pidfile.clone()),
+            _ => std::env::current_dir().unwrap_or_default().join(pidfile),
+        };
+        daemon = daemon.pid_file(absolute);
+    }
+    daemon.start().map_err(|e| {
+        eprintln!("error: cannot run in the background: {e}");
+        exit::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Fork before any thread exists (the runtime's, the logger's).
+    if cli.daemon
+        && let Err(code) = detach(&mut cli)
+    {
+        return ExitCode::from(code as u8);
+    }
     install_crypto_provider();
     let default_level = match cli.command {
         Command::Demo | Command::HashPassword => "warn",

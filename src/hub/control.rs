@@ -93,7 +93,7 @@ pub(super) async fn serve_control<S>(
             msg: HubMessage::Welcome {
                 tunnel_id: session.id,
                 link_token: session.link_token.clone(),
-                heartbeat_secs: shared.config.heartbeat_interval.as_secs().max(1),
+                heartbeat_secs: announced_heartbeat_secs(&shared),
                 proxies: outcomes,
             },
         };
@@ -183,6 +183,11 @@ fn expose(shared: &Arc<Shared>, session: &Arc<TunnelSession>, req: &ProxyRequest
     }
 }
 
+/// The heartbeat interval tunnels are told: the configured one in whole seconds, at least 1.
+fn announced_heartbeat_secs(shared: &Shared) -> u64 {
+    shared.config.heartbeat_interval.as_secs().max(1)
+}
+
 /// Answers heartbeats until the session ends; returns why it ended.
 async fn heartbeats<S>(
     shared: &Shared,
@@ -193,7 +198,9 @@ async fn heartbeats<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let silence = shared.config.heartbeat_interval * HEARTBEAT_MISSES;
+    // The tunnel pings at the interval it was told (whole seconds), so judge it by that.
+    let silence =
+        std::time::Duration::from_secs(announced_heartbeat_secs(shared)) * HEARTBEAT_MISSES;
     loop {
         tokio::select! {
             () = session.cancel.cancelled() => {

@@ -1,18 +1,21 @@
 //! UDP forwarding through real in-process hubs and tunnels on 127.0.0.1: a real DNS server
 //! (dnsmasq, installed by `.ci/run`), datagram boundaries up to the largest UDP payload,
-//! per-client sessions, idle expiry, eviction, and silence once a tunnel has left.
+//! per-client sessions, idle expiry, eviction of the session idle longest, port ranges, silence
+//! when a port cannot forward or its tunnel has left, never more datagrams to a client than its
+//! target sent, and (from the hub daemon's stderr) rate-limited drop logs.
 
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::net::UdpSocket;
 use tokio::process::{Child, Command};
-use tunnelize::config::{PortRange, ServiceConfig, ServiceKind, UdpService};
+use tunnelize::config::{PortRange, ProxyConfig, ServiceConfig, ServiceKind, UdpService};
 use tunnelize::protocol::ProxyOutcome;
 
 /// How long a client waits for an answer before sending its datagram again.
@@ -258,28 +261,579 @@ async fn a_tcp_and_a_udp_proxy_may_hold_the_same_port_number() {
     .await;
     let udp_echo = start_udp_echo().await;
     let tcp_echo = start_echo().await;
-    let first = start_tunnel(tunnel_config(&hub, vec![proxy("u", "udp", udp_echo, None)])).await;
-    let port = first.port(0);
-    let second = start_tunnel(tunnel_config(
-        &hub,
+    // The OS picks a free UDP port; another program may hold the TCP port of that number
+    // (then try again, a bounded number of times).
+    for _ in 0..10 {
+        let first =
+            start_tunnel(tunnel_config(&hub, vec![proxy("u", "udp", udp_echo, None)])).await;
+        let port = first.port(0);
+        let second = start_tunnel(tunnel_config(
+            &hub,
+            vec![
+                proxy("t", "tcp", tcp_echo, Some(port)),
+                proxy("u2", "udp", udp_echo, Some(port)),
+            ],
+        ))
+        .await;
+        if let ProxyOutcome::Rejected { reason, .. } = &second.outcomes[0]
+            && reason.contains("in use by another program")
+        {
+            stop_tunnel(second).await;
+            stop_tunnel(first).await;
+            continue;
+        }
+        assert_eq!(second.port(0), port, "the TCP port is free");
+        match &second.outcomes[1] {
+            ProxyOutcome::Rejected { reason, .. } => {
+                assert!(
+                    reason.contains(&format!("udp port {port} is taken")),
+                    "{reason}"
+                )
+            }
+            other => panic!("the UDP port is taken, got {other:?}"),
+        }
+        assert_eq!(round_trip(second.addr(0), b"tcp").await, b"tcp");
+        assert_eq!(ask(&client().await, first.addr(0), b"udp").await, b"udp");
+        return;
+    }
+    panic!("other programs kept holding the TCP ports of the UDP ports picked");
+}
+
+// --- Port ranges --------------------------------------------------------------------------------
+
+/// A `udp` service on 127.0.0.1 with the ports `ports`.
+fn udp_range(name: &str, ports: PortRange) -> ServiceConfig {
+    ServiceConfig {
+        name: name.into(),
+        kind: ServiceKind::Udp(UdpService {
+            listen: [127, 0, 0, 1].into(),
+            ports,
+            session_timeout: Duration::from_secs(60),
+            max_sessions: 16,
+        }),
+    }
+}
+
+/// Three consecutive UDP ports on 127.0.0.1, around one the OS picked, that were all free a
+/// moment ago (bound together, then released). Another program may take one before the hub
+/// does: callers retry.
+fn free_udp_range() -> Option<PortRange> {
+    let picked = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let port = picked.local_addr().ok()?.port();
+    // Room for a port on either side of the range, for the proxies asking outside it.
+    let start = port.checked_sub(1).filter(|&p| p > 1)?;
+    let end = port.checked_add(1).filter(|&p| p < u16::MAX)?;
+    let _held: Vec<std::net::UdpSocket> = [start, end]
+        .into_iter()
+        .map(|p| std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, p)))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Some(PortRange { start, end })
+}
+
+/// Stops a test hub and waits until it has stopped.
+async fn stop_hub(hub: TestHub) {
+    hub.stop.cancel();
+    hub.task.await.unwrap();
+}
+
+/// Stops a test tunnel and waits until it has stopped.
+async fn stop_tunnel(tunnel: TestTunnel) {
+    tunnel.stop.cancel();
+    tunnel.task.await.unwrap();
+}
+
+/// One try of [`a_udp_service_with_a_port_range_gives_ports_inside_it_only`] on `range`.
+/// `Err` when another program took a port of the range meanwhile (the caller retries);
+/// panics on anything else that is wrong.
+async fn port_range_attempt(
+    hub: &TestHub,
+    range: PortRange,
+    echo: SocketAddr,
+) -> Result<(), String> {
+    let PortRange { start, end } = range;
+    let in_use = |reason: &str| reason.contains("in use by another program");
+    let wanted = start + 1;
+    let first = start_tunnel(tunnel_config(
+        hub,
         vec![
-            proxy("t", "tcp", tcp_echo, Some(port)),
-            proxy("u2", "udp", udp_echo, Some(port)),
+            proxy("wanted", "udp", echo, Some(wanted)),
+            proxy("above", "udp", echo, Some(end + 1)),
+            proxy("below", "udp", echo, Some(start - 1)),
         ],
     ))
     .await;
-    assert_eq!(second.port(0), port, "the TCP port is free");
-    match &second.outcomes[1] {
-        ProxyOutcome::Rejected { reason, .. } => {
-            assert!(
-                reason.contains(&format!("udp port {port} is taken")),
-                "{reason}"
+    match &first.outcomes[0] {
+        ProxyOutcome::Accepted { port, .. } => {
+            assert_eq!(
+                *port,
+                Some(wanted),
+                "a proxy asking {wanted} in {start}-{end} gets it"
             )
         }
-        other => panic!("the UDP port is taken, got {other:?}"),
+        ProxyOutcome::Rejected { reason, .. } if in_use(reason) => return Err(reason.clone()),
+        other => panic!("a proxy asking {wanted} in {start}-{end} must get it: {other:?}"),
     }
-    assert_eq!(round_trip(second.addr(0), b"tcp").await, b"tcp");
-    assert_eq!(ask(&client().await, first.addr(0), b"udp").await, b"udp");
+    for (index, port) in [(1, end + 1), (2, start - 1)] {
+        match &first.outcomes[index] {
+            ProxyOutcome::Rejected { reason, .. } => assert!(
+                reason.contains(&format!(
+                    "port {port} is outside service `udp`'s range {start}-{end}"
+                )),
+                "the reason names the range: {reason}"
+            ),
+            other => panic!("port {port} is outside {start}-{end}, got {other:?}"),
+        }
+    }
+    let socket = client().await;
+    assert_eq!(ask(&socket, first.addr(0), b"wanted").await, b"wanted");
+
+    // Proxies asking no port get the other ports of the range, then nothing.
+    let second = start_tunnel(tunnel_config(
+        hub,
+        vec![
+            proxy("any-1", "udp", echo, None),
+            proxy("any-2", "udp", echo, None),
+        ],
+    ))
+    .await;
+    let mut given = vec![wanted];
+    for (index, outcome) in second.outcomes.iter().enumerate() {
+        match outcome {
+            ProxyOutcome::Accepted {
+                port: Some(port), ..
+            } => {
+                assert!(
+                    range.contains(*port),
+                    "a proxy asking no port got {port}, outside {start}-{end}"
+                );
+                assert!(!given.contains(port), "port {port} was given twice");
+                given.push(*port);
+                let data = format!("any-{index}");
+                assert_eq!(
+                    ask(&socket, second.addr(index), data.as_bytes()).await,
+                    data.as_bytes()
+                );
+            }
+            ProxyOutcome::Rejected { reason, .. } if reason.contains("no free port left") => {
+                return Err(reason.clone());
+            }
+            other => panic!("a proxy asking no port in {start}-{end}: {other:?}"),
+        }
+    }
+    let third = start_tunnel(tunnel_config(hub, vec![proxy("any-3", "udp", echo, None)])).await;
+    match &third.outcomes[0] {
+        ProxyOutcome::Rejected { reason, .. } => assert!(
+            reason.contains(&format!(
+                "no free port left in service `udp`'s range {start}-{end}"
+            )),
+            "{reason}"
+        ),
+        other => panic!("every port of {start}-{end} is taken, got {other:?}"),
+    }
+    for tunnel in [first, second, third] {
+        stop_tunnel(tunnel).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_udp_service_with_a_port_range_gives_ports_inside_it_only() {
+    let echo = start_udp_echo().await;
+    let mut races = Vec::new();
+    for _ in 0..10 {
+        let Some(range) = free_udp_range() else {
+            races.push("no three free consecutive ports".to_owned());
+            continue;
+        };
+        let hub = start_hub(vec![udp_range("udp", range)]).await;
+        let result = port_range_attempt(&hub, range, echo).await;
+        stop_hub(hub).await;
+        match result {
+            Ok(()) => return,
+            Err(reason) => races.push(reason),
+        }
+    }
+    panic!("other programs kept taking the test's ports: {races:?}");
+}
+
+// --- Eviction ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn eviction_picks_the_session_idle_longest_not_the_oldest() {
+    let (_hub, tunnel) = udp_tunnel(start_whoami().await, Duration::from_secs(60), 2).await;
+    let to = tunnel.addr(0);
+    let (a, b, c) = (client().await, client().await, client().await);
+    let port_a = seen_port(&a, to, "a1").await;
+    let port_b = seen_port(&b, to, "b1").await;
+    // `a` is the oldest session, but now `b` is the one idle longest.
+    assert_eq!(seen_port(&a, to, "a2").await, port_a, "a keeps its session");
+    seen_port(&c, to, "c1").await;
+    assert_eq!(
+        seen_port(&a, to, "a3").await,
+        port_a,
+        "a was not idle longest: it keeps its session"
+    );
+    // `b`'s session, and the tunnel's socket for it, are gone; hold the port so that a new
+    // session cannot get it by chance.
+    let _held = wait_until_udp_port_closed(port_b).await;
+    assert_ne!(
+        seen_port(&b, to, "b2").await,
+        port_b,
+        "b was idle longest: it gets a new session"
+    );
+}
+
+// --- Ports that cannot forward ------------------------------------------------------------------
+
+/// A UDP port on which nothing listens (bound, then released).
+fn closed_udp_port() -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+/// A target that reads every datagram and answers none; counts what it read.
+async fn start_udp_sink() -> (SocketAddr, Arc<AtomicUsize>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let heard = Arc::new(AtomicUsize::new(0));
+    let count = heard.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while socket.recv_from(&mut buf).await.is_ok() {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, heard)
+}
+
+/// How long a "nothing arrives" check listens.
+const SILENCE: Duration = Duration::from_millis(300);
+
+/// Asserts that nothing arrives on `socket` for [`SILENCE`].
+async fn assert_silence(socket: &UdpSocket, what: &str) {
+    let mut buf = vec![0u8; 64 * 1024];
+    if let Ok(received) = tokio::time::timeout(SILENCE, socket.recv_from(&mut buf)).await {
+        let got = received.map(|(len, from)| (from, buf[..len.min(64)].to_vec()));
+        panic!("{what}, but the client received {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_port_whose_tunnel_cannot_forward_never_answers_and_the_hub_serves_on() {
+    let hub = start_hub(vec![udp_any("udp", Duration::from_secs(60), 16)]).await;
+    let (sink, heard) = start_udp_sink().await;
+    let unresolvable = ProxyConfig {
+        // The tunnel cannot even make a socket for it: it refuses every session.
+        target: "127.0.0.1:no-such-port".into(),
+        ..proxy("refused", "udp", sink, None)
+    };
+    let broken = start_tunnel(tunnel_config(
+        &hub,
+        vec![
+            proxy("closed", "udp", closed_udp_port(), None),
+            proxy("silent", "udp", sink, None),
+            unresolvable,
+        ],
+    ))
+    .await;
+    let socket = client().await;
+    for round in 0..3 {
+        for index in 0..3 {
+            let data = format!("anyone there? {round}");
+            socket
+                .send_to(data.as_bytes(), broken.addr(index))
+                .await
+                .unwrap();
+        }
+    }
+    // The datagrams did cross the tunnel (to the silent target at least), and nothing comes
+    // back from any of the three ports.
+    eventually("the silent target hears the datagrams", || async {
+        (heard.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await;
+    assert_silence(&socket, "no port whose target cannot answer may answer").await;
+    assert_eq!(
+        heard.load(Ordering::SeqCst),
+        3,
+        "each datagram crossed once"
+    );
+
+    // The hub serves a later, good proxy, and the same client.
+    let echo = start_udp_echo().await;
+    let good = start_tunnel(tunnel_config(&hub, vec![proxy("good", "udp", echo, None)])).await;
+    assert_eq!(
+        ask(&socket, good.addr(0), b"still there").await,
+        b"still there"
+    );
+    // The broken ports are still held, and still silent.
+    socket.send_to(b"and now?", broken.addr(0)).await.unwrap();
+    socket.send_to(b"and now?", broken.addr(2)).await.unwrap();
+    assert_silence(&socket, "the broken ports stay silent").await;
+}
+
+// --- Never more than the target sent -----------------------------------------------------------
+
+/// What a target answers to one datagram: any number of datagrams, possibly none.
+type Replies = fn(&[u8]) -> Vec<Vec<u8>>;
+
+/// A target that answers each datagram with `replies(datagram)`. Counts the datagrams it
+/// received.
+async fn start_replier(replies: Replies) -> (SocketAddr, Arc<AtomicUsize>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let heard = Arc::new(AtomicUsize::new(0));
+    let count = heard.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
+            count.fetch_add(1, Ordering::SeqCst);
+            for reply in replies(&buf[..len]) {
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        }
+    });
+    (addr, heard)
+}
+
+/// At most the first 10 bytes of the datagram.
+fn first_ten(datagram: &[u8]) -> Vec<Vec<u8>> {
+    vec![datagram[..datagram.len().min(10)].to_vec()]
+}
+
+/// The datagram in pieces of 100 bytes (none for an empty one).
+fn in_hundreds(datagram: &[u8]) -> Vec<Vec<u8>> {
+    datagram.chunks(100).map(<[u8]>::to_vec).collect()
+}
+
+#[tokio::test]
+async fn a_client_receives_exactly_the_datagrams_the_target_sent() {
+    let (short, short_heard) = start_replier(first_ten).await;
+    let (split, split_heard) = start_replier(in_hundreds).await;
+    let hub = start_hub(vec![udp_any("udp", Duration::from_secs(60), 16)]).await;
+    let tunnel = start_tunnel(tunnel_config(
+        &hub,
+        vec![
+            proxy("short", "udp", short, None),
+            proxy("split", "udp", split, None),
+        ],
+    ))
+    .await;
+    let sizes = [0, 1, 10, 11, 99, 100, 101, 1_000, 3_000];
+    let cases: [(usize, Replies, &AtomicUsize); 2] =
+        [(0, first_ten, &short_heard), (1, in_hundreds, &split_heard)];
+    for (index, replies, heard) in cases {
+        let socket = client().await;
+        let mut expected = Vec::new();
+        for (i, len) in sizes.into_iter().enumerate() {
+            let data = payload((index * 100 + i) as u64, len);
+            expected.extend(replies(&data));
+            socket.send_to(&data, tunnel.addr(index)).await.unwrap();
+        }
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while received.len() < expected.len() {
+            let Ok(got) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await else {
+                panic!(
+                    "proxy {index}: {} of {} replies arrived",
+                    received.len(),
+                    expected.len()
+                );
+            };
+            received.push(buf[..got.unwrap()].to_vec());
+        }
+        assert_silence(
+            &socket,
+            &format!("proxy {index}: every reply already arrived"),
+        )
+        .await;
+        assert_eq!(
+            heard.load(Ordering::SeqCst),
+            sizes.len(),
+            "proxy {index}: the target got each datagram once"
+        );
+        expected.sort();
+        received.sort();
+        let lens = |d: &[Vec<u8>]| d.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(
+            lens(&received),
+            lens(&expected),
+            "proxy {index}: datagram sizes"
+        );
+        assert!(received == expected, "proxy {index}: datagram contents");
+    }
+}
+
+// --- Drop logs, from the hub daemon's stderr ----------------------------------------------------
+
+/// The value of `key=` in a text log line.
+fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split_whitespace().next()
+}
+
+/// Waits for a line containing `what` (earlier lines go to `seen`); panics after
+/// [`DEADLINE`] or if the daemon's stderr ends.
+async fn wait_for_line(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: &mut Vec<String>,
+    what: &str,
+) -> String {
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.recv().await {
+            if line.contains(what) {
+                return Some(line);
+            }
+            seen.push(line);
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(line)) => line,
+        Ok(None) => panic!("the hub exited before logging {what:?}; it logged {seen:#?}"),
+        Err(_) => panic!("the hub did not log {what:?} in time; it logged {seen:#?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_undeliverable_datagrams_is_logged_at_most_once_per_interval() {
+    use tokio::io::AsyncBufReadExt;
+    tunnelize::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    // The hub loads the certificate made here, so the tunnel knows what to pin.
+    let (identity, _) = tunnelize::tls::Identity::load_or_generate(dir.path()).unwrap();
+    let config = dir.path().join("hub.toml");
+    let admin_socket = dir.path().join("hub.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\n[admin]\nsocket = {:?}\n\
+             [[keys]]\nname = \"test\"\nkey = \"{KEY}\"\n\
+             [services.udp]\nkind = \"udp\"\nlisten = \"127.0.0.1\"\nports = \"0\"\n",
+            dir.path().to_str().unwrap(),
+            admin_socket.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tunnelize"))
+        .args([
+            "--log-format",
+            "text",
+            "hub",
+            "-c",
+            config.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let listening = wait_for_line(&mut lines, &mut seen, "hub listening for tunnels").await;
+    let hub_address = log_field(&listening, "listen")
+        .unwrap_or_else(|| panic!("no listen= in {listening:?}"))
+        .to_owned();
+
+    // A proxy whose every session the tunnel refuses: each datagram is dropped on the hub.
+    let tunnel = start_tunnel(tunnelize::config::TunnelConfig {
+        hub_address,
+        hub_server_name: "localhost".into(),
+        hub_trust: tunnelize::config::HubTrust::Fingerprint(identity.fingerprint().0),
+        key: Some(tunnelize::secret::Secret::new(KEY)),
+        links: 2,
+        connect_timeout: Duration::from_secs(5),
+        admin: tunnelize::config::AdminConfig::disabled(),
+        proxies: vec![ProxyConfig {
+            name: "refused".into(),
+            service: "udp".into(),
+            target: "127.0.0.1:no-such-port".into(),
+            ..Default::default()
+        }],
+    })
+    .await;
+    let to = tunnel.addr(0);
+    const CLIENTS: usize = 20;
+    const PER_CLIENT: usize = 20;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(client().await);
+    }
+    for round in 0..PER_CLIENT {
+        for socket in &clients {
+            socket
+                .send_to(format!("flood {round}").as_bytes(), to)
+                .await
+                .unwrap();
+        }
+    }
+    // Every client's first datagram opens a session that the tunnel refuses, dropping at
+    // least that datagram: wait for those refusals (the hub counts them in its metrics).
+    let admin = tunnelize::admin::client::AdminClient::unix(&admin_socket);
+    let refused = eventually("the tunnel refuses a session of every client", || async {
+        let metrics = admin.get_text("/metrics").await.ok()?;
+        let refused: u64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("tunnelize_rejected_total{reason=\"target_unreachable\"} ")
+            })?
+            .trim()
+            .parse()
+            .ok()?;
+        (refused >= CLIENTS as u64).then_some(refused)
+    })
+    .await;
+    // The drops are logged...
+    let first = wait_for_line(&mut lines, &mut seen, "dropping udp datagrams").await;
+    assert_eq!(
+        log_field(&first, "port"),
+        Some(to.port().to_string().as_str())
+    );
+    // ...and once the proxy has closed (it reports how many it dropped), the count of drop
+    // logs is bounded by the interval, not by the number of drops.
+    stop_tunnel(tunnel).await;
+    let closed = wait_for_line(&mut lines, &mut seen, "udp proxy closed").await;
+    let elapsed = started.elapsed();
+    let dropped: u64 = log_field(&closed, "dropped")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped= in {closed:?}"));
+    let logged = 1 + seen
+        .iter()
+        .filter(|l| l.contains("dropping udp datagrams"))
+        .count();
+    let interval = tunnelize::hub::udp::DROP_LOG_INTERVAL;
+    let allowed = 1 + (elapsed.as_secs_f64() / interval.as_secs_f64()).ceil() as usize;
+    assert!(
+        dropped >= refused,
+        "{refused} refused sessions dropped a datagram each, but the hub counted {dropped}"
+    );
+    assert!(
+        logged <= allowed,
+        "{logged} drop logs for {dropped} drops in {elapsed:?}: at most {allowed} allowed"
+    );
+    // No client was answered.
+    for socket in &clients {
+        let mut buf = [0u8; 64];
+        assert!(
+            socket.try_recv(&mut buf).is_err(),
+            "a refused session was answered"
+        );
+    }
+    child.kill().await.unwrap();
 }
 
 // --- DNS through the tunnel, to dnsmasq -------------------------------------------------------
@@ -310,6 +864,20 @@ fn dnsmasq_binary() -> &'static str {
 }
 
 async fn start_dnsmasq() -> Dnsmasq {
+    // Another program may take the port before dnsmasq binds it: then try another one.
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        match try_start_dnsmasq().await {
+            Ok(dns) => return dns,
+            Err(stderr) if stderr.contains("Address already in use") && attempt < ATTEMPTS => {}
+            Err(stderr) => panic!("{stderr}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+/// Starts dnsmasq on a port that was free a moment ago; `Err` with its stderr if it exits.
+async fn try_start_dnsmasq() -> Result<Dnsmasq, String> {
     // A port nobody uses right now; dnsmasq binds it a moment later.
     let port = {
         let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -352,17 +920,17 @@ async fn start_dnsmasq() -> Dnsmasq {
                 use tokio::io::AsyncReadExt;
                 let _ = pipe.read_to_string(&mut stderr).await;
             }
-            panic!("dnsmasq exited with {status}: {stderr}");
+            return Err(format!("dnsmasq exited with {status}: {stderr}"));
         }
         socket.send_to(&query, addr).await.unwrap();
         if let Ok(Ok(len)) =
             tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf)).await
             && parse_a_answer(&buf[..len], 1, "ready.a.example.test").is_ok()
         {
-            return Dnsmasq {
+            return Ok(Dnsmasq {
                 addr,
                 _child: child,
-            };
+            });
         }
         assert!(
             start.elapsed() < DEADLINE,

@@ -616,7 +616,7 @@ async fn every_tunnelizectl_command_works_against_a_live_hub_in_table_and_json_f
         assert_exit(&run(&["disconnect-client", "424242"]).await, 3);
         let reload = run(&["reload"]).await;
         assert_exit(&reload, 1);
-        assert!(String::from_utf8_lossy(&reload.stderr).contains("not supported yet"));
+        assert!(String::from_utf8_lossy(&reload.stderr).contains("cannot reload"));
     }
     // Wrong key over TLS: exit 4, and the key is not shown.
     let out = ctl(&[

@@ -1,6 +1,6 @@
 //! The built `tunnelize hub` under a stand-in for systemd's notify socket: `READY=1` comes only
-//! once its listeners answer, `STATUS=` summarises, `SIGHUP` does not kill it, and `SIGTERM`
-//! sends `STOPPING=1` and exits 0.
+//! once its listeners answer, `STATUS=` summarises, `SIGHUP` reloads between `RELOADING=1` and
+//! `READY=1`, and `SIGTERM` sends `STOPPING=1` and exits 0.
 
 mod common;
 
@@ -35,7 +35,7 @@ async fn next_message(socket: &std::sync::Arc<UnixDatagram>) -> String {
 }
 
 #[tokio::test]
-async fn the_hub_says_ready_once_listening_survives_sighup_and_says_stopping_on_sigterm() {
+async fn the_hub_says_ready_once_listening_reloads_on_sighup_and_says_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -84,6 +84,17 @@ async fn the_hub_says_ready_once_listening_survives_sighup_and_says_stopping_on_
     })
     .await
     .expect("the hub logs the SIGHUP");
+    // A hangup is a reload, bracketed for the service manager.
+    let reloading = next_message(&notify).await;
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    let ready_again = next_message(&notify).await;
+    assert!(
+        ready_again.starts_with("READY=1\nSTATUS=reloaded: 1 services"),
+        "{ready_again:?}"
+    );
     // Still serving after the hangup.
     assert_eq!(admin.get_text(model::HEALTHZ).await.unwrap().trim(), "ok");
 

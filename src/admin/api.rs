@@ -31,10 +31,18 @@ pub enum Daemon {
     Tunnel(Arc<StatusBoard>),
 }
 
+/// A request to re-read the daemon's configuration; the answer is a summary or why the new
+/// configuration was refused.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// How long `POST /v1/reload` waits for the daemon to apply a configuration.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Clone)]
 struct Api {
     daemon: Daemon,
     system: Arc<SystemSampler>,
+    reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
 }
 
 fn message(status: StatusCode, text: impl Into<String>) -> Response {
@@ -51,8 +59,9 @@ fn not_found(what: &str, hint: &str) -> Response {
     message(StatusCode::NOT_FOUND, format!("{what}; {hint}"))
 }
 
-/// The routes of `daemon`'s API, without authentication (the Unix socket's file mode guards it).
-pub fn router(daemon: Daemon) -> Router {
+/// The routes of `daemon`'s API, without authentication (the Unix socket's file mode guards
+/// it). `reload` is where `POST /v1/reload` sends its requests; without it reload answers 501.
+pub fn router(daemon: Daemon, reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>) -> Router {
     let (role, started) = match &daemon {
         Daemon::Hub(hub) => ("hub", hub.started()),
         Daemon::Tunnel(board) => ("tunnel", board.started()),
@@ -60,6 +69,7 @@ pub fn router(daemon: Daemon) -> Router {
     let api = Api {
         system: SystemSampler::new(role, started),
         daemon: daemon.clone(),
+        reload,
     };
     let common = Router::new()
         .route(model::HEALTHZ, get(|| async { "ok\n" }))
@@ -69,7 +79,7 @@ pub fn router(daemon: Daemon) -> Router {
             get(move || async move { Json(openapi::document(role)) }),
         )
         .route(model::SYSTEM, get(system))
-        .route(model::RELOAD, post(reload));
+        .route(model::RELOAD, post(reload_config));
     let specific = match daemon {
         Daemon::Hub(_) => Router::new()
             .route(model::SERVICES, get(services))
@@ -158,12 +168,29 @@ async fn system(State(api): State<Api>) -> Response {
     }
 }
 
-async fn reload() -> Response {
-    message(
-        StatusCode::NOT_IMPLEMENTED,
-        "reloading the configuration is not supported yet; restart the daemon to apply a new \
-         configuration",
-    )
+async fn reload_config(State(api): State<Api>) -> Response {
+    let Some(requests) = &api.reload else {
+        return message(
+            StatusCode::NOT_IMPLEMENTED,
+            "this daemon cannot reload its configuration yet; restart it to apply a new one",
+        );
+    };
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    if requests.send(answer).await.is_err() {
+        return message(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
+    }
+    match tokio::time::timeout(RELOAD_WAIT, answered).await {
+        Ok(Ok(Ok(summary))) => message(StatusCode::OK, summary),
+        Ok(Ok(Err(refused))) => message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the new configuration was refused, the old one keeps running: {refused}"),
+        ),
+        Ok(Err(_)) => message(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
+        Err(_) => message(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the daemon did not finish reloading in time; see its log",
+        ),
+    }
 }
 
 fn hub(api: &Api) -> Option<&HubView> {

@@ -83,14 +83,15 @@ async fn socket(
 
 /// Starts a hub's admin API as `config` asks: the socket, and the TLS listener when both
 /// `listen` and a monitoring key are set (without a key it does not start: fail closed). Both
-/// stop with `shutdown`.
+/// stop with `shutdown`. `POST /v1/reload` requests go to `reload`.
 pub async fn serve_hub(
     view: HubView,
     config: &AdminConfig,
     identity: &Identity,
+    reload: Option<tokio::sync::mpsc::Sender<api::ReloadRequest>>,
     shutdown: &CancellationToken,
 ) -> Result<AdminListeners, ServeError> {
-    let router = api::router(api::Daemon::Hub(view.clone()));
+    let router = api::router(api::Daemon::Hub(view.clone()), reload);
     let tasks = TaskTracker::new();
     let socket = socket(config, &router, shutdown, &tasks).await?;
     let tls = match (config.listen, &config.key) {
@@ -123,7 +124,7 @@ pub async fn serve_tunnel(
     config: &AdminConfig,
     shutdown: &CancellationToken,
 ) -> Result<AdminListeners, ServeError> {
-    let router = api::router(api::Daemon::Tunnel(board));
+    let router = api::router(api::Daemon::Tunnel(board), None);
     let tasks = TaskTracker::new();
     let socket = socket(config, &router, shutdown, &tasks).await?;
     Ok(AdminListeners {

@@ -170,8 +170,9 @@ pub fn document(role: &str) -> Value {
         "/v1/reload": { "post": {
             "summary": "re-read the configuration file",
             "responses": {
-                "200": json_answer("reloaded", reference("Message")),
-                "501": json_answer("not supported by this version", reference("Message"))
+                "200": json_answer("reloaded: a summary", reference("Message")),
+                "422": json_answer("the new configuration was refused; the old one runs on", reference("Message")),
+                "501": json_answer("this daemon cannot reload", reference("Message"))
             }
         }}
     });

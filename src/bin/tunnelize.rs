@@ -7,9 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use tunnelize::admin::api::ReloadRequest;
 use tunnelize::config::{AnyConfig, HubConfig, TunnelConfig, load_any};
 use tunnelize::daemon::{LogFormat, init_logging, notify};
 use tunnelize::exit;
@@ -241,8 +243,9 @@ fn check_config(file: &Path) -> i32 {
     }
 }
 
-/// Cancels the token on SIGINT or SIGTERM (telling the service manager first); logs SIGHUP.
-fn stop_on_signals() -> Result<CancellationToken> {
+/// Cancels the token on SIGINT or SIGTERM (telling the service manager first); SIGHUP asks
+/// `reload` to re-read the configuration.
+fn stop_on_signals(reload: Option<mpsc::Sender<ReloadRequest>>) -> Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -254,9 +257,16 @@ fn stop_on_signals() -> Result<CancellationToken> {
             tokio::select! {
                 _ = int.recv() => { info!("SIGINT received; stopping"); break; }
                 _ = term.recv() => { info!("SIGTERM received; stopping"); break; }
-                // Without a handler SIGHUP would kill the daemon, which `systemctl reload`
-                // sends; until reload lands it changes nothing.
-                _ = hup.recv() => warn!("SIGHUP received: reloading the configuration is not supported yet; restart the daemon to apply a new configuration"),
+                // Without a handler SIGHUP would kill the daemon (`systemctl reload` sends it).
+                _ = hup.recv() => match &reload {
+                    Some(requests) => {
+                        info!("SIGHUP received; reloading the configuration");
+                        // The reload logs its own outcome; nobody waits for the answer.
+                        let (answer, _) = tokio::sync::oneshot::channel();
+                        let _ = requests.try_send(answer);
+                    }
+                    None => warn!("SIGHUP received: this daemon cannot reload its configuration yet; restart it to apply a new one"),
+                },
             }
         }
         // Before anything starts closing, so the service manager knows at once.
@@ -264,6 +274,27 @@ fn stop_on_signals() -> Result<CancellationToken> {
         t.cancel();
     });
     Ok(token)
+}
+
+/// Re-reads the hub's configuration file and applies it; a file that does not load is refused
+/// and the running configuration stays.
+async fn reload_hub(
+    view: &tunnelize::hub::inspect::HubView,
+    path: &Path,
+) -> Result<String, String> {
+    notify::reloading();
+    let result = match HubConfig::load(path) {
+        Ok(config) => view.reload(config).await,
+        Err(e) => Err(e.to_string()),
+    };
+    match &result {
+        Ok(summary) => notify::ready(summary),
+        Err(e) => {
+            error!("reload refused, the running configuration stays: {e}");
+            notify::ready(&format!("reload refused: {e}"));
+        }
+    }
+    result
 }
 
 async fn run_hub(path: &Path) -> Result<()> {
@@ -292,10 +323,12 @@ async fn run_hub(path: &Path) -> Result<()> {
             path.display()
         )
     })?;
-    let shutdown = stop_on_signals()?;
-    let api = tunnelize::admin::serve_hub(hub.view(), &admin, &identity, &shutdown)
-        .await
-        .with_context(|| format!("starting the admin API ([admin] in {})", path.display()))?;
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let shutdown = stop_on_signals(Some(reload_tx.clone()))?;
+    let api =
+        tunnelize::admin::serve_hub(hub.view(), &admin, &identity, Some(reload_tx), &shutdown)
+            .await
+            .with_context(|| format!("starting the admin API ([admin] in {})", path.display()))?;
     let view = hub.view();
     notify::ready(&format!(
         "listening for tunnels on {listen}; {} services; admin {}",
@@ -316,6 +349,12 @@ async fn run_hub(path: &Path) -> Result<()> {
         },
         shutdown.clone(),
     );
+    let (reload_view, reload_path) = (hub.view(), path.to_owned());
+    tokio::spawn(async move {
+        while let Some(answer) = reload_rx.recv().await {
+            let _ = answer.send(reload_hub(&reload_view, &reload_path).await);
+        }
+    });
     hub.run(listener, shutdown).await;
     api.stopped(Duration::from_secs(5)).await;
     Ok(())
@@ -329,7 +368,7 @@ async fn run_tunnel(path: &Path, one_off: Option<(String, u16)>) -> i32 {
         }
         let admin = config.admin.clone();
         let tunnel = Tunnel::new(config)?;
-        let shutdown = stop_on_signals()?;
+        let shutdown = stop_on_signals(None)?;
         let api = tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin, &shutdown)
             .await
             .with_context(|| format!("starting the status API ([admin] in {})", path.display()))?;
@@ -365,7 +404,7 @@ async fn run_tunnel(path: &Path, one_off: Option<(String, u16)>) -> i32 {
 }
 
 async fn run_demo() -> Result<()> {
-    let shutdown = stop_on_signals()?;
+    let shutdown = stop_on_signals(None)?;
     let demo = tunnelize::demo::Demo::start()
         .await
         .context("starting the demo")?;

@@ -26,6 +26,15 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+/// The daemon is re-reading its configuration; [`ready`] follows when it is done.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        // systemd 253 and later want the time with RELOADING=1.
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
+}
+
 /// The daemon is stopping.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

@@ -112,9 +112,10 @@ pub(super) async fn serve_control<S>(
 /// Checks a tunnel's key against the configured keys, in constant time per key, without
 /// stopping at the first match. Returns the matching key's name.
 fn authenticate(shared: &Shared, key: Option<&Secret>) -> Result<Option<String>, ()> {
+    let config = shared.current();
     let mut found = None;
     if let Some(key) = key {
-        for candidate in &shared.config.keys {
+        for candidate in &config.keys {
             if candidate.key.matches(key.expose()) && found.is_none() {
                 found = Some(candidate.name.clone());
             }
@@ -122,19 +123,15 @@ fn authenticate(shared: &Shared, key: Option<&Secret>) -> Result<Option<String>,
     }
     match found {
         Some(name) => Ok(Some(name)),
-        None if shared.config.allow_no_auth => Ok(None),
+        None if config.allow_no_auth => Ok(None),
         None => Err(()),
     }
 }
 
 /// Sets up one proxy, or says why not.
 fn expose(shared: &Arc<Shared>, session: &Arc<TunnelSession>, req: &ProxyRequest) -> ProxyOutcome {
-    let Some(service) = shared
-        .config
-        .services
-        .iter()
-        .find(|s| s.name == req.service)
-    else {
+    let config = shared.current();
+    let Some(service) = config.services.iter().find(|s| s.name == req.service) else {
         return ProxyOutcome::Rejected {
             name: req.name.clone(),
             reason: format!("the hub has no service `{}`", req.service),

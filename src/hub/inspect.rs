@@ -40,7 +40,7 @@ impl HubView {
     /// Whether `presented` is one of the configured tunnel keys (constant time per key).
     pub fn is_tunnel_key(&self, presented: &str) -> bool {
         let mut found = false;
-        for candidate in &self.shared.config.keys {
+        for candidate in &self.shared.current().keys {
             found |= candidate.key.matches(presented);
         }
         found
@@ -54,8 +54,15 @@ impl HubView {
             .reject(super::metrics::Rejection::AdminUnauthorized);
     }
 
-    fn service_config(&self, name: &str) -> Option<&ServiceConfig> {
-        self.shared.config.services.iter().find(|s| s.name == name)
+    fn service_config(&self, name: &str) -> Option<ServiceConfig> {
+        let config = self.shared.current();
+        config.services.iter().find(|s| s.name == name).cloned()
+    }
+
+    /// Applies a new configuration (see [`super::reload`]); returns a summary for people, or
+    /// why nothing was changed.
+    pub async fn reload(&self, new: crate::config::HubConfig) -> Result<String, String> {
+        super::reload::reload(&self.shared, new).await
     }
 
     /// Every configured service, in configuration order.
@@ -63,7 +70,7 @@ impl HubView {
         let tunnels = self.shared.registry.tunnels();
         let clients = self.shared.registry.clients.snapshot();
         self.shared
-            .config
+            .current()
             .services
             .iter()
             .map(|s| self.service_info(s, &tunnels, &clients))
@@ -75,7 +82,7 @@ impl HubView {
         let config = self.service_config(name)?;
         let tunnels = self.shared.registry.tunnels();
         let clients = self.shared.registry.clients.snapshot();
-        Some(self.service_info(config, &tunnels, &clients))
+        Some(self.service_info(&config, &tunnels, &clients))
     }
 
     fn service_info(
@@ -88,7 +95,7 @@ impl HubView {
             ServiceKind::Tcp(t) => (format!("{}:{}", t.listen, t.ports), None),
             ServiceKind::Udp(u) => (format!("{}:{}", u.listen, u.ports), None),
             ServiceKind::Http(h) | ServiceKind::Https(h) => {
-                let bound = self.shared.service_addrs.get(&config.name).copied();
+                let bound = self.shared.service_addrs.get(&config.name);
                 (
                     bound.unwrap_or(h.listen).to_string(),
                     Some(h.domain.clone()),

@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod links;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod tcp;
 pub mod udp;
 
@@ -63,17 +64,44 @@ pub enum HubError {
 
 /// State shared by every task of a hub.
 pub(crate) struct Shared {
+    /// The configuration the hub started with: its listener, state directory and timeouts,
+    /// which apply until a restart. What a reload changes is read through [`Shared::current`].
     pub config: HubConfig,
+    /// The configuration in force now (keys, services): replaced whole by a reload.
+    current: std::sync::RwLock<Arc<HubConfig>>,
+    /// The TLS acceptor of the tunnel listener (a reload can replace its certificate).
+    tunnel_acceptor: std::sync::RwLock<TlsAcceptor>,
+    /// Parent of the http/https services' accept loops; cancelled when the hub stops.
+    stop: CancellationToken,
+    /// The running http/https accept loops, by service name.
+    running: std::sync::Mutex<HashMap<String, reload::RunningService>>,
     pub registry: Registry,
     pub tasks: TaskTracker,
     /// Hostname routes of the http/https services.
     pub hosts: http::routes::HostRoutes,
-    /// Bound addresses of the services that listen from the start (http, https).
-    pub service_addrs: HashMap<String, SocketAddr>,
+    /// Bound addresses of the running http/https services.
+    pub service_addrs: reload::ServiceAddrs,
     /// Counters for the Prometheus endpoint.
     pub metrics: metrics::HubMetrics,
     /// When the hub started.
     pub started: std::time::SystemTime,
+}
+
+impl Shared {
+    /// The configuration in force now.
+    pub fn current(&self) -> Arc<HubConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn tunnel_acceptor(&self) -> TlsAcceptor {
+        self.tunnel_acceptor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A service listener bound at start, with what serving it needs.
@@ -87,7 +115,6 @@ struct BoundService {
 /// A configured hub, ready to run.
 pub struct Hub {
     shared: Arc<Shared>,
-    acceptor: TlsAcceptor,
     fingerprint: Fingerprint,
     services: Vec<BoundService>,
 }
@@ -105,7 +132,6 @@ impl Hub {
         }
         let acceptor = TlsAcceptor::from(identity.server_config()?);
         let mut services = Vec::new();
-        let mut service_addrs = HashMap::new();
         for service in &config.services {
             let (http, tls) = match &service.kind {
                 ServiceKind::Http(http) => (http, None),
@@ -118,8 +144,7 @@ impl Hub {
                 source,
             };
             let listener = TcpListener::bind(http.listen).await.map_err(bind_error)?;
-            let addr = listener.local_addr().map_err(bind_error)?;
-            service_addrs.insert(service.name.clone(), addr);
+            listener.local_addr().map_err(bind_error)?;
             services.push(BoundService {
                 name: service.name.clone(),
                 config: http.clone(),
@@ -128,17 +153,20 @@ impl Hub {
             });
         }
         let shared = Shared {
+            current: std::sync::RwLock::new(Arc::new(config.clone())),
+            tunnel_acceptor: std::sync::RwLock::new(acceptor),
+            stop: CancellationToken::new(),
+            running: std::sync::Mutex::default(),
             config,
             registry: Registry::default(),
             tasks: TaskTracker::new(),
             hosts: http::routes::HostRoutes::default(),
-            service_addrs,
+            service_addrs: reload::ServiceAddrs::default(),
             metrics: metrics::HubMetrics::default(),
             started: std::time::SystemTime::now(),
         };
         Ok(Hub {
             shared: Arc::new(shared),
-            acceptor,
             fingerprint: identity.fingerprint(),
             services,
         })
@@ -146,7 +174,10 @@ impl Hub {
 
     /// The bound address of an http/https service.
     pub fn service_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.shared.service_addrs.get(name).copied()
+        self.shared.service_addrs.get(name).or_else(|| {
+            let service = self.services.iter().find(|s| s.name == name)?;
+            service.listener.local_addr().ok()
+        })
     }
 
     /// A handle for the admin API on this hub's state; valid while the hub runs.
@@ -163,15 +194,20 @@ impl Hub {
     /// (tunnels are told why) and waits briefly for connection tasks to finish.
     pub async fn run(mut self, listener: TcpListener, shutdown: CancellationToken) {
         for service in std::mem::take(&mut self.services) {
-            self.shared.tasks.spawn(http::serve(
-                self.shared.clone(),
+            reload::start_service(
+                &self.shared,
                 service.name,
                 service.config,
                 service.listener,
                 service.acceptor,
-                shutdown.clone(),
-            ));
+            );
         }
+        let services_stop = self.shared.stop.clone();
+        let hub_stop = shutdown.clone();
+        self.shared.tasks.spawn(async move {
+            hub_stop.cancelled().await;
+            services_stop.cancel();
+        });
         match listener.local_addr() {
             Ok(addr) => {
                 info!(listen = %addr, fingerprint = %self.fingerprint, "hub listening for tunnels")
@@ -184,7 +220,7 @@ impl Hub {
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
                         let shared = self.shared.clone();
-                        let acceptor = self.acceptor.clone();
+                        let acceptor = self.shared.tunnel_acceptor();
                         let stop = shutdown.clone();
                         self.shared.tasks.spawn(async move {
                             serve_connection(shared, acceptor, socket, peer, stop).await;

@@ -117,7 +117,7 @@ pub async fn start_hub_with_admin(
         .collect();
     let fingerprint = hub.fingerprint();
     let stop = CancellationToken::new();
-    let listeners = tunnelize::admin::serve_hub(hub.view(), &admin, &identity, &stop)
+    let listeners = tunnelize::admin::serve_hub(hub.view(), &admin, &identity, None, &stop)
         .await
         .expect("admin API starts");
     let task = tokio::spawn(hub.run(listener, stop.clone()));

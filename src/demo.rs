@@ -179,6 +179,8 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
         link_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(7200),
         admin: AdminConfig::disabled(),
+        lockout_failures: 5,
+        lockout_duration: Duration::from_secs(1800),
     }
 }
 

@@ -87,7 +87,9 @@ pub fn router(daemon: Daemon, reload: Option<tokio::sync::mpsc::Sender<ReloadReq
             .route("/v1/services/{name}/tunnels", get(tunnels))
             .route("/v1/services/{name}/clients", get(clients))
             .route("/v1/tunnels/{id}", delete(disconnect_tunnel))
-            .route("/v1/clients/{id}", delete(disconnect_client)),
+            .route("/v1/clients/{id}", delete(disconnect_client))
+            .route(model::LOCKOUTS, get(lockouts))
+            .route("/v1/lockouts/{address}", delete(unlock)),
         Daemon::Tunnel(_) => Router::new().route(model::STATUS, get(status)),
     };
     common
@@ -107,6 +109,10 @@ pub fn with_key(router: Router, hub: HubView, key: Secret) -> Router {
     }))
 }
 
+/// The peer of a TLS admin connection, put in each request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 struct KeyGuard {
     hub: HubView,
     key: Secret,
@@ -114,6 +120,22 @@ struct KeyGuard {
 
 impl KeyGuard {
     async fn check(&self, req: Request, next: Next) -> Response {
+        let ip = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        if let Some(ip) = ip
+            && let Err(left) = self.hub.locked_out(ip)
+        {
+            let mut response = message(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this address is locked out after repeated failed logins; retry in {}",
+                    crate::hub::lockout::retry_in(left)
+                ),
+            );
+            if let Ok(value) = HeaderValue::from_str(&left.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -129,9 +151,12 @@ impl KeyGuard {
             None => false,
         };
         if allowed {
+            if let Some(ip) = ip {
+                self.hub.login_succeeded(ip);
+            }
             return next.run(req).await;
         }
-        self.hub.count_auth_failure();
+        self.hub.count_auth_failure(ip);
         let text = if presented.is_some() {
             "the key is not valid for this request"
         } else {
@@ -250,6 +275,23 @@ async fn disconnect_client(State(api): State<Api>, Path(id): Path<String>) -> Re
         _ => not_found(
             &format!("no client `{id}`"),
             "list them with `tunnelizectl list-clients SERVICE`",
+        ),
+    }
+}
+
+async fn lockouts(State(api): State<Api>) -> Response {
+    match hub(&api) {
+        Some(hub) => Json(hub.lockouts()).into_response(),
+        None => not_found("a tunnel has no lockout table", "ask the hub"),
+    }
+}
+
+async fn unlock(State(api): State<Api>, Path(address): Path<String>) -> Response {
+    match hub(&api) {
+        Some(hub) if hub.unlock(&address) => message(StatusCode::OK, format!("{address} unlocked")),
+        _ => not_found(
+            &format!("no lockout entry for `{address}`"),
+            "list them with `tunnelizectl list-lockouts`",
         ),
     }
 }

@@ -21,6 +21,14 @@ pub const RELOAD: &str = "/v1/reload";
 /// `GET /v1/status`: a tunnel daemon's own view ([`TunnelStatus`]).
 pub const STATUS: &str = "/v1/status";
 
+/// `GET /v1/lockouts`: `Vec<`[`LockoutInfo`]`>`, the hub's failed-login table.
+pub const LOCKOUTS: &str = "/v1/lockouts";
+
+/// `DELETE /v1/lockouts/{address}`: forget an address's failures and lockout ([`Message`]).
+pub fn lockout(address: &str) -> String {
+    format!("/v1/lockouts/{address}")
+}
+
 /// `GET /v1/services/{name}`: [`ServiceInfo`].
 pub fn service(name: &str) -> String {
     format!("/v1/services/{name}")
@@ -184,6 +192,18 @@ pub struct TunnelProxyStatus {
     /// Whether the target accepted the last connection (`null` before any).
     #[serde(default)]
     pub target_up: Option<bool>,
+}
+
+/// An address in the hub's failed-login table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockoutInfo {
+    /// The source address.
+    pub address: String,
+    /// Failed logins in a row.
+    pub failures: u32,
+    /// When its lockout ends (RFC 3339), if it is locked out now.
+    #[serde(default)]
+    pub locked_until: Option<String>,
 }
 
 /// A plain answer: what happened, or what went wrong (errors use the HTTP status too).

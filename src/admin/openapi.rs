@@ -86,6 +86,15 @@ fn schemas() -> Value {
                 "since": { "type": "string", "format": "date-time" }
             }
         },
+        "LockoutInfo": {
+            "type": "object",
+            "required": ["address", "failures", "locked_until"],
+            "properties": {
+                "address": string(),
+                "failures": integer(),
+                "locked_until": { "type": ["string", "null"], "format": "date-time" }
+            }
+        },
         "TunnelProxyStatus": {
             "type": "object",
             "required": ["name", "service", "target", "state", "target_up"],
@@ -199,6 +208,11 @@ pub fn document(role: &str) -> Value {
         paths["/v1/tunnels/{id}"] =
             delete("disconnect a tunnel: its clients close, its ports and hostnames are freed");
         paths["/v1/clients/{id}"] = delete("disconnect one client");
+        paths["/v1/lockouts"] = get(
+            "the failed-login table: addresses with failures, and lockouts",
+            json_answer("entries", list_of("LockoutInfo")),
+        );
+        paths["/v1/lockouts/{address}"] = delete("forget an address's failures and lockout");
     } else {
         paths["/v1/status"] = get(
             "the tunnel daemon's own view",

@@ -174,7 +174,8 @@ pub async fn serve_tls(
                 Ok(Err(e)) => return debug!(%peer, error = %e, "admin TLS handshake failed"),
                 Err(_) => return debug!(%peer, "admin TLS handshake timed out"),
             };
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(super::api::PeerAddr(peer));
                 let mut router = router.clone();
                 async move { router.call(req).await }
             });

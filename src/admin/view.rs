@@ -4,7 +4,9 @@
 //! Byte columns follow the model: `IN` is bytes from clients (toward tunnels), `OUT` bytes to
 //! clients. Times are shown as the daemon gave them (RFC 3339, UTC).
 
-use super::model::{ClientInfo, ProxyInfo, ServiceInfo, SystemInfo, TunnelInfo, TunnelStatus};
+use super::model::{
+    ClientInfo, LockoutInfo, ProxyInfo, ServiceInfo, SystemInfo, TunnelInfo, TunnelStatus,
+};
 use super::table::{Align, Table, bytes, duration, fields, or_dash};
 
 /// `sys-info`.
@@ -148,6 +150,26 @@ pub fn clients(service: &str, clients: &[ClientInfo]) -> String {
             bytes(c.bytes_in),
             bytes(c.bytes_out),
             c.since.clone(),
+        ]);
+    }
+    table.render()
+}
+
+/// `list-lockouts`.
+pub fn lockouts(entries: &[LockoutInfo]) -> String {
+    if entries.is_empty() {
+        return "no failed logins recorded\n".into();
+    }
+    let mut table = Table::new(&[
+        ("ADDRESS", Align::Left),
+        ("FAILURES", Align::Right),
+        ("LOCKED UNTIL", Align::Left),
+    ]);
+    for e in entries {
+        table.push(vec![
+            e.address.clone(),
+            e.failures.to_string(),
+            or_dash(e.locked_until.as_ref()),
         ]);
     }
     table.render()

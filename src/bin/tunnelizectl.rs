@@ -131,6 +131,13 @@ enum Command {
         /// The client's id, as `list-clients` shows it.
         id: String,
     },
+    /// List the hub's failed-login table: addresses with failures, and those locked out.
+    ListLockouts,
+    /// Forget an address's failed logins and lift its lockout.
+    Unlock {
+        /// The address, as `list-lockouts` shows it.
+        address: String,
+    },
     /// Show a tunnel daemon's own view: its connection to the hub and each proxy's state.
     /// Asks /run/tunnelize/tunnel.sock unless --socket is given.
     Status,
@@ -259,6 +266,16 @@ async fn run(command: &Command, api: &AdminClient, json: bool) -> Result<String,
         Command::DisconnectClient { id } => {
             answer(api.delete(&model::client(&path_segment(id))).await?, json)
         }
+        Command::ListLockouts => {
+            show(api, model::LOCKOUTS, json, |l: &Vec<model::LockoutInfo>| {
+                view::lockouts(l)
+            })
+            .await
+        }
+        Command::Unlock { address } => answer(
+            api.delete(&model::lockout(&path_segment(address))).await?,
+            json,
+        ),
         Command::Status => show(api, model::STATUS, json, view::status).await,
         Command::Reload => answer(api.post(model::RELOAD).await?, json),
         Command::Metrics => api.get_text(model::METRICS).await,
@@ -323,6 +340,9 @@ fn fail_in(command: &Command, e: &AdminError) -> ExitCode {
         }
         (Command::DisconnectClient { .. }, AdminError::NotFound { .. }) => {
             "; see `tunnelizectl list-clients SERVICE` for the clients"
+        }
+        (Command::Unlock { .. }, AdminError::NotFound { .. }) => {
+            "; see `tunnelizectl list-lockouts` for the addresses"
         }
         (Command::Status, AdminError::NotFound { .. }) => {
             "; `status` needs a tunnel daemon's socket (--socket /run/tunnelize/tunnel.sock)"

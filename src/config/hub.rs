@@ -30,6 +30,8 @@ const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default admin socket of the hub.
 pub const DEFAULT_HUB_SOCKET: &str = "/run/tunnelize/hub.sock";
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
+const DEFAULT_LOCKOUT_FAILURES: u32 = 5;
+const DEFAULT_LOCKOUT_DURATION: Duration = Duration::from_secs(30 * 60);
 
 /// The hub's configuration, checked: every value is valid and the rules between keys hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,12 @@ pub struct HubConfig {
     pub idle_timeout: Duration,
     /// `[admin]`: the monitoring/control API (socket, optional TLS listener and key).
     pub admin: AdminConfig,
+    /// `lockout_failures` (default 5, 1 to 1000): failed logins in a row from one address
+    /// (tunnel key, link token, monitoring key) that lock it out.
+    pub lockout_failures: u32,
+    /// `lockout_duration` (default `30m`): how long a locked-out address is refused, even with
+    /// the right key.
+    pub lockout_duration: Duration,
 }
 
 /// `[tls]`: PEM files the hub serves instead of its generated certificate.
@@ -143,6 +151,8 @@ struct RawHub {
     link_timeout: Option<Spanned<Value>>,
     idle_timeout: Option<Spanned<Value>>,
     admin: Option<RawAdmin>,
+    lockout_failures: Option<Spanned<i64>>,
+    lockout_duration: Option<Spanned<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +237,24 @@ impl RawHub {
             link_timeout: duration(&self.link_timeout, "link_timeout", DEFAULT_LINK_TIMEOUT)?,
             idle_timeout: duration(&self.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
             admin: check_admin(src, self.admin.as_ref(), DEFAULT_HUB_SOCKET, true)?,
+            lockout_failures: match &self.lockout_failures {
+                Some(n) if (1..=1000).contains(n.get_ref()) => *n.get_ref() as u32,
+                Some(n) => {
+                    return Err(src.error_at(
+                        n.span(),
+                        format!(
+                            "`lockout_failures`: {} is out of range; use 1 to 1000",
+                            n.get_ref()
+                        ),
+                    ));
+                }
+                None => DEFAULT_LOCKOUT_FAILURES,
+            },
+            lockout_duration: duration(
+                &self.lockout_duration,
+                "lockout_duration",
+                DEFAULT_LOCKOUT_DURATION,
+            )?,
         })
     }
 }
@@ -402,6 +430,8 @@ mod tests {
                     socket: Some(PathBuf::from(DEFAULT_HUB_SOCKET)),
                     ..AdminConfig::default()
                 },
+                lockout_failures: 5,
+                lockout_duration: Duration::from_secs(1800),
             }
         );
     }

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::lockout::retry_in;
 use super::metrics::Rejection;
 use super::registry::{ExposedProxy, TunnelSession};
 use super::{Shared, http, refuse, tcp, udp};
@@ -53,11 +54,30 @@ pub(super) async fn serve_control<S>(
         .await;
         return;
     };
+    if let Err(left) = shared.lockouts.check(peer.ip()) {
+        let retry = retry_in(left);
+        warn!(%peer, tunnel_name = %name, %retry, "refusing a locked-out address");
+        let message =
+            format!("this address is locked out after repeated failed logins; retry in {retry}");
+        refuse(
+            &mut framed,
+            &accepted,
+            hello.id,
+            RefusalCode::LockedOut,
+            &message,
+        )
+        .await;
+        return;
+    }
     let key_name = match authenticate(&shared, key.as_ref()) {
-        Ok(name) => name,
+        Ok(name) => {
+            shared.lockouts.succeed(peer.ip());
+            name
+        }
         Err(()) => {
             warn!(%peer, tunnel_name = %name, "tunnel authentication failed");
             shared.metrics.auth_failed();
+            shared.login_failed(peer.ip());
             refuse(
                 &mut framed,
                 &accepted,

@@ -46,12 +46,47 @@ impl HubView {
         found
     }
 
-    /// Counts a request that presented a wrong key.
-    pub fn count_auth_failure(&self) {
+    /// Counts a request from `ip` that presented a wrong key, toward its lockout.
+    pub fn count_auth_failure(&self, ip: Option<std::net::IpAddr>) {
         self.shared.metrics.auth_failed();
         self.shared
             .metrics
             .reject(super::metrics::Rejection::AdminUnauthorized);
+        if let Some(ip) = ip {
+            self.shared.login_failed(ip);
+        }
+    }
+
+    /// `Err(time left)` while `ip` is locked out.
+    pub fn locked_out(&self, ip: std::net::IpAddr) -> Result<(), std::time::Duration> {
+        self.shared.lockouts.check(ip)
+    }
+
+    /// A successful login from `ip`.
+    pub fn login_succeeded(&self, ip: std::net::IpAddr) {
+        self.shared.lockouts.succeed(ip);
+    }
+
+    /// The failed-login table.
+    pub fn lockouts(&self) -> Vec<crate::admin::model::LockoutInfo> {
+        self.shared
+            .lockouts
+            .list()
+            .into_iter()
+            .map(|e| crate::admin::model::LockoutInfo {
+                address: e.address.to_string(),
+                failures: e.failures,
+                locked_until: e.locked_until.map(rfc3339),
+            })
+            .collect()
+    }
+
+    /// Forgets an address's failures and lockout. False if it is not in the table (or is not
+    /// an address).
+    pub fn unlock(&self, address: &str) -> bool {
+        address
+            .parse()
+            .is_ok_and(|ip| self.shared.lockouts.clear(ip))
     }
 
     fn service_config(&self, name: &str) -> Option<ServiceConfig> {

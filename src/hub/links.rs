@@ -153,7 +153,28 @@ pub(super) async fn serve_link<S>(
         .await;
         return;
     };
+    if shared.lockouts.check(peer.ip()).is_err() {
+        warn!(%peer, %tunnel_id, "link connection refused: the address is locked out");
+        refuse(
+            &mut framed,
+            &accepted,
+            hello.id,
+            RefusalCode::LockedOut,
+            "this address is locked out after repeated failed logins",
+        )
+        .await;
+        return;
+    }
     let session = shared.registry.tunnel(&tunnel_id);
+    // A wrong token for a live session is a failed login; an unknown session is not (a tunnel
+    // whose session just ended redials with its old one).
+    if session
+        .as_ref()
+        .is_some_and(|s| !s.link_token.matches(token.expose()))
+    {
+        shared.metrics.auth_failed();
+        shared.login_failed(peer.ip());
+    }
     let Some(session) = session.filter(|s| s.link_token.matches(token.expose())) else {
         warn!(%peer, %tunnel_id, "link connection refused: unknown session or wrong link token");
         refuse(

@@ -12,6 +12,7 @@ pub mod control;
 pub mod http;
 pub mod inspect;
 pub mod links;
+pub mod lockout;
 pub mod metrics;
 pub mod registry;
 pub mod reload;
@@ -83,6 +84,8 @@ pub(crate) struct Shared {
     pub service_addrs: reload::ServiceAddrs,
     /// Counters for the Prometheus endpoint.
     pub metrics: metrics::HubMetrics,
+    /// Failed logins per source address.
+    pub lockouts: lockout::LockoutTable,
     /// When the hub started.
     pub started: std::time::SystemTime,
 }
@@ -94,6 +97,16 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Counts a failed login from `ip` toward its lockout.
+    pub fn login_failed(&self, ip: std::net::IpAddr) {
+        if let Some(duration) = self.lockouts.fail(ip) {
+            self.metrics
+                .lockouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(address = %ip, ?duration, "address locked out after repeated failed logins");
+        }
     }
 
     fn tunnel_acceptor(&self) -> TlsAcceptor {
@@ -152,6 +165,11 @@ impl Hub {
                 acceptor: tls,
             });
         }
+        let lockouts = lockout::LockoutTable::new(
+            config.lockout_failures,
+            config.lockout_duration,
+            lockout::DEFAULT_CAPACITY,
+        );
         let shared = Shared {
             current: std::sync::RwLock::new(Arc::new(config.clone())),
             tunnel_acceptor: std::sync::RwLock::new(acceptor),
@@ -163,6 +181,7 @@ impl Hub {
             hosts: http::routes::HostRoutes::default(),
             service_addrs: reload::ServiceAddrs::default(),
             metrics: metrics::HubMetrics::default(),
+            lockouts,
             started: std::time::SystemTime::now(),
         };
         Ok(Hub {

@@ -150,6 +150,9 @@ pub enum RefusalCode {
     Limit,
     /// The hub is shutting down.
     ShuttingDown,
+    /// The peer's address is locked out after repeated failed logins; the message says when
+    /// to retry.
+    LockedOut,
 }
 
 #[cfg(test)]

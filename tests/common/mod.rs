@@ -68,6 +68,10 @@ pub fn hub_config(services: Vec<ServiceConfig>) -> HubConfig {
         link_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(7200),
         admin: AdminConfig::disabled(),
+        // Tests of refusals make many failed logins from 127.0.0.1; the lockout tests set
+        // their own limits.
+        lockout_failures: 1000,
+        lockout_duration: Duration::from_secs(1800),
     }
 }
 

@@ -4,11 +4,17 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::web::{App, start_app};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -96,6 +102,51 @@ async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A plain HTTP/1.1 client connection to `addr`, kept alive across requests.
+async fn keep_alive(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    let socket = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(socket))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// GET `path` for `host` on `sender`: (status, body), or why no response came. Gives up after
+/// [`DEADLINE`].
+async fn try_get(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    host: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let request = hyper::Request::get(path)
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    })
+    .await
+    .map_err(|_| "timed out".to_owned())?
+}
+
+/// GET `path` for `host` on `sender`; (status, body). Panics if no response comes.
+async fn get(sender: &mut SendRequest<Empty<Bytes>>, host: &str, path: &str) -> (u16, String) {
+    try_get(sender, host, path).await.unwrap()
+}
+
 struct Setup {
     hub: TestHub,
     web: SocketAddr,
@@ -150,7 +201,26 @@ async fn an_unknown_host_gets_a_404_naming_it_escaped() {
     )
     .await;
     assert!(
+        out.starts_with("HTTP/1.1 400"),
+        "not a valid authority: {out}"
+    );
+    assert!(
         !out.contains("<script>"),
+        "a host is never echoed unescaped: {out}"
+    );
+    // `&` and `'` are sub-delims, valid in an authority: this Host does reach the 404 page.
+    let out = raw_exchange(
+        s.web,
+        b"GET / HTTP/1.1\r\nHost: A&b'c.test.local:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(
+        out.contains("<code>a&amp;b&#39;c.test.local</code>"),
+        "the host is named, escaped: {out}"
+    );
+    assert!(
+        !out.contains("a&b'c"),
         "a host is never echoed unescaped: {out}"
     );
 }
@@ -349,6 +419,115 @@ async fn oversized_heads_get_431_and_oversized_bodies_413() {
     );
 }
 
+/// A chunked request head for `path` on `small.test.local`, and `n` chunks of 500 bytes.
+fn chunked_upload(path: &str, n: usize) -> (Vec<u8>, Vec<u8>) {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: small.test.local\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let mut chunks = Vec::new();
+    for _ in 0..n {
+        chunks.extend_from_slice(b"1f4\r\n");
+        chunks.extend_from_slice(&[b'x'; 500]);
+        chunks.extend_from_slice(b"\r\n");
+    }
+    (head.into_bytes(), chunks)
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_max_body_gets_413_and_the_target_no_more_than_max_body() {
+    let s = setup(|_| {}).await;
+    let app = start_app("a").await;
+    let mut limited = web_proxy("a", &app, "small");
+    limited.max_body = Some(1000);
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![limited])).await;
+
+    // Declares no length: the limit is only found while the body streams to the target.
+    let (mut request, chunks) = chunked_upload("/upload", 10);
+    request.extend_from_slice(&chunks);
+    request.extend_from_slice(b"0\r\n\r\n");
+    let out = raw_exchange(s.web, &request).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    assert!(out.contains("too large"), "{out}");
+    let uploads = eventually("the target to see the upload end", || async {
+        let u = app.uploads();
+        (!u.is_empty()).then_some(u)
+    })
+    .await;
+    assert!(uploads[0] <= 1000, "the target got {uploads:?} bytes");
+
+    // Exactly the limit, chunked, passes.
+    let (mut request, chunks) = chunked_upload("/upload", 2);
+    request.extend_from_slice(&chunks);
+    request.extend_from_slice(b"0\r\n\r\n");
+    let out = raw_exchange(s.web, &request).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("1000"), "{out}");
+}
+
+#[tokio::test]
+async fn over_max_body_after_the_target_answered_the_connection_is_cut() {
+    let s = setup(|_| {}).await;
+    let app = start_app("a").await;
+    let mut limited = web_proxy("a", &app, "small");
+    limited.max_body = Some(1000);
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![limited])).await;
+
+    // The target answers before reading the body; the rest of the body only goes out once the
+    // client has that answer's head, so the limit is hit after the response started.
+    let (head, chunks) = chunked_upload("/answer-first", 10);
+    let mut socket = TcpStream::connect(s.web).await.unwrap();
+    socket.write_all(&head).await.unwrap();
+    socket.write_all(&chunks[..505]).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, socket.read(&mut buf))
+            .await
+            .expect("response head")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the head: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // The rest may be refused mid-way; errors writing it are expected.
+    let _ = socket.write_all(&chunks[505..]).await;
+    let _ = socket.write_all(b"0\r\n\r\n").await;
+    let rest = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the hub must close the connection");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the response must not look complete: {text}"
+    );
+    let uploads = eventually("the target to see the upload end", || async {
+        let u = app.uploads();
+        (!u.is_empty()).then_some(u)
+    })
+    .await;
+    assert!(uploads[0] <= 1000, "the target got {uploads:?} bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_header_clients_are_dropped_and_do_not_block_others() {
     let s = setup(|h| h.header_timeout = Duration::from_millis(800)).await;
@@ -411,6 +590,61 @@ async fn basic_auth_asks_for_and_checks_credentials() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(app.requests(), ["GET /in"]);
+    let seen = json(&body);
+    assert!(
+        seen["headers"].get("authorization").is_none(),
+        "the hub consumed the credential; the target must not get it: {body}"
+    );
+}
+
+#[tokio::test]
+async fn authorization_reaches_the_target_only_when_the_hub_did_not_check_it() {
+    let s = setup(|_| {}).await;
+    let app = start_app("a").await;
+    let mut guarded = web_proxy("g", &app, "guarded");
+    guarded.basic_auth = Some(BasicAuth {
+        user: "ann".into(),
+        password_hash: tunnelize::hub::http::auth::hash_password("pw").unwrap(),
+    });
+    let open = web_proxy("o", &app, "open");
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![guarded, open])).await;
+    let mut sender = keep_alive(s.web).await;
+    for (host, auth) in [
+        ("guarded.test.local", "Basic YW5uOnB3"),
+        ("open.test.local", "Bearer app-token"),
+    ] {
+        let request = hyper::Request::get("/")
+            .header("host", host)
+            .header("authorization", auth)
+            .header("proxy-authorization", "Basic cHJveHk6c2VjcmV0")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.ready().await.unwrap();
+        let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 200, "{host}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let seen = json(&String::from_utf8_lossy(&body));
+        assert!(
+            seen["headers"]["proxy-authorization"].is_null(),
+            "a credential for a proxy is not the target's: {seen}"
+        );
+        let forwarded = &seen["headers"]["authorization"];
+        if host.starts_with("open") {
+            assert_eq!(
+                forwarded,
+                &serde_json::json!([auth]),
+                "the app's own auth passes"
+            );
+        } else {
+            assert!(
+                forwarded.is_null(),
+                "checked by the hub, not forwarded: {seen}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -449,33 +683,153 @@ async fn a_second_tunnel_cannot_take_a_hostname_in_use_and_random_names_are_give
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_balances_across_tunnels_and_survives_one_leaving() {
-    let s = setup(|_| {}).await;
+/// Starts two apps, "a" and "b", each behind its own tunnel, both in group "blue" on `lb`.
+async fn balanced_pair(hub: &TestHub) -> (TestTunnel, TestTunnel) {
     let (a, b) = (start_app("a").await, start_app("b").await);
     let mut pa = web_proxy("a", &a, "lb");
     pa.group = Some("blue".into());
     let mut pb = web_proxy("b", &b, "lb");
     pb.group = Some("blue".into());
-    let ta = start_tunnel(tunnel_config(&s.hub, vec![pa])).await;
-    let _tb = start_tunnel(tunnel_config(&s.hub, vec![pb])).await;
+    let ta = start_tunnel(tunnel_config(hub, vec![pa])).await;
+    let tb = start_tunnel(tunnel_config(hub, vec![pb])).await;
+    assert_eq!(hostname_of(&ta, 0), "lb.test.local");
+    assert_eq!(hostname_of(&tb, 0), "lb.test.local");
+    (ta, tb)
+}
+
+fn assert_alternates(seen: &[String]) {
+    assert!(
+        seen.windows(2).all(|w| w[0] != w[1]) && seen.iter().any(|a| a == "a"),
+        "strict round-robin between a and b: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_balances_across_tunnels_and_survives_one_leaving() {
+    let s = setup(|_| {}).await;
+    let (ta, _tb) = balanced_pair(&s.hub).await;
+    // A new connection for every request.
     let mut seen = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..10 {
         let (status, body) = curl(s.web, "http://lb.test.local/", &[]).await;
-        assert_eq!(status, 200);
+        assert_eq!(status, 200, "{body}");
         seen.push(json(&body)["app"].as_str().unwrap().to_owned());
     }
-    assert_eq!(
-        seen.iter().filter(|a| *a == "a").count(),
-        3,
-        "round-robin: {seen:?}"
-    );
+    assert_alternates(&seen);
+    // Every request of one keep-alive connection is balanced on its own.
+    let mut sender = keep_alive(s.web).await;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let (status, body) = get(&mut sender, "lb.test.local", "/").await;
+        assert_eq!(status, 200, "{body}");
+        seen.push(json(&body)["app"].as_str().unwrap().to_owned());
+    }
+    assert_alternates(&seen);
     ta.stop.cancel();
     ta.task.await.unwrap();
     for _ in 0..6 {
         let (status, body) = curl(s.web, "http://lb.test.local/", &[]).await;
         assert_eq!(status, 200, "no failed request after a member left: {body}");
         assert_eq!(json(&body)["app"], "b");
+    }
+    for _ in 0..6 {
+        let (status, body) = get(&mut sender, "lb.test.local", "/").await;
+        assert_eq!(status, 200, "no failed request after a member left: {body}");
+        assert_eq!(json(&body)["app"], "b");
+    }
+}
+
+/// One request of [`a_member_leaving_a_group_under_load_fails_no_request_it_had_not_answered`].
+struct Outcome {
+    /// Whether the member had finished leaving when the request was sent.
+    after_leaving: bool,
+    result: Result<(u16, String), String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_leaving_a_group_under_load_fails_no_request_it_had_not_answered() {
+    const WORKERS: usize = 4;
+    const EACH: usize = 50;
+    let s = setup(|_| {}).await;
+    let (ta, _tb) = balanced_pair(&s.hub).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let left = Arc::new(AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..WORKERS {
+        let (web, done, left) = (s.web, done.clone(), left.clone());
+        workers.spawn(async move {
+            // Half the workers keep one connection, half open one per request.
+            let mut sender = keep_alive(web).await;
+            let mut outcomes = Vec::with_capacity(EACH);
+            for i in 0..EACH {
+                if worker % 2 == 1 || sender.is_closed() {
+                    sender = keep_alive(web).await;
+                }
+                let after_leaving = left.load(Ordering::SeqCst);
+                let result = try_get(&mut sender, "lb.test.local", &format!("/{worker}/{i}")).await;
+                outcomes.push(Outcome {
+                    after_leaving,
+                    result,
+                });
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            outcomes
+        });
+    }
+    // Stop "a" once about a fifth of the requests are done, while the rest keep coming.
+    eventually("requests under way", || {
+        let done = done.clone();
+        async move { (done.load(Ordering::SeqCst) >= WORKERS * EACH / 5).then_some(()) }
+    })
+    .await;
+    ta.stop.cancel();
+    ta.task.await.unwrap();
+    // From here on the tunnel's connections are closed: it can answer nothing more.
+    left.store(true, Ordering::SeqCst);
+    let mut all = Vec::new();
+    while let Some(outcomes) = tokio::time::timeout(DEADLINE, workers.join_next())
+        .await
+        .expect("workers finish in time")
+    {
+        all.extend(outcomes.unwrap());
+    }
+    assert_eq!(all.len(), WORKERS * EACH);
+    // The hub answers a GET "a" left unanswered by sending it to "b": no 502 ever. Only a
+    // request whose response "a" had begun can fail (cut short), and each worker has one
+    // request at a time, so at most one per worker, sent before "a" was gone.
+    let gateway_errors: Vec<_> = all
+        .iter()
+        .filter_map(|o| o.result.as_ref().ok())
+        .filter(|(status, _)| *status != 200)
+        .collect();
+    assert!(
+        gateway_errors.is_empty(),
+        "{} of {} requests got an error page while a member left: {:?}",
+        gateway_errors.len(),
+        all.len(),
+        gateway_errors.first()
+    );
+    let cut: Vec<_> = all.iter().filter(|o| o.result.is_err()).collect();
+    assert!(
+        cut.len() <= WORKERS && cut.iter().all(|o| !o.after_leaving),
+        "{} requests were cut short, {} of them sent after the member had left: {:?}",
+        cut.len(),
+        cut.iter().filter(|o| o.after_leaving).count(),
+        cut.iter().map(|o| &o.result).collect::<Vec<_>>()
+    );
+    let served = |app: &str| {
+        all.iter()
+            .any(|o| matches!(&o.result, Ok((200, body)) if json(body)["app"] == app))
+    };
+    assert!(served("a") && served("b"), "both members served requests");
+    assert!(
+        all.iter().any(|o| o.after_leaving),
+        "some requests were sent after the member left"
+    );
+    let mut sender = keep_alive(s.web).await;
+    for _ in 0..4 {
+        let (status, body) = get(&mut sender, "lb.test.local", "/after").await;
+        assert_eq!((status, json(&body)["app"].as_str()), (200, Some("b")));
     }
 }
 

@@ -1,5 +1,6 @@
 //! A small HTTP application to stand behind tunnels in tests: it reports what it received,
-//! and has paths that stream, stay silent, count uploads, and speak WebSocket.
+//! and has paths that stream, stay silent, count uploads (also answering before reading one),
+//! and speak WebSocket.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,12 +29,32 @@ pub struct App {
     pub seen: Arc<Mutex<Vec<String>>>,
     /// Lets `/sse` send its second event.
     pub release: Arc<Notify>,
+    /// Body bytes each `/upload` or `/answer-first` request delivered before it ended or
+    /// failed, in order of completion.
+    pub uploads: Arc<Mutex<Vec<u64>>>,
 }
 
 impl App {
     pub fn requests(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
+
+    pub fn uploads(&self) -> Vec<u64> {
+        self.uploads.lock().unwrap().clone()
+    }
+}
+
+/// Reads `body` to its end or first error; returns the data bytes seen and whether it ended
+/// cleanly.
+async fn count_body(mut body: Incoming) -> (u64, bool) {
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => return (total, false),
+        }
+    }
+    (total, true)
 }
 
 pub async fn start_app(tag: &'static str) -> App {
@@ -42,6 +63,7 @@ pub async fn start_app(tag: &'static str) -> App {
         addr: listener.local_addr().unwrap(),
         seen: Arc::default(),
         release: Arc::new(Notify::new()),
+        uploads: Arc::default(),
     };
     let state = app.clone();
     tokio::spawn(async move {
@@ -81,15 +103,24 @@ async fn respond(
     match req.uri().path() {
         "/silent" => std::future::pending().await,
         "/upload" => {
-            let mut total: u64 = 0;
-            let mut body = req.into_body();
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
-                    Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "body failed")),
-                }
+            let (total, clean) = count_body(req.into_body()).await;
+            state.uploads.lock().unwrap().push(total);
+            if !clean {
+                return Ok(text(StatusCode::BAD_REQUEST, "body failed"));
             }
             Ok(text(StatusCode::OK, total.to_string()))
+        }
+        "/answer-first" => {
+            // The response head goes out at once; the body (the count) once the upload ended.
+            let uploads = state.uploads.clone();
+            let body = req.into_body();
+            let counted = futures_util::stream::once(async move {
+                let (total, clean) = count_body(body).await;
+                uploads.lock().unwrap().push(total);
+                let verdict = if clean { "" } else { " (failed)" };
+                Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{total}{verdict}"))))
+            });
+            Ok(Response::new(BodyExt::boxed(StreamBody::new(counted))))
         }
         "/sse" => {
             let release = state.release.clone();

@@ -6,7 +6,11 @@
 //! replaces `X-Forwarded-For/-Proto/-Host` (extends them for trusted proxies), strips hop-by-hop
 //! headers, streams bodies both ways, relays upgrades (WebSocket), and answers itself with small
 //! pages ([`pages`]): 404 unknown host, 502 unreachable target, 504 silent target, 400 ambiguous
-//! framing ([`framing`]), 401 basic auth ([`auth`]), 413 body too large, 431 head too large.
+//! framing ([`framing`]), 401 basic auth ([`auth`]), 413 body too large (declared, or found while
+//! streaming before the target answered), 431 head too large. A request that never went out,
+//! or an idempotent one without a body whose connection was lost before a response head, moves
+//! on to another backend of its hostname's group. Credentials the hub checked (basic auth) are
+//! not forwarded.
 //! `https` terminates TLS with a certificate chosen by SNI ([`sni`]) and speaks h2 or http/1.1.
 
 pub mod auth;
@@ -27,7 +31,7 @@ use std::task::{Context, Poll};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -47,11 +51,12 @@ use crate::config::HttpService;
 use crate::protocol::ProxyRequest;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
+    "proxy-authorization",
     "te",
     "trailer",
     "transfer-encoding",
@@ -307,7 +312,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
 
 async fn handle(
     front: Arc<Frontend>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     verdict: Verdict,
 ) -> Result<Response<Body>, Infallible> {
@@ -333,69 +338,158 @@ async fn handle(
     if let Some(target) = &front.config.redirect_https {
         return Ok(redirect_to_https(&front, target, &host, req.uri()));
     }
-    // Try the hostname's backends in turn until one gives a connection: a tunnel that is
-    // just leaving must not fail a request another member of its group can serve.
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut head, body) = req.into_parts();
+    head.extensions = http::Extensions::new();
+    let presented = head
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let declared = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // Without a body, a request can be sent again as it is.
+    let bodyless = body.is_end_stream();
+    let replayable = bodyless && !upgrade && head.method.is_idempotent();
+    let mut body = Some(body.map_err(Into::into).boxed());
+    // Try the hostname's backends in turn until one answers: a tunnel that is just leaving
+    // must not fail a request another member of its group can serve. A request moves on to
+    // another backend when it never went out, or when it is replayable (idempotent, no
+    // body) and its connection was lost before a response came.
     let mut tried = Vec::new();
     let mut last_error = None;
-    let (backend, sender, client) = loop {
-        let Some(backend) = front.shared.hosts.pick(&front.name, &host) else {
-            if let Some(e) = last_error {
-                front.shared.metrics.reject(Rejection::TargetUnreachable);
-                return Ok(bad_gateway(&host, &e));
+    loop {
+        let Some(backend) = front.shared.hosts.pick_untried(&front.name, &host, &tried) else {
+            if tried.is_empty() {
+                debug!(%peer, %host, "no tunnel for host");
+                front.shared.metrics.reject(Rejection::UnknownHost);
+                return Ok(pages::unknown_host(&host));
             }
-            debug!(%peer, %host, "no tunnel for host");
-            front.shared.metrics.reject(Rejection::UnknownHost);
-            return Ok(pages::unknown_host(&host));
-        };
-        if tried.contains(&backend.id) {
             front.shared.metrics.reject(Rejection::TargetUnreachable);
             return Ok(bad_gateway(
                 &host,
                 &last_error.unwrap_or(UpstreamError::LinkTimeout),
             ));
-        }
+        };
         tried.push(backend.id);
-        if let Some(auth) = &backend.auth {
-            let presented = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            if !front.auth.check(auth, presented).await {
-                return Ok(pages::auth_required());
-            }
+        if let Some(auth) = &backend.auth
+            && !front.auth.check(auth, presented.as_deref()).await
+        {
+            return Ok(pages::auth_required());
         }
+        if let Some(limit) = backend.max_body
+            && declared.is_some_and(|n| n > limit)
+        {
+            return Ok(too_large());
+        }
+        // Only a request without a body is ever retried after its body was taken.
+        let client_body = body.take().unwrap_or_else(empty_body);
         let client =
             front
                 .shared
                 .registry
                 .open_client(&backend.session, &front.name, &backend.proxy, peer);
         let client_id = client.entry().id;
-        match upstream::acquire(
-            &front.shared,
-            &backend,
-            client_id,
-            peer,
-            is_upgrade(req.headers()),
-        )
-        .await
+        let span = info_span!("client", service = %front.name, tunnel_id = %backend.session.id, client_id, %peer, %host);
+        let sender = match upstream::acquire(&front.shared, &backend, client_id, peer, upgrade)
+            .instrument(span.clone())
+            .await
         {
-            Ok(sender) => break (backend, sender, client),
+            Ok(sender) => sender,
             Err(e) => {
-                warn!(service = %front.name, tunnel_id = %backend.session.id, client_id, %peer, %host, error = %e, "backend unavailable");
+                span.in_scope(|| warn!(error = %e, "backend unavailable"));
+                body = Some(client_body);
+                last_error = Some(e);
+                continue;
+            }
+        };
+        let attempt = Attempt {
+            backend,
+            sender,
+            head: head.clone(),
+            client,
+            upgrade,
+        };
+        let (sent, handoff) = upstream::Handoff::new(client_body);
+        match forward(&front, attempt, sent.boxed(), peer, &host)
+            .instrument(span.clone())
+            .await
+        {
+            Forwarded::Response(relay) => {
+                return Ok(span.in_scope(|| finish(&front, relay, client_upgrade, upgrade)));
+            }
+            Forwarded::Page(page) => return Ok(page),
+            Forwarded::Unsent(e) => {
+                body = handoff.reclaim();
+                if body.is_none() && !bodyless {
+                    // Cannot happen for a request that never went out; fail safe regardless.
+                    span.in_scope(|| warn!(error = %e, "bad gateway"));
+                    front.shared.metrics.reject(Rejection::TargetUnreachable);
+                    return Ok(bad_gateway(&host, &e));
+                }
+                span.in_scope(|| warn!(error = %e, "request not sent; trying another backend"));
                 last_error = Some(e);
             }
+            Forwarded::Lost(e) if replayable && connection_lost(&e) => {
+                span.in_scope(|| warn!(error = %e, "connection lost before a response; retrying the idempotent request elsewhere"));
+                last_error = Some(e);
+            }
+            Forwarded::Lost(e) => {
+                span.in_scope(|| warn!(error = %e, "bad gateway"));
+                front.shared.metrics.reject(Rejection::TargetUnreachable);
+                return Ok(bad_gateway(&host, &e));
+            }
         }
-    };
-    let client_id = client.entry().id;
-    let span = info_span!("client", service = %front.name, tunnel_id = %backend.session.id, client_id, %peer, %host);
-    forward(front, backend, sender, req, peer, host, client)
-        .instrument(span)
-        .await
+    }
+}
+
+fn empty_body() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn too_large() -> Response<Body> {
+    pages::page(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "The request body is too large.",
+        true,
+    )
+}
+
+/// Whether a send failed because the connection to the target went away (not because the
+/// target answered badly or the client's body failed), so a replayable request may go to
+/// another backend.
+fn connection_lost(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Link(_) | UpstreamError::LinkTimeout | UpstreamError::Gone => true,
+        UpstreamError::Refused(_) => false,
+        UpstreamError::Http(e) => !(e.is_parse() || e.is_user() || e.is_timeout()),
+    }
+}
+
+/// Whether the request body went over the proxy's `max_body` (the [`Limited`] in
+/// [`upstream_request`] ended it).
+fn body_limit_hit(e: &UpstreamError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn bad_gateway(host: &str, e: &UpstreamError) -> Response<Body> {
     let detail = match e {
-        UpstreamError::Refused(_) | UpstreamError::LinkTimeout | UpstreamError::Link(_) => {
+        UpstreamError::Refused(_)
+        | UpstreamError::LinkTimeout
+        | UpstreamError::Link(_)
+        | UpstreamError::Gone => {
             format!(
                 "The tunnel for <code>{}</code> could not reach its service.",
                 pages::escape(host)
@@ -411,36 +505,64 @@ fn bad_gateway(host: &str, e: &UpstreamError) -> Response<Body> {
     pages::page(StatusCode::BAD_GATEWAY, &detail, false)
 }
 
-async fn forward(
-    front: Arc<Frontend>,
+/// One try at a request on one backend.
+struct Attempt {
     backend: Arc<routes::Backend>,
     sender: hyper::client::conn::http1::SendRequest<Body>,
-    mut req: Request<Incoming>,
-    peer: SocketAddr,
-    host: String,
+    /// The client's request head, as received.
+    head: http::request::Parts,
     client: ClientGuard,
-) -> Result<Response<Body>, Infallible> {
+    upgrade: bool,
+}
+
+/// What came of an [`Attempt`].
+enum Forwarded {
+    /// The target's response head arrived; the response is ready to relay.
+    Response(Relay),
+    /// The hub answers the client itself (400, 413, 504).
+    Page(Response<Body>),
+    /// The request never went out; its body can be reclaimed.
+    Unsent(UpstreamError),
+    /// The request went out and no response head came back.
+    Lost(UpstreamError),
+}
+
+/// A target's response with what relaying it needs.
+struct Relay {
+    response: Response<Incoming>,
+    meter: crate::mux::Meter,
+    client: Arc<ClientGuard>,
+}
+
+async fn forward(
+    front: &Frontend,
+    attempt: Attempt,
+    body: Body,
+    peer: SocketAddr,
+    host: &str,
+) -> Forwarded {
+    let Attempt {
+        backend,
+        sender,
+        head,
+        client,
+        upgrade,
+    } = attempt;
     let client_id = client.entry().id;
     let meter = front.shared.registry.meter(&client, &backend.session);
     let client = Arc::new(client);
-    if let Some(limit) = backend.max_body {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Ok(pages::page(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "The request body is too large.",
-                true,
-            ));
-        }
-    }
-    let upgrade = is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let upstream_req = match upstream_request(&front, req, peer, &host, backend.max_body, upgrade) {
+    let upstream_req = match upstream_request(
+        front,
+        Request::from_parts(head, body),
+        peer,
+        host,
+        &backend,
+        upgrade,
+    ) {
         Ok(r) => r,
-        Err(detail) => return Ok(pages::page(StatusCode::BAD_REQUEST, &detail, true)),
+        Err(detail) => {
+            return Forwarded::Page(pages::page(StatusCode::BAD_REQUEST, &detail, true));
+        }
     };
     let upstream_req = upstream_req
         .map(|body| Metered::new(body, meter.clone(), Direction::In, client.clone()).boxed());
@@ -453,23 +575,44 @@ async fn forward(
         peer,
         upgrade,
     );
-    let mut response = match tokio::time::timeout(front.config.response_timeout, sent).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => {
-            warn!(error = %e, "bad gateway");
-            front.shared.metrics.reject(Rejection::TargetUnreachable);
-            return Ok(bad_gateway(&host, &e));
+    match tokio::time::timeout(front.config.response_timeout, sent).await {
+        Ok(Ok(response)) => Forwarded::Response(Relay {
+            response,
+            meter,
+            client,
+        }),
+        Ok(Err(upstream::SendError::Unsent(e))) => Forwarded::Unsent(e),
+        Ok(Err(upstream::SendError::Failed(e))) if body_limit_hit(&e) => {
+            // The target has not answered, so the client can still be told why.
+            warn!(limit = backend.max_body, "request body over max_body");
+            Forwarded::Page(too_large())
         }
+        Ok(Err(upstream::SendError::Failed(e))) => Forwarded::Lost(e),
         Err(_) => {
             warn!(timeout = ?front.config.response_timeout, "gateway timeout");
             front.shared.metrics.reject(Rejection::TargetUnreachable);
             let detail = format!(
                 "The service behind <code>{}</code> did not answer in time.",
-                pages::escape(&host)
+                pages::escape(host)
             );
-            return Ok(pages::page(StatusCode::GATEWAY_TIMEOUT, &detail, false));
+            Forwarded::Page(pages::page(StatusCode::GATEWAY_TIMEOUT, &detail, false))
         }
-    };
+    }
+}
+
+/// Relays a target's response to the client: the upgraded connection, or the response with
+/// its body metered.
+fn finish(
+    front: &Frontend,
+    relay: Relay,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: bool,
+) -> Response<Body> {
+    let Relay {
+        mut response,
+        meter,
+        client,
+    } = relay;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {
@@ -499,10 +642,7 @@ async fn forward(
             .in_current_span(),
         );
         let (parts, body) = response.into_parts();
-        return Ok(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed(),
-        ));
+        return Response::from_parts(parts, body.map_err(Into::into).boxed());
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -518,7 +658,7 @@ async fn forward(
         Direction::Out,
         client,
     );
-    Ok(Response::from_parts(parts, body.boxed()))
+    Response::from_parts(parts, body.boxed())
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -549,16 +689,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request as sent to the target: origin-form URI, HTTP/1.1, hop-by-hop headers removed,
-/// forwarding headers set, body limited if the proxy says so.
+/// forwarding headers set, the credentials the hub checked removed, body limited if the proxy
+/// says so.
 fn upstream_request(
     front: &Frontend,
-    req: Request<Incoming>,
+    req: Request<Body>,
     peer: SocketAddr,
     host: &str,
-    max_body: Option<u64>,
+    backend: &routes::Backend,
     upgrade: bool,
 ) -> Result<Request<Body>, String> {
     let (mut parts, body) = req.into_parts();
+    if backend.auth.is_some() {
+        // The hub checked these credentials; they are not the target's to see.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
     let original_host = parts
         .headers
         .get(header::HOST)
@@ -585,9 +730,9 @@ fn upstream_request(
         .parse::<Uri>()
         .map_err(|_| format!("bad request target for {host}"))?;
     parts.version = Version::HTTP_11;
-    let body = match max_body {
+    let body = match backend.max_body {
         Some(limit) => Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed(),
-        None => body.map_err(Into::into).boxed(),
+        None => body,
     };
     Ok(Request::from_parts(parts, body))
 }

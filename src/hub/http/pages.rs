@@ -92,14 +92,22 @@ pub fn escape(text: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn hostnames_are_escaped_in_the_404_page() {
+    #[tokio::test]
+    async fn hostnames_are_escaped_in_the_404_page() {
         assert_eq!(
             escape("<script>\"x\"&'"),
             "&lt;script&gt;&quot;x&quot;&amp;&#39;"
         );
-        let page = unknown_host("<b>evil</b>");
+        let page = unknown_host("<b>&'\"");
         assert_eq!(page.status(), StatusCode::NOT_FOUND);
+        let body = page.into_body().collect().await.unwrap().to_bytes();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            html.contains("<code>&lt;b&gt;&amp;&#39;&quot;</code>"),
+            "{html}"
+        );
+        assert!(!html.contains("<b>"), "{html}");
+        assert!(!html.contains("&'"), "{html}");
     }
 
     #[test]

@@ -108,13 +108,20 @@ impl HostRoutes {
 
     /// The backend to send the next request for `host` to (round-robin within a group).
     pub fn pick(&self, service: &str, host: &str) -> Option<Arc<Backend>> {
+        self.pick_untried(service, host, &[])
+    }
+
+    /// Like [`pick`](Self::pick), skipping the backends whose ids are in `tried` (those a
+    /// request already failed on): `None` when no other backend serves `host`.
+    pub fn pick_untried(&self, service: &str, host: &str, tried: &[u64]) -> Option<Arc<Backend>> {
         let mut routes = lock(&self.routes);
         let route = routes.get_mut(&(service.to_owned(), host.to_owned()))?;
-        if route.backends.is_empty() {
-            return None;
-        }
+        let count = route.backends.len();
         route.turn = route.turn.wrapping_add(1);
-        Some(route.backends[route.turn % route.backends.len()].clone())
+        (0..count)
+            .map(|k| &route.backends[route.turn.wrapping_add(k) % count])
+            .find(|b| !tried.contains(&b.id))
+            .cloned()
     }
 
     /// Removes every backend of a tunnel session; empty routes are freed.
@@ -173,11 +180,22 @@ mod tests {
         let (a, b) = (session(), session());
         routes.claim("web", "lb.x", Some("g"), spec(&a)).unwrap();
         routes.claim("web", "lb.x", Some("g"), spec(&b)).unwrap();
-        let picks: Vec<Uuid> = (0..4)
+        let picks: Vec<Uuid> = (0..10)
             .map(|_| routes.pick("web", "lb.x").unwrap().session.id)
             .collect();
-        assert_eq!(picks.iter().filter(|id| **id == a.id).count(), 2);
-        assert_eq!(picks.iter().filter(|id| **id == b.id).count(), 2);
+        assert!(picks.windows(2).all(|w| w[0] != w[1]), "alternates");
+        assert_eq!(picks.iter().filter(|id| **id == a.id).count(), 5);
+        assert_eq!(picks.iter().filter(|id| **id == b.id).count(), 5);
+        let first = routes.pick("web", "lb.x").unwrap();
+        for _ in 0..4 {
+            let other = routes.pick_untried("web", "lb.x", &[first.id]).unwrap();
+            assert_ne!(other.id, first.id, "a retry goes to the other member");
+        }
+        let both = [
+            first.id,
+            routes.pick_untried("web", "lb.x", &[first.id]).unwrap().id,
+        ];
+        assert!(routes.pick_untried("web", "lb.x", &both).is_none());
         routes.remove_tunnel(&a.id);
         assert!((0..4).all(|_| routes.pick("web", "lb.x").unwrap().session.id == b.id));
         routes.remove_tunnel(&b.id);

@@ -7,13 +7,15 @@
 //! at most [`IDLE_FOR`]. Upgrades (WebSocket) always get a connection of their own.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -48,6 +50,9 @@ pub enum UpstreamError {
     /// The tunnel did not answer the link stream in time.
     #[error("the tunnel did not answer in time")]
     LinkTimeout,
+    /// The tunnel's session ended (it disconnected) before a link stream was opened.
+    #[error("the tunnel disconnected")]
+    Gone,
     /// HTTP/1.1 to the target failed.
     #[error("the target's HTTP connection failed: {0}")]
     Http(#[from] hyper::Error),
@@ -114,7 +119,12 @@ async fn connect(
         transport: Transport::Tcp,
     };
     let started = std::time::Instant::now();
-    let (response, send) = backend.session.links.open(&head, wait).await?;
+    // A session that ends stops waiting for a link connection at once, so a request can move
+    // on to another backend rather than wait out `link_timeout` for a tunnel that left.
+    let (response, send) = tokio::select! {
+        opened = backend.session.links.open(&head, wait) => opened?,
+        () = backend.session.cancel.cancelled() => return Err(UpstreamError::Gone),
+    };
     let response = match tokio::time::timeout(wait, response).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(LinkError::Open(e).into()),
@@ -143,14 +153,28 @@ pub(crate) async fn acquire(
     peer: SocketAddr,
     upgrade: bool,
 ) -> Result<SendRequest<Body>, UpstreamError> {
+    if backend.session.cancel.is_cancelled() {
+        return Err(UpstreamError::Gone);
+    }
     if !upgrade && let Some(sender) = backend.pool.take() {
         return Ok(sender);
     }
     connect(shared, backend, client_id, peer).await
 }
 
+/// Why [`send`] got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The request never went out (its pooled connection had closed and no new one could be
+    /// opened): its body was not read, and it may go to another backend.
+    Unsent(UpstreamError),
+    /// The request went out, at least in part, and no response head came back.
+    Failed(UpstreamError),
+}
+
 /// Sends `request` on `sender`. If that was a pooled connection the target had closed before
-/// the request went out, the request is retried once on a new connection.
+/// the request went out, the request is retried once on a new connection to the same backend;
+/// if none can be opened the request comes back [`SendError::Unsent`].
 pub(crate) async fn send(
     shared: &Arc<Shared>,
     backend: &Arc<Backend>,
@@ -159,21 +183,103 @@ pub(crate) async fn send(
     client_id: u64,
     peer: SocketAddr,
     upgrade: bool,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<Response<Incoming>, SendError> {
     let response = match sender.try_send_request(request).await {
         Ok(response) => response,
         Err(mut e) => match e.take_message() {
             Some(unsent) => {
-                sender = connect(shared, backend, client_id, peer).await?;
-                sender.send_request(unsent).await?
+                debug!(error = %e.error(), "pooled upstream connection closed; opening another");
+                sender = connect(shared, backend, client_id, peer)
+                    .await
+                    .map_err(SendError::Unsent)?;
+                match sender.try_send_request(unsent).await {
+                    Ok(response) => response,
+                    Err(mut e) => {
+                        let unsent = e.take_message().is_some();
+                        let error = UpstreamError::Http(e.into_error());
+                        return Err(if unsent {
+                            SendError::Unsent(error)
+                        } else {
+                            SendError::Failed(error)
+                        });
+                    }
+                }
             }
-            None => return Err(e.into_error().into()),
+            None => return Err(SendError::Failed(e.into_error().into())),
         },
     };
     if !upgrade {
         park(shared, backend, sender);
     }
     Ok(response)
+}
+
+/// A request body that can be taken back as long as nothing has read it, so that a request
+/// that never went out can be sent to another backend with the client's body intact.
+pub(crate) struct Handoff {
+    slot: Arc<Mutex<Option<Body>>>,
+}
+
+impl Handoff {
+    /// Splits `body` into a body to send (reading it takes it out of the handoff) and the
+    /// handoff itself.
+    pub(crate) fn new(body: Body) -> (HandoffBody, Handoff) {
+        let hint = body.size_hint();
+        let end = body.is_end_stream();
+        let slot = Arc::new(Mutex::new(Some(body)));
+        let sent = HandoffBody {
+            slot: slot.clone(),
+            body: None,
+            hint,
+            end,
+        };
+        (sent, Handoff { slot })
+    }
+
+    /// The body, if nothing has read any of it.
+    pub(crate) fn reclaim(self) -> Option<Body> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The sending side of a [`Handoff`].
+pub(crate) struct HandoffBody {
+    slot: Arc<Mutex<Option<Body>>>,
+    body: Option<Body>,
+    hint: SizeHint,
+    end: bool,
+}
+
+impl hyper::body::Body for HandoffBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.body.is_none() {
+            let taken = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match taken {
+                Some(body) => self.body = Some(body),
+                None => return Poll::Ready(Some(Err("the request body went elsewhere".into()))),
+            }
+        }
+        match self.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().map_or(self.end, |b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| self.hint, |b| b.size_hint())
+    }
 }
 
 /// Returns a connection to the pool once its response body has been read, and drops it after
@@ -198,4 +304,34 @@ fn park(shared: &Arc<Shared>, backend: &Arc<Backend>, mut sender: SendRequest<Bo
         }
         backend.pool.remove(id);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    fn body(text: &'static str) -> Body {
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed()
+    }
+
+    #[tokio::test]
+    async fn a_handed_off_body_comes_back_until_it_is_read() {
+        let (sent, handoff) = Handoff::new(body("abc"));
+        assert_eq!(
+            sent.size_hint().exact(),
+            Some(3),
+            "framing is known before reading"
+        );
+        drop(sent);
+        let back = handoff.reclaim().expect("nothing read it");
+        assert_eq!(back.collect().await.unwrap().to_bytes(), "abc");
+
+        let (sent, handoff) = Handoff::new(body("xyz"));
+        assert_eq!(sent.collect().await.unwrap().to_bytes(), "xyz");
+        assert!(handoff.reclaim().is_none(), "read bodies are gone");
+    }
 }

@@ -181,6 +181,7 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
         admin: AdminConfig::disabled(),
         lockout_failures: 5,
         lockout_duration: Duration::from_secs(1800),
+        limits: crate::config::Limits::default(),
     }
 }
 

@@ -77,6 +77,7 @@ fn example_configs_document_every_key() {
         format!("{keys}[tls]\nzz_unknown = 1\n"),
         format!("{keys}[services.x]\nzz_unknown = 1\n"),
         format!("{keys}[admin]\nzz_unknown = 1\n"),
+        format!("{keys}[limits]\nzz_unknown = 1\n"),
     ];
     let tunnel_probes = [
         format!("hub_address = \"h:1\"\nzz_unknown = 1\n{proxy}"),

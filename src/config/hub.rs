@@ -16,6 +16,7 @@ use toml::{Spanned, Value};
 
 use super::admin::{AdminConfig, RawAdmin, check_admin};
 use super::error::ConfigError;
+use super::limits::{Limits, RawLimits, check_limits};
 use super::secret_source::{SecretFields, resolve_secret};
 use super::service::{RawService, ServiceConfig, check_services};
 use super::source::{EnvLookup, Source};
@@ -71,6 +72,8 @@ pub struct HubConfig {
     /// `lockout_duration` (default `30m`): how long a locked-out address is refused, even with
     /// the right key.
     pub lockout_duration: Duration,
+    /// `[limits]`: tunnels, proxies and clients the hub serves at most.
+    pub limits: Limits,
 }
 
 /// `[tls]`: PEM files the hub serves instead of its generated certificate.
@@ -153,6 +156,7 @@ struct RawHub {
     admin: Option<RawAdmin>,
     lockout_failures: Option<Spanned<i64>>,
     lockout_duration: Option<Spanned<Value>>,
+    limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +259,7 @@ impl RawHub {
                 "lockout_duration",
                 DEFAULT_LOCKOUT_DURATION,
             )?,
+            limits: check_limits(src, self.limits.as_ref())?,
         })
     }
 }
@@ -432,6 +437,7 @@ mod tests {
                 },
                 lockout_failures: 5,
                 lockout_duration: Duration::from_secs(1800),
+                limits: Limits::default(),
             }
         );
     }

@@ -39,10 +39,71 @@ pub struct ClientEntry {
     pub cancel: CancellationToken,
 }
 
-/// Connected clients by id.
+/// Connected clients by id, with how many each tunnel and each service has.
 #[derive(Debug, Default)]
 pub struct ClientTable {
-    clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
+    clients: Mutex<Clients>,
+}
+
+#[derive(Debug, Default)]
+struct Clients {
+    by_id: HashMap<u64, Arc<ClientEntry>>,
+    per_tunnel: HashMap<Uuid, usize>,
+    per_service: HashMap<String, usize>,
+}
+
+impl Clients {
+    fn add(&mut self, entry: Arc<ClientEntry>) {
+        *self.per_tunnel.entry(entry.tunnel_id).or_default() += 1;
+        *self.per_service.entry(entry.service.clone()).or_default() += 1;
+        self.by_id.insert(entry.id, entry);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(entry) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.per_tunnel.get_mut(&entry.tunnel_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_tunnel.remove(&entry.tunnel_id);
+            }
+        }
+        if let Some(n) = self.per_service.get_mut(&entry.service) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_service.remove(&entry.service);
+            }
+        }
+    }
+}
+
+/// Which limit a new client would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLimit {
+    /// `[limits] clients_per_tunnel`.
+    PerTunnel(usize),
+    /// `[limits] clients_per_service`.
+    PerService(usize),
+}
+
+impl std::fmt::Display for ClientLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientLimit::PerTunnel(n) => {
+                write!(
+                    f,
+                    "the tunnel serves its maximum of {n} clients ([limits] clients_per_tunnel)"
+                )
+            }
+            ClientLimit::PerService(n) => {
+                write!(
+                    f,
+                    "the service serves its maximum of {n} clients ([limits] clients_per_service)"
+                )
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,26 +114,63 @@ impl ClientTable {
     /// Adds `entry`; it stays until the returned guard is dropped.
     pub fn insert(self: &Arc<Self>, entry: ClientEntry) -> ClientGuard {
         let entry = Arc::new(entry);
-        lock(&self.clients).insert(entry.id, entry.clone());
+        lock(&self.clients).add(entry.clone());
         ClientGuard {
             table: self.clone(),
             entry,
         }
     }
 
+    /// Adds `entry` unless its tunnel already has `per_tunnel` clients or its service
+    /// `per_service`.
+    pub fn insert_within(
+        self: &Arc<Self>,
+        entry: ClientEntry,
+        per_tunnel: usize,
+        per_service: usize,
+    ) -> Result<ClientGuard, ClientLimit> {
+        let entry = Arc::new(entry);
+        {
+            let mut clients = lock(&self.clients);
+            if clients
+                .per_tunnel
+                .get(&entry.tunnel_id)
+                .copied()
+                .unwrap_or(0)
+                >= per_tunnel
+            {
+                return Err(ClientLimit::PerTunnel(per_tunnel));
+            }
+            if clients
+                .per_service
+                .get(&entry.service)
+                .copied()
+                .unwrap_or(0)
+                >= per_service
+            {
+                return Err(ClientLimit::PerService(per_service));
+            }
+            clients.add(entry.clone());
+        }
+        Ok(ClientGuard {
+            table: self.clone(),
+            entry,
+        })
+    }
+
     /// Looks a client up.
     pub fn get(&self, id: u64) -> Option<Arc<ClientEntry>> {
-        lock(&self.clients).get(&id).cloned()
+        lock(&self.clients).by_id.get(&id).cloned()
     }
 
     /// Every connected client, in no particular order.
     pub fn snapshot(&self) -> Vec<Arc<ClientEntry>> {
-        lock(&self.clients).values().cloned().collect()
+        lock(&self.clients).by_id.values().cloned().collect()
     }
 
     /// Number of connected clients.
     pub fn len(&self) -> usize {
-        lock(&self.clients).len()
+        lock(&self.clients).by_id.len()
     }
 
     /// Whether no client is connected.
@@ -110,7 +208,7 @@ impl ClientGuard {
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        lock(&self.table.clients).remove(&self.entry.id);
+        lock(&self.table.clients).remove(self.entry.id);
     }
 }
 
@@ -153,6 +251,35 @@ mod tests {
         for counters in [&guard.entry().traffic, &tunnel, &service] {
             assert_eq!((counters.bytes_in(), counters.bytes_out()), (10, 3));
         }
+    }
+
+    #[test]
+    fn clients_are_bounded_per_tunnel_and_per_service_and_freed_on_drop() {
+        let table = Arc::new(ClientTable::default());
+        let tunnel = Uuid::new_v4();
+        let on = |id: u64, tunnel_id: Uuid, service: &str| {
+            let mut e = entry(id, CancellationToken::new());
+            e.tunnel_id = tunnel_id;
+            e.service = service.into();
+            table.insert_within(e, 2, 3)
+        };
+        let a = on(1, tunnel, "tcp").unwrap();
+        let _b = on(2, tunnel, "tcp").unwrap();
+        assert_eq!(on(3, tunnel, "tcp").unwrap_err(), ClientLimit::PerTunnel(2));
+        let _c = on(4, Uuid::new_v4(), "tcp").unwrap();
+        assert_eq!(
+            on(5, Uuid::new_v4(), "tcp").unwrap_err(),
+            ClientLimit::PerService(3)
+        );
+        assert!(
+            on(6, Uuid::new_v4(), "udp").is_ok(),
+            "another service has room"
+        );
+        drop(a);
+        assert!(
+            on(7, tunnel, "tcp").is_ok(),
+            "a departed client frees its place"
+        );
     }
 
     #[tokio::test]

@@ -90,12 +90,42 @@ pub(super) async fn serve_control<S>(
         }
     };
 
+    let limits = shared.current().limits;
+    if shared.registry.tunnel_count() >= limits.tunnels {
+        warn!(%peer, tunnel_name = %name, limit = limits.tunnels, "tunnel refused: the hub serves its maximum of tunnels");
+        shared.metrics.reject(Rejection::Limit);
+        let message = format!(
+            "the hub serves its maximum of {} tunnels ([limits] tunnels); retry later",
+            limits.tunnels
+        );
+        refuse(
+            &mut framed,
+            &accepted,
+            hello.id,
+            RefusalCode::Limit,
+            &message,
+        )
+        .await;
+        return;
+    }
     let session = Arc::new(TunnelSession::new(name, key_name, peer, &shutdown));
     shared.registry.insert(session.clone());
     let span = info_span!("tunnel", tunnel_id = %session.id, tunnel_name = %session.name);
     async {
-        let outcomes: Vec<ProxyOutcome> =
-            proxies.iter().map(|p| expose(&shared, &session, p)).collect();
+        let outcomes: Vec<ProxyOutcome> = proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match i < limits.proxies_per_tunnel {
+                true => expose(&shared, &session, p),
+                false => ProxyOutcome::Rejected {
+                    name: p.name.clone(),
+                    reason: format!(
+                        "a tunnel may declare at most {} proxies ([limits] proxies_per_tunnel)",
+                        limits.proxies_per_tunnel
+                    ),
+                },
+            })
+            .collect();
         for (request, outcome) in proxies.iter().zip(&outcomes) {
             match outcome {
                 ProxyOutcome::Accepted { name, port, hostname } => session.add_proxy(ExposedProxy {

@@ -22,11 +22,13 @@ pub enum Rejection {
     BadRequest,
     /// An admin API request without a valid key.
     AdminUnauthorized,
+    /// A `[limits]` value was reached.
+    Limit,
 }
 
 impl Rejection {
     /// Every reason, in the order they are reported.
-    pub const ALL: [Rejection; 7] = [
+    pub const ALL: [Rejection; 8] = [
         Rejection::Handshake,
         Rejection::Proxy,
         Rejection::NoLink,
@@ -34,6 +36,7 @@ impl Rejection {
         Rejection::UnknownHost,
         Rejection::BadRequest,
         Rejection::AdminUnauthorized,
+        Rejection::Limit,
     ];
 
     /// The `reason` label value.
@@ -46,6 +49,7 @@ impl Rejection {
             Rejection::UnknownHost => "unknown_host",
             Rejection::BadRequest => "bad_request",
             Rejection::AdminUnauthorized => "admin_unauthorized",
+            Rejection::Limit => "limit",
         }
     }
 }

@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     pub metrics: metrics::HubMetrics,
     /// Failed logins per source address.
     pub lockouts: lockout::LockoutTable,
+    /// Permits for TLS handshakes in progress on the tunnel listener (`[limits] handshakes`).
+    handshakes: Arc<tokio::sync::Semaphore>,
     /// When the hub started.
     pub started: std::time::SystemTime,
 }
@@ -165,6 +167,7 @@ impl Hub {
                 acceptor: tls,
             });
         }
+        let config_handshakes = config.limits.handshakes;
         let lockouts = lockout::LockoutTable::new(
             config.lockout_failures,
             config.lockout_duration,
@@ -182,6 +185,7 @@ impl Hub {
             service_addrs: reload::ServiceAddrs::default(),
             metrics: metrics::HubMetrics::default(),
             lockouts,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(config_handshakes)),
             started: std::time::SystemTime::now(),
         };
         Ok(Hub {
@@ -238,11 +242,18 @@ impl Hub {
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
+                        // Handshakes in progress are bounded; over the limit a connection is
+                        // closed at once rather than queued.
+                        let Ok(permit) = self.shared.handshakes.clone().try_acquire_owned() else {
+                            self.shared.metrics.reject(metrics::Rejection::Limit);
+                            debug!(%peer, "too many handshakes in progress; connection closed");
+                            continue;
+                        };
                         let shared = self.shared.clone();
                         let acceptor = self.shared.tunnel_acceptor();
                         let stop = shutdown.clone();
                         self.shared.tasks.spawn(async move {
-                            serve_connection(shared, acceptor, socket, peer, stop).await;
+                            serve_connection(shared, acceptor, socket, peer, stop, permit).await;
                         });
                     }
                     Err(e) => {
@@ -271,6 +282,7 @@ async fn serve_connection(
     socket: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    handshake: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = socket.set_nodelay(true);
     let limit = shared.config.handshake_timeout;
@@ -306,6 +318,8 @@ async fn serve_connection(
         let _ = framed.write_preamble_and::<()>(&answer, &[]).await;
         return;
     }
+    // The handshake is done; the connection no longer counts against `[limits] handshakes`.
+    drop(handshake);
     match preamble.channel {
         Channel::Control => control::serve_control(shared, framed, peer, shutdown).await,
         Channel::Link => links::serve_link(shared, framed, peer).await,

@@ -163,26 +163,32 @@ impl Registry {
             .clone()
     }
 
-    /// Lists a new client of `session` on `service`'s `proxy` under a fresh id. The client
+    /// Lists a new client of `session` on `service`'s `proxy` under a fresh id, unless the
+    /// session or the service already has as many clients as `[limits]` allows. The client
     /// stays listed while the guard lives; its token is cancelled with the session or by an
     /// operator.
-    pub fn open_client(
+    pub fn try_open_client(
         &self,
         session: &TunnelSession,
         service: &str,
         proxy: &str,
         peer: SocketAddr,
-    ) -> ClientGuard {
-        self.clients.insert(ClientEntry {
-            id: self.next_client_id(),
-            tunnel_id: session.id,
-            service: service.to_owned(),
-            proxy: proxy.to_owned(),
-            peer,
-            since: SystemTime::now(),
-            traffic: Arc::default(),
-            cancel: session.cancel.child_token(),
-        })
+        limits: &crate::config::Limits,
+    ) -> Result<ClientGuard, super::clients::ClientLimit> {
+        self.clients.insert_within(
+            ClientEntry {
+                id: self.next_client_id(),
+                tunnel_id: session.id,
+                service: service.to_owned(),
+                proxy: proxy.to_owned(),
+                peer,
+                since: SystemTime::now(),
+                traffic: Arc::default(),
+                cancel: session.cancel.child_token(),
+            },
+            limits.clients_per_tunnel,
+            limits.clients_per_service,
+        )
     }
 
     /// A meter counting one client's bytes into its own, its tunnel's and its service's

@@ -144,7 +144,15 @@ async fn accept_clients(
                 () = session.cancel.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let client = shared.registry.open_client(&session, &service, &proxy, peer);
+                        let limits = shared.current().limits;
+                        let client = match shared.registry.try_open_client(&session, &service, &proxy, peer, &limits) {
+                            Ok(client) => client,
+                            Err(limit) => {
+                                shared.metrics.reject(Rejection::Limit);
+                                warn!(%peer, %limit, "client refused");
+                                continue;
+                            }
+                        };
                         let client_id = client.entry().id;
                         let task = serve_client(shared.clone(), session.clone(), proxy.clone(), socket, client);
                         let span = info_span!("client", %service, tunnel_id = %session.id, client_id, %peer);

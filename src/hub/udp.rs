@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Shared;
-use super::clients::ClientGuard;
+use super::clients::{ClientGuard, ClientLimit};
 use super::metrics::Rejection;
 use super::registry::TunnelSession;
 use crate::config::UdpService;
@@ -397,8 +397,16 @@ fn route(
         if sessions.len() >= proxy.max_sessions {
             evict_idlest(sessions);
         }
-        let session = open_session(proxy, tasks, peer);
-        sessions.insert(peer, session);
+        match open_session(proxy, tasks, peer) {
+            Ok(session) => {
+                sessions.insert(peer, session);
+            }
+            Err(limit) => {
+                proxy.shared.metrics.reject(Rejection::Limit);
+                proxy.drop_datagram(&format!("client refused: {limit}"));
+                return;
+            }
+        }
     }
     // Just inserted if it was not there.
     let Some(session) = sessions.get(&peer) else {
@@ -429,12 +437,15 @@ fn open_session(
     proxy: &Arc<Proxy>,
     tasks: &mut JoinSet<(SocketAddr, u64)>,
     peer: SocketAddr,
-) -> ClientSession {
-    let client =
-        proxy
-            .shared
-            .registry
-            .open_client(&proxy.session, &proxy.service, &proxy.name, peer);
+) -> Result<ClientSession, ClientLimit> {
+    let limits = proxy.shared.current().limits;
+    let client = proxy.shared.registry.try_open_client(
+        &proxy.session,
+        &proxy.service,
+        &proxy.name,
+        peer,
+        &limits,
+    )?;
     let client_id = client.entry().id;
     let (queue, receiver) = mpsc::channel(SESSION_QUEUE_DATAGRAMS);
     let meter = proxy.shared.registry.meter(&client, &proxy.session);
@@ -451,12 +462,12 @@ fn open_session(
         stop.clone(),
     );
     tasks.spawn(task.instrument(span));
-    ClientSession {
+    Ok(ClientSession {
         client_id,
         queue,
         state,
         stop,
-    }
+    })
 }
 
 /// Runs one client session: opens its link stream, then relays datagrams both ways until it

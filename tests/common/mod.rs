@@ -72,6 +72,7 @@ pub fn hub_config(services: Vec<ServiceConfig>) -> HubConfig {
         // their own limits.
         lockout_failures: 1000,
         lockout_duration: Duration::from_secs(1800),
+        limits: tunnelize::config::Limits::default(),
     }
 }
 

@@ -387,11 +387,25 @@ async fn handle(
         }
         // Only a request without a body is ever retried after its body was taken.
         let client_body = body.take().unwrap_or_else(empty_body);
-        let client =
-            front
-                .shared
-                .registry
-                .open_client(&backend.session, &front.name, &backend.proxy, peer);
+        let limits = front.shared.current().limits;
+        let client = match front.shared.registry.try_open_client(
+            &backend.session,
+            &front.name,
+            &backend.proxy,
+            peer,
+            &limits,
+        ) {
+            Ok(client) => client,
+            Err(limit) => {
+                front.shared.metrics.reject(Rejection::Limit);
+                warn!(service = %front.name, tunnel_id = %backend.session.id, %peer, %host, %limit, "request refused");
+                return Ok(pages::page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The service is at its limit of concurrent clients; try again shortly.",
+                    true,
+                ));
+            }
+        };
         let client_id = client.entry().id;
         let span = info_span!("client", service = %front.name, tunnel_id = %backend.session.id, client_id, %peer, %host);
         let sender = match upstream::acquire(&front.shared, &backend, client_id, peer, upgrade)

@@ -1,0 +1,90 @@
+//! `[limits]`: how much of the hub tunnels and clients may take. Over a limit the hub refuses
+//! with a reason (a tunnel is told; a client is closed, or for http answered 503) and counts it
+//! in its metrics; nothing it already serves is affected.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::error::ConfigError;
+use super::source::Source;
+
+/// The hub's limits, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `tunnels` (default 1000): tunnels connected at once.
+    pub tunnels: usize,
+    /// `proxies_per_tunnel` (default 64): proxies one tunnel may declare; the rest are
+    /// rejected.
+    pub proxies_per_tunnel: usize,
+    /// `clients_per_tunnel` (default 10000): clients one tunnel serves at once.
+    pub clients_per_tunnel: usize,
+    /// `clients_per_service` (default 16000): clients one service serves at once.
+    pub clients_per_service: usize,
+    /// `handshakes` (default 256): TLS handshakes in progress at once on the tunnel listener;
+    /// more connections are closed at once.
+    pub handshakes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tunnels: 1000,
+            proxies_per_tunnel: 64,
+            clients_per_tunnel: 10_000,
+            clients_per_service: 16_000,
+            handshakes: 256,
+        }
+    }
+}
+
+/// `[limits]` as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    tunnels: Option<Spanned<i64>>,
+    proxies_per_tunnel: Option<Spanned<i64>>,
+    clients_per_tunnel: Option<Spanned<i64>>,
+    clients_per_service: Option<Spanned<i64>>,
+    handshakes: Option<Spanned<i64>>,
+}
+
+/// Checks `[limits]`: every value a whole number from 1 to 1,000,000.
+pub(super) fn check_limits(
+    src: &Source<'_>,
+    raw: Option<&RawLimits>,
+) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let Some(raw) = raw else {
+        return Ok(defaults);
+    };
+    let value = |field: &Option<Spanned<i64>>, key: &str, default: usize| match field {
+        None => Ok(default),
+        Some(n) if (1..=1_000_000).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+        Some(n) => Err(src.error_at(
+            n.span(),
+            format!(
+                "`{key}` in [limits]: {} is out of range; use 1 to 1000000",
+                n.get_ref()
+            ),
+        )),
+    };
+    Ok(Limits {
+        tunnels: value(&raw.tunnels, "tunnels", defaults.tunnels)?,
+        proxies_per_tunnel: value(
+            &raw.proxies_per_tunnel,
+            "proxies_per_tunnel",
+            defaults.proxies_per_tunnel,
+        )?,
+        clients_per_tunnel: value(
+            &raw.clients_per_tunnel,
+            "clients_per_tunnel",
+            defaults.clients_per_tunnel,
+        )?,
+        clients_per_service: value(
+            &raw.clients_per_service,
+            "clients_per_service",
+            defaults.clients_per_service,
+        )?,
+        handshakes: value(&raw.handshakes, "handshakes", defaults.handshakes)?,
+    })
+}

@@ -1,0 +1,185 @@
+//! `[limits]`: over each limit the hub refuses with a reason, counts it, and keeps serving
+//! what it already serves.
+
+mod common;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::*;
+use tunnelize::admin::client::AdminClient;
+use tunnelize::admin::model;
+use tunnelize::config::{AdminConfig, HubConfig, Limits};
+use tunnelize::protocol::ProxyOutcome;
+use tunnelize::tunnel::{Tunnel, TunnelError};
+
+struct Limited {
+    _dir: tempfile::TempDir,
+    hub: TestHub,
+    admin: AdminClient,
+}
+
+async fn hub(limits: Limits) -> Limited {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hub.sock");
+    let mut config: HubConfig = hub_config(vec![tcp_any("tcp"), tcp_any("other")]);
+    config.limits = limits;
+    config.admin = AdminConfig {
+        socket: Some(socket.clone()),
+        socket_explicit: true,
+        ..AdminConfig::default()
+    };
+    let (hub, _) = start_hub_with_admin(config).await;
+    Limited {
+        _dir: dir,
+        hub,
+        admin: AdminClient::unix(&socket),
+    }
+}
+
+async fn limit_refusals(admin: &AdminClient) -> f64 {
+    let metrics = admin.get_text(model::METRICS).await.unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tunnelize_rejected_total{reason=\"limit\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+async fn echoes(socket: &mut TcpStream, data: &[u8]) -> bool {
+    if socket.write_all(data).await.is_err() {
+        return false;
+    }
+    let mut back = vec![0; data.len()];
+    matches!(
+        tokio::time::timeout(DEADLINE, socket.read_exact(&mut back)).await,
+        Ok(Ok(_))
+    ) && back == data
+}
+
+#[tokio::test]
+async fn a_tunnel_beyond_the_limit_is_refused_with_the_reason_and_may_come_once_one_leaves() {
+    let live = hub(Limits {
+        tunnels: 2,
+        ..Limits::default()
+    })
+    .await;
+    let first = start_tunnel(tunnel_config(&live.hub, vec![])).await;
+    let _second = start_tunnel(tunnel_config(&live.hub, vec![])).await;
+    match Tunnel::new(tunnel_config(&live.hub, vec![]))
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(e @ TunnelError::Refused(_)) => {
+            assert!(e.to_string().contains("maximum of 2 tunnels"), "{e}");
+            assert!(!e.is_permanent());
+        }
+        Err(other) => panic!("expected a limit refusal, got {other}"),
+        Ok(_) => panic!("a third tunnel was admitted"),
+    }
+    assert_eq!(limit_refusals(&live.admin).await, 1.0);
+    first.stop.cancel();
+    eventually("a place for another tunnel", || async {
+        Tunnel::new(tunnel_config(&live.hub, vec![]))
+            .unwrap()
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn proxies_beyond_the_per_tunnel_limit_are_rejected_and_the_rest_work() {
+    let live = hub(Limits {
+        proxies_per_tunnel: 2,
+        ..Limits::default()
+    })
+    .await;
+    let echo = start_echo().await;
+    let proxies = vec![
+        proxy("a", "tcp", echo, None),
+        proxy("b", "tcp", echo, None),
+        proxy("c", "tcp", echo, None),
+    ];
+    let tunnel = start_tunnel(tunnel_config(&live.hub, proxies)).await;
+    match &tunnel.outcomes[2] {
+        ProxyOutcome::Rejected { reason, .. } => {
+            assert!(reason.contains("at most 2 proxies"), "{reason}")
+        }
+        other => panic!("the third proxy was accepted: {other:?}"),
+    }
+    assert_eq!(round_trip(tunnel.addr(0), b"a").await, b"a");
+    assert_eq!(round_trip(tunnel.addr(1), b"b").await, b"b");
+}
+
+#[tokio::test]
+async fn clients_beyond_the_tunnel_and_service_limits_are_closed_and_the_others_keep_flowing() {
+    let live = hub(Limits {
+        clients_per_tunnel: 2,
+        clients_per_service: 3,
+        ..Limits::default()
+    })
+    .await;
+    let echo = start_echo().await;
+    let one = start_tunnel(tunnel_config(
+        &live.hub,
+        vec![proxy("e", "tcp", echo, None)],
+    ))
+    .await;
+    let two = start_tunnel(tunnel_config(
+        &live.hub,
+        vec![proxy("e", "tcp", echo, None)],
+    ))
+    .await;
+    let mut a = connect(one.addr(0)).await;
+    let mut b = connect(one.addr(0)).await;
+    assert!(echoes(&mut a, b"a").await && echoes(&mut b, b"b").await);
+    // A third client of the same tunnel is closed without reaching the target.
+    let mut over_tunnel = connect(one.addr(0)).await;
+    assert!(!echoes(&mut over_tunnel, b"x").await);
+    // The other tunnel takes the service's third client, then the service is full.
+    let mut c = connect(two.addr(0)).await;
+    assert!(echoes(&mut c, b"c").await);
+    let mut over_service = connect(two.addr(0)).await;
+    assert!(!echoes(&mut over_service, b"y").await);
+    assert!(limit_refusals(&live.admin).await >= 2.0);
+    // Those admitted still flow; one leaving makes room.
+    assert!(echoes(&mut a, b"still").await);
+    drop(b);
+    eventually("room for a new client", || async {
+        let mut again = connect(one.addr(0)).await;
+        echoes(&mut again, b"z").await.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn handshakes_beyond_the_limit_are_refused_at_once_and_served_again_after() {
+    let live = hub(Limits {
+        handshakes: 1,
+        ..Limits::default()
+    })
+    .await;
+    // A connection that never starts its TLS handshake holds the only permit.
+    let silent = TcpStream::connect(live.hub.addr).await.unwrap();
+    eventually("the refusal to be counted", || async {
+        let refused = Tunnel::new(tunnel_config(&live.hub, vec![]))
+            .unwrap()
+            .connect()
+            .await
+            .is_err();
+        (refused && limit_refusals(&live.admin).await >= 1.0).then_some(())
+    })
+    .await;
+    drop(silent);
+    eventually("the hub to take tunnels again", || async {
+        Tunnel::new(tunnel_config(&live.hub, vec![]))
+            .unwrap()
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+}

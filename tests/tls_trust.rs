@@ -105,3 +105,62 @@ async fn a_wrong_server_name_or_another_ca_is_refused_for_good() {
         assert!(err.to_string().contains("not trusted"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn the_system_roots_do_not_trust_a_self_signed_hub() {
+    // The default trust (neither hub_ca_file nor hub_cert_sha256) is the system's roots; a
+    // hub's generated certificate is in none of them, so the tunnel must refuse, for good.
+    let hub = start_hub(vec![tcp_any("tcp")]).await;
+    let mut config = tunnel_config(&hub, vec![]);
+    config.hub_trust = HubTrust::SystemRoots;
+    match Tunnel::new(config) {
+        // A machine without any root certificate refuses already here, which is as safe.
+        Err(e) => assert!(e.to_string().contains("root"), "{e}"),
+        Ok(tunnel) => {
+            let err = tunnel.connect().await.err().expect("must be refused");
+            assert!(
+                matches!(err, TunnelError::Handshake { rejected: true, .. }),
+                "{err}"
+            );
+            assert!(err.is_permanent());
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_configured_key_admits_its_tunnel_under_its_own_name() {
+    let mut config = hub_config(vec![tcp_any("tcp")]);
+    config.keys.push(tunnelize::config::TunnelKey {
+        name: "second".into(),
+        key: tunnelize::secret::Secret::new("second-key-0123456789"),
+        hostnames: vec![],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hub.sock");
+    config.admin = tunnelize::config::AdminConfig {
+        socket: Some(socket.clone()),
+        socket_explicit: true,
+        ..Default::default()
+    };
+    let (hub, _) = start_hub_with_admin(config).await;
+    let echo = start_echo().await;
+    let first = start_tunnel(tunnel_config(&hub, vec![proxy("a", "tcp", echo, None)])).await;
+    let mut second_config = tunnel_config(&hub, vec![proxy("b", "tcp", echo, None)]);
+    second_config.key = Some(tunnelize::secret::Secret::new("second-key-0123456789"));
+    let second = start_tunnel(second_config).await;
+    assert_eq!(round_trip(first.addr(0), b"1").await, b"1");
+    assert_eq!(round_trip(second.addr(0), b"2").await, b"2");
+    let admin = tunnelize::admin::client::AdminClient::unix(&socket);
+    let tunnels: Vec<tunnelize::admin::model::TunnelInfo> = admin
+        .get(&tunnelize::admin::model::service_tunnels("tcp"))
+        .await
+        .unwrap();
+    let key_of = |id: uuid::Uuid| {
+        tunnels
+            .iter()
+            .find(|t| t.id == id.to_string())
+            .and_then(|t| t.key_name.clone())
+    };
+    assert_eq!(key_of(first.tunnel_id).as_deref(), Some("test"));
+    assert_eq!(key_of(second.tunnel_id).as_deref(), Some("second"));
+}

@@ -90,6 +90,13 @@ enum Command {
     /// Hash a password for a proxy's `basic_auth.password_hash` (argon2id). Reads the password
     /// from the terminal without echo, or the first line of standard input when piped.
     HashPassword,
+    /// Write man pages (tunnelize.1 and one per command) into a directory (for packagers).
+    #[command(hide = true)]
+    Man {
+        /// Where to write them; created if missing.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// `tunnelize tunnel --init-from`.
@@ -176,7 +183,7 @@ fn main() -> ExitCode {
     }
     install_crypto_provider();
     let default_level = match cli.command {
-        Command::Demo | Command::HashPassword => "warn",
+        Command::Demo | Command::HashPassword | Command::Man { .. } => "warn",
         _ => "info",
     };
     init_logging(cli.log_format, default_level);
@@ -202,6 +209,15 @@ fn main() -> ExitCode {
             Command::CheckConfig { file } => check_config(&file),
             Command::Demo => report(run_demo().await),
             Command::HashPassword => report(hash_password()),
+            Command::Man { dir } => report(
+                tunnelize::daemon::write_man_pages(<Cli as clap::CommandFactory>::command(), &dir)
+                    .map(|written| {
+                        for page in written {
+                            println!("{}", page.display());
+                        }
+                    })
+                    .with_context(|| format!("writing man pages into {}", dir.display())),
+            ),
         }
     });
     ExitCode::from(code as u8)

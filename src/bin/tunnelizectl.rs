@@ -376,11 +376,8 @@ fn print_completions(shell: Shell) -> ExitCode {
 }
 
 fn write_man_pages(dir: &Path) -> ExitCode {
-    let mut cmd = Cli::command().disable_help_subcommand(true);
-    cmd.build();
-    let mut written = Vec::new();
-    match std::fs::create_dir_all(dir).and_then(|()| man_pages(cmd, dir, &mut written)) {
-        Ok(()) => {
+    match tunnelize::daemon::write_man_pages(Cli::command(), dir) {
+        Ok(written) => {
             let list: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
             print_out(&(list.join("\n") + "\n"));
             ExitCode::from(exit::OK as u8)
@@ -393,15 +390,6 @@ fn write_man_pages(dir: &Path) -> ExitCode {
             ExitCode::from(exit::FAILURE as u8)
         }
     }
-}
-
-/// Writes `cmd`'s page and its subcommands' (`tunnelizectl-sys-info.1`, ...) into `dir`.
-fn man_pages(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> io::Result<()> {
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        man_pages(sub.clone(), dir, written)?;
-    }
-    written.push(clap_mangen::Man::new(cmd).generate_to(dir)?);
-    Ok(())
 }
 
 /// `10`, `2.5`, `10s` or `500ms`: more than zero, at most an hour.

@@ -80,3 +80,29 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
         _ => builder.with_target(false).try_init(),
     };
 }
+
+/// Writes the man page of `cmd` and of each of its visible subcommands (`NAME-SUB.1`) into
+/// `dir`, creating it; returns the files written. Used by both binaries' `man` commands and
+/// by the packages, so the pages always match the CLI definitions.
+pub fn write_man_pages(
+    cmd: clap::Command,
+    dir: &std::path::Path,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    fn pages(
+        cmd: clap::Command,
+        dir: &std::path::Path,
+        written: &mut Vec<std::path::PathBuf>,
+    ) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages(sub.clone(), dir, written)?;
+        }
+        written.push(clap_mangen::Man::new(cmd).generate_to(dir)?);
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    let mut written = Vec::new();
+    pages(cmd, dir, &mut written)?;
+    Ok(written)
+}

@@ -730,3 +730,84 @@ fn launchd_plists_run_their_subcommand_and_log_under_usr_local_var_log_tunnelize
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Packages (packaging/build.sh builds them from Cargo.toml's metadata)
+
+/// The (source, destination) pairs of the deb and rpm assets in Cargo.toml.
+fn package_assets() -> Vec<(String, String, String)> {
+    let manifest: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml parses");
+    let metadata = &manifest["package"]["metadata"];
+    let mut assets = Vec::new();
+    for entry in metadata["deb"]["assets"].as_array().expect("deb assets") {
+        let fields = entry.as_array().expect("a deb asset is [source, dest, mode]");
+        let field = |i: usize| fields[i].as_str().unwrap().to_owned();
+        assets.push(("deb".to_owned(), field(0), field(1)));
+    }
+    for entry in metadata["generate-rpm"]["assets"].as_array().expect("rpm assets") {
+        let field = |k: &str| entry[k].as_str().unwrap().to_owned();
+        assets.push(("rpm".to_owned(), field("source"), field("dest")));
+    }
+    assets
+}
+
+#[test]
+fn both_packages_ship_every_unit_and_example_config_from_files_in_the_repository() {
+    let assets = package_assets();
+    for (kind, source, _) in &assets {
+        // Binaries and generated pages come from the build; everything else is in the tree.
+        if source.starts_with("target/") {
+            continue;
+        }
+        assert!(
+            project().join(source).is_file(),
+            "{kind} asset {source} does not exist"
+        );
+    }
+    for kind in ["deb", "rpm"] {
+        let sources: Vec<&str> = assets
+            .iter()
+            .filter(|(k, _, _)| k == kind)
+            .map(|(_, s, _)| s.as_str())
+            .collect();
+        for unit in files_ending("systemd", ".service") {
+            assert!(
+                sources.contains(&format!("systemd/{unit}").as_str()),
+                "the {kind} misses systemd/{unit}"
+            );
+        }
+        for needed in [
+            "target/release/tunnelize",
+            "target/release/tunnelizectl",
+            "etc/tunnelize/hub.toml",
+            "etc/tunnelize/tunnel.toml",
+            "systemd/tunnelize.sysusers",
+            "systemd/tunnelize.tmpfiles",
+        ] {
+            assert!(sources.contains(&needed), "the {kind} misses {needed}");
+        }
+    }
+}
+
+#[test]
+fn the_rpm_keeps_edited_configs_and_the_deb_treats_etc_as_conffiles() {
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    let rpm = manifest["package"]["metadata"]["generate-rpm"]["assets"]
+        .as_array()
+        .unwrap();
+    for entry in rpm {
+        if entry["dest"].as_str().unwrap().starts_with("/etc/") {
+            assert_eq!(
+                entry.get("config").and_then(|c| c.as_str()),
+                Some("noreplace"),
+                "{entry}"
+            );
+        }
+    }
+    // cargo-deb marks every file installed under /etc as a conffile.
+    let deb_etc = package_assets()
+        .into_iter()
+        .filter(|(k, _, d)| k == "deb" && d.starts_with("etc/"))
+        .count();
+    assert_eq!(deb_etc, 2);
+}

@@ -740,11 +740,16 @@ fn package_assets() -> Vec<(String, String, String)> {
     let metadata = &manifest["package"]["metadata"];
     let mut assets = Vec::new();
     for entry in metadata["deb"]["assets"].as_array().expect("deb assets") {
-        let fields = entry.as_array().expect("a deb asset is [source, dest, mode]");
+        let fields = entry
+            .as_array()
+            .expect("a deb asset is [source, dest, mode]");
         let field = |i: usize| fields[i].as_str().unwrap().to_owned();
         assets.push(("deb".to_owned(), field(0), field(1)));
     }
-    for entry in metadata["generate-rpm"]["assets"].as_array().expect("rpm assets") {
+    for entry in metadata["generate-rpm"]["assets"]
+        .as_array()
+        .expect("rpm assets")
+    {
         let field = |k: &str| entry[k].as_str().unwrap().to_owned();
         assets.push(("rpm".to_owned(), field("source"), field("dest")));
     }

@@ -182,6 +182,7 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
         lockout_failures: 5,
         lockout_duration: Duration::from_secs(1800),
         limits: crate::config::Limits::default(),
+        shutdown_timeout: Duration::from_secs(1),
     }
 }
 

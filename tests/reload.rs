@@ -11,38 +11,18 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use common::*;
 use tunnelize::config::{HttpService, HubConfig, ServiceConfig, ServiceKind, TunnelKey};
-use tunnelize::hub::Hub;
 use tunnelize::hub::inspect::HubView;
 use tunnelize::secret::Secret;
-use tunnelize::tls::Identity;
 use tunnelize::tunnel::{Tunnel, TunnelError};
 
 const SECOND_KEY: &str = "second-key-0123456789";
 
 /// A hub in this process, with a handle on its admin view.
 async fn hub_with_view(config: HubConfig) -> (TestHub, HubView) {
-    tunnelize::tls::install_crypto_provider();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = config;
-    config.listen = listener.local_addr().unwrap();
-    let addr = config.listen;
-    let identity = Identity::generate(&["localhost"]).unwrap();
-    let hub = Hub::new(config, &identity).await.unwrap();
-    let view = hub.view();
-    let fingerprint = hub.fingerprint();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(hub.run(listener, stop.clone()));
-    let hub = TestHub {
-        addr,
-        services: Default::default(),
-        fingerprint,
-        stop,
-        task,
-    };
+    let (hub, _, view) = start_hub_full(config).await;
     (hub, view)
 }
 

@@ -32,6 +32,7 @@ const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HUB_SOCKET: &str = "/run/tunnelize/hub.sock";
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 const DEFAULT_LOCKOUT_FAILURES: u32 = 5;
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_LOCKOUT_DURATION: Duration = Duration::from_secs(30 * 60);
 
 /// The hub's configuration, checked: every value is valid and the rules between keys hold.
@@ -74,6 +75,9 @@ pub struct HubConfig {
     pub lockout_duration: Duration,
     /// `[limits]`: tunnels, proxies and clients the hub serves at most.
     pub limits: Limits,
+    /// `shutdown_timeout` (default `30s`): on SIGTERM the hub stops accepting and waits this
+    /// long for its clients to finish before it closes the rest.
+    pub shutdown_timeout: Duration,
 }
 
 /// `[tls]`: PEM files the hub serves instead of its generated certificate.
@@ -157,6 +161,7 @@ struct RawHub {
     lockout_failures: Option<Spanned<i64>>,
     lockout_duration: Option<Spanned<Value>>,
     limits: Option<RawLimits>,
+    shutdown_timeout: Option<Spanned<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +265,11 @@ impl RawHub {
                 DEFAULT_LOCKOUT_DURATION,
             )?,
             limits: check_limits(src, self.limits.as_ref())?,
+            shutdown_timeout: duration(
+                &self.shutdown_timeout,
+                "shutdown_timeout",
+                DEFAULT_SHUTDOWN_TIMEOUT,
+            )?,
         })
     }
 }
@@ -438,6 +448,7 @@ mod tests {
                 lockout_failures: 5,
                 lockout_duration: Duration::from_secs(1800),
                 limits: Limits::default(),
+                shutdown_timeout: Duration::from_secs(30),
             }
         );
     }

@@ -72,8 +72,12 @@ pub(crate) struct Shared {
     current: std::sync::RwLock<Arc<HubConfig>>,
     /// The TLS acceptor of the tunnel listener (a reload can replace its certificate).
     tunnel_acceptor: std::sync::RwLock<TlsAcceptor>,
-    /// Parent of the http/https services' accept loops; cancelled when the hub stops.
+    /// Cancelled when the hub starts stopping: every accept loop (http/https services, tcp
+    /// proxies, new udp sessions) stops taking clients, while live ones drain.
     stop: CancellationToken,
+    /// Parent of every tunnel session; cancelled once the clients drained (or
+    /// `shutdown_timeout` passed), which tells the tunnels and closes what is left.
+    sessions_root: CancellationToken,
     /// The running http/https accept loops, by service name.
     running: std::sync::Mutex<HashMap<String, reload::RunningService>>,
     pub registry: Registry,
@@ -177,6 +181,7 @@ impl Hub {
             current: std::sync::RwLock::new(Arc::new(config.clone())),
             tunnel_acceptor: std::sync::RwLock::new(acceptor),
             stop: CancellationToken::new(),
+            sessions_root: CancellationToken::new(),
             running: std::sync::Mutex::default(),
             config,
             registry: Registry::default(),
@@ -213,8 +218,9 @@ impl Hub {
         self.fingerprint
     }
 
-    /// Serves tunnels on `listener` until `shutdown` is cancelled, then closes every session
-    /// (tunnels are told why) and waits briefly for connection tasks to finish.
+    /// Serves tunnels on `listener` until `shutdown` is cancelled. Then it stops accepting
+    /// (tunnels and clients), waits up to `shutdown_timeout` for live clients to finish, closes
+    /// every session (tunnels are told why) and waits briefly for connection tasks to end.
     pub async fn run(mut self, listener: TcpListener, shutdown: CancellationToken) {
         for service in std::mem::take(&mut self.services) {
             reload::start_service(
@@ -225,12 +231,7 @@ impl Hub {
                 service.acceptor,
             );
         }
-        let services_stop = self.shared.stop.clone();
-        let hub_stop = shutdown.clone();
-        self.shared.tasks.spawn(async move {
-            hub_stop.cancelled().await;
-            services_stop.cancel();
-        });
+
         match listener.local_addr() {
             Ok(addr) => {
                 info!(listen = %addr, fingerprint = %self.fingerprint, "hub listening for tunnels")
@@ -251,7 +252,7 @@ impl Hub {
                         };
                         let shared = self.shared.clone();
                         let acceptor = self.shared.tunnel_acceptor();
-                        let stop = shutdown.clone();
+                        let stop = self.shared.sessions_root.clone();
                         self.shared.tasks.spawn(async move {
                             serve_connection(shared, acceptor, socket, peer, stop, permit).await;
                         });
@@ -265,6 +266,9 @@ impl Hub {
             }
         }
         drop(listener);
+        self.shared.stop.cancel();
+        self.drain().await;
+        self.shared.sessions_root.cancel();
         self.shared.tasks.close();
         if tokio::time::timeout(STOP_GRACE, self.shared.tasks.wait())
             .await
@@ -273,6 +277,29 @@ impl Hub {
             warn!("some connections did not finish within {STOP_GRACE:?}; dropping them");
         }
         info!("hub stopped");
+    }
+}
+
+impl Hub {
+    /// Waits up to `shutdown_timeout` for the connected clients to finish.
+    async fn drain(&self) {
+        let limit = self.shared.config.shutdown_timeout;
+        let clients = &self.shared.registry.clients;
+        if clients.is_empty() {
+            return;
+        }
+        info!(clients = clients.len(), timeout = ?limit, "stopping: no new clients; waiting for the connected ones");
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !clients.is_empty() && tokio::time::Instant::now() < deadline {
+            tick.tick().await;
+        }
+        if !clients.is_empty() {
+            warn!(
+                clients = clients.len(),
+                "shutdown_timeout reached; closing the remaining clients"
+            );
+        }
     }
 }
 

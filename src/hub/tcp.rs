@@ -142,6 +142,8 @@ async fn accept_clients(
         loop {
             tokio::select! {
                 () = session.cancel.cancelled() => break,
+                // The hub is stopping: no new clients; live ones drain on their own tasks.
+                () = shared.stop.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
                         let limits = shared.current().limits;

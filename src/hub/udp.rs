@@ -392,6 +392,10 @@ fn route(
     buf[..DATAGRAM_HEADER_LEN].copy_from_slice(&header);
     let frame = Bytes::copy_from_slice(&buf[..DATAGRAM_HEADER_LEN + len]);
     let live = sessions.get(&peer).is_some_and(|s| !s.queue.is_closed());
+    if !live && proxy.shared.stop.is_cancelled() {
+        proxy.drop_datagram("the hub is stopping and takes no new clients");
+        return;
+    }
     if !live {
         sessions.remove(&peer);
         if sessions.len() >= proxy.max_sessions {

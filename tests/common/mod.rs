@@ -73,6 +73,8 @@ pub fn hub_config(services: Vec<ServiceConfig>) -> HubConfig {
         lockout_failures: 1000,
         lockout_duration: Duration::from_secs(1800),
         limits: tunnelize::config::Limits::default(),
+        // Stopping a test hub with clients connected waits this long for them.
+        shutdown_timeout: Duration::from_secs(1),
     }
 }
 
@@ -80,34 +82,27 @@ pub async fn start_hub(services: Vec<ServiceConfig>) -> TestHub {
     start_hub_with(hub_config(services)).await
 }
 
-pub async fn start_hub_with(mut config: HubConfig) -> TestHub {
-    tunnelize::tls::install_crypto_provider();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    config.listen = addr;
-    let identity = Identity::generate(&["localhost"]).unwrap();
-    let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
-    let hub = Hub::new(config, &identity).await.unwrap();
-    let services = names
-        .into_iter()
-        .filter_map(|n| Some((n.clone(), hub.service_addr(&n)?)))
-        .collect();
-    let fingerprint = hub.fingerprint();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(hub.run(listener, stop.clone()));
-    TestHub {
-        addr,
-        services,
-        fingerprint,
-        stop,
-        task,
-    }
+pub async fn start_hub_with(config: HubConfig) -> TestHub {
+    start_hub_full(config).await.0
 }
 
 /// Starts a hub like [`start_hub_with`], also serving its admin API as `config.admin` says.
 pub async fn start_hub_with_admin(
-    mut config: HubConfig,
+    config: HubConfig,
 ) -> (TestHub, tunnelize::admin::AdminListeners) {
+    let (hub, listeners, _) = start_hub_full(config).await;
+    (hub, listeners)
+}
+
+/// Starts a hub on 127.0.0.1:0 with a fresh certificate for `localhost`, its admin API as
+/// `config.admin` says, and returns a view of its state too.
+pub async fn start_hub_full(
+    mut config: HubConfig,
+) -> (
+    TestHub,
+    tunnelize::admin::AdminListeners,
+    tunnelize::hub::inspect::HubView,
+) {
     tunnelize::tls::install_crypto_provider();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -122,6 +117,7 @@ pub async fn start_hub_with_admin(
         .collect();
     let fingerprint = hub.fingerprint();
     let stop = CancellationToken::new();
+    let view = hub.view();
     let listeners = tunnelize::admin::serve_hub(hub.view(), &admin, &identity, None, &stop)
         .await
         .expect("admin API starts");
@@ -133,7 +129,7 @@ pub async fn start_hub_with_admin(
         stop,
         task,
     };
-    (hub, listeners)
+    (hub, listeners, view)
 }
 
 /// Polls `check` until it returns `Some`, at most until [`DEADLINE`].

@@ -10,6 +10,7 @@
 pub mod clients;
 pub mod control;
 pub mod http;
+pub mod idle;
 pub mod inspect;
 pub mod links;
 pub mod lockout;

@@ -45,6 +45,7 @@ use self::metered::{Direction, Metered};
 use self::upstream::{Body, UpstreamError};
 use super::Shared;
 use super::clients::ClientGuard;
+use super::idle::IdleIo;
 use super::metrics::Rejection;
 use super::registry::TunnelSession;
 use crate::config::HttpService;
@@ -93,9 +94,9 @@ pub(crate) fn expose(
         Some(name) if !name.contains('.') => format!("{name}.{}", config.domain),
         Some(name) if name.ends_with(&format!(".{}", config.domain)) => name,
         Some(name) => {
+            let current = shared.current();
             let allowed = session.key_name.as_ref().is_some_and(|key_name| {
-                shared
-                    .config
+                current
                     .keys
                     .iter()
                     .any(|k| &k.name == key_name && k.allows_hostname(&name))
@@ -129,19 +130,23 @@ pub(crate) fn expose(
         .map(|_| host)
 }
 
+/// The TLS acceptor of an https service (`None` for http), replaceable by a reload.
+pub(crate) type SharedAcceptor = Arc<std::sync::RwLock<Option<TlsAcceptor>>>;
+
 /// Serves one http/https service on `listener` until `shutdown`.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     name: String,
     config: HttpService,
     listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
+    acceptor: SharedAcceptor,
     shutdown: CancellationToken,
 ) {
+    let tls = acceptor.read().unwrap_or_else(|p| p.into_inner()).is_some();
     let front = Arc::new(Frontend {
         shared: shared.clone(),
         name: name.clone(),
-        tls: acceptor.is_some(),
+        tls,
         config,
         auth: auth::AuthCache::default(),
     });
@@ -156,7 +161,8 @@ pub(crate) async fn serve(
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
                         let front = front.clone();
-                        let acceptor = acceptor.clone();
+                        // The certificates in force now (a reload may have renewed them).
+                        let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
                         shared.tasks.spawn(
                             serve_connection(front, socket, peer, acceptor).instrument(info_span!("connection", %peer)),
                         );
@@ -180,6 +186,8 @@ async fn serve_connection(
     acceptor: Option<TlsAcceptor>,
 ) {
     let _ = socket.set_nodelay(true);
+    // Every wait on the client (body, keep-alive, upgraded bytes) ends after idle_timeout.
+    let socket = IdleIo::new(socket, front.shared.config.idle_timeout);
     match acceptor {
         None => serve_http1(front, socket, peer).await,
         Some(acceptor) => {
@@ -229,6 +237,10 @@ where
     }
 }
 
+/// How often an idle h2 client connection is pinged, and how long a ping may go unanswered.
+const H2_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const H2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 async fn serve_h2<S>(front: Arc<Frontend>, io: S, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -239,7 +251,10 @@ where
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(front.config.max_head_size as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // A client that stops answering pings is gone.
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
         debug!(error = %e, "h2 connection ended with an error");
     }

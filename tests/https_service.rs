@@ -223,3 +223,32 @@ async fn an_http_service_can_redirect_everything_to_https() {
         format!("308 https://a.test.local:{}/path?q=1", secure.port())
     );
 }
+
+#[tokio::test]
+async fn a_reload_serves_certificates_renewed_at_the_same_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let files = pki.certs[0].0.clone();
+    let config = hub_config(vec![web("secure", true, vec![files.clone()], None)]);
+    let (hub, _, view) = start_hub_full(config.clone()).await;
+    let addr = hub.services["secure"];
+    assert_eq!(
+        presented_cert(addr, &pki.ca_der, "a.test.local").await,
+        pki.certs[0].1
+    );
+    // A renewal writes a new certificate over the same files, then reloads.
+    let renewed_dir = tempfile::tempdir().unwrap();
+    let renewed = make_pki(renewed_dir.path());
+    std::fs::copy(&renewed.certs[0].0.cert_file, &files.cert_file).unwrap();
+    std::fs::copy(&renewed.certs[0].0.key_file, &files.key_file).unwrap();
+    let summary = view.reload(config).await.unwrap();
+    assert!(
+        summary.contains("0 changed"),
+        "the service is unchanged: {summary}"
+    );
+    assert_eq!(
+        presented_cert(addr, &renewed.ca_der, "a.test.local").await,
+        renewed.certs[0].1,
+        "new connections get the renewed certificate"
+    );
+}

@@ -142,21 +142,22 @@ impl KeyGuard {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let allowed = match presented {
-            Some(key) if self.key.matches(key) => true,
-            Some(key) => {
-                let listing = req.method() == Method::GET && req.uri().path() == model::SERVICES;
-                listing && self.hub.is_tunnel_key(key)
-            }
-            None => false,
-        };
-        if allowed {
-            if let Some(ip) = ip {
+        let monitoring = presented.is_some_and(|key| self.key.matches(key));
+        let listing_with_tunnel_key = !monitoring
+            && req.method() == Method::GET
+            && req.uri().path() == model::SERVICES
+            && presented.is_some_and(|key| self.hub.is_tunnel_key(key));
+        if monitoring || listing_with_tunnel_key {
+            // Only the monitoring key clears the address's failures: a tunnel key must not
+            // let its holder reset the count between guesses of the monitoring key.
+            if monitoring && let Some(ip) = ip {
                 self.hub.login_succeeded(ip);
             }
             return next.run(req).await;
         }
-        self.hub.count_auth_failure(ip);
+        // A request without a key (a health checker, a scraper) is refused but is no guess.
+        self.hub
+            .count_auth_failure(if presented.is_some() { ip } else { None });
         let text = if presented.is_some() {
             "the key is not valid for this request"
         } else {

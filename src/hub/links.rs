@@ -153,7 +153,13 @@ pub(super) async fn serve_link<S>(
         .await;
         return;
     };
-    if shared.lockouts.check(peer.ip()).is_err() {
+    let session = shared.registry.tunnel(&tunnel_id);
+    let valid = session
+        .as_ref()
+        .is_some_and(|s| s.link_token.matches(token.expose()));
+    // The right token of a live session is admitted even from a locked-out address (another
+    // tunnel behind the same NAT may have failed); only wrong tokens are refused and counted.
+    if !valid && shared.lockouts.check(peer.ip()).is_err() {
         warn!(%peer, %tunnel_id, "link connection refused: the address is locked out");
         refuse(
             &mut framed,
@@ -165,17 +171,13 @@ pub(super) async fn serve_link<S>(
         .await;
         return;
     }
-    let session = shared.registry.tunnel(&tunnel_id);
     // A wrong token for a live session is a failed login; an unknown session is not (a tunnel
     // whose session just ended redials with its old one).
-    if session
-        .as_ref()
-        .is_some_and(|s| !s.link_token.matches(token.expose()))
-    {
+    if session.is_some() && !valid {
         shared.metrics.auth_failed();
         shared.login_failed(peer.ip());
     }
-    let Some(session) = session.filter(|s| s.link_token.matches(token.expose())) else {
+    let Some(session) = session.filter(|_| valid) else {
         warn!(%peer, %tunnel_id, "link connection refused: unknown session or wrong link token");
         refuse(
             &mut framed,

@@ -1,7 +1,8 @@
 //! Applying a new configuration to a running hub (`SIGHUP`, `tunnelizectl reload`).
 //!
-//! What changes: tunnel keys, services (added, removed, changed), the certificates of https
-//! services and of the tunnel listener. What survives: every live connection of what did not
+//! What changes: tunnel keys, services (added, removed, changed), limits, and the
+//! certificates of https services and of the tunnel listener (their files are re-read on
+//! every reload, so a renewal at the same path takes effect). What survives: every live connection of what did not
 //! change. Tunnels whose key was removed or changed, or that have a proxy on a removed or
 //! changed service, are disconnected with the reason (they reconnect at once and get what the
 //! new configuration allows). The hub's own `listen`, `state_dir`, timeouts and `[admin]` take
@@ -28,6 +29,8 @@ use crate::tls::Identity;
 pub(crate) struct RunningService {
     stop: tokio_util::sync::CancellationToken,
     done: tokio::task::JoinHandle<()>,
+    /// Its certificates, replaced in place when a reload re-reads them.
+    acceptor: http::SharedAcceptor,
 }
 
 /// Starts the accept loop of an http/https service and records it.
@@ -42,19 +45,27 @@ pub(crate) fn start_service(
         shared.service_addrs.insert(&name, addr);
     }
     let stop = shared.stop.child_token();
+    let acceptor: http::SharedAcceptor = Arc::new(std::sync::RwLock::new(acceptor));
     let done = shared.tasks.spawn(http::serve(
         shared.clone(),
         name.clone(),
         config,
         listener,
-        acceptor,
+        acceptor.clone(),
         stop.clone(),
     ));
     shared
         .running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(name, RunningService { stop, done });
+        .insert(
+            name,
+            RunningService {
+                stop,
+                done,
+                acceptor,
+            },
+        );
 }
 
 /// Stops a running http/https service's accept loop and waits until its port is unbound.
@@ -91,7 +102,15 @@ struct Prepared {
 
 /// Applies `new` to the hub; returns a summary for people, or why nothing was changed.
 pub(crate) async fn reload(shared: &Arc<Shared>, new: HubConfig) -> Result<String, String> {
-    if new.keys.is_empty() && !(new.allow_no_auth && new.listen.ip().is_loopback()) {
+    // Judged by the address the hub is bound to, which a reload does not move.
+    let bound = shared.config.listen;
+    if new.allow_no_auth && !bound.ip().is_loopback() {
+        return Err(format!(
+            "allow_no_auth needs a loopback listener, and the hub listens on {bound} until it \
+             restarts"
+        ));
+    }
+    if new.keys.is_empty() && !new.allow_no_auth {
         return Err("no tunnel key is configured; add a [[keys]] entry".into());
     }
     let old = shared.current();
@@ -116,8 +135,9 @@ pub(crate) async fn reload(shared: &Arc<Shared>, new: HubConfig) -> Result<Strin
         .collect();
 
     // Prepare everything that can fail.
-    let tunnel_acceptor = match (&new.tls, new.tls != old.tls) {
-        (Some(files), true) => Some(
+    // Certificate files are re-read on every reload: a renewal keeps their paths.
+    let tunnel_acceptor = match &new.tls {
+        Some(files) => Some(
             Identity::from_files(files)
                 .and_then(|id| id.server_config())
                 .map(TlsAcceptor::from)
@@ -125,6 +145,18 @@ pub(crate) async fn reload(shared: &Arc<Shared>, new: HubConfig) -> Result<Strin
         ),
         _ => None,
     };
+    // Unchanged https services get their certificate files re-read too, swapped in place.
+    let mut renewed = Vec::new();
+    for (name, service) in &new_services {
+        if let Some((config, true)) = http_config(service)
+            && !added.contains(name)
+            && !changed.contains(name)
+        {
+            let acceptor = http::sni::acceptor(&config.certificates)
+                .map_err(|e| format!("service `{name}`: {e}"))?;
+            renewed.push(((*name).to_owned(), acceptor));
+        }
+    }
     let mut prepared = Vec::new();
     for name in added.iter().chain(&changed) {
         let Some((config, tls)) = new_services.get(name).and_then(|s| http_config(s)) else {
@@ -137,7 +169,13 @@ pub(crate) async fn reload(shared: &Arc<Shared>, new: HubConfig) -> Result<Strin
             ),
             false => None,
         };
-        let listener = match added.contains(name) {
+        // A changed service that keeps its address can only be bound once the old loop let
+        // go of it; every other one is bound now, so a port in use refuses the reload.
+        let same_address = old_services
+            .get(name)
+            .and_then(|s| http_config(s))
+            .is_some_and(|(old_config, _)| old_config.listen == config.listen);
+        let listener = match !same_address {
             true => Some(TcpListener::bind(config.listen).await.map_err(|e| {
                 format!(
                     "service `{name}`: cannot listen on {}: {e}; pick another `listen` address",
@@ -162,7 +200,15 @@ pub(crate) async fn reload(shared: &Arc<Shared>, new: HubConfig) -> Result<Strin
             .tunnel_acceptor
             .write()
             .unwrap_or_else(|p| p.into_inner()) = acceptor;
-        notes.push("new tunnel listener certificate".to_owned());
+        notes.push("certificates re-read".to_owned());
+    }
+    {
+        let running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, acceptor) in renewed {
+            if let Some(service) = running.get(&name) {
+                *service.acceptor.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor);
+            }
+        }
     }
     let disconnected = disconnect_affected(shared, &old, &new, &removed, &changed);
     for name in removed.iter().chain(&changed) {
@@ -196,6 +242,20 @@ pub(crate) async fn reload(shared: &Arc<Shared>, new: HubConfig) -> Result<Strin
         ("listen", new.listen != old.listen),
         ("state_dir", new.state_dir != old.state_dir),
         ("[admin]", new.admin != old.admin),
+        (
+            "lockout settings",
+            (new.lockout_failures, new.lockout_duration)
+                != (old.lockout_failures, old.lockout_duration),
+        ),
+        (
+            "[limits] handshakes",
+            new.limits.handshakes != old.limits.handshakes,
+        ),
+        (
+            "shutdown_timeout",
+            new.shutdown_timeout != old.shutdown_timeout,
+        ),
+        ("removing [tls]", new.tls.is_none() && old.tls.is_some()),
         (
             "timeouts",
             (

@@ -92,8 +92,9 @@ pub(super) async fn serve_control<S>(
 
     let limits = shared.current().limits;
     if shared.registry.tunnel_count() >= limits.tunnels {
-        warn!(%peer, tunnel_name = %name, limit = limits.tunnels, "tunnel refused: the hub serves its maximum of tunnels");
-        shared.metrics.reject(Rejection::Limit);
+        if shared.metrics.reject_at_limit() {
+            warn!(%peer, tunnel_name = %name, limit = limits.tunnels, "tunnel refused: the hub serves its maximum of tunnels");
+        }
         let message = format!(
             "the hub serves its maximum of {} tunnels ([limits] tunnels); retry later",
             limits.tunnels

@@ -96,9 +96,16 @@ impl Histogram {
     }
 }
 
+/// Refusals at a limit are logged at most this often (a client flood at a limit must not
+/// flood the journal); the counter counts every one.
+pub const LIMIT_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The hub's own counters.
 #[derive(Debug, Default)]
 pub struct HubMetrics {
+    /// When a limit refusal was last logged, in milliseconds since `log_epoch`.
+    limit_logged_ms: AtomicU64,
+    log_epoch: std::sync::OnceLock<std::time::Instant>,
     /// Failed tunnel logins and admin requests with a wrong key.
     pub auth_failures: AtomicU64,
     /// Addresses locked out after repeated failures.
@@ -120,6 +127,21 @@ impl HubMetrics {
             .iter()
             .map(|r| (*r, self.rejections[*r as usize].load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// Counts a refusal at a limit; true when it should also be logged (the first one, then at
+    /// most once per [`LIMIT_LOG_INTERVAL`]).
+    pub fn reject_at_limit(&self) -> bool {
+        self.reject(Rejection::Limit);
+        let epoch = *self.log_epoch.get_or_init(std::time::Instant::now);
+        // +1 so that 0 means "never logged".
+        let now = epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.limit_logged_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= LIMIT_LOG_INTERVAL.as_millis() as u64;
+        due && self
+            .limit_logged_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Counts a failed login.
@@ -148,6 +170,15 @@ mod tests {
         );
         assert_eq!(count, 3);
         assert!((sum - 10.0033).abs() < 1e-9);
+    }
+
+    #[test]
+    fn limit_refusals_are_all_counted_but_logged_at_most_once_per_interval() {
+        let m = HubMetrics::default();
+        assert!(m.reject_at_limit(), "the first one is logged");
+        assert!(!m.reject_at_limit());
+        assert!(!m.reject_at_limit());
+        assert!(m.rejections().contains(&(Rejection::Limit, 3)));
     }
 
     #[test]

@@ -247,8 +247,9 @@ impl Hub {
                         // Handshakes in progress are bounded; over the limit a connection is
                         // closed at once rather than queued.
                         let Ok(permit) = self.shared.handshakes.clone().try_acquire_owned() else {
-                            self.shared.metrics.reject(metrics::Rejection::Limit);
-                            debug!(%peer, "too many handshakes in progress; connection closed");
+                            if self.shared.metrics.reject_at_limit() {
+                                warn!(%peer, "too many handshakes in progress; connection closed (logged at most every 10s)");
+                            }
                             continue;
                         };
                         let shared = self.shared.clone();

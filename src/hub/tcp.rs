@@ -150,8 +150,9 @@ async fn accept_clients(
                         let client = match shared.registry.try_open_client(&session, &service, &proxy, peer, &limits) {
                             Ok(client) => client,
                             Err(limit) => {
-                                shared.metrics.reject(Rejection::Limit);
-                                warn!(%peer, %limit, "client refused");
+                                if shared.metrics.reject_at_limit() {
+                                    warn!(%peer, %limit, "client refused (logged at most every 10s; counted in tunnelize_rejected_total)");
+                                }
                                 continue;
                             }
                         };

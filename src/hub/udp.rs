@@ -406,6 +406,7 @@ fn route(
                 sessions.insert(peer, session);
             }
             Err(limit) => {
+                // Counted here; logged through the port's rate-limited drop log.
                 proxy.shared.metrics.reject(Rejection::Limit);
                 proxy.drop_datagram(&format!("client refused: {limit}"));
                 return;

@@ -412,8 +412,9 @@ async fn handle(
         ) {
             Ok(client) => client,
             Err(limit) => {
-                front.shared.metrics.reject(Rejection::Limit);
-                warn!(service = %front.name, tunnel_id = %backend.session.id, %peer, %host, %limit, "request refused");
+                if front.shared.metrics.reject_at_limit() {
+                    warn!(service = %front.name, tunnel_id = %backend.session.id, %peer, %host, %limit, "request refused (logged at most every 10s; counted in tunnelize_rejected_total)");
+                }
                 return Ok(pages::page(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "The service is at its limit of concurrent clients; try again shortly.",

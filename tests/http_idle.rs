@@ -10,23 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::web::start_app;
 use common::*;
-use tunnelize::config::{HttpService, ServiceConfig, ServiceKind};
 
 #[tokio::test]
 async fn a_client_stalling_in_its_request_body_is_dropped_after_the_idle_timeout() {
-    let mut config = hub_config(vec![ServiceConfig {
-        name: "web".into(),
-        kind: ServiceKind::Http(HttpService {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            domain: "idle.test".into(),
-            trusted_proxies: vec![],
-            header_timeout: Duration::from_secs(10),
-            response_timeout: Duration::from_secs(30),
-            max_head_size: 64 * 1024,
-            redirect_https: None,
-            certificates: vec![],
-        }),
-    }]);
+    let mut config = hub_config(vec![http_any("web", "idle.test")]);
     config.idle_timeout = Duration::from_millis(500);
     let hub = start_hub_with(config).await;
     let web = hub.services["web"];

@@ -3,7 +3,6 @@
 
 mod common;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::*;
@@ -44,17 +43,6 @@ async fn limit_refusals(admin: &AdminClient) -> f64 {
         .find_map(|l| l.strip_prefix("tunnelize_rejected_total{reason=\"limit\"} "))
         .and_then(|v| v.parse().ok())
         .unwrap()
-}
-
-async fn echoes(socket: &mut TcpStream, data: &[u8]) -> bool {
-    if socket.write_all(data).await.is_err() {
-        return false;
-    }
-    let mut back = vec![0; data.len()];
-    matches!(
-        tokio::time::timeout(DEADLINE, socket.read_exact(&mut back)).await,
-        Ok(Ok(_))
-    ) && back == data
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use common::*;
-use tunnelize::config::{HttpService, HubConfig, ServiceConfig, ServiceKind, TunnelKey};
+use tunnelize::config::{HubConfig, ServiceKind, TunnelKey};
 use tunnelize::hub::inspect::HubView;
 use tunnelize::secret::Secret;
 use tunnelize::tunnel::{Tunnel, TunnelError};
@@ -31,22 +31,6 @@ fn second_key() -> TunnelKey {
         name: "second".into(),
         key: Secret::new(SECOND_KEY),
         hostnames: vec![],
-    }
-}
-
-fn http_any(name: &str) -> ServiceConfig {
-    ServiceConfig {
-        name: name.into(),
-        kind: ServiceKind::Http(HttpService {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            domain: "reload.test".into(),
-            trusted_proxies: vec![],
-            header_timeout: Duration::from_secs(10),
-            response_timeout: Duration::from_secs(30),
-            max_head_size: 64 * 1024,
-            redirect_https: None,
-            certificates: vec![],
-        }),
     }
 }
 
@@ -126,7 +110,7 @@ async fn a_reload_that_cannot_be_applied_changes_nothing() {
     assert!(refused.contains("no tunnel key"), "{refused}");
     // A new http service on an address in use: refused before anything changes.
     let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut busy = http_any("web");
+    let mut busy = http_any("web", "reload.test");
     if let ServiceKind::Http(h) = &mut busy.kind {
         h.listen = taken.local_addr().unwrap();
     }
@@ -147,7 +131,7 @@ async fn an_http_service_added_by_a_reload_serves_and_one_removed_stops_listenin
     let config = hub_config(vec![tcp_any("tcp")]);
     let (_hub, view) = hub_with_view(config.clone()).await;
     let mut with_web = config.clone();
-    with_web.services.push(http_any("web"));
+    with_web.services.push(http_any("web", "reload.test"));
     view.reload(with_web).await.unwrap();
     let web = view.service("web").expect("the new service is listed");
     let addr: SocketAddr = web.listen.parse().unwrap();

@@ -11,17 +11,6 @@ use tokio::net::TcpStream;
 
 use common::*;
 
-async fn echoes(socket: &mut TcpStream, data: &[u8]) -> bool {
-    if socket.write_all(data).await.is_err() {
-        return false;
-    }
-    let mut back = vec![0; data.len()];
-    matches!(
-        tokio::time::timeout(DEADLINE, socket.read_exact(&mut back)).await,
-        Ok(Ok(_))
-    ) && back == data
-}
-
 #[tokio::test]
 async fn a_stopping_hub_takes_no_new_clients_and_lets_connected_ones_finish() {
     let mut config = hub_config(vec![tcp_any("tcp")]);

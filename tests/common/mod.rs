@@ -282,6 +282,36 @@ pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     back
 }
 
+/// Writes `data` on an open connection and reads the same back; false if the connection
+/// failed or was closed instead.
+pub async fn echoes(socket: &mut TcpStream, data: &[u8]) -> bool {
+    if socket.write_all(data).await.is_err() {
+        return false;
+    }
+    let mut back = vec![0; data.len()];
+    matches!(
+        tokio::time::timeout(DEADLINE, socket.read_exact(&mut back)).await,
+        Ok(Ok(_))
+    ) && back == data
+}
+
+/// A plain `http` service on 127.0.0.1:0 for `domain`, with the usual limits.
+pub fn http_any(name: &str, domain: &str) -> ServiceConfig {
+    ServiceConfig {
+        name: name.into(),
+        kind: ServiceKind::Http(tunnelize::config::HttpService {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            domain: domain.into(),
+            trusted_proxies: vec![],
+            header_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(30),
+            max_head_size: 64 * 1024,
+            redirect_https: None,
+            certificates: vec![],
+        }),
+    }
+}
+
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }

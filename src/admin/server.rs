@@ -227,6 +227,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_socket_is_given_to_the_configured_group() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let own = std::fs::metadata(dir.path()).unwrap();
+        let groups: Vec<(String, u32)> = std::fs::read_to_string("/etc/group")
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?.to_owned();
+                Some((name, f.nth(1)?.parse().ok()?))
+            })
+            .collect();
+        // As root (CI), a group other than the file's own, so the chown must happen; as
+        // another user, its own group, the only one it may give files to.
+        let (name, gid) = groups
+            .into_iter()
+            .find(|(_, gid)| (own.uid() == 0) == (*gid != own.gid()))
+            .expect("a usable group in /etc/group");
+        let path = dir.path().join("api.sock");
+        let _listener = bind_socket(&path, Some(&name)).await.unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.gid(), gid, "owned by group {name}");
+        assert_eq!(meta.mode() & 0o777, 0o660);
+    }
+
+    #[tokio::test]
     async fn an_unknown_group_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.sock");

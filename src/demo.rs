@@ -149,7 +149,7 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
         tls: None,
         keys: vec![TunnelKey {
             name: "demo".into(),
-            key,
+            key: key.into(),
             hostnames: vec![],
         }],
         services: vec![

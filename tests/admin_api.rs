@@ -48,7 +48,7 @@ async fn live() -> Live {
         socket_explicit: true,
         socket_group: None,
         listen: Some("127.0.0.1:0".parse().unwrap()),
-        key: Some(Secret::new(MONITOR_KEY)),
+        key: Some(MONITOR_KEY.into()),
     };
     let (hub, listeners) = start_hub_with_admin(config).await;
     assert_eq!(listeners.socket.as_deref(), Some(socket.as_path()));

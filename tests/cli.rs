@@ -422,3 +422,76 @@ async fn hash_password_prints_a_hash_the_config_accepts() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// Runs `tunnelize hash-key` with `input` on standard input.
+async fn hash_key(input: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(bin())
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn hash_key_prints_a_key_hash_the_hub_accepts_that_key_with() {
+    let out = hash_key(&format!("{KEY}\n")).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(line.starts_with("sha256:"), "{line}");
+    assert!(!line.contains(KEY));
+
+    // A hub whose only key is stored as that hash admits the tunnel with the key, not another.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "hub.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\n[[keys]]\nname = \"ci\"\nkey_hash = \"{line}\"\n\n\
+             [services.tcp]\nkind = \"tcp\"\nlisten = \"127.0.0.1\"\nports = \"0\"\n"
+        ),
+    );
+    let config = tunnelize::config::HubConfig::load(&file).unwrap();
+    assert!(!format!("{config:?}").contains(&line[7..]));
+    let hub = start_hub_with(config).await;
+    let echo = start_echo().await;
+    let tunnel = start_tunnel(tunnel_config(&hub, vec![proxy("echo", "tcp", echo, None)])).await;
+    let data = payload(7, 4096);
+    assert_eq!(round_trip(tunnel.addr(0), &data).await, data);
+
+    let mut wrong = tunnel_config(&hub, vec![proxy("echo", "tcp", echo, None)]);
+    wrong.key = Some(tunnelize::secret::Secret::new(format!("{KEY}x")));
+    let err = tunnelize::tunnel::Tunnel::new(wrong)
+        .unwrap()
+        .connect()
+        .await
+        .err()
+        .expect("another key must be refused");
+    assert!(
+        matches!(err, tunnelize::tunnel::TunnelError::AuthFailed(_)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn hash_key_refuses_a_key_the_config_would_refuse_without_echoing_it() {
+    let out = hash_key("too-short\n").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("shorter than 16 characters"), "{stderr}");
+    assert!(!stderr.contains("too-short"), "{stderr}");
+}

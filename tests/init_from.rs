@@ -11,7 +11,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use common::*;
 use tunnelize::config::{AdminConfig, TunnelConfig};
 use tunnelize::protocol::ProxyOutcome;
-use tunnelize::secret::Secret;
 use tunnelize::tunnel::Tunnel;
 
 const MONITOR_KEY: &str = "monitoring-key-0123456789abcdef";
@@ -20,7 +19,7 @@ async fn hub_with_admin() -> (TestHub, std::net::SocketAddr) {
     let mut config = hub_config(vec![tcp_any("tcp"), tcp_any("other")]);
     config.admin = AdminConfig {
         listen: Some("127.0.0.1:0".parse().unwrap()),
-        key: Some(Secret::new(MONITOR_KEY)),
+        key: Some(MONITOR_KEY.into()),
         ..AdminConfig::default()
     };
     let (hub, listeners) = start_hub_with_admin(config).await;

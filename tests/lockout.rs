@@ -36,7 +36,7 @@ async fn hub(failures: u32, duration: Duration) -> Locked {
         socket: Some(socket.clone()),
         socket_explicit: true,
         listen: Some("127.0.0.1:0".parse().unwrap()),
-        key: Some(Secret::new(MONITOR_KEY)),
+        key: Some(MONITOR_KEY.into()),
         ..AdminConfig::default()
     };
     let (hub, listeners) = start_hub_with_admin(config).await;

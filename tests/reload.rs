@@ -29,7 +29,7 @@ async fn hub_with_view(config: HubConfig) -> (TestHub, HubView) {
 fn second_key() -> TunnelKey {
     TunnelKey {
         name: "second".into(),
-        key: Secret::new(SECOND_KEY),
+        key: SECOND_KEY.into(),
         hostnames: vec![],
     }
 }

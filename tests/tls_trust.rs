@@ -132,7 +132,7 @@ async fn each_configured_key_admits_its_tunnel_under_its_own_name() {
     let mut config = hub_config(vec![tcp_any("tcp")]);
     config.keys.push(tunnelize::config::TunnelKey {
         name: "second".into(),
-        key: tunnelize::secret::Secret::new("second-key-0123456789"),
+        key: "second-key-0123456789".into(),
         hostnames: vec![],
     });
     let dir = tempfile::tempdir().unwrap();

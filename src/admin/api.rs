@@ -19,7 +19,7 @@ use super::model::{self, Message};
 use super::openapi;
 use super::system::SystemSampler;
 use crate::hub::inspect::HubView;
-use crate::secret::Secret;
+use crate::secret::StoredKey;
 use crate::tunnel::status::StatusBoard;
 
 /// Which daemon the API describes.
@@ -101,7 +101,7 @@ pub fn router(daemon: Daemon, reload: Option<tokio::sync::mpsc::Sender<ReloadReq
 /// `router` behind the monitoring key: every request needs `Authorization: Bearer <key>`,
 /// except `GET /v1/services`, which a tunnel key also opens (for `tunnelize tunnel
 /// --init-from`). Failures answer 401 with `WWW-Authenticate` and are counted.
-pub fn with_key(router: Router, hub: HubView, key: Secret) -> Router {
+pub fn with_key(router: Router, hub: HubView, key: StoredKey) -> Router {
     let guard = Arc::new(KeyGuard { hub, key });
     router.layer(middleware::from_fn(move |req: Request, next: Next| {
         let guard = guard.clone();
@@ -115,7 +115,7 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 
 struct KeyGuard {
     hub: HubView,
-    key: Secret,
+    key: StoredKey,
 }
 
 impl KeyGuard {

@@ -90,6 +90,10 @@ enum Command {
     /// Hash a password for a proxy's `basic_auth.password_hash` (argon2id). Reads the password
     /// from the terminal without echo, or the first line of standard input when piped.
     HashPassword,
+    /// Print the `key_hash` line for a tunnel or monitoring key (`sha256:…`), so the hub's config
+    /// need not hold the key itself. Reads the key from the terminal without echo, or the first
+    /// line of standard input when piped.
+    HashKey,
     /// Write man pages (tunnelize.1 and one per command) into a directory (for packagers).
     #[command(hide = true)]
     Man {
@@ -209,6 +213,7 @@ fn main() -> ExitCode {
             Command::CheckConfig { file } => check_config(&file),
             Command::Demo => report(run_demo().await),
             Command::HashPassword => report(hash_password()),
+            Command::HashKey => report(hash_key()),
             Command::Man { dir } => report(
                 tunnelize::daemon::write_man_pages(<Cli as clap::CommandFactory>::command(), &dir)
                     .map(|written| {
@@ -441,23 +446,40 @@ async fn run_demo() -> Result<()> {
     Ok(())
 }
 
-fn hash_password() -> Result<()> {
+/// Reads a secret twice from the terminal (no echo), or one line from piped standard input.
+fn read_secret(what: &str) -> Result<String> {
     use std::io::IsTerminal;
-    let password = if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password("Password: ").context("reading the password")?;
-        let again = rpassword::prompt_password("Again: ").context("reading the password")?;
-        anyhow::ensure!(
-            first == again,
-            "the two passwords differ; nothing was hashed"
-        );
-        first
+    if std::io::stdin().is_terminal() {
+        let prompt = format!("{}{}: ", what[..1].to_uppercase(), &what[1..]);
+        let first =
+            rpassword::prompt_password(&prompt).with_context(|| format!("reading the {what}"))?;
+        let again =
+            rpassword::prompt_password("Again: ").with_context(|| format!("reading the {what}"))?;
+        anyhow::ensure!(first == again, "the two {what}s differ; nothing was hashed");
+        Ok(first)
     } else {
         let mut line = String::new();
         std::io::stdin()
             .read_line(&mut line)
-            .context("reading the password from standard input")?;
-        line.trim_end_matches(['\n', '\r']).to_owned()
-    };
+            .with_context(|| format!("reading the {what} from standard input"))?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    }
+}
+
+fn hash_key() -> Result<()> {
+    let key = read_secret("key")?;
+    tunnelize::config::check_tunnel_key(&key)
+        .map_err(|problem| anyhow::anyhow!("{problem}; nothing was hashed"))?;
+    let line = tunnelize::secret::StoredKey::hash_line(&tunnelize::secret::Secret::new(key));
+    println!("{line}");
+    eprintln!(
+        "put it in the hub's config as `key_hash = \"{line}\"` (in [[keys]] or [admin]), in place of `key`, `key_file` or `key_env`"
+    );
+    Ok(())
+}
+
+fn hash_password() -> Result<()> {
+    let password = read_secret("password")?;
     anyhow::ensure!(
         !password.is_empty(),
         "the password is empty; nothing was hashed"

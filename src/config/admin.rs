@@ -12,10 +12,10 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::error::ConfigError;
-use super::secret_source::{SecretFields, resolve_secret};
+use super::secret_source::{SecretFields, resolve_stored_key};
 use super::source::Source;
 use super::values::check_name;
-use crate::secret::Secret;
+use crate::secret::StoredKey;
 
 /// Shortest monitoring key accepted.
 const MIN_MONITORING_KEY_LEN: usize = 16;
@@ -33,8 +33,9 @@ pub struct AdminConfig {
     pub socket_group: Option<String>,
     /// `listen` (hub only, default none): TLS address of the API.
     pub listen: Option<SocketAddr>,
-    /// The monitoring key (`key`, `key_file` or `key_env`), required by the TLS listener.
-    pub key: Option<Secret>,
+    /// The monitoring key (`key`, `key_file`, `key_env` or `key_hash`), required by the TLS
+    /// listener.
+    pub key: Option<StoredKey>,
 }
 
 impl AdminConfig {
@@ -54,6 +55,7 @@ pub(super) struct RawAdmin {
     key: Option<Spanned<Value>>,
     key_file: Option<Spanned<String>>,
     key_env: Option<Spanned<String>>,
+    key_hash: Option<Spanned<String>>,
 }
 
 /// Checks `[admin]`; `default_socket` applies when `socket` is absent, `allow_listen` is false
@@ -108,6 +110,7 @@ pub(super) fn check_admin(
             &raw.key.as_ref().map(Spanned::span),
             &raw.key_file.as_ref().map(Spanned::span),
             &raw.key_env.as_ref().map(Spanned::span),
+            &raw.key_hash.as_ref().map(Spanned::span),
         ]
         .into_iter()
         .find_map(|span| span.clone());
@@ -124,7 +127,13 @@ pub(super) fn check_admin(
         key_file: raw.key_file.as_ref(),
         key_env: raw.key_env.as_ref(),
     };
-    let key = resolve_secret(src, &fields, " in [admin]", MIN_MONITORING_KEY_LEN)?;
+    let key = resolve_stored_key(
+        src,
+        &fields,
+        raw.key_hash.as_ref(),
+        " in [admin]",
+        MIN_MONITORING_KEY_LEN,
+    )?;
     Ok(AdminConfig {
         socket,
         socket_explicit,

@@ -17,11 +17,11 @@ use toml::{Spanned, Value};
 use super::admin::{AdminConfig, RawAdmin, check_admin};
 use super::error::ConfigError;
 use super::limits::{Limits, RawLimits, check_limits};
-use super::secret_source::{SecretFields, resolve_secret};
+use super::secret_source::{SecretFields, resolve_stored_key};
 use super::service::{RawService, ServiceConfig, check_services};
 use super::source::{EnvLookup, Source};
 use super::values::{MIN_HUB_KEY_LEN, check_name, parse_duration};
-use crate::secret::Secret;
+use crate::secret::StoredKey;
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7700);
 const DEFAULT_STATE_DIR: &str = "/var/lib/tunnelize";
@@ -94,8 +94,8 @@ pub struct TlsFiles {
 pub struct TunnelKey {
     /// `name`: who the key belongs to; shown in logs, never secret.
     pub name: String,
-    /// The key, from `key`, `key_file` or `key_env`.
-    pub key: Secret,
+    /// The key, from `key`, `key_file`, `key_env` or `key_hash` (kept as its digest).
+    pub key: StoredKey,
     /// `hostnames` (default none): full hostnames outside the http services' domains that
     /// tunnels using this key may claim; `*.example.org` allows every name under example.org.
     pub hostnames: Vec<String>,
@@ -178,6 +178,7 @@ struct RawKey {
     key: Option<Spanned<Value>>,
     key_file: Option<Spanned<String>>,
     key_env: Option<Spanned<String>>,
+    key_hash: Option<Spanned<String>>,
     hostnames: Option<Spanned<Vec<String>>>,
 }
 
@@ -334,12 +335,15 @@ fn check_keys(src: &Source<'_>, raw_keys: &[RawKey]) -> Result<Vec<TunnelKey>, C
             key_env: raw.key_env.as_ref(),
         };
         let place = format!(" in [[keys]] `{name}`");
-        let Some(secret) = resolve_secret(src, &fields, &place, MIN_HUB_KEY_LEN)? else {
+        let Some(secret) =
+            resolve_stored_key(src, &fields, raw.key_hash.as_ref(), &place, MIN_HUB_KEY_LEN)?
+        else {
             return Err(src.error_at(
                 raw.name.span(),
                 format!(
                     "[[keys]] `{name}` has no key; set `key_file` (a file holding the key), \
-                     `key_env` (an environment variable holding it) or `key`"
+                     `key_env` (an environment variable holding it), `key_hash` (its digest, \
+                     from `tunnelize hash-key`) or `key`"
                 ),
             ));
         };
@@ -348,6 +352,7 @@ fn check_keys(src: &Source<'_>, raw_keys: &[RawKey]) -> Result<Vec<TunnelKey>, C
                 raw.key.as_ref().map(Spanned::span),
                 raw.key_file.as_ref().map(Spanned::span),
                 raw.key_env.as_ref().map(Spanned::span),
+                raw.key_hash.as_ref().map(Spanned::span),
             ]
             .into_iter()
             .flatten()
@@ -433,7 +438,7 @@ mod tests {
                 tls: None,
                 keys: vec![TunnelKey {
                     name: "alice".into(),
-                    key: Secret::new(ALICE_KEY),
+                    key: StoredKey::from(ALICE_KEY),
                     hostnames: vec![],
                 }],
                 services: vec![],
@@ -699,8 +704,54 @@ mod tests {
         let text = "[[keys]]\nname = \"bob\"\nkey_file = \"bob.key\"\n\
                     [[keys]]\nname = \"carol\"\nkey_env = \"TUNNELIZE_TEST_CAROL_KEY\"\n";
         let config = HubConfig::parse_with_env(text, &origin, &env).unwrap();
-        assert_eq!(config.keys[0].key.expose(), "bob-0123456789abcdef");
-        assert_eq!(config.keys[1].key.expose(), "carol-0123456789abcdef");
+        assert!(config.keys[0].key.matches("bob-0123456789abcdef"));
+        assert!(config.keys[1].key.matches("carol-0123456789abcdef"));
+    }
+
+    #[test]
+    fn keys_may_be_stored_as_hashes() {
+        let alice = StoredKey::hash_line(&crate::secret::Secret::new(ALICE_KEY));
+        let text = format!(
+            "[[keys]]\nname = \"alice\"\nkey_hash = \"{alice}\"\n\
+             [admin]\nlisten = \"127.0.0.1:7701\"\nkey_hash = \"{}\"\n",
+            StoredKey::hash_line(&crate::secret::Secret::new("monitor-0123456789abcdef"))
+        );
+        let config = parse(&text).unwrap();
+        assert!(config.keys[0].key.matches(ALICE_KEY));
+        assert!(!config.keys[0].key.matches("alice-0123456789abcdeX"));
+        let monitoring = config.admin.key.expect("the monitoring key hash");
+        assert!(monitoring.matches("monitor-0123456789abcdef"));
+        assert!(!format!("{:?}", config.keys[0]).contains(&alice[7..]));
+
+        // A hashed key and the same key inline are still the same key.
+        let err = error(&format!(
+            "{KEYS}[[keys]]\nname = \"bob\"\nkey_hash = \"{alice}\"\n"
+        ));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:6:12: [[keys]] `bob` has the same key as `alice`"
+            ),
+            "{err}"
+        );
+        let err = error(&format!("{KEYS}key_hash = \"{alice}\"\n"));
+        assert!(
+            err.starts_with("/etc/tunnelize/hub.toml:4:12: `key` and `key_hash` are both set in [[keys]] `alice`"),
+            "{err}"
+        );
+        let err = error("[[keys]]\nname = \"alice\"\nkey_hash = \"sha256:0123\"\n");
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:3:12: `key_hash` in [[keys]] `alice`: the digest"
+            ),
+            "{err}"
+        );
+        let err = error(&format!("{KEYS}[admin]\nkey_hash = \"md5:00\"\n"));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/hub.toml:5:12: `key_hash` in [admin]: expected \"sha256:\""
+            ),
+            "{err}"
+        );
     }
 
     #[test]

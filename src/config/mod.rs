@@ -35,6 +35,12 @@ pub use service::{ServiceConfig, ServiceKind, TcpService, UdpService};
 pub use tunnel::{HubTrust, ProxyConfig, TunnelConfig};
 pub use values::PortRange;
 
+/// Checks a tunnel key as `[[keys]]` would (length, no whitespace or control characters), for
+/// tools such as `tunnelize hash-key`; the message never contains the key.
+pub fn check_tunnel_key(key: &str) -> Result<(), String> {
+    values::check_secret(key, values::MIN_HUB_KEY_LEN)
+}
+
 use source::Source;
 
 /// A config file of either daemon, as told apart by [`load_any`].

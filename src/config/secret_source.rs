@@ -13,7 +13,7 @@ use toml::{Spanned, Value};
 use super::error::ConfigError;
 use super::source::Source;
 use super::values::check_secret;
-use crate::secret::Secret;
+use crate::secret::{Secret, StoredKey};
 
 /// The three optional secret keys of one table, as written.
 pub(crate) struct SecretFields<'r> {
@@ -87,6 +87,40 @@ pub(crate) fn resolve_secret(
         Ok(()) => Ok(Some(Secret::new(value))),
         Err(problem) => Err(src.error_at(span, format!("{origin}{place}: {problem}"))),
     }
+}
+
+/// Reads a key the hub checks against: `key_hash` (a `sha256:` digest from `tunnelize
+/// hash-key`), or else whichever of `key`, `key_file`, `key_env` is set, as [`resolve_secret`].
+pub(crate) fn resolve_stored_key(
+    src: &Source<'_>,
+    fields: &SecretFields<'_>,
+    key_hash: Option<&Spanned<String>>,
+    place: &str,
+    min_len: usize,
+) -> Result<Option<StoredKey>, ConfigError> {
+    let Some(hash) = key_hash else {
+        return Ok(resolve_secret(src, fields, place, min_len)?.map(StoredKey::from));
+    };
+    let other = [
+        fields.key.map(|_| "key"),
+        fields.key_file.map(|_| "key_file"),
+        fields.key_env.map(|_| "key_env"),
+    ]
+    .into_iter()
+    .flatten()
+    .next();
+    if let Some(other) = other {
+        return Err(src.error_at(
+            hash.span(),
+            format!(
+                "`{other}` and `key_hash` are both set{place}; keep exactly one of `key`, \
+                 `key_file`, `key_env` and `key_hash`"
+            ),
+        ));
+    }
+    StoredKey::from_hash(hash.get_ref())
+        .map(Some)
+        .map_err(|problem| src.error_at(hash.span(), format!("`key_hash`{place}: {problem}")))
 }
 
 fn read_key_file(

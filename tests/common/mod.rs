@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -59,7 +60,7 @@ pub fn hub_config(services: Vec<ServiceConfig>) -> HubConfig {
         tls: None,
         keys: vec![TunnelKey {
             name: "test".into(),
-            key: Secret::new(KEY),
+            key: KEY.into(),
             hostnames: vec!["*.custom.test".into(), "exact.example.org".into()],
         }],
         services,

@@ -150,12 +150,24 @@ async fn get(sender: &mut SendRequest<Empty<Bytes>>, host: &str, path: &str) -> 
 struct Setup {
     hub: TestHub,
     web: SocketAddr,
+    view: tunnelize::hub::inspect::HubView,
 }
 
 async fn setup(tweak: impl FnOnce(&mut HttpService)) -> Setup {
-    let hub = start_hub(vec![http_service("web", tweak)]).await;
+    let config = hub_config(vec![http_service("web", tweak)]);
+    let (hub, _admin, view) = start_hub_full(config).await;
     let web = hub.services["web"];
-    Setup { hub, web }
+    Setup { hub, web, view }
+}
+
+/// The hub's `tunnelize_rejected_total{reason="bad_request"}`.
+fn bad_requests(view: &tunnelize::hub::inspect::HubView) -> u64 {
+    let text = view.metrics();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("tunnelize_rejected_total{reason=\"bad_request\"}"))
+        .expect("the bad_request counter is exported");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,13 +378,18 @@ async fn smuggling_payloads_get_400_and_never_reach_the_target() {
         b"GET / HTTP/1.1\r\nHost: app.test.local\r\nHost: other.test.local\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: app.test.local\r\nX-Folded: a\r\n  b\r\n\r\n",
     ];
-    for payload in payloads {
+    for (i, payload) in payloads.iter().enumerate() {
         let out = raw_exchange(s.web, payload).await;
         assert!(
             out.starts_with("HTTP/1.1 400"),
             "{}\n=> {out}",
             String::from_utf8_lossy(payload)
         );
+        // Refusals hyper makes itself are counted when the connection ends.
+        eventually("each 400 counted as a bad request", || async {
+            (bad_requests(&s.view) == i as u64 + 1).then_some(())
+        })
+        .await;
     }
     assert!(
         app.requests().is_empty(),
@@ -395,8 +412,13 @@ async fn oversized_heads_get_431_and_oversized_bodies_413() {
         "GET / HTTP/1.1\r\nHost: small.test.local\r\nX-Big: {}\r\n\r\n",
         "a".repeat(32 * 1024)
     );
+    assert_eq!(bad_requests(&s.view), 0);
     let out = raw_exchange(s.web, big_header.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    eventually("the 431 counted as a bad request", || async {
+        (bad_requests(&s.view) == 1).then_some(())
+    })
+    .await;
     let body = "x".repeat(5000);
     let (status, _) = curl(
         s.web,
@@ -405,6 +427,7 @@ async fn oversized_heads_get_431_and_oversized_bodies_413() {
     )
     .await;
     assert_eq!(status, 413);
+    assert_eq!(bad_requests(&s.view), 2, "the 413 is counted");
     let (status, body) = curl(
         s.web,
         "http://small.test.local/upload",

@@ -46,7 +46,7 @@ use self::upstream::{Body, UpstreamError};
 use super::Shared;
 use super::clients::ClientGuard;
 use super::idle::IdleIo;
-use super::metrics::Rejection;
+use super::metrics::{HubMetrics, Rejection};
 use super::registry::TunnelSession;
 use crate::config::HttpService;
 use crate::protocol::ProxyRequest;
@@ -233,6 +233,10 @@ where
         .with_upgrades()
         .await
     {
+        // hyper answered 400 or 431 itself (unparsable request, head over max_head_size).
+        if e.is_parse() {
+            front.shared.metrics.reject(Rejection::BadRequest);
+        }
         debug!(error = %e, "http connection ended with an error");
     }
 }
@@ -331,7 +335,10 @@ async fn handle(
     peer: SocketAddr,
     verdict: Verdict,
 ) -> Result<Response<Body>, Infallible> {
-    let bad = |detail: &str| Ok(pages::page(StatusCode::BAD_REQUEST, detail, true));
+    let bad = |detail: &str| {
+        front.shared.metrics.reject(Rejection::BadRequest);
+        Ok(pages::page(StatusCode::BAD_REQUEST, detail, true))
+    };
     if let Verdict::Ambiguous(reason) = verdict {
         warn!(%peer, reason, "refused an ambiguous request");
         return bad("The request's framing is ambiguous.");
@@ -398,7 +405,7 @@ async fn handle(
         if let Some(limit) = backend.max_body
             && declared.is_some_and(|n| n > limit)
         {
-            return Ok(too_large());
+            return Ok(too_large(&front.shared.metrics));
         }
         // Only a request without a body is ever retried after its body was taken.
         let client_body = body.take().unwrap_or_else(empty_body);
@@ -482,7 +489,9 @@ fn empty_body() -> Body {
         .boxed()
 }
 
-fn too_large() -> Response<Body> {
+/// The 413 page, counted as a bad request.
+fn too_large(metrics: &HubMetrics) -> Response<Body> {
+    metrics.reject(Rejection::BadRequest);
     pages::page(
         StatusCode::PAYLOAD_TOO_LARGE,
         "The request body is too large.",
@@ -591,6 +600,7 @@ async fn forward(
     ) {
         Ok(r) => r,
         Err(detail) => {
+            front.shared.metrics.reject(Rejection::BadRequest);
             return Forwarded::Page(pages::page(StatusCode::BAD_REQUEST, &detail, true));
         }
     };
@@ -615,7 +625,7 @@ async fn forward(
         Ok(Err(upstream::SendError::Failed(e))) if body_limit_hit(&e) => {
             // The target has not answered, so the client can still be told why.
             warn!(limit = backend.max_body, "request body over max_body");
-            Forwarded::Page(too_large())
+            Forwarded::Page(too_large(&front.shared.metrics))
         }
         Ok(Err(upstream::SendError::Failed(e))) => Forwarded::Lost(e),
         Err(_) => {

@@ -6,6 +6,8 @@
 //! carries the comment `# <- error here`. A fixture without that marker describes a problem
 //! with the file as a whole, so its error must name the file without a line.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -33,17 +35,27 @@ fn toml_files(dir: &Path) -> Vec<PathBuf> {
 fn example_configs_load() {
     let hub = repo_path("etc/tunnelize/hub.toml");
     let tunnel = repo_path("etc/tunnelize/tunnel.toml");
+    // The example hub ships without a key, so an unedited install fails closed with the fix;
+    // with its commented entry switched on it loads.
+    let err = load_any(&hub).expect_err("the example hub has no key");
     assert!(
-        matches!(load_any(&hub), Ok(AnyConfig::Hub(_))),
-        "{:?}",
-        load_any(&hub)
+        err.to_string().contains("no tunnel keys are configured")
+            && err.to_string().contains("[[keys]]"),
+        "{err}"
     );
+    let (text, origin) = common::example_hub_toml_with_a_key();
+    if let Err(err) = tunnelize::config::HubConfig::parse(&text, &origin) {
+        panic!("the example hub with a key does not load: {err}");
+    }
     assert!(
         matches!(load_any(&tunnel), Ok(AnyConfig::Tunnel(_))),
         "{:?}",
         load_any(&tunnel)
     );
     for path in toml_files(&repo_path("etc/tunnelize")) {
+        if path == hub {
+            continue;
+        }
         if let Err(err) = load_any(&path) {
             panic!("example config does not load: {err}");
         }

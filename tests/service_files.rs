@@ -3,6 +3,8 @@
 //! checks one thing an operator relies on; where `systemd-analyze` is installed, the units are
 //! also run through `systemd-analyze verify` and `systemd-analyze security`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -435,8 +437,9 @@ fn units_sharing_run_tunnelize_keep_it_when_one_of_them_stops() {
 
 #[test]
 fn hub_default_admin_socket_is_inside_the_runtime_directory_its_unit_creates() {
-    let hub = HubConfig::load(&project().join("etc/tunnelize/hub.toml"))
-        .unwrap_or_else(|e| panic!("etc/tunnelize/hub.toml: {e}"));
+    let (text, origin) = common::example_hub_toml_with_a_key();
+    let hub =
+        HubConfig::parse(&text, &origin).unwrap_or_else(|e| panic!("etc/tunnelize/hub.toml: {e}"));
     let socket = hub
         .admin
         .socket

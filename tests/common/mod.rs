@@ -316,3 +316,17 @@ pub fn http_any(name: &str, domain: &str) -> ServiceConfig {
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
+
+/// The example `etc/tunnelize/hub.toml` with its commented-out `[[keys]]` entry switched on
+/// (with the key inline, as its key file does not exist here), and the file's path.
+pub fn example_hub_toml_with_a_key() -> (String, std::path::PathBuf) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/tunnelize/hub.toml");
+    let text = std::fs::read_to_string(&path).expect("etc/tunnelize/hub.toml");
+    let block = "# [[keys]]\n# name = \"alice\"\n# key_file = \"/etc/tunnelize/keys/alice.key\"\n";
+    assert!(
+        text.contains(block),
+        "the example's commented [[keys]] entry"
+    );
+    let on = format!("[[keys]]\nname = \"alice\"\nkey = \"{KEY}\"\n");
+    (text.replace(block, &on), path)
+}

@@ -69,6 +69,21 @@ async fn closed_by_peer(socket: &mut TcpStream, what: &str) {
     }
 }
 
+/// Descriptors the hub holds for a session with one client: the control connection, two
+/// link connections, the public listener and the client.
+const HUB_FILES_PER_SESSION: usize = 5;
+/// Descriptors the tunnel holds for it: control, two links, one target connection. One may
+/// come back at once as the tunnel redials (a dial waiting on a stopped or cut-off hub).
+const TUNNEL_FILES_PER_SESSION: usize = 4;
+
+/// Waits until `daemon` holds at most `most` open files.
+async fn closes_files(daemon: &Daemon, most: usize, what: &str) {
+    within(DEADLINE, what, || async {
+        (daemon.open_files() <= most).then_some(())
+    })
+    .await;
+}
+
 /// A new session of the tunnel (a tunnel id other than `old`), with its proxies live.
 async fn reconnected(admin: &AdminClient, old: &str, limit: Duration) -> TunnelStatus {
     within(limit, "the tunnel to reconnect", || async {
@@ -151,6 +166,7 @@ async fn the_hub_drops_a_stopped_tunnel_frees_its_port_and_takes_it_back_once_co
     let old_id = t.status.tunnel_id.clone().unwrap();
     let public = SocketAddr::from(([127, 0, 0, 1], public_port(&t.status, "echo")));
 
+    let hub_fds = t.hub.open_files();
     t.tunnel.signal("STOP");
     let stopped = Instant::now();
     within(DEADLINE, "the hub to drop the stopped tunnel", || async {
@@ -163,6 +179,12 @@ async fn the_hub_drops_a_stopped_tunnel_frees_its_port_and_takes_it_back_once_co
         stopped.elapsed()
     );
     closed_by_peer(&mut t.client, "the stopped tunnel's client").await;
+    closes_files(
+        &t.hub,
+        hub_fds - HUB_FILES_PER_SESSION,
+        "the hub to close the stopped tunnel's connections",
+    )
+    .await;
     assert!(
         TcpStream::connect(public).await.is_err(),
         "the stopped tunnel's public port still accepts"
@@ -188,6 +210,7 @@ async fn a_tunnel_notices_a_stopped_hub_drops_its_targets_and_reconnects_once_co
     let mut t = loopback().await;
     let old_id = t.status.tunnel_id.clone().unwrap();
 
+    let tunnel_fds = t.tunnel.open_files();
     t.hub.signal("STOP");
     let stopped = Instant::now();
     let status: TunnelStatus = within(DEADLINE, "the tunnel to notice", || async {
@@ -215,6 +238,12 @@ async fn a_tunnel_notices_a_stopped_hub_drops_its_targets_and_reconnects_once_co
         DEADLINE,
         "the tunnel to close its target connection",
         || async { (t.echo.open() == 0).then_some(()) },
+    )
+    .await;
+    closes_files(
+        &t.tunnel,
+        tunnel_fds - TUNNEL_FILES_PER_SESSION + 1,
+        "the tunnel to close the lost session's connections",
     )
     .await;
 
@@ -284,6 +313,7 @@ async fn a_blackholed_network_is_noticed_on_both_sides_and_the_tunnel_returns_wh
     assert!(echoes(&mut client, &payload(4, 1000)).await);
     assert_eq!(echo.open(), 1);
 
+    let (hub_fds, tunnel_fds) = (hub.open_files(), tunnel.open_files());
     // Every packet over the veth is dropped, in both directions, without a word to either side.
     let veth = &link.hub_if;
     link.hub.nft(&format!(
@@ -294,6 +324,18 @@ async fn a_blackholed_network_is_noticed_on_both_sides_and_the_tunnel_returns_wh
     ));
     both_sides_notice(&hub_admin, &tunnel_admin, &echo).await;
     closed_by_peer(&mut client, "the client of the cut-off tunnel").await;
+    closes_files(
+        &hub,
+        hub_fds - HUB_FILES_PER_SESSION,
+        "the hub to close the cut-off tunnel's connections",
+    )
+    .await;
+    closes_files(
+        &tunnel,
+        tunnel_fds - TUNNEL_FILES_PER_SESSION + 1,
+        "the tunnel to close the cut-off session's connections",
+    )
+    .await;
     let listing = link.hub.nft_cmd(&["list", "table", "inet", "blackhole"]);
     let dropped: u64 = counted_packets(&listing).iter().sum();
     assert!(dropped > 0, "the rules dropped nothing: {listing}");

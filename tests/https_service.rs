@@ -252,3 +252,72 @@ async fn a_reload_serves_certificates_renewed_at_the_same_paths() {
         "new connections get the renewed certificate"
     );
 }
+
+/// An h2 connection to `sni` on `addr`: the request sender and the connection's task, which
+/// ends when the hub closes the connection.
+async fn h2_client(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    sni: &str,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let socket = TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), socket)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_without_requests_is_closed_after_idle_timeout_despite_pings() {
+    use http_body_util::BodyExt;
+    tunnelize::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let files: Vec<TlsFiles> = pki.certs.iter().map(|(f, _)| f.clone()).collect();
+    let mut config = hub_config(vec![web("secure", true, files, None)]);
+    // The hub pings an idle h2 client every idle_timeout / 2; the pings must not count as use.
+    config.idle_timeout = Duration::from_millis(1500);
+    let hub = start_hub_with(config).await;
+    let addr = hub.services["secure"];
+    let app = start_app("tls").await;
+    let mut p = proxy("a", "secure", app.addr, None);
+    p.hostname = Some("a".into());
+    let _t = start_tunnel(tunnel_config(&hub, vec![p])).await;
+
+    let (mut sender, conn) = h2_client(addr, &pki.ca_der, "a.test.local").await;
+    let request = http::Request::get("https://a.test.local/first")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+
+    // Nothing more is asked: the hub closes the connection (the client's task ends).
+    tokio::time::timeout(DEADLINE, conn)
+        .await
+        .expect("the idle h2 connection is closed by the hub")
+        .unwrap();
+    assert!(sender.is_closed() || !sender.is_ready());
+    assert_eq!(app.requests(), ["GET /first"]);
+}

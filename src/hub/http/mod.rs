@@ -13,6 +13,7 @@
 //! not forwarded.
 //! `https` terminates TLS with a certificate chosen by SNI ([`sni`]) and speaks h2 or http/1.1.
 
+mod activity;
 pub mod auth;
 pub mod framing;
 pub mod metered;
@@ -158,13 +159,14 @@ pub(crate) async fn serve(
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
+                accepted = super::accept::accept(&listener, "http service") => match accepted {
                     Ok((socket, peer)) => {
                         let front = front.clone();
                         // The certificates in force now (a reload may have renewed them).
                         let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
                         shared.tasks.spawn(
-                            serve_connection(front, socket, peer, acceptor).instrument(info_span!("connection", %peer)),
+                            serve_connection(front, socket, peer, acceptor, shutdown.clone())
+                                .instrument(info_span!("connection", %peer)),
                         );
                     }
                     Err(e) => {
@@ -184,12 +186,13 @@ async fn serve_connection(
     socket: TcpStream,
     peer: SocketAddr,
     acceptor: Option<TlsAcceptor>,
+    stop: CancellationToken,
 ) {
     let _ = socket.set_nodelay(true);
     // Every wait on the client (body, keep-alive, upgraded bytes) ends after idle_timeout.
     let socket = IdleIo::new(socket, front.shared.config.idle_timeout);
     match acceptor {
-        None => serve_http1(front, socket, peer).await,
+        None => serve_http1(front, socket, peer, stop).await,
         Some(acceptor) => {
             let limit = front.config.header_timeout;
             let tls = match tokio::time::timeout(limit, acceptor.accept(socket)).await {
@@ -198,15 +201,18 @@ async fn serve_connection(
                 Err(_) => return debug!("TLS handshake timed out"),
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve_h2(front, tls, peer).await;
+                serve_h2(front, tls, peer, stop).await;
             } else {
-                serve_http1(front, tls, peer).await;
+                serve_http1(front, tls, peer, stop).await;
             }
         }
     }
 }
 
-async fn serve_http1<S>(front: Arc<Frontend>, io: S, peer: SocketAddr)
+/// Serves HTTP/1.1 on one client connection. When `stop` fires (the hub is stopping, or a
+/// reload removed the service) an idle keep-alive connection is closed at once and a busy one
+/// after its current response, which says `Connection: close`.
+async fn serve_http1<S>(front: Arc<Frontend>, io: S, peer: SocketAddr, stop: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -227,12 +233,21 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(front.config.header_timeout)
+        // A hard limit on the head: the buffer limit alone lets one read overshoot it.
+        .max_header_size(front.config.max_head_size)
         .max_buf_size(front.config.max_head_size);
-    if let Err(e) = builder
+    let conn = builder
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await
-    {
+        .with_upgrades();
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         // hyper answered 400 or 431 itself (unparsable request, head over max_head_size).
         if e.is_parse() {
             front.shared.metrics.reject(Rejection::BadRequest);
@@ -241,25 +256,65 @@ where
     }
 }
 
-/// How often an idle h2 client connection is pinged, and how long a ping may go unanswered.
+/// How often an idle h2 client connection is pinged, and how long a ping may go unanswered
+/// (shorter when `idle_timeout` is).
 const H2_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 const H2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
-async fn serve_h2<S>(front: Arc<Frontend>, io: S, peer: SocketAddr)
+/// Serves h2 on one client connection. It is closed (GOAWAY, then the open streams finish) when
+/// it has carried no request for `idle_timeout`, or when `stop` fires.
+async fn serve_h2<S>(front: Arc<Frontend>, io: S, peer: SocketAddr, stop: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let idle_timeout = front.shared.config.idle_timeout;
+    let activity = activity::Activity::new();
     let handler = front.clone();
-    let service = service_fn(move |req| handle(handler.clone(), req, peer, Verdict::Clean));
+    let requests = activity.clone();
+    let service = service_fn(move |req| {
+        let busy = requests.begin();
+        let handled = handle(handler.clone(), req, peer, Verdict::Clean);
+        async move {
+            let response = handled.await?;
+            Ok::<_, Infallible>(response.map(|body| activity::Tracked::new(body, busy).boxed()))
+        }
+    });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(front.config.max_head_size as u32)
         .max_concurrent_streams(256)
         // A client that stops answering pings is gone.
-        .keep_alive_interval(Some(H2_PING_INTERVAL))
-        .keep_alive_timeout(H2_PING_TIMEOUT);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        .keep_alive_interval(Some(H2_PING_INTERVAL.min(idle_timeout / 2)))
+        .keep_alive_timeout(H2_PING_TIMEOUT.min(idle_timeout / 2));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let ended = loop {
+        // While a request is in flight there is nothing to check until one ends; looking again
+        // after idle_timeout is soon enough.
+        let check = activity
+            .idle_deadline(idle_timeout)
+            .unwrap_or_else(|| tokio::time::Instant::now() + idle_timeout);
+        tokio::select! {
+            ended = conn.as_mut() => break ended,
+            () = stop.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(check), if !closing => {
+                if activity
+                    .idle_deadline(idle_timeout)
+                    .is_some_and(|at| at <= tokio::time::Instant::now())
+                {
+                    debug!(timeout = ?idle_timeout, "h2 connection idle; closing it");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
         debug!(error = %e, "h2 connection ended with an error");
     }
 }

@@ -171,3 +171,24 @@ async fn handshakes_beyond_the_limit_are_refused_at_once_and_served_again_after(
     })
     .await;
 }
+
+#[tokio::test]
+async fn link_connections_beyond_the_per_tunnel_limit_are_refused_and_the_tunnel_keeps_working() {
+    let live = hub(Limits {
+        links_per_tunnel: 1,
+        ..Limits::default()
+    })
+    .await;
+    let echo = start_echo().await;
+    let mut config = tunnel_config(&live.hub, vec![proxy("a", "tcp", echo, None)]);
+    config.links = 3;
+    let tunnel = start_tunnel(config).await;
+    // Two of the three link connections are refused (and redial later); each refusal counts.
+    eventually("the extra link connections refused", || async {
+        (limit_refusals(&live.admin).await >= 2.0).then_some(())
+    })
+    .await;
+    for i in 0..8u8 {
+        assert_eq!(round_trip(tunnel.addr(0), &[i; 100]).await, [i; 100]);
+    }
+}

@@ -23,6 +23,9 @@ pub struct Limits {
     /// `handshakes` (default 256): TLS handshakes in progress at once on the tunnel listener;
     /// more connections are closed at once.
     pub handshakes: usize,
+    /// `links_per_tunnel` (default 16, the most a tunnel's `links` asks for): link connections
+    /// one tunnel may hold, counted from its link hello; more are refused.
+    pub links_per_tunnel: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
             clients_per_tunnel: 10_000,
             clients_per_service: 16_000,
             handshakes: 256,
+            links_per_tunnel: 16,
         }
     }
 }
@@ -46,6 +50,7 @@ pub(super) struct RawLimits {
     clients_per_tunnel: Option<Spanned<i64>>,
     clients_per_service: Option<Spanned<i64>>,
     handshakes: Option<Spanned<i64>>,
+    links_per_tunnel: Option<Spanned<i64>>,
 }
 
 /// Checks `[limits]`: every value a whole number from 1 to 1,000,000.
@@ -86,5 +91,10 @@ pub(super) fn check_limits(
             defaults.clients_per_service,
         )?,
         handshakes: value(&raw.handshakes, "handshakes", defaults.handshakes)?,
+        links_per_tunnel: value(
+            &raw.links_per_tunnel,
+            "links_per_tunnel",
+            defaults.links_per_tunnel,
+        )?,
     })
 }

@@ -45,6 +45,9 @@ pub enum LinkError {
 #[derive(Default)]
 pub struct LinkSet {
     conns: Mutex<Vec<(u64, SendRequest<Bytes>)>>,
+    /// Link connections admitted (from their hello on), including ones still in their HTTP/2
+    /// handshake; bounded by `[limits] links_per_tunnel`.
+    admitted: Arc<AtomicUsize>,
     next_id: AtomicU64,
     turn: AtomicUsize,
     added: Notify,
@@ -84,6 +87,17 @@ impl LinkSet {
         self.lock().retain(|(i, _)| *i != id);
     }
 
+    /// Admits one more link connection unless `limit` are admitted already; the slot is freed
+    /// when the returned guard is dropped.
+    fn admit(&self, limit: usize) -> Option<LinkSlot> {
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LinkSlot(self.admitted.clone()))
+    }
+
     /// The next connection in turn, if any.
     fn pick(&self) -> Option<SendRequest<Bytes>> {
         let conns = self.lock();
@@ -115,6 +129,15 @@ impl LinkSet {
                 return Err(LinkError::NoLink(wait));
             }
         }
+    }
+}
+
+/// One admitted link connection; see [`LinkSet::admit`].
+struct LinkSlot(Arc<AtomicUsize>);
+
+impl Drop for LinkSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -189,6 +212,23 @@ pub(super) async fn serve_link<S>(
         .await;
         return;
     };
+    let limit = shared.current().limits.links_per_tunnel;
+    let Some(_slot) = session.links.admit(limit) else {
+        if shared.metrics.reject_at_limit() {
+            warn!(%peer, %tunnel_id, limit, "link connection refused: the tunnel has [limits] links_per_tunnel already (logged at most every 10s)");
+        }
+        refuse(
+            &mut framed,
+            &accepted,
+            hello.id,
+            RefusalCode::Limit,
+            &format!(
+                "this tunnel already has {limit} link connections ([limits] links_per_tunnel)"
+            ),
+        )
+        .await;
+        return;
+    };
     let reply = Envelope {
         id: hello.id,
         msg: HubMessage::LinkAccepted,
@@ -227,4 +267,22 @@ pub(super) async fn serve_link<S>(
     }
     session.links.remove(link_id);
     debug!(%tunnel_id, link_id, "link connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_slots_are_bounded_and_freed_when_dropped() {
+        let links = LinkSet::default();
+        let a = links.admit(2).expect("first");
+        let b = links.admit(2).expect("second");
+        assert!(links.admit(2).is_none(), "a third is over the limit");
+        drop(a);
+        let c = links.admit(2).expect("a freed slot is reused");
+        assert!(links.admit(2).is_none());
+        drop((b, c));
+        assert_eq!(links.admitted.load(Ordering::Acquire), 0);
+    }
 }

@@ -69,12 +69,18 @@ async fn closed_by_peer(socket: &mut TcpStream, what: &str) {
     }
 }
 
-/// Descriptors the hub holds for a session with one client: the control connection, two
-/// link connections, the public listener and the client.
-const HUB_FILES_PER_SESSION: usize = 5;
-/// Descriptors the tunnel holds for it: control, two links, one target connection. One may
-/// come back at once as the tunnel redials (a dial waiting on a stopped or cut-off hub).
-const TUNNEL_FILES_PER_SESSION: usize = 4;
+/// Descriptors the hub holds for a session with `clients` clients: the control connection,
+/// two link connections, the public listener and the clients.
+fn hub_files_per_session(clients: usize) -> usize {
+    4 + clients
+}
+
+/// Descriptors the tunnel holds for it: control, two links, a target connection per client.
+/// One may come back at once as the tunnel redials (a dial waiting on a stopped or cut-off
+/// hub).
+fn tunnel_files_per_session(clients: usize) -> usize {
+    3 + clients
+}
 
 /// Waits until `daemon` holds at most `most` open files.
 async fn closes_files(daemon: &Daemon, most: usize, what: &str) {
@@ -181,7 +187,7 @@ async fn the_hub_drops_a_stopped_tunnel_frees_its_port_and_takes_it_back_once_co
     closed_by_peer(&mut t.client, "the stopped tunnel's client").await;
     closes_files(
         &t.hub,
-        hub_fds - HUB_FILES_PER_SESSION,
+        hub_fds - hub_files_per_session(1),
         "the hub to close the stopped tunnel's connections",
     )
     .await;
@@ -242,7 +248,7 @@ async fn a_tunnel_notices_a_stopped_hub_drops_its_targets_and_reconnects_once_co
     .await;
     closes_files(
         &t.tunnel,
-        tunnel_fds - TUNNEL_FILES_PER_SESSION + 1,
+        tunnel_fds - tunnel_files_per_session(1) + 1,
         "the tunnel to close the lost session's connections",
     )
     .await;
@@ -256,6 +262,14 @@ async fn a_tunnel_notices_a_stopped_hub_drops_its_targets_and_reconnects_once_co
     let mut client = common::connect(public).await;
     assert!(echoes(&mut client, &payload(3, 5000)).await);
     assert!(!t.hub.exited() && !t.tunnel.exited());
+}
+
+/// Writes to `socket` without reading until the connection fails; counts what it wrote.
+async fn write_until_closed(mut socket: TcpStream, written: Arc<AtomicUsize>) {
+    let chunk = payload(6, 64 * 1024);
+    while socket.write_all(&chunk).await.is_ok() {
+        written.fetch_add(chunk.len(), Ordering::SeqCst);
+    }
 }
 
 /// Peeks at both sides at once: when the hub has dropped the tunnel (no tunnel, no client),
@@ -311,7 +325,16 @@ async fn a_blackholed_network_is_noticed_on_both_sides_and_the_tunnel_returns_wh
         .unwrap();
     let mut client = link.hub.connect_soon(public).await;
     assert!(echoes(&mut client, &payload(4, 1000)).await);
-    assert_eq!(echo.open(), 1);
+    // And one client in the middle of a big echo it does not read: its stream is stuck on
+    // flow control on both sides when the network goes.
+    let busy = link.hub.connect_soon(public).await;
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_until_closed(busy, written.clone()));
+    within(DEADLINE, "the busy client to fill the path", || async {
+        (written.load(Ordering::SeqCst) >= 8 << 20).then_some(())
+    })
+    .await;
+    assert_eq!(echo.open(), 2);
 
     let (hub_fds, tunnel_fds) = (hub.open_files(), tunnel.open_files());
     // Every packet over the veth is dropped, in both directions, without a word to either side.
@@ -324,15 +347,19 @@ async fn a_blackholed_network_is_noticed_on_both_sides_and_the_tunnel_returns_wh
     ));
     both_sides_notice(&hub_admin, &tunnel_admin, &echo).await;
     closed_by_peer(&mut client, "the client of the cut-off tunnel").await;
+    tokio::time::timeout(DEADLINE, writer)
+        .await
+        .expect("the busy client is closed too")
+        .unwrap();
     closes_files(
         &hub,
-        hub_fds - HUB_FILES_PER_SESSION,
+        hub_fds - hub_files_per_session(2),
         "the hub to close the cut-off tunnel's connections",
     )
     .await;
     closes_files(
         &tunnel,
-        tunnel_fds - TUNNEL_FILES_PER_SESSION + 1,
+        tunnel_fds - tunnel_files_per_session(2) + 1,
         "the tunnel to close the cut-off session's connections",
     )
     .await;

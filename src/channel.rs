@@ -165,8 +165,11 @@ impl<S: AsyncWrite + Unpin> FramedStream<S> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::BufMut;
+    use proptest::prelude::*;
+
     use super::*;
-    use crate::protocol::{Channel, Envelope, TunnelMessage};
+    use crate::protocol::{Channel, Envelope, HubMessage, TunnelMessage, testing};
 
     #[tokio::test]
     async fn reads_exactly_one_frame_and_leaves_the_rest_on_the_stream() {
@@ -226,6 +229,110 @@ mod tests {
             matches!(err, ChannelError::Timeout(_, "saying hello")),
             "{err}"
         );
+    }
+
+    /// Hands out `chunks` one per read, never waiting; the end of the chunks is end of stream.
+    struct ChunkedReader(std::collections::VecDeque<Vec<u8>>);
+
+    impl ChunkedReader {
+        fn new(chunks: &[&[u8]]) -> Self {
+            // An empty read means end of stream, so empty chunks are left out.
+            ChunkedReader(
+                chunks
+                    .iter()
+                    .filter(|c| !c.is_empty())
+                    .map(|c| c.to_vec())
+                    .collect(),
+            )
+        }
+
+        fn remaining(&self) -> Vec<u8> {
+            self.0.iter().flatten().copied().collect()
+        }
+    }
+
+    impl AsyncRead for ChunkedReader {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if let Some(mut chunk) = self.0.pop_front() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    chunk.drain(..n);
+                    self.0.push_front(chunk);
+                }
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    const NO_DEADLINE: Duration = Duration::from_secs(3600);
+
+    proptest! {
+        #![proptest_config(testing::config(128))]
+
+        #[test]
+        fn the_opening_reads_the_same_however_the_bytes_arrive(
+            channel in prop_oneof![Just(Channel::Control), Just(Channel::Link)],
+            env in testing::envelope(testing::tunnel_message()),
+            after in proptest::collection::vec(any::<u8>(), 0..32),
+            cuts in testing::cuts(),
+        ) {
+            let mut wire = BytesMut::new();
+            wire.extend_from_slice(&Preamble::new(channel).encode());
+            encode_frame(&env, &mut wire).unwrap();
+            wire.extend_from_slice(&after);
+            let mut reader = FramedStream::new(ChunkedReader::new(&testing::pieces(&wire, &cuts)));
+            let (preamble, msg) = block_on(async {
+                let preamble = reader.read_preamble(NO_DEADLINE).await.unwrap();
+                let msg: Envelope<TunnelMessage> =
+                    reader.read_message(NO_DEADLINE, "test").await.unwrap();
+                (preamble, msg)
+            });
+            prop_assert_eq!(preamble, Preamble::new(channel));
+            prop_assert_eq!(msg, env);
+            prop_assert_eq!(reader.into_inner().remaining(), after, "read past the frame");
+        }
+
+        #[test]
+        fn a_frame_read_from_a_stream_is_the_one_decode_frame_finds(
+            len in prop_oneof![0..64u32, any::<u32>()],
+            body in proptest::collection::vec(any::<u8>(), 0..80),
+            cuts in testing::cuts(),
+        ) {
+            let mut wire = BytesMut::new();
+            wire.put_u32(len);
+            wire.extend_from_slice(&body);
+            let mut reader = FramedStream::new(ChunkedReader::new(&testing::pieces(&wire, &cuts)));
+            let got = block_on(reader.read_message::<Envelope<HubMessage>>(NO_DEADLINE, "test"));
+            let left = reader.into_inner().remaining();
+            let len = len as usize;
+            match (got, decode_frame::<Envelope<HubMessage>>(&mut wire.clone())) {
+                (Ok(msg), Ok(Some(want))) => {
+                    prop_assert_eq!(msg, want);
+                    prop_assert_eq!(&left[..], &body[len..]);
+                }
+                (Err(ChannelError::Closed), Ok(None)) => prop_assert!(left.is_empty()),
+                (Err(ChannelError::Frame(FrameError::TooLarge { .. })), Err(FrameError::TooLarge { .. })) => {
+                    prop_assert_eq!(&left[..], &body[..], "read the body of a refused frame");
+                }
+                (Err(ChannelError::Frame(FrameError::Malformed(_))), Err(FrameError::Malformed(_))) => {
+                    prop_assert_eq!(&left[..], &body[len..]);
+                }
+                (got, want) => prop_assert!(false, "read {got:?}, decode_frame gives {want:?}"),
+            }
+        }
     }
 
     #[tokio::test]

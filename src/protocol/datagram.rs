@@ -130,7 +130,10 @@ fn announced_len(buf: &[u8]) -> Result<Option<usize>, DatagramError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::protocol::testing;
 
     fn datagrams() -> Vec<Vec<u8>> {
         vec![
@@ -233,6 +236,86 @@ mod tests {
             Err(DatagramError::TooLarge(0xffff))
         );
         assert!(decoder.partial.capacity() < 1024);
+    }
+
+    /// The datagrams a whole stream holds, read the plain way, and how it ends.
+    fn reference(mut stream: &[u8]) -> (Vec<Vec<u8>>, Result<bool, DatagramError>) {
+        let mut out = Vec::new();
+        loop {
+            let Some(header) = stream.get(..DATAGRAM_HEADER_LEN) else {
+                return (out, Ok(!stream.is_empty()));
+            };
+            let len = usize::from(u16::from_be_bytes([header[0], header[1]]));
+            if len > MAX_DATAGRAM_LEN {
+                return (out, Err(DatagramError::TooLarge(len)));
+            }
+            let Some(body) = stream.get(DATAGRAM_HEADER_LEN..DATAGRAM_HEADER_LEN + len) else {
+                return (out, Ok(true));
+            };
+            out.push(body.to_vec());
+            stream = &stream[DATAGRAM_HEADER_LEN + len..];
+        }
+    }
+
+    /// Feeds `chunks` and collects the datagrams, up to the first error; `Ok(partial)` at the end.
+    /// Checks after every call that the decoder holds at most one frame's worth of memory.
+    fn decode_all(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Result<bool, DatagramError>) {
+        let mut decoder = DatagramDecoder::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            decoder.push(Bytes::copy_from_slice(chunk));
+            loop {
+                let result = decoder.next_datagram();
+                assert!(
+                    decoder.partial.capacity() <= 2 * (DATAGRAM_HEADER_LEN + MAX_DATAGRAM_LEN),
+                    "holding {} bytes",
+                    decoder.partial.capacity()
+                );
+                match result {
+                    Ok(Some(d)) => out.push(d.to_vec()),
+                    Ok(None) => break,
+                    Err(e) => return (out, Err(e)),
+                }
+            }
+        }
+        (out, Ok(decoder.has_partial()))
+    }
+
+    fn datagram() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            8 => proptest::collection::vec(any::<u8>(), 0..64),
+            1 => proptest::collection::vec(any::<u8>(), 0..4096),
+            1 => (0..=MAX_DATAGRAM_LEN).prop_map(|len| vec![0xa5; len]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(testing::config(128))]
+
+        #[test]
+        fn datagrams_round_trip_however_the_stream_is_split(
+            list in proptest::collection::vec(datagram(), 0..8),
+            cuts in testing::cuts(),
+        ) {
+            let wire = encode_all(&list);
+            let (got, end) = decode_all(&testing::pieces(&wire, &cuts));
+            prop_assert_eq!(got, list);
+            prop_assert_eq!(end, Ok(false));
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_as_the_plain_reading_says_at_any_split(
+            stream in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..256),
+                // Mostly short lengths, so that several frames follow one another.
+                proptest::collection::vec(prop_oneof![4 => 0..8u8, 1 => any::<u8>()], 0..256),
+            ],
+            cuts in testing::cuts(),
+        ) {
+            let want = reference(&stream);
+            prop_assert_eq!(&decode_all(&[&stream]), &want);
+            prop_assert_eq!(&decode_all(&testing::pieces(&stream, &cuts)), &want);
+        }
     }
 
     #[test]

@@ -73,8 +73,11 @@ pub fn decode_frame<T: DeserializeOwned>(buf: &mut BytesMut) -> Result<Option<T>
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
-    use crate::protocol::{Envelope, TunnelMessage};
+    use crate::protocol::testing;
+    use crate::protocol::{Envelope, HubMessage, TunnelMessage};
 
     fn ping(id: u64) -> Envelope<TunnelMessage> {
         Envelope {
@@ -174,6 +177,149 @@ mod tests {
             Err(FrameError::TooLarge { .. })
         ));
         assert_eq!(&buf[..], b"prefix");
+    }
+
+    /// How decoding a stream ended, for comparing two decodings of the same bytes.
+    #[derive(Debug, PartialEq)]
+    enum Outcome<M> {
+        Frame(M),
+        TooLarge(usize),
+        Malformed,
+    }
+
+    /// Feeds `chunks` into one buffer, decoding after each chunk, up to the first error. Returns
+    /// the outcomes and how many bytes were left in the buffer.
+    fn decode_chunks<M: DeserializeOwned>(chunks: &[&[u8]]) -> (Vec<Outcome<M>>, usize) {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            loop {
+                match decode_frame::<M>(&mut buf) {
+                    Ok(Some(msg)) => out.push(Outcome::Frame(msg)),
+                    Ok(None) => break,
+                    Err(FrameError::TooLarge { len, .. }) => {
+                        out.push(Outcome::TooLarge(len));
+                        return (out, buf.len());
+                    }
+                    Err(FrameError::Malformed(_)) => {
+                        out.push(Outcome::Malformed);
+                        return (out, buf.len());
+                    }
+                }
+            }
+        }
+        (out, buf.len())
+    }
+
+    /// Bytes that look like the JSON of a message, so decoding gets past the first byte.
+    fn json_like() -> impl Strategy<Value = Vec<u8>> {
+        const TOKENS: &[&[u8]] = &[
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b":",
+            b",",
+            b"\"id\"",
+            b"\"msg\"",
+            b"\"type\"",
+            b"\"ping\"",
+            b"\"hello\"",
+            b"\"proxies\"",
+            b"\"name\"",
+            b"null",
+            b"7",
+            b"-1",
+            b"\"\\u0000\"",
+        ];
+        let token = proptest::sample::select(TOKENS);
+        proptest::collection::vec(token, 0..40).prop_map(|tokens| tokens.concat())
+    }
+
+    proptest! {
+        #![proptest_config(testing::config(256))]
+
+        #[test]
+        fn every_tunnel_envelope_round_trips(env in testing::envelope(testing::tunnel_message())) {
+            let mut buf = BytesMut::new();
+            encode_frame(&env, &mut buf).unwrap();
+            let back: Option<Envelope<TunnelMessage>> = decode_frame(&mut buf).unwrap();
+            prop_assert_eq!(back, Some(env));
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn every_hub_envelope_round_trips(env in testing::envelope(testing::hub_message())) {
+            let mut buf = BytesMut::new();
+            encode_frame(&env, &mut buf).unwrap();
+            let back: Option<Envelope<HubMessage>> = decode_frame(&mut buf).unwrap();
+            prop_assert_eq!(back, Some(env));
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn a_stream_decodes_the_same_however_it_is_split(
+            envs in proptest::collection::vec(testing::envelope(testing::tunnel_message()), 0..4),
+            tail in prop_oneof![json_like(), proptest::collection::vec(any::<u8>(), 0..16)],
+            tail_len in any::<Option<u32>>(),
+            cuts in testing::cuts(),
+        ) {
+            let mut wire = BytesMut::new();
+            for env in &envs {
+                encode_frame(env, &mut wire).unwrap();
+            }
+            if let Some(len) = tail_len {
+                wire.put_u32(len % (2 * MAX_FRAME_LEN as u32));
+            }
+            wire.put_slice(&tail);
+            let whole = decode_chunks::<Envelope<TunnelMessage>>(&[&wire]);
+            let chunked = decode_chunks::<Envelope<TunnelMessage>>(&testing::pieces(&wire, &cuts));
+            for (env, got) in envs.iter().zip(&whole.0) {
+                prop_assert_eq!(&Outcome::Frame(env.clone()), got);
+            }
+            prop_assert_eq!(&whole.0, &chunked.0);
+            let failed = matches!(whole.0.last(), Some(Outcome::TooLarge(_) | Outcome::Malformed));
+            if !failed {
+                // Without an error both read every byte, and keep the same partial frame.
+                prop_assert_eq!(whole.1, chunked.1);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_a_frame_an_error_or_a_wait_within_the_limit(
+            len in prop_oneof![0..=(MAX_FRAME_LEN as u32 + 1), any::<u32>()],
+            body in prop_oneof![json_like(), proptest::collection::vec(any::<u8>(), 0..64)],
+        ) {
+            let mut buf = BytesMut::new();
+            buf.put_u32(len);
+            buf.put_slice(&body);
+            let before = buf.clone();
+            let capacity = buf.capacity();
+            let len = len as usize;
+            match decode_frame::<Envelope<HubMessage>>(&mut buf) {
+                Ok(Some(_)) => {
+                    prop_assert!(len <= MAX_FRAME_LEN && body.len() >= len);
+                    prop_assert_eq!(&buf[..], &before[FRAME_HEADER_LEN + len..]);
+                }
+                Ok(None) => {
+                    prop_assert!(len <= MAX_FRAME_LEN && body.len() < len);
+                    prop_assert_eq!(&buf, &before);
+                    // Room for this one frame at most, never for what a length beyond it claims.
+                    prop_assert!(buf.capacity() <= 2 * (FRAME_HEADER_LEN + MAX_FRAME_LEN));
+                }
+                Err(FrameError::TooLarge { len: got, .. }) => {
+                    prop_assert!(len > MAX_FRAME_LEN);
+                    prop_assert_eq!(got, len);
+                    prop_assert_eq!(buf.capacity(), capacity);
+                    prop_assert_eq!(&buf, &before);
+                }
+                Err(FrameError::Malformed(_)) => {
+                    prop_assert!(len <= MAX_FRAME_LEN && body.len() >= len);
+                    prop_assert_eq!(&buf, &before);
+                }
+            }
+        }
     }
 
     #[test]

@@ -79,11 +79,13 @@ impl LinkOpen {
             .body(())
             .map_err(|_| LinkHeaderError::Invalid("uri"))?;
         let headers = req.headers_mut();
-        headers.insert(
-            PROXY_HEADER,
-            HeaderValue::from_str(&self.proxy)
-                .map_err(|_| LinkHeaderError::Invalid(PROXY_HEADER))?,
-        );
+        // `from_str` also takes bytes above 0x7f, which `from_headers` cannot read back as text:
+        // refuse here what the tunnel would refuse as a malformed head.
+        let proxy = HeaderValue::from_str(&self.proxy)
+            .ok()
+            .filter(|v| v.to_str().is_ok())
+            .ok_or(LinkHeaderError::Invalid(PROXY_HEADER))?;
+        headers.insert(PROXY_HEADER, proxy);
         headers.insert(CLIENT_HEADER, HeaderValue::from(self.client_id));
         headers.insert(
             PEER_HEADER,
@@ -175,7 +177,10 @@ fn text<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, LinkH
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::protocol::testing;
 
     #[test]
     fn link_open_round_trips_through_headers() {
@@ -250,6 +255,22 @@ mod tests {
     }
 
     #[test]
+    fn a_non_ascii_proxy_name_is_refused_when_writing_not_when_reading() {
+        // Found by a_link_open_that_encodes_reads_back_the_same: "¡" became a header the
+        // tunnel could not read (`Missing`), so every stream for it failed at the far end.
+        let open = LinkOpen {
+            proxy: "¡".into(),
+            client_id: 0,
+            peer: "0.0.0.0:0".parse().unwrap(),
+            transport: Transport::Tcp,
+        };
+        assert_eq!(
+            open.to_request().unwrap_err(),
+            LinkHeaderError::Invalid(PROXY_HEADER)
+        );
+    }
+
+    #[test]
     fn refusal_round_trips_and_ok_is_accepted() {
         let refusal = LinkRefusal {
             reason: "connection refused by 127.0.0.1:3000".into(),
@@ -264,6 +285,82 @@ mod tests {
             LinkRefusal::check_response(ok.status(), ok.headers()),
             Ok(())
         );
+    }
+
+    /// Header values as a peer may send them: printable text, or any bytes a value may hold.
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        prop_oneof![
+            "[ -~]{0,24}".prop_map(|v| HeaderValue::from_str(&v).unwrap()),
+            "[0-9]{1,21}".prop_map(|v| HeaderValue::from_str(&v).unwrap()),
+            testing::socket_addr().prop_map(|a| HeaderValue::from_str(&a.to_string()).unwrap()),
+            Just(HeaderValue::from_static("udp")),
+            proptest::collection::vec(any::<u8>(), 0..24)
+                .prop_filter_map("not a header value", |b| HeaderValue::from_bytes(&b).ok()),
+        ]
+    }
+
+    fn head() -> impl Strategy<Value = HeaderMap> {
+        let name = prop_oneof![
+            Just(PROXY_HEADER),
+            Just(CLIENT_HEADER),
+            Just(PEER_HEADER),
+            Just(TRANSPORT_HEADER),
+            Just(ERROR_HEADER),
+            Just("x-other"),
+        ];
+        proptest::collection::vec((name, header_value()), 0..8).prop_map(|pairs| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(name, value);
+            }
+            headers
+        })
+    }
+
+    proptest! {
+        #![proptest_config(testing::config(256))]
+
+        #[test]
+        fn a_link_open_that_encodes_reads_back_the_same(
+            proxy in prop_oneof![testing::text(16), "[a-z0-9_-]{1,64}"],
+            client_id in any::<u64>(),
+            peer in testing::socket_addr(),
+            udp in any::<bool>(),
+        ) {
+            let transport = if udp { Transport::Udp } else { Transport::Tcp };
+            let open = LinkOpen { proxy, client_id, peer, transport };
+            match open.to_request() {
+                Ok(req) => prop_assert_eq!(LinkOpen::from_headers(req.headers()), Ok(open)),
+                Err(e) => {
+                    prop_assert_eq!(e, LinkHeaderError::Invalid(PROXY_HEADER));
+                    prop_assert!(!open.proxy.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)));
+                }
+            }
+        }
+
+        #[test]
+        fn any_head_a_tunnel_accepts_is_written_back_the_same(headers in head()) {
+            if let Ok(open) = LinkOpen::from_headers(&headers) {
+                let req = open.to_request().unwrap();
+                prop_assert_eq!(LinkOpen::from_headers(req.headers()), Ok(open));
+            }
+        }
+
+        #[test]
+        fn only_200_accepts_a_stream(status in 100u16..1000, headers in head()) {
+            let status = StatusCode::from_u16(status).unwrap();
+            let result = LinkRefusal::check_response(status, &headers);
+            prop_assert_eq!(result.is_ok(), status == StatusCode::OK);
+        }
+
+        #[test]
+        fn a_refusal_reads_back_with_what_a_header_can_carry(reason in testing::text(64)) {
+            let resp = LinkRefusal { reason: reason.clone() }.to_response();
+            let got = LinkRefusal::check_response(resp.status(), resp.headers()).unwrap_err();
+            let printable: String =
+                reason.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).collect();
+            prop_assert_eq!(got.reason, printable);
+        }
     }
 
     #[test]

@@ -158,8 +158,9 @@ pub enum RefusalCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{decode_frame, encode_frame};
+    use crate::protocol::{decode_frame, encode_frame, testing};
     use bytes::BytesMut;
+    use proptest::prelude::*;
 
     fn round_trip<M>(msg: M)
     where
@@ -268,6 +269,54 @@ mod tests {
                 msg: TunnelMessage::Ping
             }
         );
+    }
+
+    /// Adds `field: value` to the envelope's object and to its message's, where not taken.
+    fn with_unknown_field(json: &mut serde_json::Value, field: &str, value: &serde_json::Value) {
+        if let Some(top) = json.as_object_mut() {
+            if let Some(msg) = top.get_mut("msg").and_then(|m| m.as_object_mut()) {
+                msg.entry(field).or_insert_with(|| value.clone());
+            }
+            top.entry(field).or_insert_with(|| value.clone());
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            testing::text(12).prop_map(serde_json::Value::from),
+            proptest::collection::vec(any::<u8>(), 0..4).prop_map(serde_json::Value::from),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(testing::config(128))]
+
+        #[test]
+        fn unknown_fields_never_change_a_tunnel_message(
+            env in testing::envelope(testing::tunnel_message()),
+            field in "[a-z_]{1,12}",
+            value in json_value(),
+        ) {
+            let mut json = serde_json::to_value(&env).unwrap();
+            with_unknown_field(&mut json, &field, &value);
+            let back: Envelope<TunnelMessage> = serde_json::from_value(json).unwrap();
+            prop_assert_eq!(back, env);
+        }
+
+        #[test]
+        fn unknown_fields_never_change_a_hub_message(
+            env in testing::envelope(testing::hub_message()),
+            field in "[a-z_]{1,12}",
+            value in json_value(),
+        ) {
+            let mut json = serde_json::to_value(&env).unwrap();
+            with_unknown_field(&mut json, &field, &value);
+            let back: Envelope<HubMessage> = serde_json::from_value(json).unwrap();
+            prop_assert_eq!(back, env);
+        }
     }
 
     #[test]

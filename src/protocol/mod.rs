@@ -12,6 +12,8 @@ mod frame;
 mod link;
 mod message;
 mod preamble;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use datagram::{
     DATAGRAM_HEADER_LEN, DatagramDecoder, DatagramError, MAX_DATAGRAM_LEN, datagram_header,

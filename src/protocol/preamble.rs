@@ -126,7 +126,10 @@ impl HubPreamble {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::protocol::testing;
 
     #[test]
     fn preamble_round_trips_for_both_channels() {
@@ -161,6 +164,59 @@ mod tests {
             Preamble::decode(&bytes),
             Err(PreambleError::UnknownChannel(9))
         );
+    }
+
+    proptest! {
+        #![proptest_config(testing::config(256))]
+
+        #[test]
+        fn any_six_bytes_parse_to_a_preamble_that_re_encodes_to_them_or_to_an_error(
+            bytes in prop_oneof![
+                any::<[u8; PREAMBLE_LEN]>(),
+                (any::<u8>(), any::<u8>()).prop_map(|(v, c)| {
+                    let mut b = [0u8; PREAMBLE_LEN];
+                    b[..4].copy_from_slice(&MAGIC);
+                    b[4] = v;
+                    b[5] = c % 4;
+                    b
+                }),
+            ],
+        ) {
+            match Preamble::decode(&bytes) {
+                Ok(p) => prop_assert_eq!(p.encode(), bytes),
+                Err(PreambleError::BadMagic) => prop_assert_ne!(&bytes[..4], &MAGIC[..]),
+                Err(PreambleError::UnknownChannel(c)) => {
+                    prop_assert_eq!(&bytes[..4], &MAGIC[..]);
+                    prop_assert_eq!(c, bytes[5]);
+                    prop_assert!(!matches!(c, 1 | 2));
+                }
+            }
+            match HubPreamble::decode(&bytes) {
+                Ok(p) => {
+                    prop_assert_eq!(p.version, bytes[4]);
+                    // Only 1 accepts; any other answer byte is a refusal.
+                    prop_assert_eq!(p.accepted, bytes[5] == 1);
+                    prop_assert_eq!(HubPreamble::decode(&p.encode()), Ok(p));
+                }
+                Err(e) => {
+                    prop_assert_eq!(e, PreambleError::BadMagic);
+                    prop_assert_ne!(&bytes[..4], &MAGIC[..]);
+                }
+            }
+        }
+
+        #[test]
+        fn every_preamble_round_trips(
+            version in any::<u8>(),
+            link in any::<bool>(),
+            accepted in any::<bool>(),
+        ) {
+            let channel = if link { Channel::Link } else { Channel::Control };
+            let p = Preamble { version, channel };
+            prop_assert_eq!(Preamble::decode(&p.encode()), Ok(p));
+            let h = HubPreamble { version, accepted };
+            prop_assert_eq!(HubPreamble::decode(&h.encode()), Ok(h));
+        }
     }
 
     #[test]

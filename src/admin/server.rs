@@ -157,7 +157,7 @@ pub async fn serve_tls(
         };
         let (socket, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
+            accepted = crate::hub::accept::accept(&listener, "admin listener") => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     warn!(error = %e, "accepting an admin connection failed");

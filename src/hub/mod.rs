@@ -7,6 +7,7 @@
 //! connection ([`links`]). Public endpoints live in one file per service kind ([`tcp`],
 //! [`udp`]).
 
+pub(crate) mod accept;
 pub mod clients;
 pub mod control;
 pub mod http;
@@ -242,7 +243,7 @@ impl Hub {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
+                accepted = accept::accept(&listener, "tunnel listener") => match accepted {
                     Ok((socket, peer)) => {
                         // Handshakes in progress are bounded; over the limit a connection is
                         // closed at once rather than queued.
@@ -260,7 +261,7 @@ impl Hub {
                         });
                     }
                     Err(e) => {
-                        // Typically EMFILE/ENFILE: keep the listener, back off briefly.
+                        // Out of descriptors is handled by `accept`; keep the listener, back off.
                         error!(error = %e, "accepting a tunnel connection failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }

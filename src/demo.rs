@@ -183,6 +183,7 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
         lockout_duration: Duration::from_secs(1800),
         limits: crate::config::Limits::default(),
         shutdown_timeout: Duration::from_secs(1),
+        reconnect_grace: Duration::from_secs(60),
     }
 }
 
@@ -200,6 +201,7 @@ fn tunnel_config(
         links: 2,
         connect_timeout: Duration::from_secs(5),
         admin: AdminConfig::disabled(),
+        reconnect: Default::default(),
         proxies: vec![
             ProxyConfig {
                 name: "web".into(),

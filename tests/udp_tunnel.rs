@@ -758,6 +758,7 @@ async fn a_flood_of_undeliverable_datagrams_is_logged_at_most_once_per_interval(
         links: 2,
         connect_timeout: Duration::from_secs(5),
         admin: tunnelize::config::AdminConfig::disabled(),
+        reconnect: Default::default(),
         proxies: vec![ProxyConfig {
             name: "refused".into(),
             service: "udp".into(),

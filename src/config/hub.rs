@@ -34,6 +34,7 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 const DEFAULT_LOCKOUT_FAILURES: u32 = 5;
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_LOCKOUT_DURATION: Duration = Duration::from_secs(30 * 60);
+const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(60);
 
 /// The hub's configuration, checked: every value is valid and the rules between keys hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +79,11 @@ pub struct HubConfig {
     /// `shutdown_timeout` (default `30s`): on SIGTERM the hub stops accepting and waits this
     /// long for its clients to finish before it closes the rest.
     pub shutdown_timeout: Duration,
+    /// `reconnect_grace` (default `60s`; `"0s"` turns it off): how long the ports and
+    /// hostnames of a tunnel the hub lost stay held for its key name, so that its tunnel gets
+    /// them back when it reconnects and no other key takes them meanwhile. Kept in memory: a
+    /// hub restart forgets them.
+    pub reconnect_grace: Duration,
 }
 
 /// `[tls]`: PEM files the hub serves instead of its generated certificate.
@@ -162,6 +168,7 @@ struct RawHub {
     lockout_duration: Option<Spanned<Value>>,
     limits: Option<RawLimits>,
     shutdown_timeout: Option<Spanned<Value>>,
+    reconnect_grace: Option<Spanned<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -271,8 +278,27 @@ impl RawHub {
                 "shutdown_timeout",
                 DEFAULT_SHUTDOWN_TIMEOUT,
             )?,
+            reconnect_grace: match &self.reconnect_grace {
+                Some(value) => parse_grace(value.get_ref()).map_err(|problem| {
+                    src.error_at(value.span(), format!("`reconnect_grace`: {problem}"))
+                })?,
+                None => DEFAULT_RECONNECT_GRACE,
+            },
         })
     }
+}
+
+/// A duration, or zero written with a unit (`"0s"`) to turn the grace off.
+fn parse_grace(value: &Value) -> Result<Duration, String> {
+    if let Value::String(text) = value {
+        let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &text[digits.len()..];
+        let zero = !digits.is_empty() && digits.bytes().all(|b| b == b'0');
+        if zero && ["ms", "s", "m", "h"].contains(&unit) {
+            return Ok(Duration::ZERO);
+        }
+    }
+    parse_duration(value).map_err(|problem| format!("{problem}; or \"0s\" to turn it off"))
 }
 
 fn parse_listen(src: &Source<'_>, listen: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
@@ -454,8 +480,41 @@ mod tests {
                 lockout_duration: Duration::from_secs(1800),
                 limits: Limits::default(),
                 shutdown_timeout: Duration::from_secs(30),
+                reconnect_grace: Duration::from_secs(60),
             }
         );
+    }
+
+    #[test]
+    fn reconnect_grace_is_a_duration_or_zero_to_turn_it_off() {
+        let grace = |text: &str| parse(&format!("reconnect_grace = {text}\n{KEYS}"));
+        assert_eq!(
+            grace("\"90s\"").unwrap().reconnect_grace,
+            Duration::from_secs(90)
+        );
+        for zero in ["\"0s\"", "\"0ms\"", "\"00m\"", "\"0h\""] {
+            assert_eq!(
+                grace(zero).unwrap().reconnect_grace,
+                Duration::ZERO,
+                "{zero}"
+            );
+        }
+        for (bad, problem) in [
+            ("\"0\"", "\"0\" has no unit"),
+            ("\"1d\"", "\"1d\" has an unknown unit"),
+            ("0", "expected a string, found integer"),
+            ("\"25h\"", "\"25h\" is longer than the maximum of 24h"),
+        ] {
+            let err = grace(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "/etc/tunnelize/hub.toml:1:19: `reconnect_grace`: {problem}"
+                )),
+                "{err}"
+            );
+        }
+        let err = grace("\"s\"").unwrap_err().to_string();
+        assert!(err.ends_with("; or \"0s\" to turn it off"), "{err}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub(crate) use http::is_hostname;
 pub use hub::{HubConfig, TlsFiles, TunnelKey};
 pub use limits::Limits;
 pub use service::{ServiceConfig, ServiceKind, TcpService, UdpService};
-pub use tunnel::{HubTrust, ProxyConfig, TunnelConfig};
+pub use tunnel::{HubTrust, ProxyConfig, Reconnect, TunnelConfig};
 pub use values::PortRange;
 
 /// Checks a tunnel key as `[[keys]]` would (length, no whitespace or control characters), for

@@ -25,6 +25,8 @@ use crate::secret::Secret;
 const DEFAULT_LINKS: usize = 2;
 const MAX_LINKS: usize = 16;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_RECONNECT_INITIAL: Duration = Duration::from_millis(200);
+const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// The tunnel's configuration, checked: every value is valid and the rules between keys hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,29 @@ pub struct TunnelConfig {
     pub proxies: Vec<ProxyConfig>,
     /// `[admin]`: the tunnel's own status API on a Unix socket.
     pub admin: AdminConfig,
+    /// `[reconnect]`: how the tunnel waits before retrying the hub.
+    pub reconnect: Reconnect,
+}
+
+/// `[reconnect]`: the tunnel retries the hub forever after losing it (or failing to reach
+/// it), except after a wrong key, a version mismatch or an untrusted certificate. Before retry
+/// `n` (from 0) it waits a random time between zero and `min(initial * 2^n, max)`: exponential
+/// backoff with full jitter. A session that stayed up starts the sequence over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// `initial` (default `200ms`): the bound of the first wait.
+    pub initial: Duration,
+    /// `max` (default `30s`, at least `initial`): the largest bound.
+    pub max: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial: DEFAULT_RECONNECT_INITIAL,
+            max: DEFAULT_RECONNECT_MAX,
+        }
+    }
 }
 
 /// How the tunnel verifies the hub's TLS certificate.
@@ -143,6 +168,14 @@ struct RawTunnel {
     #[serde(default)]
     proxies: Vec<RawProxy>,
     admin: Option<RawAdmin>,
+    reconnect: Option<RawReconnect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconnect {
+    initial: Option<Spanned<Value>>,
+    max: Option<Spanned<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +245,10 @@ impl RawTunnel {
             None => DEFAULT_CONNECT_TIMEOUT,
         };
         let proxies = check_proxies(src, &self.proxies)?;
+        let reconnect = match &self.reconnect {
+            Some(raw) => check_reconnect(src, raw)?,
+            None => Reconnect::default(),
+        };
         Ok(TunnelConfig {
             hub_address: self.hub_address.into_inner(),
             hub_server_name,
@@ -226,6 +263,7 @@ impl RawTunnel {
                 &default_tunnel_socket(src.origin()),
                 false,
             )?,
+            reconnect,
         })
     }
 
@@ -248,6 +286,36 @@ impl RawTunnel {
             (None, None) => Ok(HubTrust::SystemRoots),
         }
     }
+}
+
+/// Checks `[reconnect]`: two durations, `initial` no longer than `max`.
+fn check_reconnect(src: &Source<'_>, raw: &RawReconnect) -> Result<Reconnect, ConfigError> {
+    let duration = |value: &Option<Spanned<Value>>, key: &str, default| match value {
+        Some(value) => parse_duration(value.get_ref()).map_err(|problem| {
+            src.error_at(value.span(), format!("`{key}` in [reconnect]: {problem}"))
+        }),
+        None => Ok(default),
+    };
+    let initial = duration(&raw.initial, "initial", DEFAULT_RECONNECT_INITIAL)?;
+    let max = duration(&raw.max, "max", DEFAULT_RECONNECT_MAX)?;
+    if initial > max {
+        let written = |value: &Option<Spanned<Value>>, default: &str| match value {
+            Some(value) => value.get_ref().to_string(),
+            None => format!("{default:?} (the default)"),
+        };
+        let span = raw.max.as_ref().or(raw.initial.as_ref()).map(Spanned::span);
+        let message = format!(
+            "[reconnect] `initial` {} is longer than `max` {}; the first wait must not exceed \
+             the largest",
+            written(&raw.initial, "200ms"),
+            written(&raw.max, "30s"),
+        );
+        return Err(match span {
+            Some(span) => src.error_at(span, message),
+            None => src.error_in_file(message),
+        });
+    }
+    Ok(Reconnect { initial, max })
 }
 
 /// Checks a TLS server name (DNS name or IP address) the way the TLS client will parse it.
@@ -511,6 +579,10 @@ mod tests {
                     socket: Some(PathBuf::from(DEFAULT_TUNNEL_SOCKET)),
                     ..AdminConfig::default()
                 },
+                reconnect: Reconnect {
+                    initial: Duration::from_millis(200),
+                    max: Duration::from_secs(30),
+                },
             }
         );
     }
@@ -626,6 +698,48 @@ mod tests {
         assert!(
             err.starts_with(
                 "/etc/tunnelize/tunnel.toml:2:19: `connect_timeout`: \"5\" has no unit"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reconnect_takes_two_durations_the_first_no_longer_than_the_second() {
+        let config = parse(&with_proxy(
+            "hub_address = \"h:1\"\n[reconnect]\ninitial = \"50ms\"\nmax = \"2m\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            config.reconnect,
+            Reconnect {
+                initial: Duration::from_millis(50),
+                max: Duration::from_secs(120),
+            }
+        );
+        let config = parse(&with_proxy(
+            "hub_address = \"h:1\"\n[reconnect]\nmax = \"200ms\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            config.reconnect.max, config.reconnect.initial,
+            "equal is fine"
+        );
+        let err = error(&with_proxy(
+            "hub_address = \"h:1\"\n[reconnect]\nmax = \"100ms\"",
+        ));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/tunnel.toml:3:7: [reconnect] `initial` \"200ms\" (the default) is \
+                 longer than `max` \"100ms\""
+            ),
+            "{err}"
+        );
+        let err = error(&with_proxy(
+            "hub_address = \"h:1\"\n[reconnect]\ninitial = \"soon\"",
+        ));
+        assert!(
+            err.starts_with(
+                "/etc/tunnelize/tunnel.toml:3:11: `initial` in [reconnect]: \"soon\" is not a duration"
             ),
             "{err}"
         );

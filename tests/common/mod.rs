@@ -76,6 +76,7 @@ pub fn hub_config(services: Vec<ServiceConfig>) -> HubConfig {
         limits: tunnelize::config::Limits::default(),
         // Stopping a test hub with clients connected waits this long for them.
         shutdown_timeout: Duration::from_secs(1),
+        reconnect_grace: Duration::from_secs(60),
     }
 }
 
@@ -168,6 +169,7 @@ pub fn tunnel_config(hub: &TestHub, proxies: Vec<ProxyConfig>) -> TunnelConfig {
         links: 2,
         connect_timeout: Duration::from_secs(5),
         admin: AdminConfig::disabled(),
+        reconnect: Default::default(),
         proxies,
     }
 }

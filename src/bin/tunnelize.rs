@@ -17,7 +17,7 @@ use tunnelize::daemon::{LogFormat, init_logging, notify};
 use tunnelize::exit;
 use tunnelize::hub::Hub;
 use tunnelize::tls::{Identity, install_crypto_provider};
-use tunnelize::tunnel::{Backoff, Tunnel, TunnelError, supervise};
+use tunnelize::tunnel::{Tunnel, TunnelError, supervise};
 
 #[derive(Parser)]
 #[command(
@@ -406,7 +406,8 @@ async fn run_tunnel(path: &Path, one_off: Option<(String, u16)>) -> i32 {
         || async { tokio::spawn(async {}).await.is_ok() },
         shutdown.clone(),
     );
-    let result = supervise(tunnel, Backoff::default(), shutdown.clone()).await;
+    let backoff = tunnel.backoff();
+    let result = supervise(tunnel, backoff, shutdown.clone()).await;
     shutdown.cancel();
     api.stopped(Duration::from_secs(5)).await;
     match result {

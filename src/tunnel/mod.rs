@@ -4,7 +4,9 @@
 //! [`Tunnel::connect`] performs the control handshake and returns a [`Session`] holding the
 //! hub's answer (which proxies are live, on which ports); [`Session::run`] then keeps the
 //! session alive with heartbeats while link connections ([`forward`]) serve streams.
-//! [`supervise`] wraps both in the reconnect loop the daemon uses.
+//! [`supervise`] wraps both in the reconnect loop the daemon uses: every attempt registers all
+//! the configured proxies again, and the waits between attempts follow [`Backoff`] (the
+//! `[reconnect]` table).
 
 pub mod bootstrap;
 pub mod forward;
@@ -13,7 +15,7 @@ pub mod udp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::TcpStream;
@@ -24,7 +26,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::channel::{ChannelError, FramedStream};
-use crate::config::TunnelConfig;
+use crate::config::{Reconnect, TunnelConfig};
 use crate::protocol::{
     Channel, Envelope, HANDSHAKE_TIMEOUT, HEARTBEAT_MISSES, HubMessage, PROTOCOL_VERSION, Preamble,
     ProxyOutcome, ProxyRequest, RefusalCode, TunnelMessage,
@@ -133,6 +135,11 @@ impl Tunnel {
     /// The tunnel's own view of its state, for its admin socket.
     pub fn status(&self) -> &Arc<status::StatusBoard> {
         &self.status
+    }
+
+    /// The reconnect policy its configuration asks for (`[reconnect]`).
+    pub fn backoff(&self) -> Backoff {
+        self.config.reconnect.into()
     }
 
     /// Opens a TLS connection to the hub.
@@ -263,6 +270,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The heartbeat interval the hub asked for.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
     /// The hub-assigned tunnel id.
     pub fn tunnel_id(&self) -> Uuid {
         self.tunnel_id
@@ -372,20 +384,27 @@ async fn read_one(
     (reader, msg)
 }
 
-/// Reconnect policy of [`supervise`].
-#[derive(Debug, Clone, Copy)]
+/// Reconnect policy of [`supervise`]: exponential backoff with full jitter. The default is
+/// the `[reconnect]` table's (200 ms first, 30 s cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
-    /// First delay.
+    /// Bound of the first delay.
     pub initial: Duration,
-    /// Largest delay.
+    /// Largest bound.
     pub max: Duration,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
+        Reconnect::default().into()
+    }
+}
+
+impl From<Reconnect> for Backoff {
+    fn from(reconnect: Reconnect) -> Self {
         Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(30),
+            initial: reconnect.initial,
+            max: reconnect.max,
         }
     }
 }
@@ -393,14 +412,41 @@ impl Default for Backoff {
 impl Backoff {
     /// Delay before retry number `attempt` (0-based): exponential with full jitter.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let cap = self
-            .initial
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.max);
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
         let unit = (u64::from_le_bytes(seed) >> 11) as f64 / (1u64 << 53) as f64;
-        cap.mul_f64(unit)
+        self.bound(attempt).mul_f64(unit)
+    }
+
+    /// The largest delay before retry number `attempt`: `initial * 2^attempt`, at most `max`.
+    pub fn bound(&self, attempt: u32) -> Duration {
+        self.initial
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max)
+    }
+}
+
+/// Where [`supervise`] is in its backoff sequence.
+#[derive(Debug, Default)]
+struct Retries {
+    attempt: u32,
+}
+
+impl Retries {
+    /// A session ended after `lasted`. One that stayed up for a heartbeat interval (the hub
+    /// answered it) starts the sequence over; one the hub dropped at once does not, so a hub
+    /// that accepts and drops tunnels is not hammered at the first delay.
+    fn session_ended(&mut self, lasted: Duration, heartbeat: Duration) {
+        if lasted >= heartbeat {
+            self.attempt = 0;
+        }
+    }
+
+    /// The wait before the next attempt; each wait makes the next one's bound longer.
+    fn next_delay(&mut self, backoff: &Backoff) -> Duration {
+        let delay = backoff.delay(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        delay
     }
 }
 
@@ -411,7 +457,7 @@ pub async fn supervise(
     backoff: Backoff,
     shutdown: CancellationToken,
 ) -> Result<(), TunnelError> {
-    let mut attempt = 0u32;
+    let mut retries = Retries::default();
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -419,7 +465,7 @@ pub async fn supervise(
         };
         let error = match result {
             Ok(session) => {
-                attempt = 0;
+                let (started, heartbeat) = (Instant::now(), session.heartbeat());
                 info!(tunnel_id = %session.tunnel_id(), hub = %tunnel.config.hub_address, "connected to the hub");
                 session.log_proxies();
                 tunnel
@@ -436,7 +482,9 @@ pub async fn supervise(
                     session.tunnel_id(),
                     session.proxies().len()
                 ));
-                match session.run(&tunnel, shutdown.clone()).await {
+                let ended = session.run(&tunnel, shutdown.clone()).await;
+                retries.session_ended(started.elapsed(), heartbeat);
+                match ended {
                     Ok(()) => return Ok(()),
                     Err(e) => e,
                 }
@@ -452,13 +500,74 @@ pub async fn supervise(
             "reconnecting to {}: {error}",
             tunnel.config.hub_address
         ));
-        let delay = backoff.delay(attempt);
-        attempt = attempt.saturating_add(1);
+        let delay = retries.next_delay(&backoff);
         warn!(error = %error, retry_in = ?delay, "lost the hub; reconnecting");
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
-        debug!(attempt, "reconnecting");
+        debug!(attempt = retries.attempt, "reconnecting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: Backoff = Backoff {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn delays_double_up_to_the_cap_with_full_jitter() {
+        let bounds: Vec<u128> = (0..10).map(|n| POLICY.bound(n).as_millis()).collect();
+        assert_eq!(
+            bounds,
+            [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
+        assert_eq!(POLICY.bound(u32::MAX), POLICY.max, "no overflow");
+        for attempt in [0, 3, 20] {
+            let delays: Vec<Duration> = (0..200).map(|_| POLICY.delay(attempt)).collect();
+            assert!(delays.iter().all(|d| *d <= POLICY.bound(attempt)));
+            // Full jitter: spread over the whole range, not clustered at the bound.
+            let low = delays
+                .iter()
+                .filter(|d| **d < POLICY.bound(attempt) / 2)
+                .count();
+            assert!((20..=180).contains(&low), "{low} of 200 in the lower half");
+        }
+    }
+
+    #[test]
+    fn the_default_policy_is_the_reconnect_tables() {
+        assert_eq!(Backoff::default(), POLICY);
+        let custom = Reconnect {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(2),
+        };
+        assert_eq!(
+            Backoff::from(custom),
+            Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_secs(2)
+            }
+        );
+    }
+
+    #[test]
+    fn a_session_that_stayed_up_starts_the_backoff_over_and_a_dropped_one_does_not() {
+        let heartbeat = Duration::from_secs(10);
+        let mut retries = Retries::default();
+        for _ in 0..5 {
+            retries.next_delay(&POLICY);
+        }
+        assert_eq!(retries.attempt, 5);
+        retries.session_ended(Duration::from_secs(1), heartbeat);
+        assert_eq!(retries.attempt, 5, "dropped at once: keep backing off");
+        retries.next_delay(&POLICY);
+        retries.session_ended(Duration::from_secs(10), heartbeat);
+        assert_eq!(retries.attempt, 0, "stayed up: start over");
+        assert!(retries.next_delay(&POLICY) <= POLICY.initial);
     }
 }

@@ -1,8 +1,9 @@
 //! The hub side of a control channel: authenticate a tunnel, set up its proxies, then answer its
 //! heartbeats until it leaves, stops answering, or is told to go.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -10,14 +11,21 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::lockout::retry_in;
 use super::metrics::Rejection;
-use super::registry::{ExposedProxy, TunnelSession};
+use super::registry::{ExposedProxy, TunnelLimit, TunnelSession};
 use super::{Shared, http, refuse, tcp, udp};
 use crate::channel::{ChannelError, FramedStream};
+use crate::config::{HttpService, ServiceKind};
 use crate::protocol::{
     Envelope, HEARTBEAT_MISSES, HubMessage, HubPreamble, PROTOCOL_VERSION, ProxyOutcome,
-    ProxyRequest, RefusalCode, TunnelMessage,
+    ProxyRequest, RefusalCode, Transport, TunnelMessage,
 };
 use crate::secret::Secret;
+
+/// How long one hello may wait, in all, for lost sessions' listeners to close so that their
+/// held ports can be bound again.
+const RECLAIM_WAIT: Duration = Duration::from_millis(500);
+/// How often a held port is retried meanwhile.
+const RECLAIM_POLL: Duration = Duration::from_millis(20);
 
 /// Serves one control channel after its preamble.
 pub(super) async fn serve_control<S>(
@@ -91,13 +99,17 @@ pub(super) async fn serve_control<S>(
     };
 
     let limits = shared.current().limits;
-    if shared.registry.tunnel_count() >= limits.tunnels {
+    let session = Arc::new(TunnelSession::new(name, key_name, peer, &shutdown));
+    // Counted and inserted under one lock: tunnels racing for the last place cannot both win.
+    if let Err(TunnelLimit(limit)) = shared
+        .registry
+        .insert_within(session.clone(), limits.tunnels)
+    {
         if shared.metrics.reject_at_limit() {
-            warn!(%peer, tunnel_name = %name, limit = limits.tunnels, "tunnel refused: the hub serves its maximum of tunnels");
+            warn!(%peer, tunnel_name = %session.name, limit, "tunnel refused: the hub serves its maximum of tunnels");
         }
         let message = format!(
-            "the hub serves its maximum of {} tunnels ([limits] tunnels); retry later",
-            limits.tunnels
+            "the hub serves its maximum of {limit} tunnels ([limits] tunnels); retry later"
         );
         refuse(
             &mut framed,
@@ -109,36 +121,31 @@ pub(super) async fn serve_control<S>(
         .await;
         return;
     }
-    let session = Arc::new(TunnelSession::new(name, key_name, peer, &shutdown));
-    shared.registry.insert(session.clone());
     let span = info_span!("tunnel", tunnel_id = %session.id, tunnel_name = %session.name);
     async {
-        let outcomes: Vec<ProxyOutcome> = proxies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| match i < limits.proxies_per_tunnel {
-                true => expose(&shared, &session, p),
-                false => ProxyOutcome::Rejected {
-                    name: p.name.clone(),
+        // Reclaiming held ports may wait for the lost session's listeners to close, but the
+        // whole hello waits at most this long for them.
+        let reclaim_until = Instant::now() + RECLAIM_WAIT;
+        let mut outcomes = Vec::with_capacity(proxies.len());
+        for (i, request) in proxies.iter().enumerate() {
+            let outcome = if i < limits.proxies_per_tunnel {
+                expose(&shared, &session, request, reclaim_until).await
+            } else {
+                ProxyOutcome::Rejected {
+                    name: request.name.clone(),
                     reason: format!(
                         "a tunnel may declare at most {} proxies ([limits] proxies_per_tunnel)",
                         limits.proxies_per_tunnel
                     ),
-                },
-            })
-            .collect();
-        for (request, outcome) in proxies.iter().zip(&outcomes) {
-            match outcome {
-                ProxyOutcome::Accepted { name, port, hostname } => session.add_proxy(ExposedProxy {
-                    service: request.service.clone(),
-                    name: name.clone(),
-                    port: *port,
-                    hostname: hostname.clone(),
-                }),
-                ProxyOutcome::Rejected { .. } => shared.metrics.reject(Rejection::Proxy),
+                }
+            };
+            if let ProxyOutcome::Rejected { .. } = outcome {
+                shared.metrics.reject(Rejection::Proxy);
             }
+            outcomes.push(outcome);
         }
-        info!(%peer, key = session.key_name.as_deref().unwrap_or("-"), proxies = outcomes.len(), "tunnel connected");
+        let key = session.key_name.as_deref().unwrap_or("-");
+        info!(%peer, key, proxies = outcomes.len(), "tunnel connected");
         let welcome = Envelope {
             id: hello.id,
             msg: HubMessage::Welcome {
@@ -152,9 +159,22 @@ pub(super) async fn serve_control<S>(
             Ok(()) => heartbeats(&shared, &session, &mut framed, &shutdown).await,
             Err(e) => format!("lost during handshake: {e}"),
         };
-        shared.registry.remove(&session.id, &reason);
-        shared.hosts.remove_tunnel(&session.id);
-        info!(%reason, "tunnel disconnected");
+        // A session the hub closed itself (stop, operator, reload) was cancelled first and
+        // frees its claims at once; a lost one leaves them held for its key for a while.
+        let grace = if session.cancel.is_cancelled() {
+            Duration::ZERO
+        } else {
+            shared.current().reconnect_grace
+        };
+        shared
+            .hosts
+            .depart(&session.id, session.key_name.as_deref(), grace);
+        shared.registry.depart(&session, &reason, grace);
+        if grace.is_zero() || session.key_name.is_none() {
+            info!(%reason, key, "tunnel disconnected");
+        } else {
+            info!(%reason, key, ?grace, "tunnel lost; its ports and hostnames are held for its key");
+        }
     }
     .instrument(span)
     .await;
@@ -179,8 +199,13 @@ fn authenticate(shared: &Shared, key: Option<&Secret>) -> Result<Option<String>,
     }
 }
 
-/// Sets up one proxy, or says why not.
-fn expose(shared: &Arc<Shared>, session: &Arc<TunnelSession>, req: &ProxyRequest) -> ProxyOutcome {
+/// Sets up one proxy, or says why not; an accepted one is recorded in the session.
+async fn expose(
+    shared: &Arc<Shared>,
+    session: &Arc<TunnelSession>,
+    req: &ProxyRequest,
+    reclaim_until: Instant,
+) -> ProxyOutcome {
     let config = shared.current();
     let Some(service) = config.services.iter().find(|s| s.name == req.service) else {
         return ProxyOutcome::Rejected {
@@ -188,47 +213,143 @@ fn expose(shared: &Arc<Shared>, session: &Arc<TunnelSession>, req: &ProxyRequest
             reason: format!("the hub has no service `{}`", req.service),
         };
     };
-    match &service.kind {
-        crate::config::ServiceKind::Tcp(tcp_service) => {
-            match tcp::expose(shared, session, &service.name, tcp_service, req) {
-                Ok(port) => ProxyOutcome::Accepted {
-                    name: req.name.clone(),
-                    port: Some(port),
-                    hostname: None,
-                },
-                Err(reason) => ProxyOutcome::Rejected {
-                    name: req.name.clone(),
-                    reason,
-                },
-            }
+    let name = &service.name;
+    let exposed = match &service.kind {
+        ServiceKind::Tcp(tcp_service) => {
+            let bind = |req: &ProxyRequest| tcp::expose(shared, session, name, tcp_service, req);
+            let at = (Transport::Tcp, tcp_service.listen);
+            port_proxy(shared, session, name, at, req, bind, reclaim_until).await
         }
-        crate::config::ServiceKind::Udp(udp_service) => {
-            match udp::expose(shared, session, &service.name, udp_service, req) {
-                Ok(port) => ProxyOutcome::Accepted {
-                    name: req.name.clone(),
-                    port: Some(port),
-                    hostname: None,
-                },
-                Err(reason) => ProxyOutcome::Rejected {
-                    name: req.name.clone(),
-                    reason,
-                },
-            }
+        ServiceKind::Udp(udp_service) => {
+            let bind = |req: &ProxyRequest| udp::expose(shared, session, name, udp_service, req);
+            let at = (Transport::Udp, udp_service.listen);
+            port_proxy(shared, session, name, at, req, bind, reclaim_until).await
         }
-        crate::config::ServiceKind::Http(config) | crate::config::ServiceKind::Https(config) => {
-            match http::expose(shared, session, &service.name, config, req) {
-                Ok(host) => ProxyOutcome::Accepted {
-                    name: req.name.clone(),
-                    port: None,
-                    hostname: Some(host),
-                },
-                Err(reason) => ProxyOutcome::Rejected {
-                    name: req.name.clone(),
-                    reason,
-                },
-            }
+        ServiceKind::Http(http_service) | ServiceKind::Https(http_service) => {
+            host_proxy(shared, session, name, http_service, req)
+        }
+    };
+    match exposed {
+        Ok(proxy) => {
+            let outcome = ProxyOutcome::Accepted {
+                name: req.name.clone(),
+                port: proxy.port,
+                hostname: proxy.hostname.clone(),
+            };
+            session.add_proxy(proxy);
+            outcome
+        }
+        Err(reason) => ProxyOutcome::Rejected {
+            name: req.name.clone(),
+            reason,
+        },
+    }
+}
+
+/// Sets up a tcp or udp proxy with `bind` (the service kind's `expose`), on service `service`
+/// whose ports are claimed for `transport` on `listen`.
+///
+/// A tunnel that lets the hub choose gets back the port its key's lost session held for the
+/// same proxy, if it is still held; a held port is retried briefly while the lost session's
+/// listener closes. A port held for another key is refused with who holds it and until when.
+async fn port_proxy(
+    shared: &Shared,
+    session: &TunnelSession,
+    service: &str,
+    (transport, listen): (Transport, IpAddr),
+    req: &ProxyRequest,
+    bind: impl Fn(&ProxyRequest) -> Result<u16, String>,
+    reclaim_until: Instant,
+) -> Result<ExposedProxy, String> {
+    let registry = &shared.registry;
+    let key_name = session.key_name.as_deref();
+    let held_before = match (req.port, key_name) {
+        (None, Some(key_name)) => registry
+            .held_port_of(key_name, service, &req.name, transport)
+            .filter(|(ip, _)| *ip == listen)
+            .map(|(_, port)| port),
+        _ => None,
+    };
+    let first = ProxyRequest {
+        port: held_before.or(req.port),
+        ..req.clone()
+    };
+    let mut bound = bind(&first);
+    while let (Err(_), Some(port)) = (&bound, first.port) {
+        let key = (listen, port);
+        let held_for_us = registry
+            .held(transport, &key)
+            .is_some_and(|held| Some(held.key_name.as_str()) == key_name);
+        if !held_for_us || registry.owner(transport, &key).is_some() {
+            break;
+        }
+        if Instant::now() >= reclaim_until {
+            break;
+        }
+        tokio::time::sleep(RECLAIM_POLL).await;
+        bound = bind(&first);
+    }
+    if bound.is_err() && held_before.is_some() {
+        // The held port cannot be had after all: let the hub choose, as the tunnel asked.
+        bound = bind(req);
+    }
+    match bound {
+        Ok(port) => Ok(ExposedProxy {
+            service: service.to_owned(),
+            name: req.name.clone(),
+            port: Some(port),
+            hostname: None,
+            claim: Some((transport, (listen, port))),
+        }),
+        Err(reason) => {
+            let held = req
+                .port
+                .and_then(|port| Some((port, registry.held(transport, &(listen, port))?)));
+            Err(match held {
+                Some((port, held)) if Some(held.key_name.as_str()) != key_name => {
+                    let what = match transport {
+                        Transport::Tcp => format!("port {port}"),
+                        Transport::Udp => format!("udp port {port}"),
+                    };
+                    held.refusal(&what, Instant::now())
+                }
+                _ => reason,
+            })
         }
     }
+}
+
+/// Sets up an http/https proxy. A tunnel that lets the hub pick its hostname gets back the one
+/// its key's lost session held for the same proxy, if it is still held.
+fn host_proxy(
+    shared: &Arc<Shared>,
+    session: &Arc<TunnelSession>,
+    service: &str,
+    config: &HttpService,
+    req: &ProxyRequest,
+) -> Result<ExposedProxy, String> {
+    let held = match (&req.hostname, session.key_name.as_deref()) {
+        (None, Some(key_name)) => shared.hosts.held_hostname_of(key_name, service, &req.name),
+        _ => None,
+    };
+    let claimed = match held {
+        Some(hostname) => {
+            let again = ProxyRequest {
+                hostname: Some(hostname),
+                ..req.clone()
+            };
+            http::expose(shared, session, service, config, &again)
+                .or_else(|_| http::expose(shared, session, service, config, req))
+        }
+        None => http::expose(shared, session, service, config, req),
+    };
+    claimed.map(|host| ExposedProxy {
+        service: service.to_owned(),
+        name: req.name.clone(),
+        port: None,
+        hostname: Some(host),
+        claim: None,
+    })
 }
 
 /// The heartbeat interval tunnels are told: the configured one in whole seconds, at least 1.

@@ -3,13 +3,17 @@
 //!
 //! All state sits behind one `std::sync::Mutex` with short critical sections (a map lookup or
 //! insert); no lock is ever held across an `.await`. Removing a session cancels its token, which
-//! stops its port listeners and link connections at once.
+//! stops its port listeners and link connections at once. A session the hub *lost* (its control
+//! connection ended) departs instead: its ports stay held for its key name for the hub's
+//! `reconnect_grace` ([`grace`]), so that key gets them back and no other can take them meanwhile.
+
+pub mod grace;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -19,6 +23,7 @@ use super::links::LinkSet;
 use crate::mux::ByteCounters;
 use crate::protocol::Transport;
 use crate::secret::Secret;
+use grace::{GraceTable, Reservation};
 
 /// A proxy the hub accepted for a session: where the public reaches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub struct ExposedProxy {
     pub port: Option<u16>,
     /// Public hostname (http/https).
     pub hostname: Option<String>,
+    /// The port it holds in the registry (tcp/udp), by transport and bound address.
+    pub claim: Option<(Transport, PortKey)>,
 }
 
 /// A live tunnel session.
@@ -115,7 +122,13 @@ pub type PortKey = (IpAddr, u16);
 struct State {
     tunnels: HashMap<Uuid, Arc<TunnelSession>>,
     ports: HashMap<(Transport, PortKey), Uuid>,
+    /// Ports of lost sessions, held for their key names.
+    held: GraceTable<(Transport, PortKey)>,
 }
+
+/// A session refused by [`Registry::insert_within`]: the hub already serves this many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelLimit(pub usize);
 
 /// Live sessions, port ownership, connected clients and per-service byte counts.
 #[derive(Default)]
@@ -138,6 +151,21 @@ impl Registry {
     /// Adds a session.
     pub fn insert(&self, session: Arc<TunnelSession>) {
         lock(&self.state).tunnels.insert(session.id, session);
+    }
+
+    /// Adds a session unless `limit` sessions are live already. The count and the insertion
+    /// are one critical section, so tunnels racing for the last place cannot both get it.
+    pub fn insert_within(
+        &self,
+        session: Arc<TunnelSession>,
+        limit: usize,
+    ) -> Result<(), TunnelLimit> {
+        let mut state = lock(&self.state);
+        if state.tunnels.len() >= limit {
+            return Err(TunnelLimit(limit));
+        }
+        state.tunnels.insert(session.id, session);
+        Ok(())
     }
 
     /// Looks a session up.
@@ -198,16 +226,89 @@ impl Registry {
         client.meter(&[&session.traffic, &service])
     }
 
-    /// Removes a session, frees its ports and cancels it.
+    /// Removes a session, frees its ports at once (held ones too) and cancels it. For the
+    /// hub's own decisions: an operator's disconnect, a reload, a stop.
     pub fn remove(&self, id: &Uuid, reason: &str) {
         let session = {
             let mut state = lock(&self.state);
-            state.ports.retain(|_, owner| owner != id);
+            let state = &mut *state;
+            let held = &mut state.held;
+            state.ports.retain(|port, owner| {
+                if owner == id {
+                    held.release(port);
+                }
+                owner != id
+            });
             state.tunnels.remove(id)
         };
         if let Some(session) = session {
             session.close(reason);
         }
+    }
+
+    /// Removes a session the hub lost (its control connection ended) and cancels it. Its
+    /// ports stay held for its key name for `grace`; a session without a key name, or a zero
+    /// `grace`, frees them at once. Returns false if the session was already gone.
+    pub fn depart(&self, session: &TunnelSession, reason: &str, grace: Duration) -> bool {
+        let proxies = session.proxies();
+        let now = Instant::now();
+        let present = {
+            let mut state = lock(&self.state);
+            let state = &mut *state;
+            let present = state.tunnels.remove(&session.id).is_some();
+            if present
+                && let Some(key_name) = session.key_name.as_ref().filter(|_| !grace.is_zero())
+            {
+                for proxy in &proxies {
+                    let Some(port) = proxy.claim else { continue };
+                    if state.ports.get(&port) != Some(&session.id) {
+                        continue;
+                    }
+                    let reservation = Reservation {
+                        key_name: key_name.clone(),
+                        tunnel_id: session.id,
+                        service: proxy.service.clone(),
+                        proxy: proxy.name.clone(),
+                        group: None,
+                        until: now + grace,
+                    };
+                    state.held.hold(port, reservation, now);
+                }
+            }
+            state.ports.retain(|_, owner| *owner != session.id);
+            present
+        };
+        session.close(reason);
+        present
+    }
+
+    /// Who a port of `transport` is held for, if a lost session left it behind.
+    pub fn held(&self, transport: Transport, key: &PortKey) -> Option<Reservation> {
+        lock(&self.state)
+            .held
+            .get(&(transport, *key), Instant::now())
+            .cloned()
+    }
+
+    /// The port held for `key_name`'s proxy `proxy` on `service`, if a lost session of that
+    /// key left one behind: a reconnecting tunnel that lets the hub choose gets it back.
+    pub fn held_port_of(
+        &self,
+        key_name: &str,
+        service: &str,
+        proxy: &str,
+        transport: Transport,
+    ) -> Option<PortKey> {
+        let mut state = lock(&self.state);
+        state
+            .held
+            .find(Instant::now(), |(t, _), r| {
+                *t == transport
+                    && r.key_name == key_name
+                    && r.service == service
+                    && r.proxy == proxy
+            })
+            .map(|((_, port), _)| port)
     }
 
     /// Claims a TCP port for a tunnel; on conflict returns the owner.
@@ -225,16 +326,24 @@ impl Registry {
         self.release(Transport::Tcp, key, tunnel)
     }
 
-    /// Claims a port of `transport` for a tunnel; on conflict returns the owner.
+    /// Claims a port of `transport` for a tunnel; on conflict returns the owner. A port held
+    /// for a lost session's key name can only be claimed by a session of that key (the
+    /// conflict then names the lost session); the reservation stays until it expires, so a
+    /// claim released again (the bind failed) is still protected.
     pub fn claim(&self, transport: Transport, key: PortKey, tunnel: Uuid) -> Result<(), Uuid> {
         let mut state = lock(&self.state);
-        match state.ports.get(&(transport, key)) {
-            Some(owner) => Err(*owner),
-            None => {
-                state.ports.insert((transport, key), tunnel);
-                Ok(())
+        let state = &mut *state;
+        if let Some(owner) = state.ports.get(&(transport, key)) {
+            return Err(*owner);
+        }
+        if let Some(held) = state.held.get(&(transport, key), Instant::now()) {
+            let claimant = state.tunnels.get(&tunnel).and_then(|s| s.key_name.as_ref());
+            if claimant != Some(&held.key_name) {
+                return Err(held.tunnel_id);
             }
         }
+        state.ports.insert((transport, key), tunnel);
+        Ok(())
     }
 
     /// Who holds a port of `transport`, if anyone.
@@ -322,6 +431,143 @@ mod tests {
         assert_eq!(a.close_reason().as_deref(), Some("bye"));
         assert_eq!(reg.port_owner(&key), None);
         assert!(reg.tunnel(&a.id).is_none());
+    }
+
+    fn keyed(key_name: &str) -> Arc<TunnelSession> {
+        Arc::new(TunnelSession::new(
+            "t".into(),
+            Some(key_name.into()),
+            "127.0.0.1:1".parse().unwrap(),
+            &CancellationToken::new(),
+        ))
+    }
+
+    /// Inserts `session` and gives it the TCP port `key` as a proxy.
+    fn holding(reg: &Registry, session: &Arc<TunnelSession>, key: PortKey) {
+        reg.insert(session.clone());
+        reg.claim_port(key, session.id).unwrap();
+        session.add_proxy(ExposedProxy {
+            service: "tcp".into(),
+            name: "ssh".into(),
+            port: Some(key.1),
+            hostname: None,
+            claim: Some((Transport::Tcp, key)),
+        });
+    }
+
+    #[test]
+    fn a_lost_sessions_ports_are_held_for_its_key_only() {
+        let reg = Registry::default();
+        let key = ("127.0.0.1".parse().unwrap(), 7000);
+        let alice = keyed("alice");
+        holding(&reg, &alice, key);
+        assert!(reg.depart(&alice, "lost", Duration::from_secs(60)));
+        assert!(alice.cancel.is_cancelled());
+        assert!(!reg.depart(&alice, "again", Duration::from_secs(60)));
+        assert_eq!(reg.port_owner(&key), None);
+        let held = reg.held(Transport::Tcp, &key).unwrap();
+        assert_eq!(
+            (held.key_name.as_str(), held.proxy.as_str()),
+            ("alice", "ssh")
+        );
+        assert_eq!(
+            reg.held_port_of("alice", "tcp", "ssh", Transport::Tcp),
+            Some(key)
+        );
+        assert_eq!(
+            reg.held_port_of("alice", "tcp", "ssh", Transport::Udp),
+            None
+        );
+
+        let bob = keyed("bob");
+        reg.insert(bob.clone());
+        assert_eq!(reg.claim_port(key, bob.id), Err(alice.id), "another key");
+        let anonymous = session();
+        reg.insert(anonymous.clone());
+        assert_eq!(reg.claim_port(key, anonymous.id), Err(alice.id), "no key");
+        assert_eq!(
+            reg.claim(Transport::Udp, key, bob.id),
+            Ok(()),
+            "UDP is apart"
+        );
+
+        let back = keyed("alice");
+        reg.insert(back.clone());
+        assert_eq!(reg.claim_port(key, back.id), Ok(()), "the same key");
+        reg.release_port(&key, back.id);
+        assert_eq!(
+            reg.claim_port(key, bob.id),
+            Err(alice.id),
+            "a claim released again (its bind failed) is still held"
+        );
+        reg.claim_port(key, back.id).unwrap();
+        reg.remove(&back.id, "disconnected by an operator");
+        assert!(reg.held(Transport::Tcp, &key).is_none());
+        assert_eq!(
+            reg.claim_port(key, bob.id),
+            Ok(()),
+            "a session the hub removes frees its ports at once"
+        );
+    }
+
+    #[test]
+    fn without_a_key_name_or_a_grace_ports_are_freed_at_once() {
+        let reg = Registry::default();
+        let key = ("127.0.0.1".parse().unwrap(), 7001);
+        let alice = keyed("alice");
+        holding(&reg, &alice, key);
+        reg.depart(&alice, "lost", Duration::ZERO);
+        assert!(reg.held(Transport::Tcp, &key).is_none());
+        let anonymous = session();
+        holding(&reg, &anonymous, key);
+        reg.depart(&anonymous, "lost", Duration::from_secs(60));
+        assert!(reg.held(Transport::Tcp, &key).is_none());
+        let bob = keyed("bob");
+        reg.insert(bob.clone());
+        assert_eq!(reg.claim_port(key, bob.id), Ok(()));
+    }
+
+    #[test]
+    fn a_hold_expires_after_its_grace() {
+        let reg = Registry::default();
+        let key = ("127.0.0.1".parse().unwrap(), 7002);
+        let alice = keyed("alice");
+        holding(&reg, &alice, key);
+        reg.depart(&alice, "lost", Duration::from_millis(30));
+        let bob = keyed("bob");
+        reg.insert(bob.clone());
+        assert_eq!(reg.claim_port(key, bob.id), Err(alice.id));
+        let start = Instant::now();
+        while reg.claim_port(key, bob.id).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "never expired");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(reg.port_owner(&key), Some(bob.id));
+    }
+
+    #[test]
+    fn racing_tunnels_never_exceed_the_limit() {
+        const LIMIT: usize = 3;
+        for round in 0..50 {
+            let reg = Arc::new(Registry::default());
+            let start = Arc::new(std::sync::Barrier::new(8));
+            let racers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (reg, start) = (reg.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        reg.insert_within(session(), LIMIT).is_ok()
+                    })
+                })
+                .collect();
+            let admitted = racers
+                .into_iter()
+                .map(|r| r.join().unwrap())
+                .filter(|ok| *ok)
+                .count();
+            assert_eq!(admitted, LIMIT, "round {round}");
+            assert_eq!(reg.tunnel_count(), LIMIT);
+        }
     }
 
     #[test]

@@ -2,17 +2,22 @@
 //!
 //! A hostname belongs to one tunnel, unless every tunnel on it joined the same load-balancing
 //! group; then requests go round-robin over the group. When a session ends its backends leave
-//! every route at once, so new requests only reach tunnels still connected. One
-//! `std::sync::Mutex`, short critical sections, never held across an `.await`.
+//! every route at once, so new requests only reach tunnels still connected. When the hub *lost*
+//! the session (rather than closing it), a hostname it was the last to serve stays held for its
+//! key name for the hub's `reconnect_grace`: the same key (or a member of the same group) may
+//! claim it, any other is refused with the key name and the time left. One `std::sync::Mutex`,
+//! short critical sections, never held across an `.await`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
 use super::upstream::Pool;
 use crate::hub::registry::TunnelSession;
+use crate::hub::registry::grace::{GraceTable, Reservation};
 use crate::protocol::BasicAuth;
 
 /// One tunnel proxy serving a hostname.
@@ -50,10 +55,20 @@ struct Route {
     turn: usize,
 }
 
+/// A route's key: service name and hostname.
+type RouteKey = (String, String);
+
+#[derive(Default)]
+struct Table {
+    routes: HashMap<RouteKey, Route>,
+    /// Hostnames of lost sessions, held for their key names.
+    held: GraceTable<RouteKey>,
+}
+
 /// Hostname routes of every http/https service of a hub.
 #[derive(Default)]
 pub struct HostRoutes {
-    routes: Mutex<HashMap<(String, String), Route>>,
+    table: Mutex<Table>,
     next_id: AtomicU64,
 }
 
@@ -63,7 +78,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl HostRoutes {
     /// Claims `host` on `service` for a proxy. Fails with a reason when another tunnel holds
-    /// the hostname outside a shared group.
+    /// the hostname outside a shared group, or when it is held for another key name.
     pub fn claim(
         &self,
         service: &str,
@@ -71,6 +86,7 @@ impl HostRoutes {
         group: Option<&str>,
         spec: BackendSpec,
     ) -> Result<Arc<Backend>, String> {
+        let key_name = spec.session.key_name.clone();
         let backend = Arc::new(Backend {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             session: spec.session,
@@ -79,11 +95,21 @@ impl HostRoutes {
             max_body: spec.max_body,
             pool: Pool::default(),
         });
-        let mut routes = lock(&self.routes);
+        let mut table = lock(&self.table);
+        let table = &mut *table;
         let key = (service.to_owned(), host.to_owned());
-        match routes.get_mut(&key) {
+        match table.routes.get_mut(&key) {
             None => {
-                routes.insert(
+                let now = Instant::now();
+                if let Some(held) = table.held.get(&key, now) {
+                    let same_key = key_name.as_ref() == Some(&held.key_name);
+                    let same_group = held.group.is_some() && held.group.as_deref() == group;
+                    if !same_key && !same_group {
+                        return Err(held.refusal(&format!("hostname {host}"), now));
+                    }
+                    table.held.release(&key);
+                }
+                table.routes.insert(
                     key,
                     Route {
                         group: group.map(str::to_owned),
@@ -101,9 +127,21 @@ impl HostRoutes {
         }
     }
 
-    /// Whether a hostname is taken on a service.
+    /// Whether a hostname is taken on a service, or held for a lost session's key.
     pub fn is_taken(&self, service: &str, host: &str) -> bool {
-        lock(&self.routes).contains_key(&(service.to_owned(), host.to_owned()))
+        let key = (service.to_owned(), host.to_owned());
+        let mut table = lock(&self.table);
+        table.routes.contains_key(&key) || table.held.get(&key, Instant::now()).is_some()
+    }
+
+    /// The sessions serving `host` on `service` now.
+    pub fn sessions(&self, service: &str, host: &str) -> Vec<Arc<TunnelSession>> {
+        let table = lock(&self.table);
+        table
+            .routes
+            .get(&(service.to_owned(), host.to_owned()))
+            .map(|route| route.backends.iter().map(|b| b.session.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// The backend to send the next request for `host` to (round-robin within a group).
@@ -114,8 +152,10 @@ impl HostRoutes {
     /// Like [`pick`](Self::pick), skipping the backends whose ids are in `tried` (those a
     /// request already failed on): `None` when no other backend serves `host`.
     pub fn pick_untried(&self, service: &str, host: &str, tried: &[u64]) -> Option<Arc<Backend>> {
-        let mut routes = lock(&self.routes);
-        let route = routes.get_mut(&(service.to_owned(), host.to_owned()))?;
+        let mut table = lock(&self.table);
+        let route = table
+            .routes
+            .get_mut(&(service.to_owned(), host.to_owned()))?;
         let count = route.backends.len();
         route.turn = route.turn.wrapping_add(1);
         (0..count)
@@ -124,13 +164,54 @@ impl HostRoutes {
             .cloned()
     }
 
-    /// Removes every backend of a tunnel session; empty routes are freed.
+    /// Removes every backend of a tunnel session; empty routes are freed at once.
     pub fn remove_tunnel(&self, tunnel_id: &Uuid) {
-        let mut routes = lock(&self.routes);
-        for route in routes.values_mut() {
+        self.depart(tunnel_id, None, Duration::ZERO);
+    }
+
+    /// Removes every backend of a session the hub lost. A hostname it was the last to serve
+    /// stays held for `key_name` for `grace` (with its group, whose members may still join);
+    /// without a key name or with a zero `grace` it is freed at once.
+    pub fn depart(&self, tunnel_id: &Uuid, key_name: Option<&str>, grace: Duration) {
+        let now = Instant::now();
+        let mut table = lock(&self.table);
+        let table = &mut *table;
+        for (key, route) in &mut table.routes {
+            let Some(last) = route
+                .backends
+                .iter()
+                .find(|b| b.session.id == *tunnel_id)
+                .map(|b| b.proxy.clone())
+            else {
+                continue;
+            };
             route.backends.retain(|b| b.session.id != *tunnel_id);
+            if let (true, Some(key_name), false) =
+                (route.backends.is_empty(), key_name, grace.is_zero())
+            {
+                let reservation = Reservation {
+                    key_name: key_name.to_owned(),
+                    tunnel_id: *tunnel_id,
+                    service: key.0.clone(),
+                    proxy: last,
+                    group: route.group.clone(),
+                    until: now + grace,
+                };
+                table.held.hold(key.clone(), reservation, now);
+            }
         }
-        routes.retain(|_, route| !route.backends.is_empty());
+        table.routes.retain(|_, route| !route.backends.is_empty());
+    }
+
+    /// The hostname held for `key_name`'s proxy `proxy` on `service`, if a lost session of
+    /// that key left one behind: a reconnecting tunnel that lets the hub pick gets it back.
+    pub fn held_hostname_of(&self, key_name: &str, service: &str, proxy: &str) -> Option<String> {
+        lock(&self.table)
+            .held
+            .find(Instant::now(), |(s, _), r| {
+                s == service && r.key_name == key_name && r.proxy == proxy
+            })
+            .map(|((_, host), _)| host)
     }
 }
 
@@ -201,5 +282,95 @@ mod tests {
         routes.remove_tunnel(&b.id);
         assert!(routes.pick("web", "lb.x").is_none());
         assert!(!routes.is_taken("web", "lb.x"));
+    }
+
+    fn keyed(key_name: &str) -> Arc<TunnelSession> {
+        Arc::new(TunnelSession::new(
+            "t".into(),
+            Some(key_name.into()),
+            "127.0.0.1:1".parse().unwrap(),
+            &CancellationToken::new(),
+        ))
+    }
+
+    const GRACE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_lost_sessions_hostname_is_held_for_its_key() {
+        let routes = HostRoutes::default();
+        let alice = keyed("alice");
+        routes.claim("web", "app.x", None, spec(&alice)).unwrap();
+        routes.depart(&alice.id, Some("alice"), GRACE);
+        assert!(
+            routes.pick("web", "app.x").is_none(),
+            "no backend serves it"
+        );
+        assert!(routes.is_taken("web", "app.x"), "random names avoid it");
+        assert_eq!(
+            routes.held_hostname_of("alice", "web", "p").as_deref(),
+            Some("app.x")
+        );
+        assert_eq!(routes.held_hostname_of("bob", "web", "p"), None);
+        let err = routes
+            .claim("web", "app.x", None, spec(&keyed("bob")))
+            .unwrap_err();
+        assert!(
+            err.starts_with("hostname app.x is reserved for tunnel key `alice`")
+                && err.contains("frees up in 60s"),
+            "{err}"
+        );
+        assert!(
+            routes
+                .claim("web", "app.x", None, spec(&session()))
+                .is_err()
+        );
+        let back = keyed("alice");
+        routes.claim("web", "app.x", None, spec(&back)).unwrap();
+        assert_eq!(routes.pick("web", "app.x").unwrap().session.id, back.id);
+        // The hub closing a session (operator, reload) frees its names at once.
+        routes.remove_tunnel(&back.id);
+        assert!(!routes.is_taken("web", "app.x"));
+        routes
+            .claim("web", "app.x", None, spec(&keyed("bob")))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_held_group_hostname_takes_members_of_its_group_and_a_live_group_holds_nothing() {
+        let routes = HostRoutes::default();
+        let (alice, bob) = (keyed("alice"), keyed("bob"));
+        routes
+            .claim("web", "lb.x", Some("g"), spec(&alice))
+            .unwrap();
+        routes.claim("web", "lb.x", Some("g"), spec(&bob)).unwrap();
+        routes.depart(&alice.id, Some("alice"), GRACE);
+        assert_eq!(
+            routes.held_hostname_of("alice", "web", "p"),
+            None,
+            "bob still serves it"
+        );
+        routes.depart(&bob.id, Some("bob"), GRACE);
+        let carol = keyed("carol");
+        assert!(routes.claim("web", "lb.x", None, spec(&carol)).is_err());
+        assert!(
+            routes
+                .claim("web", "lb.x", Some("h"), spec(&carol))
+                .is_err()
+        );
+        routes
+            .claim("web", "lb.x", Some("g"), spec(&carol))
+            .unwrap();
+    }
+
+    #[test]
+    fn without_a_key_name_or_a_grace_a_hostname_is_freed_at_once() {
+        let routes = HostRoutes::default();
+        let alice = keyed("alice");
+        routes.claim("web", "a.x", None, spec(&alice)).unwrap();
+        routes.depart(&alice.id, Some("alice"), Duration::ZERO);
+        let anonymous = session();
+        routes.claim("web", "b.x", None, spec(&anonymous)).unwrap();
+        routes.depart(&anonymous.id, None, GRACE);
+        assert!(!routes.is_taken("web", "a.x") && !routes.is_taken("web", "b.x"));
     }
 }

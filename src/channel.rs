@@ -38,6 +38,12 @@ pub enum ChannelError {
     Preamble(#[from] PreambleError),
 }
 
+/// Most room reserved at once while a frame body arrives.
+const READ_STEP: usize = 8 * 1024;
+
+/// Buffer capacity kept between frames; a larger buffer is released before the next frame.
+const RETAINED_CAPACITY: usize = 16 * 1024;
+
 /// A connection that speaks length-prefixed frames.
 pub struct FramedStream<S> {
     stream: S,
@@ -105,6 +111,10 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
     }
 
     async fn read_frame<M: DeserializeOwned>(&mut self) -> Result<M, ChannelError> {
+        if self.buf.capacity() > RETAINED_CAPACITY {
+            // Do not keep the room of one large frame for the life of the connection.
+            self.buf = BytesMut::new();
+        }
         self.buf.clear();
         self.buf.resize(FRAME_HEADER_LEN, 0);
         self.read_into(0).await?;
@@ -116,8 +126,23 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
             }
             .into());
         }
-        self.buf.resize(FRAME_HEADER_LEN + len, 0);
-        self.read_into(FRAME_HEADER_LEN).await?;
+        // Room grows with the bytes that arrive, not with the length the peer announced: a peer
+        // that announces a large frame and sends nothing more costs next to nothing.
+        let end = FRAME_HEADER_LEN + len;
+        while self.buf.len() < end {
+            let want = end - self.buf.len();
+            if self.buf.capacity() == self.buf.len() {
+                self.buf.reserve(want.min(READ_STEP));
+            }
+            // `take`: never read past this frame; the bytes after it belong to the next layer.
+            let n = (&mut self.stream)
+                .take(want as u64)
+                .read_buf(&mut self.buf)
+                .await?;
+            if n == 0 {
+                return Err(ChannelError::Closed);
+            }
+        }
         match decode_frame(&mut self.buf)? {
             Some(msg) => Ok(msg),
             // The buffer holds exactly one whole frame, so decoding cannot ask for more.
@@ -333,6 +358,68 @@ mod tests {
                 (got, want) => prop_assert!(false, "read {got:?}, decode_frame gives {want:?}"),
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_announced_frame_costs_only_the_bytes_that_arrived() {
+        // A peer announces the largest frame, sends ten bytes of it and goes quiet: the reader
+        // used to reserve all 64 KiB at once, for every such connection, until the deadline.
+        let (mut a, b) = tokio::io::duplex(1024);
+        a.write_all(&(MAX_FRAME_LEN as u32).to_be_bytes())
+            .await
+            .unwrap();
+        a.write_all(b"{\"id\":1,\"ms").await.unwrap();
+        let mut reader = FramedStream::new(b);
+        let err = reader
+            .read_message::<Envelope<TunnelMessage>>(Duration::from_secs(3), "saying hello")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChannelError::Timeout(..)), "{err}");
+        assert!(
+            reader.buf.capacity() < MAX_FRAME_LEN / 4,
+            "holding {} bytes for 14 received",
+            reader.buf.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_is_read_whole_and_its_room_released_after() {
+        let big = Envelope {
+            id: 1,
+            msg: TunnelMessage::Hello {
+                key: None,
+                name: "n".repeat(MAX_FRAME_LEN - 100),
+                proxies: vec![],
+            },
+        };
+        let (a, b) = tokio::io::duplex(4096);
+        let mut writer = FramedStream::new(a);
+        let mut reader = FramedStream::new(b);
+        let write = async {
+            writer.write_message(&big).await.unwrap();
+            writer
+                .write_message(&Envelope {
+                    id: 2,
+                    msg: TunnelMessage::Ping,
+                })
+                .await
+                .unwrap();
+        };
+        let read = async {
+            let first: Envelope<TunnelMessage> = reader
+                .read_message(Duration::from_secs(5), "test")
+                .await
+                .unwrap();
+            let second: Envelope<TunnelMessage> = reader
+                .read_message(Duration::from_secs(5), "test")
+                .await
+                .unwrap();
+            (first, second)
+        };
+        let ((), (first, second)) = tokio::join!(write, read);
+        assert_eq!(first, big);
+        assert_eq!(second.id, 2);
+        assert!(reader.buf.capacity() <= RETAINED_CAPACITY);
     }
 
     #[tokio::test]

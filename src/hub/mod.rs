@@ -340,6 +340,7 @@ async fn serve_connection(
     };
     if preamble.version != PROTOCOL_VERSION {
         warn!(%peer, theirs = preamble.version, ours = PROTOCOL_VERSION, "tunnel speaks another protocol version");
+        shared.metrics.reject(metrics::Rejection::Handshake);
         let answer = HubPreamble {
             version: PROTOCOL_VERSION,
             accepted: false,

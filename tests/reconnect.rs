@@ -284,3 +284,80 @@ async fn tunnels_racing_for_the_last_places_are_admitted_exactly_up_to_the_limit
         hub.stop.cancel();
     }
 }
+
+#[tokio::test]
+async fn a_tunnel_back_before_the_hub_noticed_its_dead_session_gets_its_claims_after_a_check() {
+    let hub = start_hub_with(two_keys(Duration::from_secs(60))).await;
+    let echo = start_echo().await;
+    let app = start_app("app").await;
+    let proxies = vec![
+        proxy("ssh", "tcp", echo, None),
+        site("site", app.addr, Some("app")),
+        site("anywhere", app.addr, None),
+    ];
+    // A session whose tunnel went silent: connected, but it never sends or answers anything
+    // again, and the hub would only notice after three heartbeat intervals (30s here).
+    let silent = Tunnel::new(with_key(&hub, ALICE, proxies.clone()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let port = match &silent.proxies()[0] {
+        ProxyOutcome::Accepted { port: Some(p), .. } => *p,
+        other => panic!("{other:?}"),
+    };
+    let random = hostname(&silent.proxies()[2]);
+    // Its tunnel reconnects: the hub checks the old session, which does not answer, so the
+    // new one gets the port and hostname now instead of a refusal.
+    let again = start_tunnel(with_key(&hub, ALICE, proxies)).await;
+    assert_eq!(again.port(0), port, "{:?}", again.outcomes);
+    assert_eq!(hostname(&again.outcomes[1]), "app.test.local");
+    assert_eq!(hostname(&again.outcomes[2]), random);
+    assert_eq!(round_trip(again.addr(0), b"back").await, b"back");
+    let web = hub.services["web"];
+    assert_eq!(http_get(web, "app.test.local").await.unwrap().0, 200);
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_second_tunnel_of_a_key_cannot_take_what_a_live_one_holds() {
+    let hub = start_hub_with(two_keys(Duration::from_secs(60))).await;
+    let echo = start_echo().await;
+    let app = start_app("app").await;
+    let first = start_tunnel(with_key(
+        &hub,
+        ALICE,
+        vec![
+            proxy("ssh", "tcp", echo, None),
+            site("site", app.addr, Some("app")),
+        ],
+    ))
+    .await;
+    let port = first.port(0);
+    let second = start_tunnel(with_key(
+        &hub,
+        ALICE,
+        vec![
+            proxy("ssh", "tcp", echo, Some(port)),
+            site("site", app.addr, Some("app")),
+        ],
+    ))
+    .await;
+    let reasons: Vec<&str> = second.outcomes.iter().filter_map(rejection).collect();
+    assert_eq!(reasons.len(), 2, "{:?}", second.outcomes);
+    assert!(
+        reasons[0].starts_with(&format!(
+            "port {port} is taken by another tunnel of key `alice` that is still connected"
+        )),
+        "{}",
+        reasons[0]
+    );
+    assert!(
+        reasons[1]
+            .starts_with("hostname app.test.local is in use by another tunnel of key `alice`"),
+        "{}",
+        reasons[1]
+    );
+    // The first one answered the check and keeps serving.
+    assert_eq!(round_trip(first.addr(0), b"still").await, b"still");
+}

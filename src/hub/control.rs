@@ -21,11 +21,72 @@ use crate::protocol::{
 };
 use crate::secret::Secret;
 
-/// How long one hello may wait, in all, for lost sessions' listeners to close so that their
-/// held ports can be bound again.
+/// How long a hello may wait for a lost session's listeners to close so that their held
+/// ports can be bound again.
 const RECLAIM_WAIT: Duration = Duration::from_millis(500);
 /// How often a held port is retried meanwhile.
 const RECLAIM_POLL: Duration = Duration::from_millis(20);
+/// How long a tunnel has to answer a liveness check (a ping from the hub).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one hello may wait, in all, for liveness checks of sessions of its own key.
+const PROBE_WAIT: Duration = Duration::from_secs(4);
+/// Ids of the hub's own requests on a control connection (a tunnel counts up from 1).
+const HUB_REQUEST_IDS: u64 = 1 << 63;
+
+/// What one hello may still spend waiting for the claims it asks for.
+struct Waits {
+    /// For a lost session's listeners to close.
+    reclaim_until: Instant,
+    /// For sessions of the same key to prove they are alive.
+    probe_until: Instant,
+}
+
+impl Waits {
+    fn new() -> Self {
+        let now = Instant::now();
+        Waits {
+            reclaim_until: now + RECLAIM_WAIT,
+            probe_until: now + PROBE_WAIT,
+        }
+    }
+
+    /// Whether `holder`, a live session of the same key as the asking one, ended on a
+    /// liveness check (its connection was dead; its claims are now held for the key). Ending
+    /// one grants a fresh wait for its listeners to close.
+    async fn ended(&mut self, holder: &TunnelSession) -> bool {
+        let ended = holder.ended_after_probe(self.probe_until).await;
+        if ended {
+            self.reclaim_until = Instant::now() + RECLAIM_WAIT;
+        }
+        ended
+    }
+}
+
+/// A live session of `session`'s key (not itself) serving a proxy named `proxy` on `service`:
+/// perhaps the same tunnel, back before the hub noticed that its old session died. A tunnel
+/// that lets the hub choose checks it, so that a dead one's claims come back to it.
+fn twin(
+    shared: &Shared,
+    session: &TunnelSession,
+    service: &str,
+    proxy: &str,
+) -> Option<Arc<TunnelSession>> {
+    session.key_name.as_ref()?;
+    shared.registry.tunnels().into_iter().find(|other| {
+        same_key(session, other).is_some()
+            && other
+                .proxies()
+                .iter()
+                .any(|p| p.service == service && p.name == proxy)
+    })
+}
+
+/// `holder`, a session of `session`'s key other than itself, if `holder` is one.
+fn same_key<'a>(session: &TunnelSession, holder: &'a TunnelSession) -> Option<&'a TunnelSession> {
+    let same =
+        holder.id != session.id && holder.key_name.is_some() && holder.key_name == session.key_name;
+    same.then_some(holder)
+}
 
 /// Serves one control channel after its preamble.
 pub(super) async fn serve_control<S>(
@@ -123,13 +184,11 @@ pub(super) async fn serve_control<S>(
     }
     let span = info_span!("tunnel", tunnel_id = %session.id, tunnel_name = %session.name);
     async {
-        // Reclaiming held ports may wait for the lost session's listeners to close, but the
-        // whole hello waits at most this long for them.
-        let reclaim_until = Instant::now() + RECLAIM_WAIT;
+        let mut waits = Waits::new();
         let mut outcomes = Vec::with_capacity(proxies.len());
         for (i, request) in proxies.iter().enumerate() {
             let outcome = if i < limits.proxies_per_tunnel {
-                expose(&shared, &session, request, reclaim_until).await
+                expose(&shared, &session, request, &mut waits).await
             } else {
                 ProxyOutcome::Rejected {
                     name: request.name.clone(),
@@ -156,7 +215,7 @@ pub(super) async fn serve_control<S>(
             },
         };
         let reason = match framed.write_preamble_and(&accepted, &[&welcome]).await {
-            Ok(()) => heartbeats(&shared, &session, &mut framed, &shutdown).await,
+            Ok(()) => heartbeats(&shared, &session, framed, &shutdown).await,
             Err(e) => format!("lost during handshake: {e}"),
         };
         // A session the hub closed itself (stop, operator, reload) was cancelled first and
@@ -204,7 +263,7 @@ async fn expose(
     shared: &Arc<Shared>,
     session: &Arc<TunnelSession>,
     req: &ProxyRequest,
-    reclaim_until: Instant,
+    waits: &mut Waits,
 ) -> ProxyOutcome {
     let config = shared.current();
     let Some(service) = config.services.iter().find(|s| s.name == req.service) else {
@@ -218,15 +277,15 @@ async fn expose(
         ServiceKind::Tcp(tcp_service) => {
             let bind = |req: &ProxyRequest| tcp::expose(shared, session, name, tcp_service, req);
             let at = (Transport::Tcp, tcp_service.listen);
-            port_proxy(shared, session, name, at, req, bind, reclaim_until).await
+            port_proxy(shared, session, name, at, req, bind, waits).await
         }
         ServiceKind::Udp(udp_service) => {
             let bind = |req: &ProxyRequest| udp::expose(shared, session, name, udp_service, req);
             let at = (Transport::Udp, udp_service.listen);
-            port_proxy(shared, session, name, at, req, bind, reclaim_until).await
+            port_proxy(shared, session, name, at, req, bind, waits).await
         }
         ServiceKind::Http(http_service) | ServiceKind::Https(http_service) => {
-            host_proxy(shared, session, name, http_service, req)
+            host_proxy(shared, session, name, http_service, req, waits).await
         }
     };
     match exposed {
@@ -251,7 +310,9 @@ async fn expose(
 ///
 /// A tunnel that lets the hub choose gets back the port its key's lost session held for the
 /// same proxy, if it is still held; a held port is retried briefly while the lost session's
-/// listener closes. A port held for another key is refused with who holds it and until when.
+/// listener closes. A port a live session of the same key holds is checked: if that session
+/// does not answer, it is taken as lost and the port is reclaimed. A port held for another key
+/// is refused with who holds it and until when.
 async fn port_proxy(
     shared: &Shared,
     session: &TunnelSession,
@@ -259,10 +320,15 @@ async fn port_proxy(
     (transport, listen): (Transport, IpAddr),
     req: &ProxyRequest,
     bind: impl Fn(&ProxyRequest) -> Result<u16, String>,
-    reclaim_until: Instant,
+    waits: &mut Waits,
 ) -> Result<ExposedProxy, String> {
     let registry = &shared.registry;
     let key_name = session.key_name.as_deref();
+    if req.port.is_none()
+        && let Some(twin) = twin(shared, session, service, &req.name)
+    {
+        waits.ended(&twin).await;
+    }
     let held_before = match (req.port, key_name) {
         (None, Some(key_name)) => registry
             .held_port_of(key_name, service, &req.name, transport)
@@ -275,18 +341,34 @@ async fn port_proxy(
         ..req.clone()
     };
     let mut bound = bind(&first);
-    while let (Err(_), Some(port)) = (&bound, first.port) {
+    let mut alive_holder = false;
+    while bound.is_err()
+        && let Some(port) = first.port
+    {
         let key = (listen, port);
-        let held_for_us = registry
-            .held(transport, &key)
-            .is_some_and(|held| Some(held.key_name.as_str()) == key_name);
-        if !held_for_us || registry.owner(transport, &key).is_some() {
-            break;
+        match registry.owner(transport, &key) {
+            Some(owner) => {
+                let Some(holder) = registry.tunnel(&owner) else {
+                    break;
+                };
+                let Some(holder) = same_key(session, &holder) else {
+                    break;
+                };
+                if !waits.ended(holder).await {
+                    alive_holder = true;
+                    break;
+                }
+            }
+            None => {
+                let held_for_us = registry
+                    .held(transport, &key)
+                    .is_some_and(|held| Some(held.key_name.as_str()) == key_name);
+                if !held_for_us || Instant::now() >= waits.reclaim_until {
+                    break;
+                }
+                tokio::time::sleep(RECLAIM_POLL).await;
+            }
         }
-        if Instant::now() >= reclaim_until {
-            break;
-        }
-        tokio::time::sleep(RECLAIM_POLL).await;
         bound = bind(&first);
     }
     if bound.is_err() && held_before.is_some() {
@@ -305,13 +387,16 @@ async fn port_proxy(
             let held = req
                 .port
                 .and_then(|port| Some((port, registry.held(transport, &(listen, port))?)));
-            Err(match held {
-                Some((port, held)) if Some(held.key_name.as_str()) != key_name => {
-                    let what = match transport {
-                        Transport::Tcp => format!("port {port}"),
-                        Transport::Udp => format!("udp port {port}"),
-                    };
-                    held.refusal(&what, Instant::now())
+            let what = |port: u16| match transport {
+                Transport::Tcp => format!("port {port}"),
+                Transport::Udp => format!("udp port {port}"),
+            };
+            Err(match (held, req.port) {
+                (Some((port, held)), _) if Some(held.key_name.as_str()) != key_name => {
+                    held.refusal(&what(port), Instant::now())
+                }
+                (_, Some(port)) if alive_holder => {
+                    still_connected(&format!("{} is taken by", what(port)), key_name)
                 }
                 _ => reason,
             })
@@ -319,30 +404,75 @@ async fn port_proxy(
     }
 }
 
+/// Why a claim is refused when a live session of the same key holds it and answered; `taken`
+/// is "port 5000 is taken by" or the like.
+fn still_connected(taken: &str, key_name: Option<&str>) -> String {
+    format!(
+        "{taken} another tunnel of key `{}` that is still connected (it answered a liveness \
+         check); run one tunnel per key and proxy, or ask for another",
+        key_name.unwrap_or("-")
+    )
+}
+
 /// Sets up an http/https proxy. A tunnel that lets the hub pick its hostname gets back the one
-/// its key's lost session held for the same proxy, if it is still held.
-fn host_proxy(
+/// its key's lost session held for the same proxy, if it is still held. A hostname live
+/// sessions of the same key hold is checked as for ports: if none of them answers, they are
+/// taken as lost and the hostname is claimed again.
+async fn host_proxy(
     shared: &Arc<Shared>,
     session: &Arc<TunnelSession>,
     service: &str,
     config: &HttpService,
     req: &ProxyRequest,
+    waits: &mut Waits,
 ) -> Result<ExposedProxy, String> {
+    if req.hostname.is_none()
+        && let Some(twin) = twin(shared, session, service, &req.name)
+    {
+        waits.ended(&twin).await;
+    }
     let held = match (&req.hostname, session.key_name.as_deref()) {
         (None, Some(key_name)) => shared.hosts.held_hostname_of(key_name, service, &req.name),
         _ => None,
     };
-    let claimed = match held {
-        Some(hostname) => {
-            let again = ProxyRequest {
-                hostname: Some(hostname),
-                ..req.clone()
-            };
-            http::expose(shared, session, service, config, &again)
-                .or_else(|_| http::expose(shared, session, service, config, req))
-        }
-        None => http::expose(shared, session, service, config, req),
+    let wanted = held.clone().or_else(|| {
+        let name = req.hostname.as_deref()?.to_ascii_lowercase();
+        Some(match name.contains('.') {
+            true => name,
+            false => format!("{name}.{}", config.domain),
+        })
+    });
+    let first = ProxyRequest {
+        hostname: wanted.clone(),
+        ..req.clone()
     };
+    let mut claimed = http::expose(shared, session, service, config, &first);
+    if claimed.is_err()
+        && let Some(host) = &wanted
+    {
+        let holders = shared.hosts.sessions(service, host);
+        let ours: Vec<_> = holders
+            .iter()
+            .filter_map(|h| same_key(session, h))
+            .collect();
+        if !ours.is_empty() && ours.len() == holders.len() {
+            let mut all_ended = true;
+            for holder in ours {
+                all_ended &= waits.ended(holder).await;
+            }
+            claimed = match all_ended {
+                true => http::expose(shared, session, service, config, &first),
+                false => Err(still_connected(
+                    &format!("hostname {host} is in use by"),
+                    session.key_name.as_deref(),
+                )),
+            };
+        }
+    }
+    if claimed.is_err() && held.is_some() {
+        // The held hostname cannot be had after all: let the hub pick, as the tunnel asked.
+        claimed = http::expose(shared, session, service, config, req);
+    }
     claimed.map(|host| ExposedProxy {
         service: service.to_owned(),
         name: req.name.clone(),
@@ -357,20 +487,31 @@ fn announced_heartbeat_secs(shared: &Shared) -> u64 {
     shared.config.heartbeat_interval.as_secs().max(1)
 }
 
-/// Answers heartbeats until the session ends; returns why it ended.
+/// Answers heartbeats until the session ends; returns why it ended. A liveness check asked for
+/// by another session of the same key sends the tunnel a ping it must answer within
+/// [`PROBE_TIMEOUT`], or the session is taken as lost.
 async fn heartbeats<S>(
     shared: &Shared,
     session: &TunnelSession,
-    framed: &mut FramedStream<S>,
+    framed: FramedStream<S>,
     shutdown: &CancellationToken,
 ) -> String
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // The tunnel pings at the interval it was told (whole seconds), so judge it by that.
-    let silence =
-        std::time::Duration::from_secs(announced_heartbeat_secs(shared)) * HEARTBEAT_MISSES;
+    let silence = Duration::from_secs(announced_heartbeat_secs(shared)) * HEARTBEAT_MISSES;
+    let (reader, writer) = tokio::io::split(framed.into_inner());
+    let mut writer = FramedStream::new(writer);
+    // One read in flight at a time, kept across loop turns: a liveness check must never
+    // cancel a half-read frame.
+    let mut pending = Box::pin(read_one(FramedStream::new(reader), silence));
+    let mut probe: Option<tokio::time::Instant> = None;
+    let mut next_id = HUB_REQUEST_IDS;
     loop {
+        let probe_timer = tokio::time::sleep_until(
+            probe.unwrap_or_else(|| tokio::time::Instant::now() + silence),
+        );
         tokio::select! {
             () = session.cancel.cancelled() => {
                 let reason = if shutdown.is_cancelled() {
@@ -379,22 +520,53 @@ where
                     session.close_reason().unwrap_or_else(|| "closed by the hub".into())
                 };
                 let bye = Envelope { id: 0, msg: HubMessage::Goodbye { reason: reason.clone() } };
-                let _ = framed.write_message(&bye).await;
+                let _ = writer.write_message(&bye).await;
                 return reason;
             }
-            msg = framed.read_message::<Envelope<TunnelMessage>>(silence, "sending heartbeats") => {
+            () = session.probe_requested(), if probe.is_none() => {
+                let ping = Envelope { id: next_id, msg: HubMessage::Ping };
+                next_id = next_id.wrapping_add(1);
+                if let Err(e) = writer.write_message(&ping).await {
+                    return format!("control connection failed: {e}");
+                }
+                probe = Some(tokio::time::Instant::now() + PROBE_TIMEOUT);
+            }
+            () = probe_timer, if probe.is_some() => {
+                return format!(
+                    "the tunnel did not answer a liveness check within {PROBE_TIMEOUT:?} (another \
+                     tunnel of its key asked for its ports or hostnames)"
+                );
+            }
+            (reader, msg) = &mut pending => {
                 match msg {
                     Ok(Envelope { id, msg: TunnelMessage::Ping }) => {
-                        if let Err(e) = framed.write_message(&Envelope { id, msg: HubMessage::Pong }).await {
+                        if let Err(e) = writer.write_message(&Envelope { id, msg: HubMessage::Pong }).await {
                             return format!("control connection failed: {e}");
                         }
                     }
-                    Ok(Envelope { msg: TunnelMessage::Pong, .. }) => {}
+                    Ok(Envelope { msg: TunnelMessage::Pong, .. }) => {
+                        if probe.take().is_some() {
+                            session.probe_answered();
+                        }
+                    }
                     Ok(other) => return format!("protocol error: unexpected message {:?}", other.msg),
                     Err(ChannelError::Closed) => return "the tunnel closed its control connection".into(),
                     Err(e) => return e.to_string(),
                 }
+                pending = Box::pin(read_one(reader, silence));
             }
         }
     }
+}
+
+/// Reads the next message, handing the reader back with it.
+async fn read_one<R: AsyncRead + Unpin>(
+    mut reader: FramedStream<R>,
+    silence: Duration,
+) -> (
+    FramedStream<R>,
+    Result<Envelope<TunnelMessage>, ChannelError>,
+) {
+    let msg = reader.read_message(silence, "sending heartbeats").await;
+    (reader, msg)
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -63,6 +64,10 @@ pub struct TunnelSession {
     pub traffic: Arc<ByteCounters>,
     proxies: Mutex<Vec<ExposedProxy>>,
     close_reason: Mutex<Option<String>>,
+    /// Asks the session's control loop to check that its tunnel still answers.
+    probe: Notify,
+    /// Told when the tunnel answered such a check.
+    answered: Notify,
 }
 
 impl TunnelSession {
@@ -85,7 +90,36 @@ impl TunnelSession {
             traffic: Arc::default(),
             proxies: Mutex::new(Vec::new()),
             close_reason: Mutex::new(None),
+            probe: Notify::new(),
+            answered: Notify::new(),
         }
+    }
+
+    /// Asks the session's control loop to check its tunnel is still there (a ping it must
+    /// answer in time), and waits at most until `until` for the outcome: true if the session
+    /// ended meanwhile, false if the tunnel answered or time ran out. For a tunnel of the same
+    /// key asking for this session's claims: the connection may be dead without the hub
+    /// having noticed yet (a tunnel's network changed, and it reconnected first).
+    pub async fn ended_after_probe(&self, until: Instant) -> bool {
+        let answered = self.answered.notified();
+        tokio::pin!(answered);
+        answered.as_mut().enable();
+        self.probe.notify_one();
+        tokio::select! {
+            () = self.cancel.cancelled() => true,
+            () = answered => false,
+            () = tokio::time::sleep_until(until.into()) => self.cancel.is_cancelled(),
+        }
+    }
+
+    /// Completes when a liveness check of the tunnel was asked for.
+    pub async fn probe_requested(&self) {
+        self.probe.notified().await;
+    }
+
+    /// Records that the tunnel answered a liveness check.
+    pub fn probe_answered(&self) {
+        self.answered.notify_waiters();
     }
 
     /// Records a proxy the hub accepted.

@@ -358,11 +358,12 @@ impl Session {
                     next_id += 1;
                 }
                 (reader, msg) = &mut pending => {
-                    match msg?.msg {
+                    let Envelope { id, msg } = msg?;
+                    match msg {
                         HubMessage::Pong => {}
+                        // The hub checks we are still here: answer at once, with its id.
                         HubMessage::Ping => {
-                            writer.write_message(&Envelope { id: next_id, msg: TunnelMessage::Pong }).await?;
-                            next_id += 1;
+                            writer.write_message(&Envelope { id, msg: TunnelMessage::Pong }).await?;
                         }
                         HubMessage::Goodbye { reason } => return Err(TunnelError::Goodbye(reason)),
                         other => return Err(TunnelError::Protocol(format!("unexpected message {other:?}"))),

@@ -284,6 +284,7 @@ impl HubView {
         }
         self.tunnel_metrics(&mut out);
         self.counter_metrics(&mut out);
+        process_metrics(&mut out);
         out
     }
 
@@ -349,6 +350,66 @@ impl HubView {
              tunnelize_link_setup_seconds_count {count}"
         );
     }
+}
+
+/// Appends the process gauges both daemons export, so growth shows over a long run:
+/// `tunnelize_tasks` (tokio tasks alive on the runtime this is called from; omitted outside a
+/// runtime) and, on Linux, `tunnelize_open_fds` and `tunnelize_resident_memory_bytes`.
+///
+/// The Linux figures come from `/proc/self`: one small read of `status` and a listing of `fd`
+/// (one entry per open file, so its cost grows with the clients held). A figure `/proc` does
+/// not give is left out rather than reported as 0.
+pub fn process_metrics(out: &mut String) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        family(
+            out,
+            "tunnelize_tasks",
+            "gauge",
+            "Tokio tasks alive in the daemon.",
+        );
+        let _ = writeln!(
+            out,
+            "tunnelize_tasks {}",
+            runtime.metrics().num_alive_tasks()
+        );
+    }
+    #[cfg(target_os = "linux")]
+    {
+        if let Some(fds) = open_fds() {
+            family(
+                out,
+                "tunnelize_open_fds",
+                "gauge",
+                "File descriptors the daemon has open.",
+            );
+            let _ = writeln!(out, "tunnelize_open_fds {fds}");
+        }
+        if let Some(bytes) = resident_memory_bytes() {
+            family(
+                out,
+                "tunnelize_resident_memory_bytes",
+                "gauge",
+                "Resident memory of the daemon (VmRSS).",
+            );
+            let _ = writeln!(out, "tunnelize_resident_memory_bytes {bytes}");
+        }
+    }
+}
+
+/// Entries of `/proc/self/fd`, less the one the listing itself holds open.
+#[cfg(target_os = "linux")]
+fn open_fds() -> Option<usize> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some(entries.count().saturating_sub(1))
+}
+
+/// `VmRSS` of `/proc/self/status`, in bytes.
+#[cfg(target_os = "linux")]
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

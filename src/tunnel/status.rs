@@ -185,6 +185,8 @@ impl StatusBoard {
                 );
             }
         }
+        drop(b);
+        crate::hub::inspect::process_metrics(&mut out);
         out
     }
 }

@@ -192,3 +192,54 @@ async fn link_connections_beyond_the_per_tunnel_limit_are_refused_and_the_tunnel
         assert_eq!(round_trip(tunnel.addr(0), &[i; 100]).await, [i; 100]);
     }
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_its_preamble_but_no_hello_still_holds_its_handshake_permit() {
+    use tokio::io::AsyncWriteExt;
+    use tunnelize::protocol::{Channel, Preamble};
+    use tunnelize::tls::{client_config, server_name};
+
+    let live = hub(Limits {
+        handshakes: 1,
+        ..Limits::default()
+    })
+    .await;
+    // TLS done and the preamble sent, then silence: still a handshake in progress.
+    let connector = tokio_rustls::TlsConnector::from(
+        client_config(&tunnelize::config::HubTrust::Fingerprint(
+            live.hub.fingerprint.0,
+        ))
+        .unwrap(),
+    );
+    let socket = TcpStream::connect(live.hub.addr).await.unwrap();
+    let mut stalled = connector
+        .connect(server_name("localhost").unwrap(), socket)
+        .await
+        .unwrap();
+    stalled
+        .write_all(&Preamble::new(Channel::Control).encode())
+        .await
+        .unwrap();
+    stalled.flush().await.unwrap();
+    eventually(
+        "a tunnel refused while the hello is outstanding",
+        || async {
+            let refused = Tunnel::new(tunnel_config(&live.hub, vec![]))
+                .unwrap()
+                .connect()
+                .await
+                .is_err();
+            (refused && limit_refusals(&live.admin).await >= 1.0).then_some(())
+        },
+    )
+    .await;
+    drop(stalled);
+    eventually("the hub to take tunnels again", || async {
+        Tunnel::new(tunnel_config(&live.hub, vec![]))
+            .unwrap()
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+}

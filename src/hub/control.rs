@@ -34,6 +34,7 @@ pub(super) async fn serve_control<S>(
     mut framed: FramedStream<S>,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    handshake: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -52,6 +53,8 @@ pub(super) async fn serve_control<S>(
             return;
         }
     };
+    // The first message is in: the connection no longer counts against `[limits] handshakes`.
+    drop(handshake);
     let TunnelMessage::Hello { key, name, proxies } = hello.msg else {
         refuse(
             &mut framed,

@@ -147,6 +147,7 @@ pub(super) async fn serve_link<S>(
     shared: Arc<Shared>,
     mut framed: FramedStream<S>,
     peer: SocketAddr,
+    handshake: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -165,6 +166,8 @@ pub(super) async fn serve_link<S>(
             return;
         }
     };
+    // The first message is in: the connection no longer counts against `[limits] handshakes`.
+    drop(handshake);
     let TunnelMessage::LinkHello { tunnel_id, token } = hello.msg else {
         refuse(
             &mut framed,

@@ -349,11 +349,10 @@ async fn serve_connection(
         let _ = framed.write_preamble_and::<()>(&answer, &[]).await;
         return;
     }
-    // The handshake is done; the connection no longer counts against `[limits] handshakes`.
-    drop(handshake);
+    // The permit goes with the connection until its first message is read.
     match preamble.channel {
-        Channel::Control => control::serve_control(shared, framed, peer, shutdown).await,
-        Channel::Link => links::serve_link(shared, framed, peer).await,
+        Channel::Control => control::serve_control(shared, framed, peer, shutdown, handshake).await,
+        Channel::Link => links::serve_link(shared, framed, peer, handshake).await,
     }
 }
 

@@ -4,52 +4,108 @@
 #   packaging/build.sh            -> target/packaging/tunnelize_<version>_<arch>.deb and .rpm
 #   packaging/build.sh --check    also runs lintian and rpmlint on them (installed if missing)
 #
-# Installs cargo-deb and cargo-generate-rpm into target/packaging/tools when they are not on
-# PATH. Man pages and shell completions are generated from the CLI definitions first, so the
-# packages ship what the binaries actually accept.
+# For tests (tests/system/install-test.sh), a .deb of the dev-profile binaries that `cargo test`
+# has already built, in seconds instead of a release build's minutes:
+#
+#   packaging/build.sh --profile dev --output DIR [--deb-version 0.1.0-1+test]
+#
+#   --profile NAME      cargo profile of the binaries (default: release). Any other profile
+#                       builds only the .deb, with fast compression.
+#   --deb-only          no .rpm
+#   --deb-version V     the .deb's version, revision included (default: Cargo.toml's, -1)
+#   --no-build          package the binaries as they are (no `cargo build` first)
+#   --output DIR        where the packages go (default: target/packaging)
+#
+# Installs cargo-deb (and cargo-generate-rpm when it builds the .rpm) into
+# target/packaging/tools, or $TUNNELIZE_PACKAGING_TOOLS, when they are not on PATH. Man pages
+# and shell completions are generated from the CLI definitions first, so the packages ship
+# what the binaries accept.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$ROOT/target/packaging
-TOOLS=$OUT/tools
-CHECK=0
-[ "${1:-}" = --check ] && CHECK=1
+TOOLS=${TUNNELIZE_PACKAGING_TOOLS:-$ROOT/target/packaging/tools}
+CHECK=0 PROFILE=release DEB_ONLY=0 DEB_VERSION= BUILD=1
+usage() { sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --check) CHECK=1 ;;
+    --profile) PROFILE=${2:?--profile needs a name}; shift ;;
+    --deb-only) DEB_ONLY=1 ;;
+    --deb-version) DEB_VERSION=${2:?--deb-version needs a version}; shift ;;
+    --output) OUT=${2:?--output needs a directory}; shift ;;
+    --no-build) BUILD=0 ;;
+    -h | --help) usage ;;
+    *) echo "build.sh: unknown argument $1" >&2; usage ;;
+  esac
+  shift
+done
+# The .rpm's assets name target/release/ literally; other profiles make a .deb only.
+[ "$PROFILE" = release ] || DEB_ONLY=1
 cd "$ROOT"
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+case "$PROFILE" in
+  dev) BIN_DIR=debug ;;
+  *) BIN_DIR=$PROFILE ;;
+esac
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$BIN_DIR
 
 export PATH="$TOOLS/bin:$PATH"
-for tool in cargo-deb:cargo-deb cargo-generate-rpm:cargo-generate-rpm; do
-  crate=${tool%%:*} bin=${tool##*:}
-  if ! command -v "$bin" >/dev/null 2>&1; then
-    echo "installing $crate into $TOOLS" >&2
-    cargo install --locked --root "$TOOLS" "$crate" >&2
+# Pinned: cargo-deb warns that --profile dev may become an error in a later version.
+tools=(cargo-deb@3.8.0)
+[ $DEB_ONLY = 1 ] || tools+=(cargo-generate-rpm@0.21.1)
+for tool in "${tools[@]}"; do
+  if ! command -v "${tool%@*}" >/dev/null 2>&1; then
+    echo "installing $tool into $TOOLS" >&2
+    cargo install --locked --root "$TOOLS" "$tool" >&2
   fi
 done
 
-cargo build --release --bin tunnelize --bin tunnelizectl >&2
-GEN=$OUT/generated
-rm -rf "$GEN"; mkdir -p "$GEN/man" "$GEN/completions"
-target/release/tunnelizectl man "$GEN/man" >&2
-target/release/tunnelize man "$GEN/man" >&2
-gzip -9n "$GEN"/man/*.1
-target/release/tunnelizectl completions bash >"$GEN/completions/tunnelizectl.bash"
-target/release/tunnelizectl completions zsh >"$GEN/completions/_tunnelizectl"
-target/release/tunnelizectl completions fish >"$GEN/completions/tunnelizectl.fish"
+# After `cargo test` the dev-profile binaries are up to date and this takes a second.
+[ $BUILD = 0 ] || cargo build --profile "$PROFILE" --bin tunnelize --bin tunnelizectl >&2
+for bin in tunnelize tunnelizectl; do
+  [ -x "$BIN/$bin" ] || { echo "build.sh: $BIN/$bin is not built" >&2; exit 1; }
+done
+# Written aside, then moved into place: the assets in Cargo.toml name this directory.
+GEN=$ROOT/target/packaging/generated
+mkdir -p "$ROOT/target/packaging"
+NEW=$(mktemp -d "$ROOT/target/packaging/generated.XXXXXX")
+trap 'rm -rf "$NEW"' EXIT
+mkdir -p "$NEW/man" "$NEW/completions"
+"$BIN/tunnelizectl" man "$NEW/man" >&2
+"$BIN/tunnelize" man "$NEW/man" >&2
+gzip -9n "$NEW"/man/*.1
+"$BIN/tunnelizectl" completions bash >"$NEW/completions/tunnelizectl.bash"
+"$BIN/tunnelizectl" completions zsh >"$NEW/completions/_tunnelizectl"
+"$BIN/tunnelizectl" completions fish >"$NEW/completions/tunnelizectl.fish"
+chmod 0755 "$NEW"
+rm -rf "$GEN"
+mv "$NEW" "$GEN"
 
-cargo deb --no-build --strip --output "$OUT/" >&2
-cargo generate-rpm --output "$OUT/" >&2
-ls -1 "$OUT"/*.deb "$OUT"/*.rpm
+deb_args=(--no-build --strip --output "$OUT/")
+[ "$PROFILE" = release ] || deb_args+=(--profile "$PROFILE" --fast)
+[ -z "$DEB_VERSION" ] || deb_args+=(--deb-version "$DEB_VERSION")
+# cargo-deb prints the path of the package it wrote: the one line on our standard output.
+cargo deb "${deb_args[@]}"
+if [ $DEB_ONLY = 0 ]; then
+  cargo generate-rpm --output "$OUT/" >&2
+  ls -1 "$OUT"/*.rpm
+fi
 
 if [ $CHECK = 1 ]; then
   missing=()
   command -v lintian >/dev/null || missing+=(lintian)
-  command -v rpmlint >/dev/null || missing+=(rpmlint)
+  [ $DEB_ONLY = 1 ] || command -v rpmlint >/dev/null || missing+=(rpmlint)
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
   fi
   echo "== lintian" >&2
   # Suppressed, on purpose: the prerm stops the units with systemctl (debhelper would generate
   # the same); the example configurations under /etc are 0640 because they hold keys.
-  lintian --fail-on error --suppress-tags-from-file "$ROOT/packaging/lintian-overrides.txt" "$OUT"/*.deb
-  echo "== rpmlint (findings explained in packaging/rpmlint.toml)" >&2
-  rpmlint -c "$ROOT/packaging/rpmlint.toml" "$OUT"/*.rpm || true
+  lintian --fail-on error --suppress-tags-from-file "$ROOT/packaging/lintian-overrides.txt" "$OUT"/*.deb >&2
+  if [ $DEB_ONLY = 0 ]; then
+    echo "== rpmlint (findings explained in packaging/rpmlint.toml)" >&2
+    rpmlint -c "$ROOT/packaging/rpmlint.toml" "$OUT"/*.rpm >&2 || true
+  fi
 fi

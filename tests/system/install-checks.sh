@@ -1,0 +1,321 @@
+#!/bin/bash
+# tests/system/install-checks.sh: the checks of the install test, run *inside* the booted
+# Debian container by install-test.sh (as root, under the container's own systemd):
+#
+#   install-checks.sh FIRST.deb UPGRADE.deb
+#
+# Installs the package with apt, then checks what an operator does with it, in order: the
+# unedited hub refuses to start, a configured one reaches `active` through sd_notify, a member
+# of group tunnelize uses tunnelizectl over the socket, reload, structured journal entries, a
+# tunnel@ instance forwarding through the hub, a clean stop, an upgrade that keeps the edited
+# configuration, and a purge that removes it. Prints one PASS or FAIL line per check (and the
+# evidence of each failure) and exits with the number of failures.
+set -u
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
+DEB=${1:?usage: install-checks.sh FIRST.deb UPGRADE.deb}
+UPGRADE=${2:?usage: install-checks.sh FIRST.deb UPGRADE.deb}
+FAILS=0
+LOG=/tmp/install-checks.out   # the output of the last command a check ran
+J=/tmp/install-checks.journal # the journal excerpt a check reads
+
+pass() { echo "PASS: $*"; }
+fail() {
+  echo "FAIL: $*"
+  FAILS=$((FAILS + 1))
+  [ -s "$LOG" ] && sed -e 's/^/    | /' "$LOG" | tail -n 40
+  return 0
+}
+# check DESCRIPTION COMMAND...: the command's success is the check.
+check() {
+  local what=$1
+  shift
+  if "$@" >"$LOG" 2>&1; then pass "$what"; else fail "$what"; fi
+}
+# check_not DESCRIPTION COMMAND...: the command's failure is the check.
+check_not() {
+  local what=$1
+  shift
+  if "$@" >"$LOG" 2>&1; then fail "$what (it succeeded)"; else pass "$what"; fi
+}
+# poll SECONDS COMMAND...: runs the command every 0.2 s until it succeeds or the deadline passes.
+poll() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.2
+  done
+}
+# Each check reads the journal from its own starting point: a marker entry of its own, which
+# no unit's match selects. (--after-cursor with a match, in systemd 252, skips the first
+# matching entry when the cursor's own entry does not match; --cursor does not.)
+cursor() {
+  local tag=install-checks-$RANDOM$RANDOM
+  echo mark | systemd-cat -t "$tag"
+  poll 10 sh -c "journalctl -q -t $tag -o cat | grep -q mark" || return 1
+  journalctl -q -t "$tag" -n 1 --show-cursor -o cat | sed -n 's/^-- cursor: //p'
+}
+journal_since() { journalctl -q --no-pager --cursor="$1" "${@:2}"; }
+prop() { systemctl show -P "$2" "$1"; }
+# has_props UNIT K=V...: every property has that value (prints them all when one differs).
+has_props() {
+  local unit=$1 want ok=0
+  shift
+  for want in "$@"; do
+    local got
+    got=$(prop "$unit" "${want%%=*}")
+    echo "${want%%=*}=$got"
+    [ "$got" = "${want#*=}" ] || ok=1
+  done
+  return $ok
+}
+mode_owner() { [ "$(stat -c '%a %U %G' "$1")" = "$2" ] || { stat -c '%n: %a %U %G, wanted '"$2" "$1"; false; }; }
+as_alice() { runuser -u alice -- "$@"; }
+# contains PATTERN: the journal excerpt in $J has a matching line (else shows the excerpt).
+contains() { grep -q -e "$1" "$J" || { echo "no line matches: $1"; tail -n 30 "$J"; false; }; }
+
+HUB=tunnelize-hub.service
+TUNNEL=tunnelize-tunnel@demo.service
+CONF=/etc/tunnelize
+
+echo "== install ($(basename "$DEB"))"
+check "apt-get installs the package, resolving its dependencies" \
+  apt-get install -y --no-install-recommends "$DEB"
+check "dpkg lists it as installed" sh -c "dpkg-query -W -f '\${Status}' tunnelize | grep -qx 'install ok installed'"
+check "the binaries run" sh -c 'tunnelize --version && tunnelizectl --version'
+check "systemd knows the units (postinst ran daemon-reload)" \
+  sh -c 'systemctl cat tunnelize-hub.service tunnelize-tunnel.service tunnelize-tunnel@x.service >/dev/null'
+check "systemd-analyze verify accepts the installed units" \
+  systemd-analyze verify /usr/lib/systemd/system/tunnelize-hub.service \
+  /usr/lib/systemd/system/tunnelize-tunnel.service /usr/lib/systemd/system/tunnelize-tunnel@.service
+check "system user tunnelize: home /var/lib/tunnelize, no login shell" \
+  sh -c 'getent passwd tunnelize | grep -E "^tunnelize:x:[0-9]+:[0-9]+:[^:]*:/var/lib/tunnelize:/usr/sbin/nologin$" &&
+    [ "$(id -u tunnelize)" -lt 1000 ] && getent group tunnelize'
+check "/etc/tunnelize is 0750 root:tunnelize" mode_owner $CONF "750 root tunnelize"
+check "hub.toml is 0640 root:tunnelize" mode_owner $CONF/hub.toml "640 root tunnelize"
+check "tunnel.toml is 0640 root:tunnelize" mode_owner $CONF/tunnel.toml "640 root tunnelize"
+check "/var/lib/tunnelize is 0750 tunnelize:tunnelize" mode_owner /var/lib/tunnelize "750 tunnelize tunnelize"
+check "/run/tunnelize is 0750 tunnelize:tunnelize" mode_owner /run/tunnelize "750 tunnelize tunnelize"
+check "the conffiles are registered with dpkg" \
+  sh -c "dpkg-query -W -f '\${Conffiles}' tunnelize | grep -q ' /etc/tunnelize/hub.toml ' &&
+    dpkg-query -W -f '\${Conffiles}' tunnelize | grep -q ' /etc/tunnelize/tunnel.toml '"
+check "nothing is started or enabled by the install" \
+  sh -c '! systemctl is-active -q tunnelize-hub; [ "$(systemctl is-enabled tunnelize-hub)" = disabled ]'
+
+echo "== the unedited hub refuses to start"
+C=$(cursor)
+check_not "systemctl start tunnelize-hub fails with the shipped hub.toml" systemctl start $HUB
+journal_since "$C" -u $HUB -o cat >"$J"
+check "the journal says why (no [[keys]])" contains '\[\[keys\]\]' 
+systemctl stop $HUB
+systemctl reset-failed $HUB 2>/dev/null
+
+echo "== a configured hub starts through sd_notify"
+install -d -m 0750 -g tunnelize $CONF/keys
+KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+(umask 027 && echo "$KEY" >$CONF/keys/demo.key) && chgrp tunnelize $CONF/keys/demo.key
+cat >>$CONF/hub.toml <<'EOF'
+
+# Added by the install test.
+[[keys]]
+name = "demo"
+key_file = "/etc/tunnelize/keys/demo.key"
+EOF
+check "tunnelize check-config accepts the edited hub.toml" tunnelize check-config $CONF/hub.toml
+C=$(cursor)
+check "systemctl start tunnelize-hub succeeds" systemctl start $HUB
+hub_notified() {
+  has_props $HUB Type=notify ActiveState=active SubState=running NRestarts=0 &&
+    prop $HUB StatusText | grep 'listening for tunnels on 0.0.0.0:7700'
+}
+check "the hub is active (running), Type=notify, with a STATUS= line" hub_notified
+hub_identity() {
+  local status=/proc/$(prop $HUB MainPID)/status uid gid
+  uid=$(id -u tunnelize) gid=$(id -g tunnelize)
+  grep -E '^(Uid|Gid|Cap)' "$status" &&
+    grep -qE "^Uid:\s+$uid\s+$uid\s+$uid\s+$uid$" "$status" &&
+    grep -qE "^Gid:\s+$gid\s+$gid\s+$gid\s+$gid$" "$status" &&
+    grep -qE '^CapEff:\s+0000000000000400$' "$status"
+}
+check "it runs as user tunnelize with only CAP_NET_BIND_SERVICE" hub_identity
+check "the watchdog is armed (WatchdogUSec=30s)" has_props $HUB WatchdogUSec=30s
+journal_since "$C" -u $HUB -o json >"$J"
+FP=$(grep -o '"F_\{0,1\}FINGERPRINT":"[^"]*"' "$J" | head -n 1 | cut -d'"' -f4)
+: >"$LOG"
+if [ -n "$FP" ]; then pass "the journal has the certificate fingerprint as a field ($FP)"; else fail "the journal has the certificate fingerprint as a field"; fi
+# The generated certificate's SHA-256 computed from the file, to compare with the log.
+FILE_FP=$(sed -e '/-----/d' /var/lib/tunnelize/hub.crt | base64 -d | sha256sum | cut -c1-64 | tr a-f A-F | sed 's/../&:/g; s/:$//')
+check "it is the fingerprint of /var/lib/tunnelize/hub.crt" sh -c "echo 'file $FILE_FP, log $FP'; [ '$FILE_FP' = '$FP' ]"
+check "the generated key is private to the daemon" mode_owner /var/lib/tunnelize/hub.key "600 tunnelize tunnelize"
+
+echo "== tunnelizectl over the admin socket"
+useradd --system --no-create-home --groups tunnelize alice
+useradd --system --no-create-home bob
+check "hub.sock is 0660 tunnelize:tunnelize" mode_owner /run/tunnelize/hub.sock "660 tunnelize tunnelize"
+sys_info() { as_alice tunnelizectl sys-info | tee /dev/stderr | grep -q "$(tunnelize --version | grep -o '[0-9][0-9.]*' | head -n 1)"; }
+check "a member of group tunnelize runs tunnelizectl sys-info (with the version)" sys_info
+check "and tunnelizectl list-services (service ssh)" sh -c 'runuser -u alice -- tunnelizectl list-services | grep -w ssh'
+check_not "a user outside the group cannot" runuser -u bob -- tunnelizectl sys-info
+if runuser -u alice -- cat $CONF/keys/demo.key >/dev/null 2>&1; then
+  echo "INFO: a member of group tunnelize (for tunnelizectl) can also read the tunnel keys in $CONF"
+fi
+
+echo "== systemctl reload"
+PID=$(prop $HUB MainPID)
+cat >>$CONF/hub.toml <<'EOF'
+
+# Added by the install test's reload.
+[services.web]
+kind = "http"
+listen = "127.0.0.1:8000"
+domain = "tunnel.test"
+EOF
+C=$(cursor)
+check "systemctl reload tunnelize-hub succeeds" systemctl reload $HUB
+check "the new service is live after the reload" \
+  poll 20 sh -c 'runuser -u alice -- tunnelizectl list-services | grep -qw web'
+check "the same process keeps running" has_props $HUB MainPID="$PID" ActiveState=active SubState=running
+journal_since "$C" -u $HUB -o cat >"$J"
+check "the journal shows the reload" contains 'SIGHUP received; reloading'
+cp $CONF/hub.toml /tmp/hub.toml.good
+echo 'this is not toml' >>$CONF/hub.toml
+C=$(cursor)
+systemctl reload $HUB
+refused() { journal_since "$C" -u $HUB -o cat | grep -q 'reload refused'; }
+check "a broken file is refused and logged" poll 20 refused
+check "while the hub keeps running" has_props $HUB MainPID="$PID" ActiveState=active
+cp /tmp/hub.toml.good $CONF/hub.toml
+
+echo "== tunnelize-tunnel@demo forwards through the hub"
+mkdir -p /srv/www
+BODY="hello from the install test $KEY"
+echo "$BODY" >/srv/www/index.html
+check "a local target (busybox httpd) serves on 127.0.0.1:8080" \
+  sh -c 'systemd-run -q --unit=install-test-target busybox httpd -f -p 127.0.0.1:8080 -h /srv/www &&
+    timeout 20 sh -c "until curl -fsS http://127.0.0.1:8080/ >/dev/null; do sleep 0.2; done"'
+cat >$CONF/tunnel-demo.toml <<EOF
+# Written by the install test.
+hub_address = "127.0.0.1:7700"
+hub_cert_sha256 = "$FP"
+key_file = "/etc/tunnelize/keys/demo.key"
+
+[[proxies]]
+name = "demo-tcp"
+service = "ssh"
+target = "127.0.0.1:8080"
+port = 20005
+
+[[proxies]]
+name = "demo-web"
+service = "web"
+target = "127.0.0.1:8080"
+hostname = "demo"
+EOF
+chgrp tunnelize $CONF/tunnel-demo.toml && chmod 0640 $CONF/tunnel-demo.toml
+check "tunnelize check-config accepts tunnel-demo.toml" tunnelize check-config $CONF/tunnel-demo.toml
+C=$(cursor)
+check "systemctl start tunnelize-tunnel@demo succeeds" systemctl start $TUNNEL
+check "the tunnel is active (running), Type=notify" has_props $TUNNEL Type=notify ActiveState=active SubState=running
+check "a request through the hub's tcp port 20005 reaches the target" \
+  poll 30 sh -c "curl -fsS --max-time 5 http://127.0.0.1:20005/ | grep -qx '$BODY'"
+check "a request to demo.tunnel.test on the hub's http service reaches it" \
+  sh -c "curl -fsS --max-time 5 -H 'Host: demo.tunnel.test' http://127.0.0.1:8000/ | grep -qx '$BODY'"
+check "tunnelizectl status on the instance's socket says connected" \
+  sh -c 'runuser -u alice -- tunnelizectl status --socket /run/tunnelize/tunnel-demo.sock | tee /dev/stderr | grep -qi connected'
+check "the hub lists the tunnel" sh -c 'runuser -u alice -- tunnelizectl list-tunnels ssh | grep -q 20005'
+
+echo "== structured journal entries"
+journal_since "$C" -u $HUB -o json >"$J"
+check "hub entries carry SYSLOG_IDENTIFIER=tunnelize, PRIORITY and CODE_FILE" \
+  sh -c "grep '\"SYSLOG_IDENTIFIER\":\"tunnelize\"' $J | grep '\"PRIORITY\":' | grep -q '\"CODE_FILE\":'"
+# tracing-journald names a field F_NAME unless the layer is told not to prefix them.
+for field in SERVICE TUNNEL_ID; do
+  : >"$LOG"
+  name=$(grep -o "\"\(F_\)\{0,1\}$field\":" "$J" | sort -u | tr -d '":' | tr '\n' ' ')
+  if [ -n "$name" ]; then
+    pass "a hub entry has the field $field (as $name)"
+  else
+    fail "a hub entry has the field $field"
+  fi
+done
+journal_since "$C" -u $TUNNEL -o json >"$J"
+check "the tunnel's entries are in its own unit's journal" grep -q '"SYSLOG_IDENTIFIER":"tunnelize"' "$J"
+# A client the tunnel cannot serve (its target is down) is logged with the client's id.
+systemctl stop install-test-target
+C2=$(cursor)
+curl -sS --max-time 10 http://127.0.0.1:20005/ >/dev/null 2>&1
+client_logged() {
+  journal_since "$C2" -u $HUB -o json >"$J"
+  grep -q '"\(F_\)\{0,1\}CLIENT_ID":' "$J"
+}
+if poll 20 client_logged; then
+  pass "a failed client is logged with a CLIENT_ID field"
+else
+  journal_since "$C2" -u $HUB -u $TUNNEL -o json >"$LOG"
+  fail "a failed client is logged with a CLIENT_ID field"
+fi
+
+echo "== systemctl stop is clean"
+C=$(cursor)
+# systemd logs "Main process exited" only for a failure or a signal, and "Deactivated
+# successfully" when the unit ends with Result=success (an inactive unit may be unloaded at
+# once, so `systemctl show` cannot tell afterwards).
+exited_cleanly() {
+  journal_since "$C" -u "$1" -o cat >"$J"
+  contains 'Deactivated successfully' && ! grep 'Main process exited' "$J"
+}
+check "systemctl stop tunnelize-tunnel@demo succeeds" systemctl stop $TUNNEL
+check "the tunnel exited 0 by itself" exited_cleanly $TUNNEL
+check "systemctl stop tunnelize-hub succeeds" systemctl stop $HUB
+check "the hub exited 0 by itself" exited_cleanly $HUB
+journal_since "$C" -u $HUB -o cat >"$J"
+check "the hub's journal shows the stop" sh -c "grep 'SIGTERM received; stopping' $J && grep 'hub stopped' $J"
+journal_since "$C" -u $HUB -u $TUNNEL >"$J"
+check_not "no SIGKILL, timeout or failure on stop" grep -E 'SIGKILL|timed out|Killing|Failed with result' "$J"
+check "no tunnelize process is left" sh -c '! ps -u tunnelize -o pid,cmd --no-headers | grep .'
+journalctl -b -q --no-pager -o cat >"$J"
+check_not "systemd had no complaint about the units all along" \
+  grep -E 'tunnelize.*(Unknown (key|section)|[Ii]gnoring|deprecated|[Ff]ailed to parse|mode is different)|mode is different' "$J"
+
+echo "== upgrade keeps the edited configuration ($(basename "$UPGRADE"))"
+echo "# edited before the upgrade" >>$CONF/hub.toml
+SUM=$(sha256sum $CONF/hub.toml)
+systemctl enable -q $HUB
+systemctl start $HUB
+OLD=$(prop $HUB MainPID)
+check "apt-get installs the newer version over it" \
+  apt-get install -y --no-install-recommends "$UPGRADE" </dev/null
+check "dpkg has the new version" \
+  sh -c "[ \"\$(dpkg-query -W -f '\${Version}' tunnelize)\" = \"$(dpkg-deb -f "$UPGRADE" Version)\" ]"
+check "hub.toml is the edited one, byte for byte" sh -c "echo '$SUM' | sha256sum -c"
+check "with its mode and group" mode_owner $CONF/hub.toml "640 root tunnelize"
+untouched() {
+  mode_owner $CONF/tunnel-demo.toml "640 root tunnelize" && mode_owner $CONF/keys/demo.key "640 root tunnelize" &&
+    grep -q "$FP" $CONF/tunnel-demo.toml
+}
+check "the keys and the instance's file are untouched" untouched
+check "the hub stays enabled" sh -c "[ \"\$(systemctl is-enabled $HUB)\" = enabled ]"
+restarted() {
+  local pid
+  pid=$(prop $HUB MainPID)
+  echo "MainPID before $OLD, after $pid: $(readlink /proc/"$pid"/exe)"
+  [ "$pid" != 0 ] && [ "$pid" != "$OLD" ] && systemctl is-active -q $HUB &&
+    ! readlink /proc/"$pid"/exe | grep -q deleted
+}
+check "the running hub was restarted onto the new binary" restarted
+
+echo "== purge removes the configuration"
+check "apt-get purge tunnelize succeeds" apt-get purge -y tunnelize
+check "the hub was stopped" sh -c "! systemctl is-active -q $HUB && ! ps -u tunnelize --no-headers"
+check "/etc/tunnelize is gone" test ! -e $CONF
+check "/var/lib/tunnelize is gone" test ! -e /var/lib/tunnelize
+check "/run/tunnelize is gone" test ! -e /run/tunnelize
+check "the units are gone" sh -c '! ls /usr/lib/systemd/system/tunnelize* 2>/dev/null'
+check "no enablement symlink is left" sh -c '! find /etc/systemd/system -name "tunnelize*" | grep .'
+check "dpkg has forgotten the package" sh -c "! dpkg-query -W -f '\${Status}' tunnelize 2>/dev/null | grep -q ."
+if getent passwd tunnelize >/dev/null; then
+  echo "INFO: the tunnelize system user stays after a purge (Debian practice: files it owned may remain)"
+fi
+
+echo "== $FAILS failed"
+exit $FAILS

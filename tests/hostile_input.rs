@@ -306,7 +306,8 @@ struct Ports {
 /// Which attacks the hub must count as rejected handshakes on its tunnel listener.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Counted {
-    /// Fails the TLS handshake or the preamble: `tunnelize_rejected_total{reason="handshake"}`.
+    /// Fails the TLS handshake, the preamble or the first message:
+    /// `tunnelize_rejected_total{reason="handshake"}`.
     Handshake,
     /// A hello with a wrong key, or a wrong token for a live session:
     /// `tunnelize_auth_failures_total`.
@@ -432,7 +433,7 @@ fn attacks() -> Vec<Attack> {
             }
         ),
         // ---- the tunnel listener, after a good preamble: frames
-        attack!("tunnel: a u32::MAX length prefix", No, |p, _s| {
+        attack!("tunnel: a u32::MAX length prefix", Handshake, |p, _s| {
             let mut bytes = control_preamble().to_vec();
             bytes.extend_from_slice(&u32::MAX.to_be_bytes());
             bytes.extend_from_slice(b"{\"id\":1,");
@@ -441,7 +442,7 @@ fn attacks() -> Vec<Attack> {
         }),
         attack!(
             "tunnel: a length prefix just over the frame limit",
-            No,
+            Handshake,
             |p, seed| {
                 let mut bytes = if seed % 2 == 0 {
                     control_preamble().to_vec()
@@ -455,24 +456,32 @@ fn attacks() -> Vec<Attack> {
                 expect_silence("over-limit length", &answer)
             }
         ),
-        attack!("tunnel: a truncated frame, then close", No, |p, _s| {
-            let mut tls = tls_to(p.tunnel, p.fingerprint).await?;
-            let mut bytes = control_preamble().to_vec();
-            bytes.extend_from_slice(&100u32.to_be_bytes());
-            bytes.extend_from_slice(b"{\"id\":1,\"msg\"");
-            let _ = tls.write_all(&bytes).await;
-            let _ = tls.shutdown().await;
-            let answer = closed_by_hub(&mut tls).await?;
-            expect_silence("truncated frame", &answer)
-        }),
-        attack!("tunnel: a truncated frame, then silence", No, |p, _s| {
-            let mut bytes = link_preamble().to_vec();
-            bytes.extend_from_slice(&200u32.to_be_bytes());
-            bytes.extend_from_slice(b"{\"id\":1");
-            let answer = tls_send(p.tunnel, p.fingerprint, &bytes).await?;
-            expect_silence("truncated frame", &answer)
-        }),
-        attack!("tunnel: a frame that is not JSON", No, |p, seed| {
+        attack!(
+            "tunnel: a truncated frame, then close",
+            Handshake,
+            |p, _s| {
+                let mut tls = tls_to(p.tunnel, p.fingerprint).await?;
+                let mut bytes = control_preamble().to_vec();
+                bytes.extend_from_slice(&100u32.to_be_bytes());
+                bytes.extend_from_slice(b"{\"id\":1,\"msg\"");
+                let _ = tls.write_all(&bytes).await;
+                let _ = tls.shutdown().await;
+                let answer = closed_by_hub(&mut tls).await?;
+                expect_silence("truncated frame", &answer)
+            }
+        ),
+        attack!(
+            "tunnel: a truncated frame, then silence",
+            Handshake,
+            |p, _s| {
+                let mut bytes = link_preamble().to_vec();
+                bytes.extend_from_slice(&200u32.to_be_bytes());
+                bytes.extend_from_slice(b"{\"id\":1");
+                let answer = tls_send(p.tunnel, p.fingerprint, &bytes).await?;
+                expect_silence("truncated frame", &answer)
+            }
+        ),
+        attack!("tunnel: a frame that is not JSON", Handshake, |p, seed| {
             let body = payload(seed, 300);
             let mut bytes = control_preamble().to_vec();
             bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -480,7 +489,7 @@ fn attacks() -> Vec<Attack> {
             let answer = tls_send(p.tunnel, p.fingerprint, &bytes).await?;
             expect_silence("garbage frame", &answer)
         }),
-        attack!("tunnel: a slowly dripped link hello", No, |p, _s| {
+        attack!("tunnel: a slowly dripped link hello", Handshake, |p, _s| {
             let mut tls = tls_to(p.tunnel, p.fingerprint).await?;
             let _ = tls.write_all(&link_preamble()).await;
             let hello = frame(&Envelope {

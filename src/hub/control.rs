@@ -49,13 +49,16 @@ pub(super) async fn serve_control<S>(
     {
         Ok(m) => m,
         Err(e) => {
-            warn!(%peer, error = %e, "control connection dropped before its hello");
+            if shared.metrics.reject_handshake() {
+                warn!(%peer, error = %e, "control connection dropped before its hello (logged at most every 10s)");
+            }
             return;
         }
     };
     // The first message is in: the connection no longer counts against `[limits] handshakes`.
     drop(handshake);
     let TunnelMessage::Hello { key, name, proxies } = hello.msg else {
+        shared.metrics.reject(Rejection::Handshake);
         refuse(
             &mut framed,
             &accepted,

@@ -162,6 +162,7 @@ pub(super) async fn serve_link<S>(
     {
         Ok(m) => m,
         Err(e) => {
+            shared.metrics.reject(super::metrics::Rejection::Handshake);
             debug!(%peer, error = %e, "link connection dropped before its hello");
             return;
         }
@@ -169,6 +170,7 @@ pub(super) async fn serve_link<S>(
     // The first message is in: the connection no longer counts against `[limits] handshakes`.
     drop(handshake);
     let TunnelMessage::LinkHello { tunnel_id, token } = hello.msg else {
+        shared.metrics.reject(super::metrics::Rejection::Handshake);
         refuse(
             &mut framed,
             &accepted,

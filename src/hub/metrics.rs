@@ -100,12 +100,34 @@ impl Histogram {
 /// flood the journal); the counter counts every one.
 pub const LIMIT_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Lets a kind of log line through at most once per [`LIMIT_LOG_INTERVAL`], so a flood of
+/// refusals cannot flood the journal.
+#[derive(Debug, Default)]
+pub struct LogGate {
+    /// When a line was last let through, in milliseconds since `epoch`, plus one (0: never).
+    logged_ms: AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl LogGate {
+    /// Whether a line should be logged now (the first one, then at most once per interval).
+    pub fn due(&self) -> bool {
+        let epoch = *self.epoch.get_or_init(std::time::Instant::now);
+        let now = epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.logged_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= LIMIT_LOG_INTERVAL.as_millis() as u64;
+        due && self
+            .logged_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
 /// The hub's own counters.
 #[derive(Debug, Default)]
 pub struct HubMetrics {
-    /// When a limit refusal was last logged, in milliseconds since `log_epoch`.
-    limit_logged_ms: AtomicU64,
-    log_epoch: std::sync::OnceLock<std::time::Instant>,
+    limit_log: LogGate,
+    handshake_log: LogGate,
     /// Failed tunnel logins and admin requests with a wrong key.
     pub auth_failures: AtomicU64,
     /// Addresses locked out after repeated failures.
@@ -133,15 +155,15 @@ impl HubMetrics {
     /// most once per [`LIMIT_LOG_INTERVAL`]).
     pub fn reject_at_limit(&self) -> bool {
         self.reject(Rejection::Limit);
-        let epoch = *self.log_epoch.get_or_init(std::time::Instant::now);
-        // +1 so that 0 means "never logged".
-        let now = epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.limit_logged_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= LIMIT_LOG_INTERVAL.as_millis() as u64;
-        due && self
-            .limit_logged_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+        self.limit_log.due()
+    }
+
+    /// Counts a connection dropped before its handshake completed (bad preamble, no or bad
+    /// first message); true when it should also be logged (at most once per
+    /// [`LIMIT_LOG_INTERVAL`]: junk on the listener must not flood the journal).
+    pub fn reject_handshake(&self) -> bool {
+        self.reject(Rejection::Handshake);
+        self.handshake_log.due()
     }
 
     /// Counts a failed login.

@@ -339,8 +339,9 @@ async fn serve_connection(
         }
     };
     if preamble.version != PROTOCOL_VERSION {
-        warn!(%peer, theirs = preamble.version, ours = PROTOCOL_VERSION, "tunnel speaks another protocol version");
-        shared.metrics.reject(metrics::Rejection::Handshake);
+        if shared.metrics.reject_handshake() {
+            warn!(%peer, theirs = preamble.version, ours = PROTOCOL_VERSION, "tunnel speaks another protocol version (logged at most every 10s)");
+        }
         let answer = HubPreamble {
             version: PROTOCOL_VERSION,
             accepted: false,

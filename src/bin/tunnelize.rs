@@ -325,16 +325,19 @@ async fn run_hub(path: &Path) -> Result<()> {
         None => {
             let (identity, generated) = Identity::load_or_generate(&config.state_dir)?;
             if generated {
+                // The fingerprint is in the message too: `journalctl` shows only the message.
+                let fingerprint = identity.fingerprint();
                 warn!(
                     state_dir = %config.state_dir.display(),
-                    fingerprint = %identity.fingerprint(),
-                    "no [tls] configured: generated a self-signed certificate; give tunnels this fingerprint as hub_cert_sha256"
+                    %fingerprint,
+                    "no [tls] configured: generated a self-signed certificate; give tunnels hub_cert_sha256 = \"{fingerprint}\""
                 );
             }
             identity
         }
     };
-    info!(fingerprint = %identity.fingerprint(), "hub certificate");
+    let fingerprint = identity.fingerprint();
+    info!(%fingerprint, "hub certificate, SHA-256 fingerprint {fingerprint}");
     let listen = config.listen;
     let admin = config.admin.clone();
     let hub = Hub::new(config, &identity).await?;

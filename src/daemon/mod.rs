@@ -58,7 +58,13 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
             Ok(journal) => {
                 let _ = tracing_subscriber::registry()
                     .with(filter)
-                    .with(journal.with_syslog_identifier("tunnelize".into()))
+                    // Fields as SERVICE, TUNNEL_ID, CLIENT_ID (no `F_` prefix): none of ours
+                    // is named like a field journald keeps for itself.
+                    .with(
+                        journal
+                            .with_syslog_identifier("tunnelize".into())
+                            .with_field_prefix(None),
+                    )
                     .try_init();
                 return;
             }

@@ -140,12 +140,13 @@ hub_identity() {
 check "it runs as user tunnelize with only CAP_NET_BIND_SERVICE" hub_identity
 check "the watchdog is armed (WatchdogUSec=30s)" has_props $HUB WatchdogUSec=30s
 journal_since "$C" -u $HUB -o json >"$J"
-FP=$(grep -o '"F_\{0,1\}FINGERPRINT":"[^"]*"' "$J" | head -n 1 | cut -d'"' -f4)
+FP=$(grep -o '"FINGERPRINT":"[^"]*"' "$J" | head -n 1 | cut -d'"' -f4)
 : >"$LOG"
 if [ -n "$FP" ]; then pass "the journal has the certificate fingerprint as a field ($FP)"; else fail "the journal has the certificate fingerprint as a field"; fi
 # The generated certificate's SHA-256 computed from the file, to compare with the log.
 FILE_FP=$(sed -e '/-----/d' /var/lib/tunnelize/hub.crt | base64 -d | sha256sum | cut -c1-64 | tr a-f A-F | sed 's/../&:/g; s/:$//')
 check "it is the fingerprint of /var/lib/tunnelize/hub.crt" sh -c "echo 'file $FILE_FP, log $FP'; [ '$FILE_FP' = '$FP' ]"
+check "plain journalctl shows the fingerprint in the message" sh -c "journalctl -u $HUB -o cat --no-pager | grep -qF '$FP'"
 check "the generated key is private to the daemon" mode_owner /var/lib/tunnelize/hub.key "600 tunnelize tunnelize"
 
 echo "== tunnelizectl over the admin socket"
@@ -228,14 +229,13 @@ echo "== structured journal entries"
 journal_since "$C" -u $HUB -o json >"$J"
 check "hub entries carry SYSLOG_IDENTIFIER=tunnelize, PRIORITY and CODE_FILE" \
   sh -c "grep '\"SYSLOG_IDENTIFIER\":\"tunnelize\"' $J | grep '\"PRIORITY\":' | grep -q '\"CODE_FILE\":'"
-# tracing-journald names a field F_NAME unless the layer is told not to prefix them.
+# The field names the README promises (tracing-journald would prefix them F_ by default).
 for field in SERVICE TUNNEL_ID; do
   : >"$LOG"
-  name=$(grep -o "\"\(F_\)\{0,1\}$field\":" "$J" | sort -u | tr -d '":' | tr '\n' ' ')
-  if [ -n "$name" ]; then
-    pass "a hub entry has the field $field (as $name)"
+  if grep -q "\"$field\":" "$J"; then
+    pass "a hub entry has the field $field"
   else
-    fail "a hub entry has the field $field"
+    fail "a hub entry has the field $field (found: $(grep -o '"F_[A-Z_]*":' "$J" | sort -u | tr '\n' ' '))"
   fi
 done
 journal_since "$C" -u $TUNNEL -o json >"$J"
@@ -246,7 +246,7 @@ C2=$(cursor)
 curl -sS --max-time 10 http://127.0.0.1:20005/ >/dev/null 2>&1
 client_logged() {
   journal_since "$C2" -u $HUB -o json >"$J"
-  grep -q '"\(F_\)\{0,1\}CLIENT_ID":' "$J"
+  grep -q '"CLIENT_ID":' "$J"
 }
 if poll 20 client_logged; then
   pass "a failed client is logged with a CLIENT_ID field"

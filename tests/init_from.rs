@@ -179,3 +179,47 @@ async fn a_one_off_tunnel_forwards_one_local_port_through_the_named_service() {
     assert_eq!(back, b"one-off");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn written_by_root_into_a_group_directory_the_file_is_readable_by_that_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (hub, admin) = hub_with_admin().await;
+    let dir = tempfile::tempdir().unwrap();
+    // As the packages make /etc/tunnelize: root:tunnelize 0750 (here the group `nogroup`).
+    const GROUP: u32 = 65534;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        std::os::unix::fs::chown(dir.path(), Some(0), Some(GROUP)).unwrap();
+        std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o750)).unwrap();
+    }
+    let file = dir.path().join("tunnel-demo.toml");
+    let out = tunnelize(&[
+        "tunnel",
+        "-c",
+        file.to_str().unwrap(),
+        "--init-from",
+        &admin.to_string(),
+        "-a",
+        KEY,
+        "--fingerprint",
+        &hub.fingerprint.to_string(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(&file).unwrap();
+    if root {
+        // So that `tunnelize-tunnel@demo` (User=tunnelize) can read it, as the packaged files.
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (0, GROUP, 0o640)
+        );
+    } else {
+        // Nobody else may read the key.
+        assert_eq!(meta.mode() & 0o777, 0o600);
+    }
+}

@@ -559,10 +559,13 @@ async fn init_from(path: &Path, init: InitArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes `text` to `path`, readable by its owner only (it holds a key).
+/// Writes `text` to `path`, readable by its owner only (it holds a key). Written by root into
+/// a directory of another group (as the packages make /etc/tunnelize, group `tunnelize`), the
+/// file goes to that group with mode 0640, like the packaged config files, so a unit running
+/// as `User=tunnelize` can read it.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -571,6 +574,16 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .open(path)?;
     // `mode` applies only to a new file: an existing one (--force) is narrowed before the
     // key is written into it.
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.set_permissions(PermissionsExt::from_mode(0o600))?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let dir_gid = std::fs::metadata(dir)?.gid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 && dir_gid != 0 {
+        std::os::unix::fs::fchown(&file, Some(0), Some(dir_gid))?;
+        file.set_permissions(PermissionsExt::from_mode(0o640))?;
+    }
     file.write_all(text.as_bytes())
 }

@@ -243,3 +243,94 @@ async fn a_connection_that_sends_its_preamble_but_no_hello_still_holds_its_hands
     })
     .await;
 }
+
+/// Sends a hand-rolled hello declaring `proxies` and returns the hub's answer.
+async fn answer_to_hello(
+    hub: &TestHub,
+    proxies: Vec<tunnelize::protocol::ProxyRequest>,
+) -> tunnelize::protocol::HubMessage {
+    use tunnelize::channel::FramedStream;
+    use tunnelize::protocol::{Channel, Envelope, HubMessage, Preamble, TunnelMessage};
+    use tunnelize::tls::{client_config, server_name};
+    let connector = tokio_rustls::TlsConnector::from(
+        client_config(&tunnelize::config::HubTrust::Fingerprint(hub.fingerprint.0)).unwrap(),
+    );
+    let socket = TcpStream::connect(hub.addr).await.unwrap();
+    let tls = connector
+        .connect(server_name("localhost").unwrap(), socket)
+        .await
+        .unwrap();
+    let hello = Envelope {
+        id: 1,
+        msg: TunnelMessage::Hello {
+            key: Some(tunnelize::secret::Secret::new(KEY)),
+            name: "many".into(),
+            proxies,
+        },
+    };
+    // As small as a peer may write it: the optional fields of each proxy left out.
+    let mut json = serde_json::to_value(&hello).unwrap();
+    let list = json
+        .pointer_mut("/msg/proxies")
+        .and_then(|v| v.as_array_mut())
+        .expect("the hello's proxies");
+    for proxy in list {
+        if let Some(fields) = proxy.as_object_mut() {
+            fields.retain(|_, v| !v.is_null());
+        }
+    }
+    let body = serde_json::to_vec(&json).unwrap();
+    assert!(
+        body.len() <= tunnelize::protocol::MAX_FRAME_LEN,
+        "the hello fits a frame"
+    );
+    let mut bytes = Preamble::new(Channel::Control).encode().to_vec();
+    bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&body);
+    let mut tls = tls;
+    tokio::io::AsyncWriteExt::write_all(&mut tls, &bytes)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::flush(&mut tls).await.unwrap();
+    let mut framed = FramedStream::new(tls);
+    framed.read_hub_preamble(DEADLINE).await.unwrap();
+    let answer: Envelope<HubMessage> = framed.read_message(DEADLINE, "answering").await.unwrap();
+    answer.msg
+}
+
+#[tokio::test]
+async fn a_hello_whose_answer_could_not_fit_a_frame_is_refused_and_a_large_one_that_fits_is_answered()
+ {
+    use tunnelize::protocol::{HubMessage, ProxyRequest, RefusalCode};
+    let live = hub(Limits::default()).await;
+    let many = |n: usize| -> Vec<ProxyRequest> {
+        (0..n)
+            .map(|i| ProxyRequest {
+                name: format!("p{i}"),
+                service: "tcp".into(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    // 1500 proxies fit in the hello's frame, but their outcomes would not fit the welcome's.
+    match answer_to_hello(&live.hub, many(1500)).await {
+        HubMessage::Refused { code, message } => {
+            assert_eq!(code, RefusalCode::Limit);
+            assert!(message.contains("1500 proxies"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(limit_refusals(&live.admin).await >= 1.0);
+    // 300 are answered: the first 64 ([limits] proxies_per_tunnel) accepted, the rest rejected.
+    match answer_to_hello(&live.hub, many(300)).await {
+        HubMessage::Welcome { proxies, .. } => {
+            assert_eq!(proxies.len(), 300);
+            let accepted = proxies
+                .iter()
+                .filter(|p| matches!(p, ProxyOutcome::Accepted { .. }))
+                .count();
+            assert_eq!(accepted, 64);
+        }
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}

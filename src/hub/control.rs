@@ -160,9 +160,26 @@ pub(super) async fn serve_control<S>(
                 proxies: outcomes,
             },
         };
-        let reason = match framed.write_preamble_and(&accepted, &[&welcome]).await {
-            Ok(()) => heartbeats(&shared, &session, framed, &shutdown).await,
-            Err(e) => format!("lost during handshake: {e}"),
+        // The welcome answers every requested proxy; one too large for a frame could never
+        // be sent, so the hello is refused and what it claimed is freed (the session is
+        // cancelled: nothing is held for a reconnect).
+        let fits = crate::protocol::encode_frame(&welcome, &mut bytes::BytesMut::new()).is_ok();
+        let reason = if !fits {
+            session.cancel.cancel();
+            shared.metrics.reject(Rejection::Limit);
+            let message = format!(
+                "the hello declares {} proxies, more than one answer can carry; declare fewer \
+                 (the hub exposes at most {} of them: [limits] proxies_per_tunnel)",
+                proxies.len(),
+                limits.proxies_per_tunnel
+            );
+            refuse(&mut framed, &accepted, hello.id, RefusalCode::Limit, &message).await;
+            "its hello declared more proxies than one answer can carry".to_owned()
+        } else {
+            match framed.write_preamble_and(&accepted, &[&welcome]).await {
+                Ok(()) => heartbeats(&shared, &session, framed, &shutdown).await,
+                Err(e) => format!("lost during handshake: {e}"),
+            }
         };
         // A session the hub closed itself (stop, operator, reload) was cancelled first and
         // frees its claims at once; a lost one leaves them held for its key for a while.

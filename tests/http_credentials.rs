@@ -134,7 +134,7 @@ fn basic(user: &str, password: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_log_or_api_of_either_daemon_shows_a_basic_auth_credential() {
+async fn no_log_or_api_of_either_daemon_shows_the_tunnel_key_or_a_basic_auth_credential() {
     let dir = tempfile::tempdir().unwrap();
     let app = start_app("private").await;
     let hub_file = dir.path().join("hub.toml");
@@ -227,6 +227,8 @@ async fn no_log_or_api_of_either_daemon_shows_a_basic_auth_credential() {
         "the logs cover the requests:\n{hub_log}"
     );
     let secrets = [
+        // The tunnel key, in both daemons' config files.
+        KEY.to_owned(),
         PASSWORD.to_owned(),
         WRONG.to_owned(),
         basic(USER, PASSWORD),

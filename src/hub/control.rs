@@ -128,6 +128,24 @@ pub(super) async fn serve_control<S>(
         .await;
         return;
     }
+    // A reload that removed or changed this key after the check above swept the registry
+    // before this session was in it: look again now that it is (a reload swaps the
+    // configuration before it sweeps, so one of the two sees the other).
+    if authenticate(&shared, key.as_ref()).ok() != Some(session.key_name.clone()) {
+        shared
+            .registry
+            .remove(&session.id, "its key was removed or changed by a reload");
+        warn!(%peer, tunnel_name = %session.name, "tunnel refused: a reload removed or changed its key during the handshake");
+        refuse(
+            &mut framed,
+            &accepted,
+            hello.id,
+            RefusalCode::AuthFailed,
+            "authentication failed: the hub's configuration no longer accepts this key",
+        )
+        .await;
+        return;
+    }
     let span = info_span!("tunnel", tunnel_id = %session.id, tunnel_name = %session.name);
     async {
         let mut waits = claims::Waits::new();

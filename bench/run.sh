@@ -9,6 +9,9 @@
 #
 #   bench/run.sh                 3 rounds, medians (about 15-20 minutes once tools are built)
 #   bench/run.sh --quick         1 round, shorter runs (about 5 minutes)
+#   bench/run.sh --soak [MIN]    tunnelize only: MIN minutes (default 30) of mixed load, sampling
+#                                hub and tunnel RSS, fds, threads and tokio tasks every 30 s;
+#                                prints a growth table and writes bench/results/<ts>-soak.*
 #   options: --rounds N, --systems "direct tunnelize rathole rathole-tls bore",
 #            --no-install (use what is on PATH), --keep (keep the work dir with every log)
 #
@@ -21,7 +24,7 @@ CACHE=$ROOT/bench/.cache
 RESULTS=$ROOT/bench/results
 ALL_SYSTEMS="direct tunnelize rathole rathole-tls bore"
 
-ROUNDS=3 QUICK=0 INSTALL=1 KEEP=0 SYSTEMS=$ALL_SYSTEMS
+ROUNDS=3 QUICK=0 INSTALL=1 KEEP=0 SYSTEMS=$ALL_SYSTEMS SOAK=0 SOAK_MINUTES=30
 COMMAND_LINE="bench/run.sh $*"
 while [ $# -gt 0 ]; do
   case $1 in
@@ -30,12 +33,16 @@ while [ $# -gt 0 ]; do
     --systems) SYSTEMS=${2:?--systems needs a list}; shift ;;
     --no-install) INSTALL=0 ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --soak)
+      SOAK=1
+      case ${2:-} in ''|-*) ;; *) SOAK_MINUTES=$2; shift ;; esac ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 case $ROUNDS in ''|*[!0-9]*|0) echo "run.sh: --rounds must be a positive number" >&2; exit 2 ;; esac
+case $SOAK_MINUTES in ''|*[!0-9]*|0) echo "run.sh: --soak takes a positive number of minutes" >&2; exit 2 ;; esac
 
 if [ $QUICK = 1 ]; then
   IPERF_SECS=2 WRK_SECS=3 LAT_SECS=2 CONN_SECS=2 HOLD_READY_SECS=20
@@ -51,9 +58,10 @@ log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 # ---------------------------------------------------------------- processes we started
 ALL_PIDS=()
 WORK=""
+SOAK_LANES=()
 cleanup() {
   local pid
-  for pid in "${ALL_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${SOAK_LANES[@]}" "${ALL_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${ALL_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     if [ $KEEP = 1 ]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
@@ -407,10 +415,23 @@ EOF
     printf '\n[[proxies]]\nname = "web"\nservice = "web"\ntarget = "127.0.0.1:%s"\nhostname = "bench"\n' \
       "$T_NGINX" >>"$dir/tunnel.toml.in" ;;
   esac
+  TZ_UDP_PORT=$base
+  if [ $SOAK = 1 ]; then
+    # The soak runs UDP alongside the TCP bursts, so UDP gets its own iperf3 server, whose
+    # TCP control connection needs a tcp proxy of its own on the UDP port number; UDP
+    # sessions expire within the quiet tail of a cycle; both daemons serve their admin socket.
+    TZ_UDP_PORT=$((base + 5))
+    printf '\n[services.tcp2]\nkind = "tcp"\nlisten = "127.0.0.1"\nports = "%s"\n' "$TZ_UDP_PORT" >>"$dir/hub.toml"
+    printf '\n[[proxies]]\nname = "iperf-udp-control"\nservice = "tcp2"\ntarget = "127.0.0.1:%s"\nport = %s\n' \
+      "$T_IPERF_UDP" "$TZ_UDP_PORT" >>"$dir/tunnel.toml.in"
+    printf '\n[admin]\nsocket = "%s"\n' "$dir/hub.sock" >>"$dir/hub.toml"
+    printf '\n[admin]\nsocket = "%s"\n' "$dir/tunnel.sock" >>"$dir/tunnel.toml.in"
+  fi
   case " $features " in *" udp "*)
-    printf '\n[services.udp]\nkind = "udp"\nlisten = "127.0.0.1"\nports = "%s"\n' "$base" >>"$dir/hub.toml"
+    printf '\n[services.udp]\nkind = "udp"\nlisten = "127.0.0.1"\nports = "%s"\n' "$TZ_UDP_PORT" >>"$dir/hub.toml"
+    [ $SOAK = 1 ] && printf 'session_timeout = "5s"\n' >>"$dir/hub.toml"
     printf '\n[[proxies]]\nname = "iperf-udp"\nservice = "udp"\ntarget = "127.0.0.1:%s"\nport = %s\n' \
-      "$T_IPERF" "$base" >>"$dir/tunnel.toml.in" ;;
+      "${T_IPERF_UDP:-$T_IPERF}" "$TZ_UDP_PORT" >>"$dir/tunnel.toml.in" ;;
   esac
 }
 
@@ -418,7 +439,7 @@ EOF
 tz_try() {
   local features=$1 dir=$WORK/tunnelize-$RUN_TAG base hub tunnel fp
   rm -rf "$dir"; mkdir -p "$dir"
-  base=$("$LOADGEN" free-ports --count 5)
+  base=$("$LOADGEN" free-ports --count 6)
   tz_configs "$dir" "$features" "$base"
   start_bg "tunnelize-hub-$RUN_TAG" "$TUNNELIZE" --log-format json hub -c "$dir/hub.toml"; hub=$LAST_PID
   SYS_PIDS=("$hub")
@@ -447,7 +468,7 @@ tz_try() {
       log "  tunnelize http service answered ${code:-nothing} for the bench host; http rows n/a"
     fi ;;
   esac
-  case " $features " in *" udp "*) P_UDP=$base ;; esac
+  case " $features " in *" udp "*) P_UDP=$TZ_UDP_PORT ;; esac
   return 0
 }
 
@@ -657,4 +678,218 @@ write_meta() {
   } >"$file"
 }
 
-main
+# ---------------------------------------------------------------- soak (--soak MINUTES)
+# tunnelize only. Load runs in 30 s cycles, the same every cycle, so the samples taken in the
+# quiet tail of each cycle are comparable:
+#   +0 s   UDP iperf3 at SOAK_UDP_RATE and connection churn (loadgen churn) start, ~18 s each;
+#   +0 s   TCP bursts: iperf3 -P 2 for 3 s up, then 3 s down (-R);
+#   ~+8 s  wrk through the `http` service, 4 s keep-alive, then 4 s a new connection each;
+#   ~+19 s quiet; UDP sessions expire (session_timeout 5s in the soak's config);
+#   +28 s  sample hub and tunnel: VmRSS, /proc/PID/fd entries, Threads, tunnelize_tasks.
+# Plus a sample before the load (start) and one 70 s after it (idle: past the UDP session and
+# pooled upstream connection timeouts). Each load step is bounded by `timeout`.
+SOAK_CYCLE_SECS=30 SOAK_SAMPLE_AT=28 SOAK_LEAD_SECS=2 SOAK_IDLE_WAIT=70
+SOAK_UDP_RATE=20M SOAK_CHURN_RATE=100 SOAK_LANE_SECS=18 SOAK_WRK_CONNS=8
+SOAK_SAMPLES="" SOAK_LOAD="" SOAK_T0_US=0 SOAK_DIR=""
+
+now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "$t"; }
+# sleep_until_us T: sleeps until the clock (microseconds since the epoch) reaches T.
+sleep_until_us() {
+  local d=$(($1 - $(now_us)))
+  [ "$d" -gt 0 ] && sleep "$((d / 1000000)).$(printf '%06d' $((d % 1000000)))"
+  return 0
+}
+soak_t() { awk -v d=$(($(now_us) - SOAK_T0_US)) 'BEGIN { printf "%.1f", d / 1e6 }'; }
+
+# soak_record CYCLE STEP KEY VALUE
+soak_record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4//$'\t'/ }" >>"$SOAK_LOAD"; }
+
+# soak_iperf CYCLE STEP SERVER-PORT CLIENT-PORT SECS IPERF3-ARGS...: one run against a fresh
+# one-off server.
+soak_iperf() {
+  local c=$1 step=$2 sport=$3 cport=$4 secs=$5; shift 5
+  local out=$WORK/logs/soak-c$c-$step.json server summary k v i
+  timeout $((secs + 30)) iperf3 -s -1 -B 127.0.0.1 -p "$sport" \
+    >"$WORK/logs/soak-c$c-$step-server.log" 2>&1 </dev/null &
+  server=$!
+  for i in $(seq 100); do
+    ss -Hltn "sport = :$sport" 2>/dev/null | grep -q . && break
+    sleep 0.05
+  done
+  timeout $((secs + 20)) iperf3 -c 127.0.0.1 -p "$cport" -t "$secs" --connect-timeout 5000 \
+    -J "$@" >"$out" 2>&1 </dev/null || true
+  timeout 5 tail --pid="$server" -f /dev/null 2>/dev/null || kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  if summary=$("$LOADGEN" iperf-summary "$out" 2>&1); then
+    while read -r k v; do
+      case $k in gbps|loss_pct) soak_record "$c" "$step" "$k" "$v" ;; esac
+    done <<<"$summary"
+  else
+    soak_record "$c" "$step" error "${summary//$'\n'/ }"
+  fi
+}
+
+# soak_wrk CYCLE STEP: wrk via the `http` service; STEP http_close sends Connection: close.
+soak_wrk() {
+  local c=$1 step=$2 out=$WORK/logs/soak-c$1-$2.txt args rps requests errors non2xx
+  if [ -z "$P_HTTPSVC" ]; then soak_record "$c" "$step" error "no http service"; return; fi
+  args=(-t1 -c"$SOAK_WRK_CONNS" -d4s --timeout 5s -H "Host: bench.bench.test")
+  [ "$step" = http_close ] && args+=(-H 'Connection: close')
+  timeout 40 wrk "${args[@]}" "http://127.0.0.1:$P_HTTPSVC/1k.bin" >"$out" 2>&1 </dev/null || true
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+  requests=$(awk '/ requests in / {print $1}' "$out")
+  errors=$(awk '/Socket errors:/ {gsub(/[^0-9 ]/, " "); s = 0; for (i = 1; i <= NF; i++) s += $i; print s}' "$out")
+  non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+  if [ -z "$rps" ]; then soak_record "$c" "$step" error "wrk: $(tr '\n' ' ' <"$out" | tail -c 200)"; return; fi
+  soak_record "$c" "$step" rps "$rps"
+  soak_record "$c" "$step" requests "${requests:-0}"
+  soak_record "$c" "$step" errors $((${errors:-0} + ${non2xx:-0}))
+}
+
+# soak_churn CYCLE: short-lived TCP clients through the echo proxy.
+soak_churn() {
+  local c=$1 out k v
+  if out=$(timeout $((SOAK_LANE_SECS + 30)) "$LOADGEN" churn --addr "127.0.0.1:$P_ECHO" \
+      --rate "$SOAK_CHURN_RATE" --secs "$SOAK_LANE_SECS" --max-open 256 --max-hold-ms 500 2>&1 </dev/null); then
+    while read -r k v; do
+      case $k in started|ok|failed|skipped) soak_record "$c" churn "$k" "$v" ;; esac
+    done <<<"$out"
+  else
+    soak_record "$c" churn error "${out//$'\n'/ }"
+  fi
+}
+
+# soak_sample PHASE: one line per daemon. /proc is read before the scrape, so the scrape's own
+# connection is not counted in fds (it is in tasks, the same every time).
+soak_sample() {
+  local phase=$1 t name pid sock rss threads fds tasks line=""
+  t=$(soak_t)
+  for name in hub tunnel; do
+    if [ $name = hub ]; then pid=${SYS_PIDS[0]}; else pid=${SYS_PIDS[1]}; fi
+    sock=$SOAK_DIR/$name.sock
+    rss=NA threads=NA fds=NA tasks=NA
+    if alive "$pid"; then
+      rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+      threads=$(awk '/^Threads:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+      fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+      tasks=$(curl -s --max-time 5 --unix-socket "$sock" http://localhost/metrics 2>/dev/null \
+        | awk '$1 == "tunnelize_tasks" {print $2}' || true)
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$phase" "$name" "${rss:-NA}" "${fds:-NA}" \
+      "${threads:-NA}" "${tasks:-NA}" >>"$SOAK_SAMPLES"
+    case ${rss:-NA} in *[!0-9]*|'') ;; *) rss="$((rss / 1024)) MiB" ;; esac
+    line="$line | $name: RSS $rss, $fds fds, $threads threads, ${tasks:-NA} tasks"
+  done
+  log "  t=${t}s $phase$line"
+}
+
+soak_alive() { alive "${SYS_PIDS[0]}" && alive "${SYS_PIDS[1]}"; }
+
+# soak_cycle N: one 30 s cycle of load and its sample.
+soak_cycle() {
+  local c=$1 start=$((SOAK_T0_US + (SOAK_LEAD_SECS + $1 * SOAK_CYCLE_SECS) * 1000000)) udp churn
+  sleep_until_us "$start"
+  SOAK_LANES=()
+  if [ -n "$P_UDP" ]; then
+    soak_iperf "$c" udp "$T_IPERF_UDP" "$P_UDP" "$SOAK_LANE_SECS" -u -b "$SOAK_UDP_RATE" -l 1200 &
+    udp=$!; SOAK_LANES+=("$udp")
+  else
+    soak_record "$c" udp error "no udp service"
+  fi
+  soak_churn "$c" &
+  churn=$!; SOAK_LANES+=("$churn")
+  soak_iperf "$c" tcp_up "$T_IPERF" "$P_IPERF" 3 -P 2
+  soak_iperf "$c" tcp_down "$T_IPERF" "$P_IPERF" 3 -P 2 -R
+  soak_wrk "$c" http_ka
+  soak_wrk "$c" http_close
+  local pid
+  for pid in "${SOAK_LANES[@]}"; do wait "$pid" 2>/dev/null || true; done
+  SOAK_LANES=()
+  if [ $(($(now_us) - start)) -gt $((SOAK_SAMPLE_AT * 1000000)) ]; then
+    NOTES+=("cycle $c: the load ran past the sample time (+${SOAK_SAMPLE_AT} s); that sample was taken late")
+  fi
+  sleep_until_us $((start + SOAK_SAMPLE_AT * 1000000))
+  soak_sample load
+}
+
+soak_main() {
+  local start_time=$SECONDS ts cycles warmup c stem
+  if [ $INSTALL = 1 ]; then install_tools; fi
+  build
+  WORK=$(mktemp -d /tmp/tunnelize-soak.XXXXXX)
+  mkdir -p "$WORK/logs" "$RESULTS"
+  ts=$(date -u +%Y%m%dT%H%M%SZ)
+  stem=$RESULTS/$ts-soak
+  SOAK_SAMPLES=$stem.samples.tsv SOAK_LOAD=$stem.load.tsv
+  printf 't_secs\tphase\tprocess\trss_kib\tfds\tthreads\ttasks\n' >"$SOAK_SAMPLES"
+  : >"$SOAK_LOAD"
+  cycles=$((SOAK_MINUTES * 60 / SOAK_CYCLE_SECS))
+  # Warm-up: a third of the run, at most 5 minutes (allocator arenas, pools, buffers settle).
+  warmup=$((SOAK_MINUTES * 60 / 3)); [ $warmup -gt 300 ] && warmup=300
+  start_targets
+  T_IPERF_UDP=$("$LOADGEN" free-ports --count 1)
+  SYS=tunnelize ROUND=1
+  if ! start_system; then
+    echo "run.sh: tunnelize did not start (logs in $WORK/logs; --keep keeps them)" >&2; exit 1
+  fi
+  SOAK_DIR=$WORK/tunnelize-$RUN_TAG
+  [ "${TZ_FEATURE_SETS[0]}" = "http udp" ] \
+    || NOTES+=("tunnelize started with services [${TZ_FEATURE_SETS[0]}] only; the missing load steps are counted as failed runs")
+  local i
+  for i in $(seq 50); do
+    curl -sf --max-time 2 --unix-socket "$SOAK_DIR/hub.sock" http://localhost/healthz >/dev/null 2>&1 \
+      && curl -sf --max-time 2 --unix-socket "$SOAK_DIR/tunnel.sock" http://localhost/healthz >/dev/null 2>&1 \
+      && break
+    sleep 0.2
+  done
+  log "soak: $SOAK_MINUTES min ($cycles cycles of $SOAK_CYCLE_SECS s), warm-up $warmup s; hub pid ${SYS_PIDS[0]}, tunnel pid ${SYS_PIDS[1]}; work dir $WORK"
+  SOAK_T0_US=$(now_us)
+  soak_sample start
+  for c in $(seq 0 $((cycles - 1))); do
+    if ! soak_alive; then
+      NOTES+=("a tunnelize process exited during cycle $c; the soak stopped there (logs: --keep)")
+      log "  a tunnelize process exited; stopping the soak"; break
+    fi
+    soak_cycle "$c"
+  done
+  if soak_alive; then
+    log "  load stopped; idle sample in $SOAK_IDLE_WAIT s"
+    sleep "$SOAK_IDLE_WAIT"
+    soak_sample idle
+  fi
+  local name f errors warns first
+  for name in hub tunnel; do
+    f=$WORK/logs/tunnelize-$name-$RUN_TAG.err
+    errors=$(grep -c '"level":"ERROR"' "$f" 2>/dev/null || true)
+    warns=$(grep -c '"level":"WARN"' "$f" 2>/dev/null || true)
+    first=$(grep -m1 -E '"level":"(ERROR|WARN)"' "$f" 2>/dev/null | cut -c1-240 || true)
+    NOTES+=("$name log: ${errors:-0} ERROR and ${warns:-0} WARN lines${first:+; first: $first}")
+  done
+  soak_meta "$stem.meta.tsv" "$warmup" $((SECONDS - start_time))
+  stop_system
+  "$LOADGEN" soak-report --samples "$SOAK_SAMPLES" --load "$SOAK_LOAD" --meta "$stem.meta.tsv" \
+    --warmup-secs "$warmup" --json-out "$stem.json" --csv-out "$stem.csv" | tee "$stem.md"
+  log "results: bench/results/$ts-soak.json (.md, .csv, .samples.tsv, .load.tsv); $((SECONDS - start_time)) s in all"
+}
+
+soak_meta() {
+  local file=$1 warmup=$2 secs=$3 rev note
+  rev=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  (cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null) || rev="$rev + uncommitted changes"
+  {
+    printf 'command\t%s\n' "$COMMAND_LINE"
+    printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    printf 'machine\t%s cores (%s), %s GiB, kernel %s\n' "$(nproc)" \
+      "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
+      "$(awk '/^MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)" "$(uname -r)"
+    printf 'tunnelize\t%s (links = 2, TLS between hub and tunnel; services: %s)\n' "$rev" "${TZ_FEATURE_SETS[0]}"
+    printf 'soak\t%s min of load in %s s cycles, warm-up %s s, then %s s idle; %s s in all\n' \
+      "$SOAK_MINUTES" "$SOAK_CYCLE_SECS" "$warmup" "$SOAK_IDLE_WAIT" "$secs"
+    printf 'load per cycle\tiperf3 TCP -P 2 3 s up + 3 s down; iperf3 -u -b %s -l 1200 for %s s; wrk -t1 -c%s 4 s keep-alive + 4 s Connection: close on a 1 KiB file via the http service; loadgen churn %s conn/s for %s s (1-2048 B echo, held 0-500 ms, ending in turn clean / drop / reset / unread / silent)\n' \
+      "$SOAK_UDP_RATE" "$SOAK_LANE_SECS" "$SOAK_WRK_CONNS" "$SOAK_CHURN_RATE" "$SOAK_LANE_SECS"
+    printf 'load\t%s\n' "$(uptime | sed 's/.*load average/load average/') at the end (the machine is shared)"
+    for note in "${NOTES[@]}"; do printf 'note\t%s\n' "$note"; done
+  } >"$file"
+}
+
+if [ $SOAK = 1 ]; then soak_main; else main; fi

@@ -1,5 +1,6 @@
 //! Traffic tools: a TCP echo target, a fixed-rate latency client, a connect-rate client, an
-//! idle-connection holder, a readiness probe and a free-port finder.
+//! idle-connection holder, a connection churner (for the soak), a readiness probe and a
+//! free-port finder.
 //!
 //! Each prints `name value` lines on stdout for `run.sh` to record. Every loop ends by a count
 //! or a deadline; the echo server ends after `max_secs` even if nobody stops it.
@@ -270,4 +271,119 @@ pub fn free_ports(count: u16) -> io::Result<()> {
 fn port_is_free(port: u16) -> bool {
     let addr = (Ipv4Addr::LOCALHOST, port);
     std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok()
+}
+
+/// How a churn client ends its connection, in turn.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// Echo, half-close, read to the peer's EOF.
+    Clean,
+    /// Echo, then drop the socket at once.
+    Drop,
+    /// Echo, then a reset (`SO_LINGER` 0) instead of a FIN.
+    Reset,
+    /// Send and close without reading the echo back.
+    Unread,
+    /// Connect, say nothing, close.
+    Silent,
+}
+
+const ENDINGS: [Ending; 5] = [
+    Ending::Clean,
+    Ending::Drop,
+    Ending::Reset,
+    Ending::Unread,
+    Ending::Silent,
+];
+
+/// Connection churn for the soak: starts `rate` short-lived clients per second for `secs`
+/// (at most `max_open` at once; a start that would exceed it is skipped and counted). Each
+/// sends 1..=2048 bytes, may hold for up to `max_hold_ms`, and ends in one of five ways in turn:
+/// clean close, drop, reset, close without reading, or no data at all. Prints the counts.
+pub fn churn(
+    addr: SocketAddr,
+    rate: f64,
+    secs: f64,
+    max_open: usize,
+    max_hold_ms: u64,
+) -> io::Result<()> {
+    if !(rate > 0.0 && secs > 0.0) {
+        return Err(io::Error::other("rate and secs must be positive"));
+    }
+    runtime(1)?.block_on(async move {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let (mut started, mut skipped) = (0u64, 0u64);
+        let mut clients = JoinSet::new();
+        let begin = tokio::time::Instant::now();
+        let total = (rate * secs).ceil() as u64;
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let mut state = 0x2545_F491_4F6C_DD1D_u64 ^ u64::from(std::process::id());
+        for i in 0..total {
+            tokio::time::sleep_until(begin + interval.mul_f64(i as f64)).await;
+            while clients.try_join_next().is_some() {}
+            if clients.len() >= max_open.max(1) {
+                skipped += 1;
+                continue;
+            }
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let size = 1 + (state % 2048) as usize;
+            let hold = Duration::from_millis((state >> 16) % (max_hold_ms + 1));
+            let ending = ENDINGS[(i % ENDINGS.len() as u64) as usize];
+            let (ok, failed) = (ok.clone(), failed.clone());
+            clients.spawn(async move {
+                let run = churn_client(addr, size, hold, ending);
+                match tokio::time::timeout(CONNECT_TIMEOUT + hold, run).await {
+                    Ok(Ok(())) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            });
+            started += 1;
+        }
+        while clients.join_next().await.is_some() {}
+        let elapsed = begin.elapsed().as_secs_f64();
+        println!("started {started}");
+        println!("ok {}", ok.load(Ordering::Relaxed));
+        println!("failed {}", failed.load(Ordering::Relaxed));
+        println!("skipped {skipped}");
+        println!("conns_per_s {:.1}", started as f64 / elapsed);
+        Ok(())
+    })
+}
+
+async fn churn_client(
+    addr: SocketAddr,
+    size: usize,
+    hold: Duration,
+    ending: Ending,
+) -> io::Result<()> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    if let Ending::Silent = ending {
+        tokio::time::sleep(hold).await;
+        return Ok(());
+    }
+    let data = vec![b'c'; size];
+    stream.write_all(&data).await?;
+    if let Ending::Unread = ending {
+        return Ok(());
+    }
+    let mut back = vec![0u8; size];
+    stream.read_exact(&mut back).await?;
+    if back != data {
+        return Err(io::Error::other("echo differs"));
+    }
+    tokio::time::sleep(hold).await;
+    match ending {
+        Ending::Clean => {
+            stream.shutdown().await?;
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).await?;
+        }
+        Ending::Reset => stream.set_zero_linger()?,
+        Ending::Drop | Ending::Unread | Ending::Silent => {}
+    }
+    Ok(())
 }

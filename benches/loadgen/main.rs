@@ -7,6 +7,7 @@
 //! - `load`: traffic tools (echo target, fixed-rate latency, connect rate, idle holder, probe).
 //! - `iperf`: reads the figures `run.sh` needs out of `iperf3 -J` output.
 //! - `report`: medians, ratios and targets from the raw measurements; markdown and JSON.
+//! - `soak`: the growth table of a soak run (`run.sh --soak`); markdown, JSON and CSV.
 //!
 //! Every tool talks to the address it is given, which `run.sh` only ever sets to 127.0.0.1, and
 //! every loop is bounded by a count and a deadline. Nothing here asserts a timing: it measures.
@@ -16,6 +17,7 @@
 mod iperf;
 mod load;
 mod report;
+mod soak;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,6 +87,23 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         hold_secs: u64,
     },
+    /// Short-lived clients at a fixed rate, ending in turn cleanly, by drop, by reset, without
+    /// reading, or without sending (the soak's connection churn).
+    Churn {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Clients started per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Most clients open at once; starts beyond it are skipped and counted.
+        #[arg(long, default_value_t = 256)]
+        max_open: usize,
+        /// Longest time a client stays connected after its echo, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        max_hold_ms: u64,
+    },
     /// Waits until ADDR echoes a byte back (a forwarded path is up); exit 1 on timeout.
     Wait {
         #[arg(long)]
@@ -109,6 +128,26 @@ enum Command {
         meta: PathBuf,
         #[arg(long)]
         json_out: PathBuf,
+    },
+    /// Growth table of a soak run on stdout; JSON and CSV files.
+    SoakReport {
+        /// Header `t_secs<TAB>phase<TAB>process<TAB>rss_kib<TAB>fds<TAB>threads<TAB>tasks`, then
+        /// one line per process and sample.
+        #[arg(long)]
+        samples: PathBuf,
+        /// Lines `cycle<TAB>step<TAB>key<TAB>value`.
+        #[arg(long)]
+        load: PathBuf,
+        /// Lines `key<TAB>value` describing the run.
+        #[arg(long)]
+        meta: PathBuf,
+        /// Samples before this many seconds are warm-up.
+        #[arg(long)]
+        warmup_secs: f64,
+        #[arg(long)]
+        json_out: PathBuf,
+        #[arg(long)]
+        csv_out: PathBuf,
     },
 }
 
@@ -142,6 +181,13 @@ fn main() -> ExitCode {
             ready_timeout_secs,
             hold_secs,
         } => load::hold(addr, count, concurrency, ready_timeout_secs, hold_secs),
+        Command::Churn {
+            addr,
+            rate,
+            secs,
+            max_open,
+            max_hold_ms,
+        } => load::churn(addr, rate, secs, max_open, max_hold_ms),
         Command::Wait { addr, timeout_secs } => load::wait(addr, timeout_secs),
         Command::FreePorts { count } => load::free_ports(count),
         Command::IperfSummary { file } => iperf::summary(&file),
@@ -150,6 +196,14 @@ fn main() -> ExitCode {
             meta,
             json_out,
         } => report::run(&raw, &meta, &json_out),
+        Command::SoakReport {
+            samples,
+            load,
+            meta,
+            warmup_secs,
+            json_out,
+            csv_out,
+        } => soak::run(&samples, &load, &meta, warmup_secs, &json_out, &csv_out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

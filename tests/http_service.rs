@@ -877,3 +877,66 @@ async fn a_key_may_claim_the_custom_hostnames_the_hub_allows_it() {
     let (status, body) = curl(s.web, "http://app.custom.test/", &[]).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// The process's `tunnelize_tasks` gauge (hub, tunnel and test share this runtime).
+fn tasks(view: &tunnelize::hub::inspect::HubView) -> u64 {
+    let text = view.metrics();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("tunnelize_tasks "))
+        .expect("the tasks gauge is exported");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_upstream_connections_leave_no_task_behind_per_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup(|_| {}).await;
+    let app = start_app("a").await;
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("a", &app, "pool")])).await;
+    let mut client = tokio::net::TcpStream::connect(s.web).await.unwrap();
+    // One whole response (head and Content-Length body), however the reads split it.
+    let exchange = async |client: &mut tokio::net::TcpStream| {
+        client
+            .write_all(b"GET /n HTTP/1.1\r\nHost: pool.test.local\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..1000 {
+            let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .split("content-length:")
+                    .nth(1)
+                    .and_then(|v| v.lines().next())
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("a Content-Length");
+                if got.len() >= end + 4 + len {
+                    assert!(got.starts_with(b"HTTP/1.1 200"));
+                    assert_eq!(got.len(), end + 4 + len, "one response at a time");
+                    return;
+                }
+            }
+            let n = tokio::time::timeout(DEADLINE, client.read(&mut buf))
+                .await
+                .expect("a response")
+                .unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        panic!("no whole response");
+    };
+    exchange(&mut client).await;
+    let before = tasks(&s.view);
+    // Requests one after another: each reuses the one pooled upstream connection.
+    for _ in 0..200 {
+        exchange(&mut client).await;
+    }
+    let after = tasks(&s.view);
+    assert!(
+        after < before + 20,
+        "200 requests left {} more tasks alive ({before} -> {after})",
+        after.saturating_sub(before)
+    );
+}

@@ -58,10 +58,13 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+/// One idle connection; dropping it (taken, removed, or the pool gone) ends its parking task.
+type Idle = (u64, SendRequest<Body>, tokio::sync::oneshot::Sender<()>);
+
 /// Idle keep-alive connections of one backend.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(u64, SendRequest<Body>)>>,
+    idle: Mutex<Vec<Idle>>,
     next_id: AtomicU64,
 }
 
@@ -74,14 +77,14 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    fn lock(&self) -> MutexGuard<'_, Vec<(u64, SendRequest<Body>)>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// An idle connection ready for a request, if any.
     fn take(&self) -> Option<SendRequest<Body>> {
         let mut idle = self.lock();
-        while let Some((_, sender)) = idle.pop() {
+        while let Some((_, sender, _parked)) = idle.pop() {
             if sender.is_ready() {
                 return Some(sender);
             }
@@ -89,18 +92,23 @@ impl Pool {
         None
     }
 
-    fn put(&self, sender: SendRequest<Body>) -> Option<u64> {
+    /// Parks `sender`; the receiver resolves when the entry leaves the pool.
+    fn put(
+        &self,
+        sender: SendRequest<Body>,
+    ) -> Option<(u64, tokio::sync::oneshot::Receiver<()>)> {
         let mut idle = self.lock();
         if idle.len() >= MAX_IDLE {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        idle.push((id, sender));
-        Some(id)
+        let (parked, gone) = tokio::sync::oneshot::channel();
+        idle.push((id, sender, parked));
+        Some((id, gone))
     }
 
     fn remove(&self, id: u64) {
-        self.lock().retain(|(i, _)| *i != id);
+        self.lock().retain(|(i, _, _)| *i != id);
     }
 }
 
@@ -283,7 +291,8 @@ impl hyper::body::Body for HandoffBody {
 }
 
 /// Returns a connection to the pool once its response body has been read, and drops it after
-/// it has been idle for [`IDLE_FOR`].
+/// it has been idle for [`IDLE_FOR`]. The task ends as soon as the connection is taken again,
+/// so there is one task per idle connection, not one per request of the last minute.
 fn park(shared: &Arc<Shared>, backend: &Arc<Backend>, mut sender: SendRequest<Body>) {
     let backend = backend.clone();
     let stop = backend.session.cancel.clone();
@@ -295,10 +304,11 @@ fn park(shared: &Arc<Shared>, backend: &Arc<Backend>, mut sender: SendRequest<Bo
         if !ready {
             return;
         }
-        let Some(id) = backend.pool.put(sender) else {
+        let Some((id, gone)) = backend.pool.put(sender) else {
             return;
         };
         tokio::select! {
+            _ = gone => return,
             () = tokio::time::sleep(IDLE_FOR) => {}
             () = stop.cancelled() => {}
         }

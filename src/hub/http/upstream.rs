@@ -93,10 +93,7 @@ impl Pool {
     }
 
     /// Parks `sender`; the receiver resolves when the entry leaves the pool.
-    fn put(
-        &self,
-        sender: SendRequest<Body>,
-    ) -> Option<(u64, tokio::sync::oneshot::Receiver<()>)> {
+    fn put(&self, sender: SendRequest<Body>) -> Option<(u64, tokio::sync::oneshot::Receiver<()>)> {
         let mut idle = self.lock();
         if idle.len() >= MAX_IDLE {
             return None;

@@ -173,14 +173,10 @@ async fn start_hub(config: &Path, ports: Ports) -> Result<Daemon, String> {
 
 /// Restarts the hub on the same ports, retrying while the old process's ports are released.
 async fn restart_hub(config: &Path, ports: Ports) -> Daemon {
-    let start = Instant::now();
-    loop {
-        match start_hub(config, ports).await {
-            Ok(hub) => return hub,
-            Err(log) if start.elapsed() > DEADLINE => panic!("the hub cannot restart: {log}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    common::eventually("the hub to restart on the same ports", || async {
+        start_hub(config, ports).await.ok()
+    })
+    .await
 }
 
 /// A target: the first byte `E` makes it an echo; `H` makes it hash everything after it

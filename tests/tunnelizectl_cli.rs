@@ -117,7 +117,7 @@ fn status() -> TunnelStatus {
         proxies: vec![TunnelProxyStatus {
             name: "site".into(),
             service: "web".into(),
-            target: "127.0.0.1:3000".into(),
+            target: "app.internal:3000".into(),
             state: "live".into(),
             public: Some("app.tunnels.example.com".into()),
             reason: None,
@@ -483,11 +483,11 @@ async fn single_documents_print_as_aligned_fields() {
     assert_eq!(row(&text, "state"), ["state", "connected"]);
     assert_eq!(row(&text, "last error"), ["last error", "-"]);
     assert_eq!(
-        row(&text, "127.0.0.1:3000"),
+        row(&text, "app.internal:3000"),
         [
             "site",
             "web",
-            "127.0.0.1:3000",
+            "app.internal:3000",
             "live",
             "app.tunnels.example.com",
             "yes",

@@ -261,14 +261,23 @@ async fn a_tcp_and_a_udp_proxy_may_hold_the_same_port_number() {
     .await;
     let udp_echo = start_udp_echo().await;
     let tcp_echo = start_echo().await;
-    // The OS picks a free UDP port; another program may hold the TCP port of that number
-    // (then try again, a bounded number of times). On a busy machine many ephemeral TCP ports
-    // are taken by other tests' connections (the 10,000-client test runs just before), so
-    // allow many attempts; each costs two in-process tunnels.
-    for _ in 0..100 {
-        let first =
-            start_tunnel(tunnel_config(&hub, vec![proxy("u", "udp", udp_echo, None)])).await;
-        let port = first.port(0);
+    // A port free for both protocols a moment ago: the OS picks a TCP port that a listener may
+    // bind (which rules out ports held by other programs' connections, TIME-WAIT ones too),
+    // and the UDP port of that number is checked. Another program may take either before the
+    // hub does: then try again, a bounded number of times.
+    for _ in 0..20 {
+        let Some(port) = free_tcp_and_udp_port() else {
+            continue;
+        };
+        let first = start_tunnel(tunnel_config(
+            &hub,
+            vec![proxy("u", "udp", udp_echo, Some(port))],
+        ))
+        .await;
+        if !matches!(first.outcomes[0], ProxyOutcome::Accepted { .. }) {
+            stop_tunnel(first).await;
+            continue;
+        }
         let second = start_tunnel(tunnel_config(
             &hub,
             vec![
@@ -284,6 +293,7 @@ async fn a_tcp_and_a_udp_proxy_may_hold_the_same_port_number() {
             stop_tunnel(first).await;
             continue;
         }
+        assert_eq!(first.port(0), port);
         assert_eq!(second.port(0), port, "the TCP port is free");
         match &second.outcomes[1] {
             ProxyOutcome::Rejected { reason, .. } => {
@@ -298,7 +308,15 @@ async fn a_tcp_and_a_udp_proxy_may_hold_the_same_port_number() {
         assert_eq!(ask(&client().await, first.addr(0), b"udp").await, b"udp");
         return;
     }
-    panic!("other programs kept holding the TCP ports of the UDP ports picked");
+    panic!("other programs kept taking the ports picked");
+}
+
+/// A port of 127.0.0.1 that a TCP listener and a UDP socket could both bind a moment ago.
+fn free_tcp_and_udp_port() -> Option<u16> {
+    let tcp = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
+    let port = tcp.local_addr().ok()?.port();
+    std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).ok()?;
+    Some(port)
 }
 
 // --- Port ranges --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use tunnelize::admin::api::ReloadRequest;
 use tunnelize::config::{AnyConfig, HubConfig, TunnelConfig, load_any};
-use tunnelize::daemon::{LogFormat, init_logging, notify};
+use tunnelize::daemon::{LogFormat, init_logging, notify, tune_allocator};
 use tunnelize::exit;
 use tunnelize::hub::Hub;
 use tunnelize::tls::{Identity, install_crypto_provider};
@@ -186,6 +186,7 @@ fn main() -> ExitCode {
         return ExitCode::from(code as u8);
     }
     install_crypto_provider();
+    tune_allocator();
     let default_level = match cli.command {
         Command::Demo | Command::HashPassword | Command::Man { .. } => "warn",
         _ => "info",

@@ -39,6 +39,48 @@ impl FromStr for LogFormat {
     }
 }
 
+/// glibc returns freed memory at the top of a heap to the kernel once 128 KiB are free, and
+/// serves allocations of 128 KiB or more with their own `mmap`. A link connection's buffers
+/// (TLS records, HTTP/2 frames of up to 64 KiB, socket reads) are freed and allocated again many
+/// thousand times a second, so with those defaults nearly every one came back as fresh pages:
+/// ~130,000 page faults per GiB moved, 8% of the daemons' CPU time. Keeping up to 2 MiB free
+/// per heap and mapping separately only allocations of 256 KiB or more cut that to ~5,000 per
+/// GiB and the CPU per GiB by 10-20%, for 2-3 MiB more resident memory after traffic
+/// (docs/benchmarks.md).
+const TRIM_THRESHOLD: i32 = 2 * 1024 * 1024;
+const MMAP_THRESHOLD: i32 = 256 * 1024;
+
+/// Tunes the allocator for a long-running daemon that moves bytes (see [`TRIM_THRESHOLD`]).
+/// Leaves it alone when the operator set glibc's malloc tunables in `GLIBC_TUNABLES`, and does
+/// nothing where the C library is not glibc. Returns whether the settings were applied. Call it
+/// before the runtime starts its threads.
+pub fn tune_allocator() -> bool {
+    let tunables = std::env::var("GLIBC_TUNABLES").ok();
+    if operator_tuned_malloc(tunables.as_deref()) {
+        return false;
+    }
+    set_malloc_thresholds()
+}
+
+fn operator_tuned_malloc(glibc_tunables: Option<&str>) -> bool {
+    glibc_tunables.is_some_and(|t| t.split(':').any(|kv| kv.starts_with("glibc.malloc.")))
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // a plain C call with integer arguments
+fn set_malloc_thresholds() -> bool {
+    // SAFETY: mallopt only changes allocator parameters; glibc takes its own lock.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+            && libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn set_malloc_thresholds() -> bool {
+    false
+}
+
 /// Installs the global tracing subscriber. The level comes from `RUST_LOG` when set, else
 /// `default_level` (e.g. "info"). Calling it twice is harmless (the second call does nothing).
 /// A journal that cannot be reached falls back to stderr, saying so there.
@@ -111,4 +153,26 @@ pub fn write_man_pages(
     let mut written = Vec::new();
     pages(cmd, dir, &mut written)?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_malloc_tunables_are_respected() {
+        assert!(!operator_tuned_malloc(None));
+        assert!(!operator_tuned_malloc(Some("")));
+        assert!(!operator_tuned_malloc(Some("glibc.pthread.rseq=0")));
+        assert!(operator_tuned_malloc(Some("glibc.malloc.trim_threshold=1")));
+        assert!(operator_tuned_malloc(Some(
+            "glibc.pthread.rseq=0:glibc.malloc.arena_max=2"
+        )));
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn glibc_accepts_the_thresholds() {
+        assert!(set_malloc_thresholds());
+    }
 }

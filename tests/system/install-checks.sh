@@ -162,6 +162,9 @@ if runuser -u alice -- cat $CONF/keys/demo.key >/dev/null 2>&1; then
 fi
 
 echo "== systemctl reload"
+# Fixed ports on purpose, here only: this runs inside the container's own network namespace
+# (systemd-nspawn --private-network, created by install-test.sh), nothing else listens there,
+# and 7700 is the packaged hub.toml's default that the test checks as shipped.
 PID=$(prop $HUB MainPID)
 cat >>$CONF/hub.toml <<'EOF'
 

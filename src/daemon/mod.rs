@@ -43,10 +43,10 @@ impl FromStr for LogFormat {
 /// serves allocations of 128 KiB or more with their own `mmap`. A link connection's buffers
 /// (TLS records, HTTP/2 frames of up to 64 KiB, socket reads) are freed and allocated again many
 /// thousand times a second, so with those defaults nearly every one came back as fresh pages:
-/// ~130,000 page faults per GiB moved, 8% of the daemons' CPU time. Keeping up to 2 MiB free
-/// per heap and mapping separately only allocations of 256 KiB or more cut that to ~5,000 per
-/// GiB and the CPU per GiB by 10-20%, for 2-3 MiB more resident memory after traffic
-/// (docs/benchmarks.md).
+/// 120,000-200,000 page faults per GiB moved, 8% of the daemons' CPU time. Keeping up to 2 MiB
+/// free per heap and mapping separately only allocations of 256 KiB or more cut that to
+/// 3,000-10,000 per GiB and the CPU per GiB by 10-25%, for 8-10 MiB more resident memory after
+/// traffic (docs/benchmarks.md).
 const TRIM_THRESHOLD: i32 = 2 * 1024 * 1024;
 const MMAP_THRESHOLD: i32 = 256 * 1024;
 

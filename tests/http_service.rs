@@ -201,6 +201,40 @@ async fn each_request_on_a_keep_alive_connection_is_routed_by_its_own_host() {
     assert_eq!(b.requests(), ["GET /2"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_client_sends_all_its_requests_on_one_upstream_connection() {
+    let s = setup(|_| {}).await;
+    let (a, b) = (start_app("a").await, start_app("b").await);
+    let _t = start_tunnel(tunnel_config(
+        &s.hub,
+        vec![web_proxy("a", &a, "alpha"), web_proxy("b", &b, "beta")],
+    ))
+    .await;
+    let mut client = keep_alive(s.web).await;
+    for i in 0..100 {
+        let (status, body) = get(&mut client, "alpha.test.local", &format!("/{i}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(a.requests().len(), 100);
+    assert_eq!(
+        a.connections(),
+        1,
+        "100 requests one after another on one client connection share one upstream connection"
+    );
+    // Moving to another hostname and back: each request still reaches its own app.
+    for i in 0..10 {
+        let host = if i % 2 == 0 { "beta" } else { "alpha" };
+        let (status, body) = get(&mut client, &format!("{host}.test.local"), "/x").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains(&format!("\"app\":\"{}\"", &host[..1])),
+            "{body}"
+        );
+    }
+    assert_eq!(a.requests().len(), 105);
+    assert_eq!(b.requests().len(), 5);
+}
+
 #[tokio::test]
 async fn an_unknown_host_gets_a_404_naming_it_escaped() {
     let s = setup(|_| {}).await;

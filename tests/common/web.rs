@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -32,6 +33,8 @@ pub struct App {
     /// Body bytes each `/upload` or `/answer-first` request delivered before it ended or
     /// failed, in order of completion.
     pub uploads: Arc<Mutex<Vec<u64>>>,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl App {
@@ -41,6 +44,10 @@ impl App {
 
     pub fn uploads(&self) -> Vec<u64> {
         self.uploads.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -64,6 +71,7 @@ pub async fn start_app(tag: &'static str) -> App {
         seen: Arc::default(),
         release: Arc::new(Notify::new()),
         uploads: Arc::default(),
+        connections: Arc::default(),
     };
     let state = app.clone();
     tokio::spawn(async move {
@@ -71,6 +79,7 @@ pub async fn start_app(tag: &'static str) -> App {
             let Ok((socket, _)) = listener.accept().await else {
                 return;
             };
+            state.connections.fetch_add(1, Ordering::SeqCst);
             let state = state.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| respond(tag, state.clone(), req));

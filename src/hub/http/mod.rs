@@ -222,12 +222,20 @@ where
         inspector: inspector.clone(),
     };
     let handler = front.clone();
+    let kept = Arc::new(upstream::Kept::default());
+    let requests_kept = kept.clone();
     let service = service_fn(move |req| {
         let verdict = inspector
             .lock()
             .map(|mut i| i.next_verdict())
             .unwrap_or(Verdict::Clean);
-        handle(handler.clone(), req, peer, verdict)
+        handle(
+            handler.clone(),
+            req,
+            peer,
+            verdict,
+            Some(requests_kept.clone()),
+        )
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -247,6 +255,7 @@ where
             conn.await
         }
     };
+    kept.release(&front.shared);
     if let Err(e) = ended {
         // hyper answered 400 or 431 itself (unparsable request, head over max_head_size).
         if e.is_parse() {
@@ -273,7 +282,8 @@ where
     let requests = activity.clone();
     let service = service_fn(move |req| {
         let busy = requests.begin();
-        let handled = handle(handler.clone(), req, peer, Verdict::Clean);
+        // Requests of one h2 connection run at once: they share the pool, not a kept connection.
+        let handled = handle(handler.clone(), req, peer, Verdict::Clean, None);
         async move {
             let response = handled.await?;
             Ok::<_, Infallible>(response.map(|body| activity::Tracked::new(body, busy).boxed()))
@@ -389,6 +399,7 @@ async fn handle(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     verdict: Verdict,
+    kept: Option<Arc<upstream::Kept>>,
 ) -> Result<Response<Body>, Infallible> {
     let bad = |detail: &str| {
         front.shared.metrics.reject(Rejection::BadRequest);
@@ -486,9 +497,16 @@ async fn handle(
         };
         let client_id = client.entry().id;
         let span = info_span!("client", service = %front.name, tunnel_id = %backend.session.id, client_id, %peer, %host);
-        let sender = match upstream::acquire(&front.shared, &backend, client_id, peer, upgrade)
-            .instrument(span.clone())
-            .await
+        let sender = match upstream::acquire(
+            &front.shared,
+            &backend,
+            kept.as_deref(),
+            client_id,
+            peer,
+            upgrade,
+        )
+        .instrument(span.clone())
+        .await
         {
             Ok(sender) => sender,
             Err(e) => {
@@ -500,6 +518,7 @@ async fn handle(
         };
         let attempt = Attempt {
             backend,
+            kept: kept.clone(),
             sender,
             head: head.clone(),
             client,
@@ -602,6 +621,8 @@ fn bad_gateway(host: &str, e: &UpstreamError) -> Response<Body> {
 /// One try at a request on one backend.
 struct Attempt {
     backend: Arc<routes::Backend>,
+    /// The client connection's kept upstream connection (HTTP/1.1 clients).
+    kept: Option<Arc<upstream::Kept>>,
     sender: hyper::client::conn::http1::SendRequest<Body>,
     /// The client's request head, as received.
     head: http::request::Parts,
@@ -637,6 +658,7 @@ async fn forward(
 ) -> Forwarded {
     let Attempt {
         backend,
+        kept,
         sender,
         head,
         client,
@@ -664,6 +686,7 @@ async fn forward(
     let sent = upstream::send(
         &front.shared,
         &backend,
+        kept.as_deref(),
         sender,
         upstream_req,
         client_id,

@@ -5,6 +5,11 @@
 //! target) running hyper's HTTP/1.1 client. After a response head arrives the connection is
 //! parked until hyper says it is ready again (the response body was read), then kept idle for
 //! at most [`IDLE_FOR`]. Upgrades (WebSocket) always get a connection of their own.
+//!
+//! An HTTP/1.1 client connection carries one request at a time, and its next request is most
+//! often for the same backend, so it keeps the upstream connection it used last ([`Kept`])
+//! instead of going through the pool: no pool lock and no parking task per request. The kept
+//! connection goes to the pool when the client connection ends or moves to another backend.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,8 +40,11 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// How long an idle upstream connection is kept.
 pub const IDLE_FOR: Duration = Duration::from_secs(60);
-/// Most idle connections kept per backend.
-const MAX_IDLE: usize = 32;
+/// How long a client's kept connection may take to be ready for its next request.
+const READY_WAIT: Duration = Duration::from_millis(500);
+/// Most idle connections kept per backend. Above the number of clients a busy site has at
+/// once, so that clients that open a connection per request do not churn upstream ones.
+const MAX_IDLE: usize = 128;
 
 /// Why a request could not be delivered upstream.
 #[derive(Debug, Error)]
@@ -109,6 +117,59 @@ impl Pool {
     }
 }
 
+/// The upstream connection one HTTP/1.1 client connection used last, with its backend.
+#[derive(Default)]
+pub(crate) struct Kept {
+    slot: Mutex<Option<(Arc<Backend>, SendRequest<Body>)>>,
+}
+
+impl Kept {
+    fn lock(&self) -> MutexGuard<'_, Option<(Arc<Backend>, SendRequest<Body>)>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kept connection if it is `backend`'s and open. One for another backend goes to
+    /// its own pool (it joins the pool once it has finished its response). A kept connection
+    /// is normally ready at once: the client only sends its next request after the previous
+    /// response's body was relayed to its end. It may still be a moment from saying so (its
+    /// task not having run since), so it gets [`READY_WAIT`] before it goes to the pool.
+    async fn take_for(&self, shared: &Arc<Shared>, backend: &Backend) -> Option<SendRequest<Body>> {
+        let (owner, mut sender) = self.lock().take()?;
+        if owner.id != backend.id {
+            park(shared, &owner, sender);
+            return None;
+        }
+        if sender.is_ready() {
+            return Some(sender);
+        }
+        match tokio::time::timeout(READY_WAIT, sender.ready()).await {
+            Ok(Ok(())) => Some(sender),
+            // The target or the tunnel closed it.
+            Ok(Err(_)) => None,
+            Err(_) => {
+                park(shared, &owner, sender);
+                None
+            }
+        }
+    }
+
+    /// Keeps `sender` for the client's next request; a connection kept before goes to its
+    /// pool.
+    fn keep(&self, shared: &Arc<Shared>, backend: &Arc<Backend>, sender: SendRequest<Body>) {
+        let previous = self.lock().replace((backend.clone(), sender));
+        if let Some((owner, sender)) = previous {
+            park(shared, &owner, sender);
+        }
+    }
+
+    /// Hands the kept connection to its backend's pool: the client connection has ended.
+    pub(crate) fn release(&self, shared: &Arc<Shared>) {
+        if let Some((owner, sender)) = self.lock().take() {
+            park(shared, &owner, sender);
+        }
+    }
+}
+
 /// Opens a new upstream connection to `backend`'s target.
 async fn connect(
     shared: &Arc<Shared>,
@@ -148,12 +209,13 @@ async fn connect(
     Ok(sender)
 }
 
-/// A connection ready for one request: an idle pooled one when there is one, else a new one.
-/// Upgrades always get a new connection. Failing here leaves the request unsent, so the caller
-/// may try another backend.
+/// A connection ready for one request: the one the client connection kept, else an idle
+/// pooled one, else a new one. Upgrades always get a new connection. Failing here leaves the
+/// request unsent, so the caller may try another backend.
 pub(crate) async fn acquire(
     shared: &Arc<Shared>,
     backend: &Backend,
+    kept: Option<&Kept>,
     client_id: u64,
     peer: SocketAddr,
     upgrade: bool,
@@ -161,8 +223,15 @@ pub(crate) async fn acquire(
     if backend.session.cancel.is_cancelled() {
         return Err(UpstreamError::Gone);
     }
-    if !upgrade && let Some(sender) = backend.pool.take() {
-        return Ok(sender);
+    if !upgrade {
+        if let Some(kept) = kept
+            && let Some(sender) = kept.take_for(shared, backend).await
+        {
+            return Ok(sender);
+        }
+        if let Some(sender) = backend.pool.take() {
+            return Ok(sender);
+        }
     }
     connect(shared, backend, client_id, peer).await
 }
@@ -179,10 +248,13 @@ pub(crate) enum SendError {
 
 /// Sends `request` on `sender`. If that was a pooled connection the target had closed before
 /// the request went out, the request is retried once on a new connection to the same backend;
-/// if none can be opened the request comes back [`SendError::Unsent`].
+/// if none can be opened the request comes back [`SendError::Unsent`]. Afterwards the
+/// connection is kept in `kept` for the client's next request, or parked in the pool.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn send(
     shared: &Arc<Shared>,
     backend: &Arc<Backend>,
+    kept: Option<&Kept>,
     mut sender: SendRequest<Body>,
     request: Request<Body>,
     client_id: u64,
@@ -214,7 +286,10 @@ pub(crate) async fn send(
         },
     };
     if !upgrade {
-        park(shared, backend, sender);
+        match kept {
+            Some(kept) => kept.keep(shared, backend, sender),
+            None => park(shared, backend, sender),
+        }
     }
     Ok(response)
 }

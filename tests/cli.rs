@@ -23,9 +23,14 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(args: &[&str]) -> Daemon {
+        Daemon::spawn_logging(args, "debug")
+    }
+
+    /// Like [`spawn`](Self::spawn), logging at `level` (what a packaged daemon runs at).
+    fn spawn_logging(args: &[&str], level: &str) -> Daemon {
         let mut child = Command::new(bin())
             .args(args)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -36,6 +41,23 @@ impl Daemon {
             child,
             lines: BufReader::new(stderr).lines(),
             seen: Vec::new(),
+        }
+    }
+
+    /// The first line logged so far, or from now on, that satisfies `pred`.
+    async fn seen_or_wait_for(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let earlier = self.seen.iter().find_map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .filter(|v| pred(v))
+        });
+        match earlier {
+            Some(v) => v,
+            None => self.wait_for(what, pred).await,
         }
     }
 
@@ -150,8 +172,8 @@ async fn tunnel_prints_why_a_proxy_was_rejected_and_its_port_closes_when_it_dies
         "{rejected}"
     );
     let live = daemon
-        .wait_for("the live proxy", |v| {
-            message(v) == "proxy is live on the hub"
+        .wait_for("the live tcp proxy", |v| {
+            message(v) == "proxy is live on the hub" && v["fields"]["port"].is_u64()
         })
         .await;
     let port = live["fields"]["port"].as_u64().expect("port field") as u16;
@@ -181,7 +203,8 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
         "hub.toml",
         &format!(
             "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n[[keys]]\nname = \"ci\"\nkey = \"{KEY}\"\n\n\
-             [services.tcp]\nkind = \"tcp\"\nlisten = \"127.0.0.1\"\nports = \"0\"\n",
+             [services.tcp]\nkind = \"tcp\"\nlisten = \"127.0.0.1\"\nports = \"0\"\n\n\
+             [services.web]\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\ndomain = \"test.local\"\n",
             dir.path().join("state").display()
         ),
     );
@@ -197,13 +220,17 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
         String::from_utf8_lossy(&check.stderr)
     );
 
-    let mut hub = Daemon::spawn(&[
-        "--log-format",
-        "json",
-        "hub",
-        "-c",
-        hub_cfg.to_str().unwrap(),
-    ]);
+    // At info, as packaged: warnings about single requests must carry their ids there too.
+    let mut hub = Daemon::spawn_logging(
+        &[
+            "--log-format",
+            "json",
+            "hub",
+            "-c",
+            hub_cfg.to_str().unwrap(),
+        ],
+        "info",
+    );
     let listening = hub
         .wait_for("the hub listening", |v| {
             message(v) == "hub listening for tunnels"
@@ -230,7 +257,8 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
         "tunnel.toml",
         &format!(
             "hub_address = \"{addr}\"\nhub_server_name = \"localhost\"\nhub_cert_sha256 = \"{fingerprint}\"\n\
-             key_file = \"key\"\n\n[[proxies]]\nname = \"dead\"\nservice = \"tcp\"\ntarget = \"{dead}\"\n"
+             key_file = \"key\"\n\n[[proxies]]\nname = \"dead\"\nservice = \"tcp\"\ntarget = \"{dead}\"\n\n\
+             [[proxies]]\nname = \"deadweb\"\nservice = \"web\"\ntarget = \"{dead}\"\nhostname = \"dead\"\n"
         ),
     );
     write(dir.path(), "key", &format!("{KEY}\n"));
@@ -254,8 +282,8 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
         tunnel_cfg.to_str().unwrap(),
     ]);
     let live = tunnel
-        .wait_for("the live proxy", |v| {
-            message(v) == "proxy is live on the hub"
+        .wait_for("the live tcp proxy", |v| {
+            message(v) == "proxy is live on the hub" && v["fields"]["port"].is_u64()
         })
         .await;
     let port = live["fields"]["port"].as_u64().unwrap() as u16;
@@ -290,6 +318,51 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
         .await;
     assert!(logged["span"]["client_id"].as_u64().is_some(), "{logged}");
     assert_eq!(logged["span"]["proxy"], "dead", "{logged}");
+
+    // A request through the http service that its tunnel cannot serve: a 502, and a warning
+    // naming the service, tunnel, client and host.
+    let web = hub
+        .seen_or_wait_for("the http service", |v| message(v) == "serving http")
+        .await;
+    let web: std::net::SocketAddr = web["fields"]["listen"].as_str().unwrap().parse().unwrap();
+    tunnel
+        .seen_or_wait_for("the live http proxy", |v| {
+            message(v) == "proxy is live on the hub" && v["fields"]["proxy"] == "deadweb"
+        })
+        .await;
+    let mut client = connect(web).await;
+    tokio::io::AsyncWriteExt::write_all(
+        &mut client,
+        b"GET / HTTP/1.1\r\nHost: dead.test.local\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut answer),
+    )
+    .await
+    .expect("an answer")
+    .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 502"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let logged = hub
+        .seen_or_wait_for("the http warning", |v| {
+            v["level"] == "WARN" && v["span"]["host"] == "dead.test.local"
+        })
+        .await;
+    let span = &logged["span"];
+    assert_eq!(span["service"], "web", "{logged}");
+    assert!(
+        span["tunnel_id"].as_str().is_some_and(|s| s.len() == 36),
+        "{logged}"
+    );
+    assert!(span["client_id"].as_u64().is_some(), "{logged}");
+    assert!(span["peer"].as_str().is_some(), "{logged}");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,9 +42,13 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub const IDLE_FOR: Duration = Duration::from_secs(60);
 /// How long a client's kept connection may take to be ready for its next request.
 const READY_WAIT: Duration = Duration::from_millis(500);
-/// Most idle connections kept per backend. Above the number of clients a busy site has at
+/// Most idle connections in a backend's pool. Above the number of clients a busy site has at
 /// once, so that clients that open a connection per request do not churn upstream ones.
-const MAX_IDLE: usize = 128;
+const MAX_IDLE: usize = 64;
+/// Most upstream connections of one backend kept by client connections between their
+/// requests; beyond it they go through the pool. With [`MAX_IDLE`] this bounds the idle
+/// connections a target sees from the hub (a small target must not get one per browser).
+const MAX_KEPT: usize = 64;
 
 /// Why a request could not be delivered upstream.
 #[derive(Debug, Error)]
@@ -74,6 +78,8 @@ type Idle = (u64, SendRequest<Body>, tokio::sync::oneshot::Sender<()>);
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     next_id: AtomicU64,
+    /// Connections of this backend held in client connections' [`Kept`] slots.
+    kept: AtomicUsize,
 }
 
 impl std::fmt::Debug for Pool {
@@ -124,8 +130,13 @@ pub(crate) struct Kept {
 }
 
 impl Kept {
-    fn lock(&self) -> MutexGuard<'_, Option<(Arc<Backend>, SendRequest<Body>)>> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    /// Empties the slot, for its connection to be used or handed on.
+    fn vacate(&self) -> Option<(Arc<Backend>, SendRequest<Body>)> {
+        let taken = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((owner, _)) = &taken {
+            owner.pool.kept.fetch_sub(1, Ordering::Relaxed);
+        }
+        taken
     }
 
     /// The kept connection if it is `backend`'s and open. One for another backend goes to
@@ -134,7 +145,7 @@ impl Kept {
     /// response's body was relayed to its end. It may still be a moment from saying so (its
     /// task not having run since), so it gets [`READY_WAIT`] before it goes to the pool.
     async fn take_for(&self, shared: &Arc<Shared>, backend: &Backend) -> Option<SendRequest<Body>> {
-        let (owner, mut sender) = self.lock().take()?;
+        let (owner, mut sender) = self.vacate()?;
         if owner.id != backend.id {
             park(shared, &owner, sender);
             return None;
@@ -153,20 +164,40 @@ impl Kept {
         }
     }
 
-    /// Keeps `sender` for the client's next request; a connection kept before goes to its
-    /// pool.
+    /// Keeps `sender` for the client's next request (or parks it in the pool when its
+    /// backend has [`MAX_KEPT`] kept already); a connection kept before goes to its pool.
     fn keep(&self, shared: &Arc<Shared>, backend: &Arc<Backend>, sender: SendRequest<Body>) {
-        let previous = self.lock().replace((backend.clone(), sender));
-        if let Some((owner, sender)) = previous {
-            park(shared, &owner, sender);
+        if let Some((owner, previous)) = self.vacate() {
+            park(shared, &owner, previous);
+        }
+        if backend.pool.kept.fetch_add(1, Ordering::Relaxed) >= MAX_KEPT {
+            backend.pool.kept.fetch_sub(1, Ordering::Relaxed);
+            return park(shared, backend, sender);
+        }
+        let displaced = self
+            .slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace((backend.clone(), sender));
+        // One request at a time per client connection: nothing else fills the slot.
+        if let Some((owner, other)) = displaced {
+            owner.pool.kept.fetch_sub(1, Ordering::Relaxed);
+            park(shared, &owner, other);
         }
     }
 
     /// Hands the kept connection to its backend's pool: the client connection has ended.
     pub(crate) fn release(&self, shared: &Arc<Shared>) {
-        if let Some((owner, sender)) = self.lock().take() {
+        if let Some((owner, sender)) = self.vacate() {
             park(shared, &owner, sender);
         }
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        // Not released (its client connection's task was dropped): closed, but counted out.
+        self.vacate();
     }
 }
 

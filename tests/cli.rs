@@ -91,6 +91,18 @@ impl Daemon {
     }
 }
 
+/// Asserts that a hub's log line about one client names its service, tunnel, client and peer.
+fn assert_client_span(logged: &serde_json::Value, service: &str) {
+    let span = &logged["span"];
+    assert_eq!(span["service"], service, "{logged}");
+    assert!(
+        span["tunnel_id"].as_str().is_some_and(|s| s.len() == 36),
+        "{logged}"
+    );
+    assert!(span["client_id"].as_u64().is_some(), "{logged}");
+    assert!(span["peer"].as_str().is_some(), "{logged}");
+}
+
 fn message(v: &serde_json::Value) -> &str {
     v["fields"]["message"].as_str().unwrap_or("")
 }
@@ -304,13 +316,7 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
             message(v).contains("could not reach its target")
         })
         .await;
-    let span = &logged["span"];
-    assert_eq!(span["service"], "tcp", "{logged}");
-    assert!(
-        span["tunnel_id"].as_str().is_some_and(|s| s.len() == 36),
-        "{logged}"
-    );
-    assert!(span["client_id"].as_u64().is_some(), "{logged}");
+    assert_client_span(&logged, "tcp");
     let logged = tunnel
         .wait_for("the tunnel's refusal log", |v| {
             message(v).contains("cannot reach the target")
@@ -355,14 +361,7 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
             v["level"] == "WARN" && v["span"]["host"] == "dead.test.local"
         })
         .await;
-    let span = &logged["span"];
-    assert_eq!(span["service"], "web", "{logged}");
-    assert!(
-        span["tunnel_id"].as_str().is_some_and(|s| s.len() == 36),
-        "{logged}"
-    );
-    assert!(span["client_id"].as_u64().is_some(), "{logged}");
-    assert!(span["peer"].as_str().is_some(), "{logged}");
+    assert_client_span(&logged, "web");
 }
 
 #[tokio::test]

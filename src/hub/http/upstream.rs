@@ -42,8 +42,8 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub const IDLE_FOR: Duration = Duration::from_secs(60);
 /// How long a client's kept connection may take to be ready for its next request.
 const READY_WAIT: Duration = Duration::from_millis(500);
-/// Most idle connections in a backend's pool. Above the number of clients a busy site has at
-/// once, so that clients that open a connection per request do not churn upstream ones.
+/// Most idle connections in a backend's pool: enough that clients opening a connection per
+/// request, at the concurrency of a busy small site, do not churn upstream ones.
 const MAX_IDLE: usize = 64;
 /// Most upstream connections of one backend kept by client connections between their
 /// requests; beyond it they go through the pool. With [`MAX_IDLE`] this bounds the idle
@@ -130,9 +130,15 @@ pub(crate) struct Kept {
 }
 
 impl Kept {
-    /// Empties the slot, for its connection to be used or handed on.
-    fn vacate(&self) -> Option<(Arc<Backend>, SendRequest<Body>)> {
-        let taken = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    fn lock(&self) -> MutexGuard<'_, Option<(Arc<Backend>, SendRequest<Body>)>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Empties `slot`, for its connection to be used or handed on.
+    fn vacate(
+        slot: &mut Option<(Arc<Backend>, SendRequest<Body>)>,
+    ) -> Option<(Arc<Backend>, SendRequest<Body>)> {
+        let taken = slot.take();
         if let Some((owner, _)) = &taken {
             owner.pool.kept.fetch_sub(1, Ordering::Relaxed);
         }
@@ -145,7 +151,7 @@ impl Kept {
     /// response's body was relayed to its end. It may still be a moment from saying so (its
     /// task not having run since), so it gets [`READY_WAIT`] before it goes to the pool.
     async fn take_for(&self, shared: &Arc<Shared>, backend: &Backend) -> Option<SendRequest<Body>> {
-        let (owner, mut sender) = self.vacate()?;
+        let (owner, mut sender) = Kept::vacate(&mut self.lock())?;
         if owner.id != backend.id {
             park(shared, &owner, sender);
             return None;
@@ -167,28 +173,20 @@ impl Kept {
     /// Keeps `sender` for the client's next request (or parks it in the pool when its
     /// backend has [`MAX_KEPT`] kept already); a connection kept before goes to its pool.
     fn keep(&self, shared: &Arc<Shared>, backend: &Arc<Backend>, sender: SendRequest<Body>) {
-        if let Some((owner, previous)) = self.vacate() {
+        let mut slot = self.lock();
+        if let Some((owner, previous)) = Kept::vacate(&mut slot) {
             park(shared, &owner, previous);
         }
         if backend.pool.kept.fetch_add(1, Ordering::Relaxed) >= MAX_KEPT {
             backend.pool.kept.fetch_sub(1, Ordering::Relaxed);
             return park(shared, backend, sender);
         }
-        let displaced = self
-            .slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace((backend.clone(), sender));
-        // One request at a time per client connection: nothing else fills the slot.
-        if let Some((owner, other)) = displaced {
-            owner.pool.kept.fetch_sub(1, Ordering::Relaxed);
-            park(shared, &owner, other);
-        }
+        *slot = Some((backend.clone(), sender));
     }
 
     /// Hands the kept connection to its backend's pool: the client connection has ended.
     pub(crate) fn release(&self, shared: &Arc<Shared>) {
-        if let Some((owner, sender)) = self.vacate() {
+        if let Some((owner, sender)) = Kept::vacate(&mut self.lock()) {
             park(shared, &owner, sender);
         }
     }
@@ -197,7 +195,7 @@ impl Kept {
 impl Drop for Kept {
     fn drop(&mut self) {
         // Not released (its client connection's task was dropped): closed, but counted out.
-        self.vacate();
+        Kept::vacate(&mut self.lock());
     }
 }
 

@@ -9,6 +9,9 @@
 #
 #   bench/run.sh                 3 rounds, medians (about 15-20 minutes once tools are built)
 #   bench/run.sh --quick         1 round, shorter runs (about 5 minutes)
+#   bench/run.sh --smoke         CI's check that the harness works (about 2 minutes): debug
+#                                builds, direct + tunnelize, 1 s runs, 1,000 idle clients only;
+#                                exits 1 if a figure of the table is missing. Not a benchmark.
 #   bench/run.sh --soak [MIN]    tunnelize only: MIN minutes (default 30) of mixed load, sampling
 #                                hub and tunnel RSS, fds, threads and tokio tasks every 30 s;
 #                                prints a growth table and writes bench/results/<ts>-soak.*
@@ -24,11 +27,12 @@ CACHE=$ROOT/bench/.cache
 RESULTS=$ROOT/bench/results
 ALL_SYSTEMS="direct tunnelize rathole rathole-tls bore"
 
-ROUNDS=3 QUICK=0 INSTALL=1 KEEP=0 SYSTEMS=$ALL_SYSTEMS SOAK=0 SOAK_MINUTES=30
+ROUNDS=3 QUICK=0 SMOKE=0 INSTALL=1 KEEP=0 SYSTEMS=$ALL_SYSTEMS SOAK=0 SOAK_MINUTES=30
 COMMAND_LINE="bench/run.sh $*"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; ROUNDS=1 ;;
+    --smoke) SMOKE=1; ROUNDS=1; SYSTEMS="direct tunnelize" ;;
     --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
     --systems) SYSTEMS=${2:?--systems needs a list}; shift ;;
     --no-install) INSTALL=0 ;;
@@ -36,7 +40,7 @@ while [ $# -gt 0 ]; do
     --soak)
       SOAK=1
       case ${2:-} in ''|-*) ;; *) SOAK_MINUTES=$2; shift ;; esac ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -44,7 +48,11 @@ done
 case $ROUNDS in ''|*[!0-9]*|0) echo "run.sh: --rounds must be a positive number" >&2; exit 2 ;; esac
 case $SOAK_MINUTES in ''|*[!0-9]*|0) echo "run.sh: --soak takes a positive number of minutes" >&2; exit 2 ;; esac
 
-if [ $QUICK = 1 ]; then
+# HOLD_COUNTS: the idle-client runs (the report's rows are for 1,000 and 10,000).
+HOLD_COUNTS="1000 10000"
+if [ $SMOKE = 1 ]; then
+  IPERF_SECS=1 WRK_SECS=1 LAT_SECS=1 CONN_SECS=1 HOLD_READY_SECS=30 HOLD_COUNTS=1000
+elif [ $QUICK = 1 ]; then
   IPERF_SECS=2 WRK_SECS=3 LAT_SECS=2 CONN_SECS=2 HOLD_READY_SECS=20
 else
   IPERF_SECS=5 WRK_SECS=5 LAT_SECS=5 CONN_SECS=5 HOLD_READY_SECS=30
@@ -149,10 +157,13 @@ install_baseline() {
 }
 
 build() {
-  log "building tunnelize (release) and benches/loadgen"
-  (cd "$ROOT" && cargo build --release --bin tunnelize >&2)
-  TUNNELIZE=$ROOT/target/release/tunnelize
-  LOADGEN=$(cd "$ROOT" && cargo bench --bench loadgen --no-run --message-format=json \
+  # The smoke run checks the harness, not speed: debug builds, which `cargo test` has made.
+  local profile=release dir=release
+  [ $SMOKE = 1 ] && profile=dev dir=debug
+  log "building tunnelize ($profile) and benches/loadgen"
+  (cd "$ROOT" && cargo build --profile "$profile" --bin tunnelize >&2)
+  TUNNELIZE=$ROOT/target/$dir/tunnelize
+  LOADGEN=$(cd "$ROOT" && cargo build --profile "$profile" --bench loadgen --message-format=json \
     | grep -o '"executable":"[^"]*/loadgen-[^"]*"' | tail -1 | cut -d'"' -f4)
   [ -x "$LOADGEN" ] || { echo "run.sh: could not build benches/loadgen" >&2; exit 1; }
 }
@@ -595,7 +606,7 @@ measure_system() {
   # Idle clients on freshly started processes: memory kept from the traffic runs would hide
   # what each client costs.
   local count tag
-  for count in 1000 10000; do
+  for count in $HOLD_COUNTS; do
     tag=$((count / 1000))k
     if start_system; then
       sleep 1
@@ -610,6 +621,7 @@ measure_system() {
 # ---------------------------------------------------------------- main
 main() {
   local start_time=$SECONDS ts
+  [ $SMOKE = 1 ] && NOTES+=("smoke run (--smoke): debug builds and 1 s runs, to check that the harness works; these figures say nothing of speed or memory")
   if [ $INSTALL = 1 ]; then
     install_tools
     case " $SYSTEMS " in *" rathole"*) install_baseline rathole rathole ;; esac
@@ -645,9 +657,16 @@ main() {
   done
   SYS=""
   write_meta "$RESULTS/$ts.meta.tsv" "${run_systems[*]}" $((SECONDS - start_time))
+  local check=()
+  # The smoke run fails when the table it printed lacks a figure of direct or tunnelize.
+  [ $SMOKE = 1 ] && check=(--require "direct tunnelize" --allow-missing "rss_10k_mib per_client_10k_kib held_10k")
+  local rc=0
   "$LOADGEN" report --raw "$RAW" --meta "$RESULTS/$ts.meta.tsv" --json-out "$RESULTS/$ts.json" \
-    | tee "$RESULTS/$ts.md"
+    "${check[@]}" | tee "$RESULTS/$ts.md" || rc=$?  # pipefail: the report's status counts
   log "results: bench/results/$ts.json (.md, .raw.tsv); $((SECONDS - start_time)) s in all"
+  if [ $rc != 0 ]; then
+    log "smoke check failed (logs: --keep keeps the work dir)"; exit 1
+  fi
 }
 
 version_of() { "$@" 2>&1 | head -1 | tr -d '\t' || true; }

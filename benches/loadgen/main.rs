@@ -128,6 +128,12 @@ enum Command {
         meta: PathBuf,
         #[arg(long)]
         json_out: PathBuf,
+        /// Systems (space-separated) whose every figure must be a number; exits 1 otherwise.
+        #[arg(long, value_delimiter = ' ')]
+        require: Vec<String>,
+        /// Metric keys (space-separated) that `--require` does not ask for.
+        #[arg(long, value_delimiter = ' ')]
+        allow_missing: Vec<String>,
     },
     /// Growth table of a soak run on stdout; JSON and CSV files.
     SoakReport {
@@ -195,7 +201,17 @@ fn main() -> ExitCode {
             raw,
             meta,
             json_out,
-        } => report::run(&raw, &meta, &json_out),
+            require,
+            allow_missing,
+        } => report::run(
+            &raw,
+            &meta,
+            &json_out,
+            &report::Require {
+                systems: &non_empty(require),
+                allow_missing: &non_empty(allow_missing),
+            },
+        ),
         Command::SoakReport {
             samples,
             load,
@@ -212,4 +228,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--require ""` and doubled spaces give empty items; they name nothing.
+fn non_empty(mut items: Vec<String>) -> Vec<String> {
+    items.retain(|s| !s.is_empty());
+    items
 }

@@ -212,8 +212,25 @@ const TUNNELIZE: &str = "tunnelize";
 const RATHOLE: &str = "rathole";
 const DIRECT: &str = "direct";
 
-/// Reads the raw and meta files, prints the markdown report, writes the JSON report.
-pub fn run(raw_path: &Path, meta_path: &Path, json_out: &Path) -> io::Result<()> {
+/// What `run` checks after it has reported (`run.sh --smoke`): that the harness produced a
+/// figure for every row of these systems.
+pub struct Require<'a> {
+    /// Systems whose every figure must be a number (`direct` has no processes of its own, so
+    /// its RSS, idle-client and CPU rows are not asked of it).
+    pub systems: &'a [String],
+    /// Metric keys not asked for in this run (the smoke run holds no 10,000 idle clients).
+    pub allow_missing: &'a [String],
+}
+
+/// Reads the raw and meta files, prints the markdown report, writes the JSON report. Then, if
+/// `require` names systems, fails when one of their figures is missing, not a number, zero
+/// where higher is better, or when a wrk run saw non-2xx answers: the harness is broken.
+pub fn run(
+    raw_path: &Path,
+    meta_path: &Path,
+    json_out: &Path,
+    require: &Require<'_>,
+) -> io::Result<()> {
     let meta = read_meta(&std::fs::read_to_string(meta_path)?);
     let mut raw = read_raw(&std::fs::read_to_string(raw_path)?)?;
     for rounds in raw.values_mut() {
@@ -231,7 +248,60 @@ pub fn run(raw_path: &Path, meta_path: &Path, json_out: &Path) -> io::Result<()>
     print!("{}", markdown(&meta, &systems, &medians, &targets));
     let json = to_json(&meta, &systems, &raw, &medians, &targets);
     let text = serde_json::to_string_pretty(&json).map_err(io::Error::other)?;
-    std::fs::write(json_out, text + "\n")
+    std::fs::write(json_out, text + "\n")?;
+    let missing = missing_figures(&medians, require);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "the run is missing {} figure(s): {}",
+        missing.len(),
+        missing.join("; ")
+    )))
+}
+
+/// Whether `system` is expected to have the figure `key`: direct runs no processes, so it has
+/// no RSS, idle-client or CPU figures.
+fn applies(system: &str, key: &str) -> bool {
+    system != DIRECT
+        || !["rss_", "per_client_", "held_", "cpu_"]
+            .iter()
+            .any(|p| key.starts_with(p))
+}
+
+/// The figures `require` asks for that this run does not have, as `system: key (why)`.
+fn missing_figures(medians: &Medians, require: &Require<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for system in require.systems {
+        let values = medians.get(system.as_str());
+        for figure in FIGURES {
+            if !applies(system, figure.key) || require.allow_missing.iter().any(|k| k == figure.key)
+            {
+                continue;
+            }
+            let why = match values.and_then(|v| v.get(figure.key)) {
+                None => Some("not recorded".to_string()),
+                Some(Measure::Na(reason)) => Some(reason.clone()),
+                Some(Measure::Num(v)) if figure.better == Better::Higher && *v <= 0.0 => {
+                    Some(format!("{v}, not above zero"))
+                }
+                Some(Measure::Num(v)) if !v.is_finite() || *v < 0.0 => Some(format!("{v}")),
+                Some(Measure::Num(_)) => None,
+            };
+            if let Some(why) = why {
+                out.push(format!("{system}: {} ({why})", figure.key));
+            }
+        }
+        for run in ["http_ka", "http_close", "httpsvc_ka", "httpsvc_close"] {
+            let key = format!("{run}_non2xx");
+            if let Some(n) = values.and_then(|v| v.get(&key)).and_then(Measure::num)
+                && n > 0.0
+            {
+                out.push(format!("{system}: {key} ({n} answers were not 2xx)"));
+            }
+        }
+    }
+    out
 }
 
 fn read_meta(text: &str) -> Vec<(String, String)> {

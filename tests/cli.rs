@@ -317,6 +317,7 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
         })
         .await;
     assert_client_span(&logged, "tcp");
+    assert_eq!(logged["span"]["proxy"], "dead", "{logged}");
     let logged = tunnel
         .wait_for("the tunnel's refusal log", |v| {
             message(v).contains("cannot reach the target")

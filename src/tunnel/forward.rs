@@ -17,7 +17,7 @@ use h2::server::SendResponse;
 use http::Request;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info_span, warn};
 use uuid::Uuid;
 
 use super::status::StatusBoard;
@@ -146,10 +146,13 @@ async fn serve_stream(
             return;
         }
     };
-    let span = info_span!("client", proxy = %head.proxy, %tunnel_id, client_id = head.client_id, peer = %head.peer);
+    // A debug span only (an info span per client is a measurable share of the CPU of a new
+    // connection); warnings make theirs when they log.
+    let span = debug_span!("client", proxy = %head.proxy, %tunnel_id, client_id = head.client_id, peer = %head.peer);
+    let warn_span = || info_span!("client", proxy = %head.proxy, %tunnel_id, client_id = head.client_id, peer = %head.peer);
     async {
         let Some(target) = targets.get(&head.proxy) else {
-            warn!("hub asked for an unknown proxy");
+            warn_span().in_scope(|| warn!("hub asked for an unknown proxy"));
             let refusal = LinkRefusal {
                 reason: format!("this tunnel has no proxy `{}`", head.proxy),
             };
@@ -172,7 +175,9 @@ async fn serve_stream(
             }
             Ok(Err(e)) => {
                 status.target(&head.proxy, false);
-                warn!(%target, error = %e, "cannot reach the target; client closed");
+                warn_span().in_scope(|| {
+                    warn!(%target, error = %e, "cannot reach the target; client closed");
+                });
                 let refusal = LinkRefusal {
                     reason: format!("cannot reach target {target}: {e}"),
                 };
@@ -181,7 +186,9 @@ async fn serve_stream(
             }
             Err(_) => {
                 status.target(&head.proxy, false);
-                warn!(%target, "target did not accept within {connect_timeout:?}; client closed");
+                warn_span().in_scope(|| {
+                    warn!(%target, "target did not accept within {connect_timeout:?}; client closed");
+                });
                 let refusal = LinkRefusal {
                     reason: format!("target {target} did not answer in time"),
                 };

@@ -186,6 +186,18 @@ rss_kib() {
   echo "$sum"
 }
 
+# rss_part_kib FILE FIELD: the sum of FIELD (kB) in /proc/PID/FILE over the system's processes:
+# status RssAnon (heap, stacks: what is the process's own) or smaps_rollup Pss (pages shared
+# between processes, like those of one binary run twice, split between them).
+rss_part_kib() {
+  local file=$1 field=$2 pid sum=0 v
+  for pid in "${SYS_PIDS[@]}"; do
+    v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/$file" 2>/dev/null || echo 0)
+    sum=$((sum + ${v:-0}))
+  done
+  echo "$sum"
+}
+
 # CPU seconds (user + system) of the system's processes so far.
 cpu_secs() {
   local pid ticks=0 t
@@ -570,7 +582,11 @@ measure_system() {
     stop_system; return
   fi
   sleep 1
-  [ ${#SYS_PIDS[@]} -gt 0 ] && record rss_idle_kib "$(rss_kib)"
+  if [ ${#SYS_PIDS[@]} -gt 0 ]; then
+    record rss_idle_kib "$(rss_kib)"
+    record rss_idle_anon_kib "$(rss_part_kib status RssAnon)"
+    record rss_idle_pss_kib "$(rss_part_kib smaps_rollup Pss)"
+  fi
   latency_run
   connrate_run
   iperf_run tcp_1_up "$P_IPERF"

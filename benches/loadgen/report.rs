@@ -127,6 +127,18 @@ const FIGURES: &[Figure] = &[
     ),
     fig("rss_idle_mib", "RSS idle, MiB", 1, Better::Lower),
     fig(
+        "rss_idle_anon_mib",
+        "RSS idle, anonymous part (heap, stacks), MiB",
+        1,
+        Better::Lower,
+    ),
+    fig(
+        "pss_idle_mib",
+        "PSS idle (pages shared between the processes counted once), MiB",
+        1,
+        Better::Lower,
+    ),
+    fig(
         "rss_after_mib",
         "RSS after the traffic runs, MiB",
         1,
@@ -264,7 +276,7 @@ pub fn run(
 /// no RSS, idle-client or CPU figures.
 fn applies(system: &str, key: &str) -> bool {
     system != DIRECT
-        || !["rss_", "per_client_", "held_", "cpu_"]
+        || !["rss_", "pss_", "per_client_", "held_", "cpu_"]
             .iter()
             .any(|p| key.starts_with(p))
 }
@@ -339,6 +351,8 @@ fn derive(values: &mut BTreeMap<String, Measure>) {
     let get = |values: &BTreeMap<String, Measure>, k: &str| values.get(k).and_then(Measure::num);
     for (kib, mib) in [
         ("rss_idle_kib", "rss_idle_mib"),
+        ("rss_idle_anon_kib", "rss_idle_anon_mib"),
+        ("rss_idle_pss_kib", "pss_idle_mib"),
         ("rss_after_kib", "rss_after_mib"),
         ("rss_1k_kib", "rss_1k_mib"),
         ("rss_10k_kib", "rss_10k_mib"),

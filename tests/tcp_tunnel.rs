@@ -353,6 +353,53 @@ async fn a_refusing_target_closes_the_client_promptly() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sending_at_once_to_a_refusing_target_are_each_closed_and_counted() {
+    // A client's bytes go out ahead of the tunnel's answer; the refusal that answer carries
+    // (and the reset that follows it) must still close every client and be counted.
+    let mut config = hub_config(vec![tcp_any("tcp")]);
+    config.link_timeout = Duration::from_secs(600);
+    let (hub, _admin, view) = start_hub_full(config).await;
+    let dead = closed_port().await;
+    let tunnel = start_tunnel(tunnel_config(&hub, vec![proxy("dead", "tcp", dead, None)])).await;
+    const CLIENTS: u64 = 20;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let addr = tunnel.addr(0);
+        clients.push(tokio::spawn(async move {
+            let mut socket = connect(addr).await;
+            // The hub may already have closed the socket: a failed write is fine.
+            let _ = socket.write_all(&payload(1, 64 * 1024)).await;
+            let mut buf = [0u8; 16];
+            let read = tokio::time::timeout(DEADLINE, socket.read(&mut buf))
+                .await
+                .expect("client left hanging");
+            assert!(
+                matches!(read, Ok(0) | Err(_)),
+                "nothing may arrive from a refusing target: {read:?}"
+            );
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    let counted = |metrics: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("tunnelize_rejected_total{reason=\"target_unreachable\"} ")
+            })?
+            .trim()
+            .parse()
+            .ok()
+    };
+    eventually("every refused client is counted", || async {
+        counted(&view.metrics()).filter(|&n| n >= CLIENTS)
+    })
+    .await;
+    assert_eq!(counted(&view.metrics()), Some(CLIENTS));
+}
+
 #[tokio::test]
 async fn stopping_a_tunnel_closes_its_port_and_frees_it_for_another() {
     let hub = start_hub(vec![tcp_any("tcp")]).await;

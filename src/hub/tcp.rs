@@ -233,34 +233,41 @@ async fn relay(
             return;
         }
     };
-    let response = match tokio::time::timeout(wait, response).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            warn_span().in_scope(|| warn!(error = %e, "client dropped: the link stream failed"));
-            shared.metrics.reject(Rejection::NoLink);
-            return;
-        }
-        Err(_) => {
+    // The client's bytes go out while the tunnel connects to its target; its answer decides
+    // whether the splice goes on (see `mux::splice_early`).
+    let answer = async {
+        let refused = |e: &str| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e);
+        let response = match tokio::time::timeout(wait, response).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                warn_span()
+                    .in_scope(|| warn!(error = %e, "client dropped: the link stream failed"));
+                shared.metrics.reject(Rejection::NoLink);
+                return Err(refused("link stream failed"));
+            }
+            Err(_) => {
+                warn_span().in_scope(|| {
+                    warn!("client dropped: the tunnel did not reach its target within {wait:?}");
+                });
+                shared.metrics.reject(Rejection::TargetUnreachable);
+                return Err(refused("no answer from the tunnel"));
+            }
+        };
+        shared.metrics.link_setup.observe(started.elapsed());
+        if let Err(refusal) = LinkRefusal::check_response(response.status(), response.headers()) {
             warn_span().in_scope(|| {
-                warn!("client dropped: the tunnel did not reach its target within {wait:?}");
+                warn!(reason = %refusal.reason, "client closed: the tunnel could not reach its target");
             });
             shared.metrics.reject(Rejection::TargetUnreachable);
-            return;
+            return Err(refused("the tunnel could not reach its target"));
         }
+        debug!("client connected");
+        Ok(response.into_body())
     };
-    shared.metrics.link_setup.observe(started.elapsed());
-    if let Err(refusal) = LinkRefusal::check_response(response.status(), response.headers()) {
-        warn_span().in_scope(|| {
-            warn!(reason = %refusal.reason, "client closed: the tunnel could not reach its target");
-        });
-        shared.metrics.reject(Rejection::TargetUnreachable);
-        return;
-    }
-    debug!("client connected");
-    match mux::splice(
+    match mux::splice_early(
         socket,
         send,
-        response.into_body(),
+        answer,
         Some(shared.config.idle_timeout),
         &shared.registry.meter(client, session),
     )

@@ -14,6 +14,7 @@ pub use stream::LinkStream;
 
 use std::future::poll_fn;
 use std::io;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -129,18 +130,51 @@ impl Meter {
 /// count as "in" on `meter`, bytes written to it as "out".
 pub async fn splice(
     socket: TcpStream,
-    mut send: SendStream<Bytes>,
+    send: SendStream<Bytes>,
     recv: RecvStream,
+    idle: Option<Duration>,
+    meter: &Meter,
+) -> io::Result<Traffic> {
+    splice_early(socket, send, async { Ok(recv) }, idle, meter).await
+}
+
+/// [`splice`] for a stream whose answer has not come yet: bytes from the socket start going
+/// out at once, ahead of the answer, and the other direction starts once `recv` resolves. The
+/// hub sends a client's first bytes with the stream open this way rather than a round trip to
+/// the tunnel later. An error from `recv` (the tunnel refused, or did not answer in time) ends
+/// the splice like any other: the stream is reset and the socket dropped. What the far side
+/// must hold meanwhile is bounded by the stream's flow-control window.
+pub async fn splice_early(
+    socket: TcpStream,
+    mut send: SendStream<Bytes>,
+    recv: impl Future<Output = io::Result<RecvStream>>,
     idle: Option<Duration>,
     meter: &Meter,
 ) -> io::Result<Traffic> {
     let (reader, writer) = socket.into_split();
     let activity = Activity::new();
     let transfer = async {
-        tokio::try_join!(
-            socket_to_stream(reader, &mut send, &activity, meter),
-            stream_to_socket(recv, writer, &activity, meter)
-        )
+        let mut up = pin!(socket_to_stream(reader, &mut send, &activity, meter));
+        let mut recv = pin!(recv);
+        // Until the answer, only the socket's bytes move. The answer is looked at first and
+        // always awaited, so what it says (a refusal the caller logs) is not lost to a socket
+        // error that raced it, such as the reset a refusing tunnel sends after its answer.
+        let (recv, sent) = tokio::select! {
+            biased;
+            answer = &mut recv => (answer?, None),
+            up_done = &mut up => {
+                let answer = recv.await;
+                let sent = up_done?;
+                (answer?, Some(sent))
+            }
+        };
+        match sent {
+            Some(sent) => Ok((
+                sent,
+                stream_to_socket(recv, writer, &activity, meter).await?,
+            )),
+            None => tokio::try_join!(up, stream_to_socket(recv, writer, &activity, meter)),
+        }
     };
     let result = match idle {
         Some(limit) => tokio::select! {
@@ -315,5 +349,127 @@ pub async fn keepalive(ping_pong: Option<h2::PingPong>, interval: Duration, miss
             Ok(Err(e)) => return format!("link ping failed: {e}"),
             Err(_) => return format!("link connection silent for {silence:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// Bounds every wait of these tests; none should come near it.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// A connected pair of loopback sockets: (the client's end, the end the splice gets).
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (client, accepted)
+    }
+
+    /// An HTTP/2 link over an in-memory pipe, set up as hub and tunnel set theirs up.
+    async fn link() -> (
+        h2::client::SendRequest<Bytes>,
+        h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+    ) {
+        let (hub_io, tunnel_io) = tokio::io::duplex(1 << 20);
+        let tunnel = tokio::spawn(tunnel_builder().handshake::<_, Bytes>(tunnel_io));
+        let (send_request, connection) = hub_builder().handshake::<_, Bytes>(hub_io).await.unwrap();
+        tokio::spawn(connection);
+        let tunnel = tunnel.await.unwrap().unwrap();
+        (send_request, tunnel)
+    }
+
+    #[tokio::test]
+    async fn the_clients_bytes_go_out_before_the_answer_and_the_answer_opens_the_way_back() {
+        let (mut send_request, mut tunnel) = link().await;
+        let (mut client, hub_side) = socket_pair().await;
+        let request = http::Request::post("/").body(()).unwrap();
+        let (response, send) = send_request.send_request(request, false).unwrap();
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel::<()>();
+        let answer = async move {
+            // The answer is held back until the tunnel side has seen the client's bytes.
+            answer_rx.await.map_err(io::Error::other)?;
+            Ok(response.await.map_err(h2_to_io)?.into_body())
+        };
+        let splice = tokio::spawn(async move {
+            splice_early(hub_side, send, answer, None, &Meter::default()).await
+        });
+        client.write_all(b"hello").await.unwrap();
+
+        let accepted = tokio::time::timeout(DEADLINE, tunnel.accept()).await;
+        let (request, mut respond) = accepted.unwrap().unwrap().unwrap();
+        let mut body = request.into_body();
+        let early = tokio::time::timeout(DEADLINE, body.data())
+            .await
+            .expect("the client's bytes must arrive before the answer is given");
+        assert_eq!(&early.unwrap().unwrap()[..], b"hello");
+        body.flow_control().release_capacity(5).unwrap();
+
+        let mut back = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        answer_tx.send(()).unwrap();
+        // The tunnel's connection task has to run for the answer to reach the hub.
+        let driver = tokio::spawn(async move { while tunnel.accept().await.is_some() {} });
+        back.send_data(Bytes::from_static(b"world"), true).unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(DEADLINE, client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"world");
+        client.shutdown().await.unwrap();
+        // The client's end of stream is the stream's (h2 may hand over an empty last frame).
+        let mut rest = Vec::new();
+        for _ in 0..4 {
+            match tokio::time::timeout(DEADLINE, body.data()).await.unwrap() {
+                Some(chunk) => rest.extend_from_slice(&chunk.unwrap()),
+                None => break,
+            }
+        }
+        assert!(body.is_end_stream(), "the stream must end with the client");
+        assert!(rest.is_empty(), "no more bytes: {rest:?}");
+        let traffic = tokio::time::timeout(DEADLINE, splice)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            traffic,
+            Traffic {
+                sent: 5,
+                received: 5
+            }
+        );
+        driver.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refusing_answer_ends_the_splice_with_its_error() {
+        let (mut send_request, _tunnel) = link().await;
+        let (mut client, hub_side) = socket_pair().await;
+        let request = http::Request::post("/").body(()).unwrap();
+        let (_response, send) = send_request.send_request(request, false).unwrap();
+        let answer = async {
+            Err::<RecvStream, _>(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"))
+        };
+        client.write_all(b"hello").await.unwrap();
+        let result = tokio::time::timeout(
+            DEADLINE,
+            splice_early(hub_side, send, answer, None, &Meter::default()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(DEADLINE, client.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
 }

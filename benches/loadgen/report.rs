@@ -678,3 +678,297 @@ fn to_json(
         "targets": targets_json,
     })
 }
+
+// The bench target has `harness = false`, so these run from `tests/bench_report.rs`, which
+// includes this file as a module. `cargo clippy --all-targets` also compiles them into the
+// bench target, without its test functions, where the helpers look unused.
+#[cfg(test)]
+#[allow(dead_code)]
+mod tests {
+    use super::*;
+
+    fn raw_of(lines: &[&str]) -> Raw {
+        read_raw(&lines.join("\n")).expect("well-formed raw lines")
+    }
+
+    /// A run where every figure of `systems` is 1.0 in every one of `rounds`.
+    fn complete_medians(systems: &[&str]) -> Medians {
+        let mut m = Medians::new();
+        for system in systems {
+            let values = m.entry(system.to_string()).or_default();
+            for figure in FIGURES.iter().filter(|f| applies(system, f.key)) {
+                values.insert(figure.key.to_string(), Measure::Num(1.0));
+            }
+        }
+        m
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_median_is_the_middle_round_or_the_mean_of_the_two_middle_ones() {
+        let m = medians(&raw_of(&[
+            "tunnelize\t1\todd\t3",
+            "tunnelize\t2\todd\t1",
+            "tunnelize\t3\todd\t20",
+            "tunnelize\t1\teven\t1",
+            "tunnelize\t2\teven\t4",
+        ]));
+        assert_eq!(median_of(&m, "tunnelize", "odd"), Some(3.0));
+        assert_eq!(median_of(&m, "tunnelize", "even"), Some(2.5));
+    }
+
+    #[test]
+    fn rounds_without_a_number_are_left_out_and_a_figure_with_none_keeps_its_reason() {
+        let m = medians(&raw_of(&[
+            "rathole\t1\tsome\tNA:timed out",
+            "rathole\t2\tsome\t7",
+            "rathole\t1\tnone\tNA:process exited",
+            "rathole\t2\tnone\tNA:process exited",
+            "rathole\t1\tgarbage\t12abc",
+        ]));
+        assert_eq!(median_of(&m, "rathole", "some"), Some(7.0));
+        match m["rathole"].get("none") {
+            Some(Measure::Na(reason)) => assert_eq!(reason, "process exited"),
+            other => panic!("expected NA, got {other:?}"),
+        }
+        match m["rathole"].get("garbage") {
+            Some(Measure::Na(reason)) => assert!(reason.contains("12abc"), "{reason}"),
+            other => panic!("expected NA, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_malformed_raw_line_is_an_error_naming_its_line() {
+        let err = read_raw("tunnelize\t1\tok\t1\n\ntunnelize\t1\n").unwrap_err();
+        assert!(err.to_string().contains("raw line 3"), "{err}");
+        let err = read_raw("tunnelize\tfirst\tok\t1\n").unwrap_err();
+        assert!(err.to_string().contains("round \"first\""), "{err}");
+    }
+
+    #[test]
+    fn per_client_memory_and_cpu_per_gib_are_derived_from_one_rounds_values() {
+        let mut values = raw_of(&[
+            "tunnelize\t1\trss_idle_kib\t2048",
+            "tunnelize\t1\trss_base_1k_kib\t10240",
+            "tunnelize\t1\trss_1k_kib\t18432",
+            "tunnelize\t1\theld_1k\t1024",
+            "tunnelize\t1\trss_base_10k_kib\t10240",
+            "tunnelize\t1\trss_10k_kib\t90000",
+            "tunnelize\t1\theld_10k\t0",
+            "tunnelize\t1\tcpu_s_tcp_1_up\t1",
+            "tunnelize\t1\tcpu_s_tcp_1_down\t1",
+            "tunnelize\t1\tcpu_s_tcp_8_up\t1",
+            "tunnelize\t1\tcpu_s_tcp_8_down\t3",
+            "tunnelize\t1\tbytes_tcp_1_up\t1073741824",
+            "tunnelize\t1\tbytes_tcp_1_down\t0",
+            "tunnelize\t1\tbytes_tcp_8_up\t1073741824",
+            "tunnelize\t1\tbytes_tcp_8_down\t0",
+        ])["tunnelize"][&1]
+            .clone();
+        derive(&mut values);
+        let get = |k: &str| values.get(k).and_then(Measure::num);
+        assert_eq!(get("rss_idle_mib"), Some(2.0));
+        assert_eq!(get("per_client_1k_kib"), Some(8.0));
+        // No client held: no per-client figure rather than a division by zero.
+        assert_eq!(get("per_client_10k_kib"), None);
+        assert_eq!(get("cpu_s_per_gib"), Some(3.0));
+    }
+
+    #[test]
+    fn cpu_per_gib_needs_all_four_runs() {
+        let mut values = raw_of(&[
+            "rathole\t1\tcpu_s_tcp_1_up\t1",
+            "rathole\t1\tbytes_tcp_1_up\t1073741824",
+        ])["rathole"][&1]
+            .clone();
+        derive(&mut values);
+        assert!(!values.contains_key("cpu_s_per_gib"));
+    }
+
+    #[test]
+    fn a_complete_run_is_missing_nothing_and_direct_is_not_asked_for_process_figures() {
+        let m = complete_medians(&["direct", "tunnelize"]);
+        assert!(!m["direct"].contains_key("rss_idle_mib"));
+        let systems = strings(&["direct", "tunnelize"]);
+        let require = Require {
+            systems: &systems,
+            allow_missing: &[],
+        };
+        assert_eq!(missing_figures(&m, &require), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_missing_unreadable_zero_or_non_2xx_figure_is_named() {
+        let mut m = complete_medians(&["direct", "tunnelize"]);
+        let t = m.get_mut("tunnelize").expect("tunnelize");
+        t.remove("udp_gbps");
+        t.insert("rss_10k_mib".into(), Measure::Na("holder exited".into()));
+        t.insert("connrate_conns_per_s".into(), Measure::Num(0.0));
+        // Zero is a fine figure where lower is better.
+        t.insert("udp_loss_pct".into(), Measure::Num(0.0));
+        t.insert("httpsvc_close_non2xx".into(), Measure::Num(3.0));
+        t.insert("http_ka_non2xx".into(), Measure::Num(0.0));
+        m.get_mut("direct")
+            .expect("direct")
+            .insert("lat_p50_us".into(), Measure::Num(f64::NAN));
+        let systems = strings(&["direct", "tunnelize"]);
+        let require = Require {
+            systems: &systems,
+            allow_missing: &[],
+        };
+        let missing = missing_figures(&m, &require);
+        assert_eq!(
+            missing,
+            strings(&[
+                "direct: lat_p50_us (NaN)",
+                "tunnelize: udp_gbps (not recorded)",
+                "tunnelize: connrate_conns_per_s (0, not above zero)",
+                "tunnelize: rss_10k_mib (holder exited)",
+                "tunnelize: httpsvc_close_non2xx (3 answers were not 2xx)",
+            ]),
+        );
+        let allowed = strings(&["rss_10k_mib", "udp_gbps"]);
+        let require = Require {
+            systems: &systems,
+            allow_missing: &allowed,
+        };
+        assert_eq!(missing_figures(&m, &require).len(), 3);
+    }
+
+    #[test]
+    fn a_system_not_in_the_run_is_missing_every_figure() {
+        let m = complete_medians(&["tunnelize"]);
+        let systems = strings(&["direct"]);
+        let require = Require {
+            systems: &systems,
+            allow_missing: &[],
+        };
+        let missing = missing_figures(&m, &require);
+        assert!(missing.contains(&"direct: tcp_1_up_gbps (not recorded)".to_string()));
+        let asked = FIGURES.iter().filter(|f| applies("direct", f.key)).count();
+        assert_eq!(missing.len(), asked);
+    }
+
+    fn verdict<'a>(targets: &'a [Target], name: &str) -> &'a Target {
+        targets
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no target {name:?}"))
+    }
+
+    #[test]
+    fn targets_compare_tunnelize_with_plain_rathole_and_the_fixed_limits() {
+        let mut m = Medians::new();
+        let mut set = |system: &str, key: &str, v: f64| {
+            m.entry(system.to_string())
+                .or_default()
+                .insert(key.to_string(), Measure::Num(v));
+        };
+        set("tunnelize", "tcp_1_up_gbps", 13.0);
+        set("rathole", "tcp_1_up_gbps", 10.0);
+        set("tunnelize", "tcp_8_up_gbps", 12.0);
+        set("rathole", "tcp_8_up_gbps", 10.0);
+        set("tunnelize", "httpsvc_ka_rps", 9_000.0);
+        set("tunnelize", "http_ka_rps", 20_000.0);
+        set("rathole", "http_ka_rps", 10_000.0);
+        set("tunnelize", "connrate_conns_per_s", 19_999.0);
+        set("rathole", "connrate_conns_per_s", 10_000.0);
+        set("direct", "lat_p50_us", 50.0);
+        set("tunnelize", "lat_p50_us", 150.0);
+        set("rathole", "lat_p50_us", 150.0);
+        set("tunnelize", "rss_idle_mib", 12.0);
+        set("tunnelize", "per_client_1k_kib", 16.5);
+        set("tunnelize", "cpu_s_per_gib", 2.0);
+        set("rathole", "cpu_s_per_gib", 1.5);
+        let t = targets(&m);
+        let up = verdict(&t, "TCP throughput, 1 stream up");
+        assert_eq!(
+            (up.met, up.measured.as_str()),
+            (Some(true), "1.30x rathole")
+        );
+        assert_eq!(verdict(&t, "TCP throughput, 8 streams up").met, Some(false));
+        // A figure rathole lacks is no verdict at all, not a pass.
+        assert_eq!(verdict(&t, "TCP throughput, 1 stream down").met, None);
+        // The `http` service is judged, not the faster tcp proxy.
+        let http = verdict(&t, "HTTP keep-alive req/s via the `http` service");
+        assert_eq!(
+            (http.met, http.measured.as_str()),
+            (Some(false), "0.90x rathole")
+        );
+        assert_eq!(verdict(&t, "New connections per second").met, Some(false));
+        let lat = verdict(&t, "Added p50 latency over direct");
+        assert_eq!((lat.met, lat.measured.as_str()), (Some(true), "+100 us"));
+        assert_eq!(verdict(&t, "Hub+tunnel RSS idle").met, Some(true));
+        assert_eq!(
+            verdict(&t, "RSS per idle client, 1,000 held").met,
+            Some(false)
+        );
+        assert_eq!(verdict(&t, "RSS per idle client, 10,000 held").met, None);
+        assert_eq!(verdict(&t, "CPU per GiB moved").met, Some(false));
+    }
+
+    #[test]
+    fn the_http_target_falls_back_to_the_tcp_proxy_when_the_service_was_not_measured() {
+        let m = medians(&raw_of(&[
+            "tunnelize\t1\thttp_ka_rps\t14000",
+            "rathole\t1\thttp_ka_rps\t10000",
+        ]));
+        let t = targets(&m);
+        let http = verdict(&t, "HTTP keep-alive req/s (tcp proxy; `http` service n/a)");
+        assert_eq!(http.met, Some(true));
+    }
+
+    #[test]
+    fn thousands_are_grouped_in_the_integer_part_only() {
+        assert_eq!(group_thousands("12345.678"), "12,345.678");
+        assert_eq!(group_thousands("-1234567"), "-1,234,567");
+        assert_eq!(group_thousands("999"), "999");
+        assert_eq!(group_thousands("100000"), "100,000");
+    }
+
+    #[test]
+    fn the_report_writes_json_and_fails_only_when_a_required_figure_is_missing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let raw = dir.path().join("raw.tsv");
+        let meta = dir.path().join("meta.tsv");
+        let json_out = dir.path().join("out.json");
+        let mut lines = String::new();
+        for system in ["direct", "tunnelize"] {
+            for figure in FIGURES.iter().filter(|f| applies(system, f.key)) {
+                lines.push_str(&format!("{system}\t1\t{}\t2\n", figure.key));
+            }
+        }
+        std::fs::write(&raw, &lines).expect("write raw");
+        std::fs::write(&meta, "systems\tdirect tunnelize\nnote1\tan example\n").expect("meta");
+        let systems = strings(&["direct", "tunnelize"]);
+        let require = Require {
+            systems: &systems,
+            allow_missing: &[],
+        };
+        run(&raw, &meta, &json_out, &require).expect("a complete run passes");
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&json_out).expect("json written"))
+                .expect("valid json");
+        assert_eq!(json["systems"], json!(["direct", "tunnelize"]));
+        assert_eq!(json["medians"]["tunnelize"]["tcp_1_up_gbps"], json!(2.0));
+        assert_eq!(json["notes"], json!(["an example"]));
+
+        std::fs::write(
+            &raw,
+            lines.replace(
+                "tunnelize\t1\tudp_gbps\t2",
+                "tunnelize\t1\tudp_gbps\tNA:iperf3 failed",
+            ),
+        )
+        .expect("write raw");
+        let err = run(&raw, &meta, &json_out, &require).expect_err("a figure is missing");
+        assert!(
+            err.to_string()
+                .contains("1 figure(s): tunnelize: udp_gbps (iperf3 failed)"),
+            "{err}"
+        );
+    }
+}

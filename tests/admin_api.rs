@@ -656,9 +656,10 @@ async fn a_tunnel_daemon_reports_its_session_proxies_and_target_health_on_its_so
     let admin_config = config.admin.clone();
     let tunnel = Tunnel::new(config).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let listeners = tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin_config, &stop)
-        .await
-        .unwrap();
+    let listeners =
+        tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin_config, None, &stop)
+            .await
+            .unwrap();
     assert_eq!(listeners.socket.as_deref(), Some(socket.as_path()));
     let running = tokio::spawn(supervise(tunnel, Backoff::default(), stop.clone()));
 

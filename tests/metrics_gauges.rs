@@ -100,7 +100,7 @@ async fn both_daemons_export_task_fd_and_memory_gauges_that_follow_the_load() {
     let tunnel = Tunnel::new(config).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let _tunnel_listeners =
-        tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin_config, &stop)
+        tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin_config, None, &stop)
             .await
             .unwrap();
     let running = tokio::spawn(supervise(tunnel, Backoff::default(), stop.clone()));

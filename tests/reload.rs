@@ -1,7 +1,8 @@
 //! Reloading a running hub: services and keys change, live connections of what did not change
 //! survive, tunnels the new configuration no longer admits are told why, and a configuration
 //! that cannot be applied is refused with the old one still running. In-process for the rules,
-//! and the built binaries for `SIGHUP` and `tunnelizectl reload`.
+//! and the built binaries for `SIGHUP` and `tunnelizectl reload`, of the hub and of the tunnel
+//! daemon.
 
 mod common;
 
@@ -184,20 +185,52 @@ async fn service_names(socket: &std::path::Path) -> Option<Vec<String>> {
     Some(names)
 }
 
+type Log = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
+
+/// Starts the built `tunnelize ROLE -c FILE`, with its log on a pipe.
+fn spawn_daemon(role: &str, file: &std::path::Path) -> (tokio::process::Child, Log) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunnelize"))
+        .args([role, "-c"])
+        .arg(file)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let log = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, log)
+}
+
+/// What `systemctl reload` does.
+fn sighup(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// The next log line holding every one of `needles`.
+async fn log_line(log: &mut Log, needles: &[&str]) -> String {
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if needles.iter().all(|n| line.contains(n)) {
+                return line;
+            }
+        }
+        panic!("the daemon exited before logging {needles:?}");
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn tunnelizectl_reload_and_sighup_apply_the_file_and_a_broken_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hub.toml");
     let socket = dir.path().join("hub.sock");
     std::fs::write(&file, hub_file(dir.path(), TCP)).unwrap();
-    let mut hub = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunnelize"))
-        .args(["hub", "-c"])
-        .arg(&file)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(hub.stderr.take().unwrap()).lines();
+    let (mut hub, mut log) = spawn_daemon("hub", &file);
     eventually("the hub's API", || async {
         (service_names(&socket).await? == ["tcp"]).then_some(())
     })
@@ -224,30 +257,125 @@ async fn tunnelizectl_reload_and_sighup_apply_the_file_and_a_broken_file_is_refu
     assert_eq!(service_names(&socket).await.unwrap(), ["more", "tcp"]);
 
     std::fs::write(&file, hub_file(dir.path(), MORE)).unwrap();
-    let pid = hub.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sighup(&hub);
     eventually("the SIGHUP reload", || async {
         (service_names(&socket).await? == ["more"]).then_some(())
     })
     .await;
-    let reloaded = tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = log.next_line().await.unwrap() {
-            // The SIGHUP reload is the one that removes a service.
-            if line.contains("reloaded:") && line.contains("1 removed") {
-                return line;
-            }
-        }
-        panic!("the hub exited");
-    })
-    .await
-    .unwrap();
+    // The SIGHUP reload is the one that removes a service.
+    let reloaded = log_line(&mut log, &["reloaded:", "1 removed"]).await;
     assert!(reloaded.contains("1 services"), "{reloaded}");
     hub.start_kill().unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), hub.wait()).await;
+}
+
+// ---- the tunnel daemon: SIGHUP and tunnelizectl reload on its socket ----
+
+fn tunnel_file(hub: &TestHub, socket: &std::path::Path, proxies: &[(&str, SocketAddr)]) -> String {
+    let mut text = format!(
+        "hub_address = \"{}\"\nhub_server_name = \"localhost\"\nhub_cert_sha256 = \"{}\"\n\
+         key = \"{KEY}\"\n[admin]\nsocket = \"{}\"\n",
+        hub.addr,
+        hub.fingerprint,
+        socket.display()
+    );
+    for (name, target) in proxies {
+        text.push_str(&format!(
+            "[[proxies]]\nname = \"{name}\"\nservice = \"tcp\"\ntarget = \"{target}\"\n"
+        ));
+    }
+    text
+}
+
+/// The tunnel's proxies and their public ports, once it is connected and all are live.
+async fn live_proxies(socket: &std::path::Path) -> Option<Vec<(String, SocketAddr)>> {
+    let out = ctl(socket, &["--json", "status"]).await;
+    let status: tunnelize::admin::model::TunnelStatus = serde_json::from_slice(&out.stdout).ok()?;
+    if status.state != "connected" {
+        return None;
+    }
+    let mut live = Vec::new();
+    for p in status.proxies {
+        if p.state != "live" {
+            return None;
+        }
+        let port: u16 = p.public?.parse().ok()?;
+        live.push((p.name, SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    live.sort();
+    Some(live)
+}
+
+fn names(live: &[(String, SocketAddr)]) -> Vec<&str> {
+    live.iter().map(|(name, _)| name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_tunnel_daemon_applies_its_file_on_reload_and_sighup_and_refuses_a_broken_one() {
+    let hub = start_hub(vec![tcp_any("tcp")]).await;
+    let (echo_a, echo_b) = (start_echo().await, start_echo().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tunnel.toml");
+    let socket = dir.path().join("tunnel.sock");
+    std::fs::write(&file, tunnel_file(&hub, &socket, &[("a", echo_a)])).unwrap();
+    let (mut tunnel, mut log) = spawn_daemon("tunnel", &file);
+    let first = eventually("the tunnel to connect", || async {
+        live_proxies(&socket).await.filter(|l| l.len() == 1)
+    })
+    .await;
+    assert_eq!(round_trip(first[0].1, b"before").await, b"before");
+
+    // The same file: nothing to do, the session stays.
+    let same = ctl(&socket, &["reload"]).await;
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    assert!(String::from_utf8_lossy(&same.stdout).contains("configuration unchanged"));
+
+    // A broken file is refused with where it is broken; the session and its port stay.
+    std::fs::write(&file, "hub_address = 7\n").unwrap();
+    let refused = ctl(&socket, &["reload"]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refused") && stderr.contains("tunnel.toml"),
+        "{stderr}"
+    );
+    assert_eq!(live_proxies(&socket).await, Some(first.clone()));
+    assert_eq!(round_trip(first[0].1, b"still").await, b"still");
+
+    // A proxy added by `tunnelizectl reload` goes live next to the one that stayed.
+    let both_file = tunnel_file(&hub, &socket, &[("a", echo_a), ("b", echo_b)]);
+    std::fs::write(&file, both_file).unwrap();
+    let applied = ctl(&socket, &["reload"]).await;
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let said = String::from_utf8_lossy(&applied.stdout);
+    assert!(said.contains("proxies 1 added (b)"), "{said}");
+    let both = eventually("both proxies live", || async {
+        live_proxies(&socket).await.filter(|l| l.len() == 2)
+    })
+    .await;
+    assert_eq!(names(&both), ["a", "b"]);
+    for (name, addr) in &both {
+        assert_eq!(round_trip(*addr, name.as_bytes()).await, name.as_bytes());
+    }
+
+    // SIGHUP (what `systemctl reload` sends) removes one.
+    std::fs::write(&file, tunnel_file(&hub, &socket, &[("b", echo_b)])).unwrap();
+    sighup(&tunnel);
+    let left = eventually("the SIGHUP reload", || async {
+        live_proxies(&socket).await.filter(|l| names(l) == ["b"])
+    })
+    .await;
+    assert_eq!(round_trip(left[0].1, b"after").await, b"after");
+    let reloaded = log_line(&mut log, &["configuration reloaded", "1 removed (a)"]).await;
+    assert!(!reloaded.contains(KEY), "{reloaded}");
+    tunnel.start_kill().unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tunnel.wait()).await;
 }

@@ -85,7 +85,7 @@ async fn target_health_goes_down_when_the_target_stops_and_up_when_it_is_back() 
     let admin_config = config.admin.clone();
     let tunnel = Tunnel::new(config).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let _api = tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin_config, &stop)
+    let _api = tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin_config, None, &stop)
         .await
         .unwrap();
     let running = tokio::spawn(supervise(tunnel, Backoff::default(), stop.clone()));

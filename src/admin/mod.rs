@@ -118,13 +118,15 @@ pub async fn serve_hub(
     Ok(AdminListeners { socket, tls, tasks })
 }
 
-/// Starts a tunnel daemon's status API on its socket.
+/// Starts a tunnel daemon's status API on its socket. `POST /v1/reload` requests go to
+/// `reload`.
 pub async fn serve_tunnel(
     board: Arc<StatusBoard>,
     config: &AdminConfig,
+    reload: Option<tokio::sync::mpsc::Sender<api::ReloadRequest>>,
     shutdown: &CancellationToken,
 ) -> Result<AdminListeners, ServeError> {
-    let router = api::router(api::Daemon::Tunnel(board), None);
+    let router = api::router(api::Daemon::Tunnel(board), reload);
     let tasks = TaskTracker::new();
     let socket = socket(config, &router, shutdown, &tasks).await?;
     Ok(AdminListeners {

@@ -17,7 +17,8 @@ use tunnelize::daemon::{LogFormat, init_logging, notify, tune_allocator};
 use tunnelize::exit;
 use tunnelize::hub::Hub;
 use tunnelize::tls::{Identity, install_crypto_provider};
-use tunnelize::tunnel::{Tunnel, TunnelError, supervise};
+use tunnelize::tunnel::reload::supervise_reloading;
+use tunnelize::tunnel::{Tunnel, TunnelError};
 
 #[derive(Parser)]
 #[command(
@@ -388,19 +389,25 @@ async fn run_hub(path: &Path) -> Result<()> {
 async fn run_tunnel(path: &Path, one_off: Option<(String, u16)>) -> i32 {
     let result = async {
         let mut config = TunnelConfig::load(path)?;
-        if let Some((service, port)) = one_off {
-            config = tunnelize::tunnel::bootstrap::one_off(config, &service, port);
+        if let Some((service, port)) = &one_off {
+            config = tunnelize::tunnel::bootstrap::one_off(config, service, *port);
         }
         let admin = config.admin.clone();
         let tunnel = Tunnel::new(config)?;
-        let shutdown = stop_on_signals(None)?;
-        let api = tunnelize::admin::serve_tunnel(tunnel.status().clone(), &admin, &shutdown)
-            .await
-            .with_context(|| format!("starting the status API ([admin] in {})", path.display()))?;
-        Ok::<_, anyhow::Error>((tunnel, shutdown, api))
+        let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+        let shutdown = stop_on_signals(Some(reload_tx.clone()))?;
+        let api = tunnelize::admin::serve_tunnel(
+            tunnel.status().clone(),
+            &admin,
+            Some(reload_tx),
+            &shutdown,
+        )
+        .await
+        .with_context(|| format!("starting the status API ([admin] in {})", path.display()))?;
+        Ok::<_, anyhow::Error>((tunnel, shutdown, api, reload_rx))
     }
     .await;
-    let (tunnel, shutdown, api) = match result {
+    let (tunnel, shutdown, api, reload_rx) = match result {
         Ok(pair) => pair,
         Err(e) => return report(Err(e)),
     };
@@ -410,8 +417,15 @@ async fn run_tunnel(path: &Path, one_off: Option<(String, u16)>) -> i32 {
         || async { tokio::spawn(async {}).await.is_ok() },
         shutdown.clone(),
     );
-    let backoff = tunnel.backoff();
-    let result = supervise(tunnel, backoff, shutdown.clone()).await;
+    // A reload re-reads the same file, with the same command-line proxy if one was given.
+    let load = || {
+        let config = TunnelConfig::load(path).map_err(|e| e.to_string())?;
+        Ok(match &one_off {
+            Some((service, port)) => tunnelize::tunnel::bootstrap::one_off(config, service, *port),
+            None => config,
+        })
+    };
+    let result = supervise_reloading(tunnel, shutdown.clone(), reload_rx, load).await;
     shutdown.cancel();
     api.stopped(Duration::from_secs(5)).await;
     match result {

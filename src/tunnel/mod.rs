@@ -10,6 +10,7 @@
 
 pub mod bootstrap;
 pub mod forward;
+pub mod reload;
 pub mod status;
 pub mod udp;
 
@@ -113,6 +114,21 @@ pub struct Tunnel {
 impl Tunnel {
     /// Prepares a tunnel: builds its TLS client configuration.
     pub fn new(config: TunnelConfig) -> Result<Self, TunnelError> {
+        let status = Arc::new(status::StatusBoard::new(&config));
+        Self::with_status(config, status)
+    }
+
+    /// The same daemon with a new configuration (a reload): the status board stays, so the
+    /// admin socket serving it goes on serving the new tunnel. Fails, changing nothing, when
+    /// the new TLS settings are unusable.
+    pub fn reconfigured(&self, config: TunnelConfig) -> Result<Self, TunnelError> {
+        Self::with_status(config, self.status.clone())
+    }
+
+    fn with_status(
+        config: TunnelConfig,
+        status: Arc<status::StatusBoard>,
+    ) -> Result<Self, TunnelError> {
         let connector = TlsConnector::from(tls::client_config(&config.hub_trust)?);
         // Validate the server name now rather than at the first connection.
         tls::server_name(&config.hub_server_name)?;
@@ -120,7 +136,7 @@ impl Tunnel {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "tunnel".into());
         Ok(Tunnel {
-            status: Arc::new(status::StatusBoard::new(&config)),
+            status,
             config: Arc::new(config),
             connector,
             name: name.into(),

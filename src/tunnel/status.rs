@@ -18,6 +18,7 @@ use crate::protocol::ProxyOutcome;
 
 #[derive(Debug)]
 struct Board {
+    hub: String,
     connected: bool,
     tunnel_id: Option<Uuid>,
     since: SystemTime,
@@ -29,40 +30,54 @@ struct Board {
 /// The tunnel's state, shared by its tasks.
 #[derive(Debug)]
 pub struct StatusBoard {
-    hub: String,
     started: SystemTime,
     board: Mutex<Board>,
+}
+
+fn pending_proxies(config: &TunnelConfig) -> Vec<TunnelProxyStatus> {
+    config
+        .proxies
+        .iter()
+        .map(|p| TunnelProxyStatus {
+            name: p.name.clone(),
+            service: p.service.clone(),
+            target: p.target.clone(),
+            state: "pending".into(),
+            public: None,
+            reason: None,
+            target_up: None,
+        })
+        .collect()
 }
 
 impl StatusBoard {
     /// A board for `config`'s proxies, all pending.
     pub fn new(config: &TunnelConfig) -> Self {
-        let proxies = config
-            .proxies
-            .iter()
-            .map(|p| TunnelProxyStatus {
-                name: p.name.clone(),
-                service: p.service.clone(),
-                target: p.target.clone(),
-                state: "pending".into(),
-                public: None,
-                reason: None,
-                target_up: None,
-            })
-            .collect();
         let now = SystemTime::now();
         StatusBoard {
-            hub: config.hub_address.clone(),
             started: now,
             board: Mutex::new(Board {
+                hub: config.hub_address.clone(),
                 connected: false,
                 tunnel_id: None,
                 since: now,
                 last_error: None,
-                proxies,
+                proxies: pending_proxies(config),
                 reconnects: 0,
             }),
         }
+    }
+
+    /// A reload replaced the configuration: `config`'s proxies, all pending, and its hub, until
+    /// the next session is up. A reload is not a lost session, so `reconnects` stays.
+    pub fn reconfigured(&self, config: &TunnelConfig) {
+        let mut b = self.lock();
+        b.hub = config.hub_address.clone();
+        b.connected = false;
+        b.tunnel_id = None;
+        b.since = SystemTime::now();
+        b.last_error = None;
+        b.proxies = pending_proxies(config);
     }
 
     fn lock(&self) -> MutexGuard<'_, Board> {
@@ -137,7 +152,7 @@ impl StatusBoard {
                 "connecting"
             }
             .into(),
-            hub: self.hub.clone(),
+            hub: b.hub.clone(),
             tunnel_id: b.tunnel_id.map(|id| id.to_string()),
             since: rfc3339(b.since),
             last_error: b.last_error.clone(),

@@ -581,7 +581,9 @@ measure_system() {
     NOTES+=("$SYS did not start in round $ROUND")
     stop_system; return
   fi
-  sleep 1
+  # Idle means settled: tunnelize's daemons give back their start-up code 2 s after their
+  # first session (src/daemon/pages.rs); every system gets the same wait.
+  sleep 3
   if [ ${#SYS_PIDS[@]} -gt 0 ]; then
     record rss_idle_kib "$(rss_kib)"
     record rss_idle_anon_kib "$(rss_part_kib status RssAnon)"

@@ -568,3 +568,50 @@ async fn hash_key_refuses_a_key_the_config_would_refuse_without_echoing_it() {
     assert!(stderr.contains("shorter than 16 characters"), "{stderr}");
     assert!(!stderr.contains("too-short"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_tunnel_daemon_gives_back_its_start_up_code_when_ready_and_after_its_first_session() {
+    let hub = start_hub(vec![tcp_any("tcp")]).await;
+    let echo = start_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxies = format!("[[proxies]]\nname = \"echo\"\nservice = \"tcp\"\ntarget = \"{echo}\"\n");
+    let cfg = write(dir.path(), "tunnel.toml", &tunnel_toml(&hub, KEY, &proxies));
+    let mut daemon = Daemon::spawn(&[
+        "--log-format",
+        "json",
+        "tunnel",
+        "-c",
+        cfg.to_str().unwrap(),
+    ]);
+    let advised = |v: &serde_json::Value| v["fields"]["advised_bytes"].as_u64();
+    let at_ready = daemon
+        .wait_for("the release when ready", |v| {
+            message(v) == "released the executable's start-up pages"
+        })
+        .await;
+    let after_session = daemon
+        .wait_for("the release after the first session", |v| {
+            message(v) == "released the executable's pages of start-up and the first session"
+        })
+        .await;
+    // This machine's kernel takes MADV_PAGEOUT (Linux 5.4 and later): the whole read-only
+    // part of the executable is advised both times.
+    assert!(advised(&at_ready).is_some_and(|n| n > 0), "{at_ready}");
+    assert_eq!(
+        advised(&after_session),
+        advised(&at_ready),
+        "{after_session}"
+    );
+    // The code it gave back is read in again when used.
+    let live = daemon
+        .seen_or_wait_for("the live proxy", |v| {
+            message(v) == "proxy is live on the hub" && v["fields"]["port"].is_u64()
+        })
+        .await;
+    let port = live["fields"]["port"].as_u64().expect("port field") as u16;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(
+        round_trip(addr, b"after the release").await,
+        b"after the release"
+    );
+}

@@ -230,6 +230,17 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
+/// Once a daemon is ready: the executable's pages that only start-up used go back to the
+/// kernel, now and again after its first session (`tunnelize::daemon::pages`).
+fn release_startup_code() {
+    let advised = tunnelize::daemon::release_startup_code();
+    tracing::debug!(
+        advised_bytes = advised,
+        "released the executable's start-up pages"
+    );
+    tunnelize::daemon::release_after_first_session();
+}
+
 fn report(result: Result<()>) -> i32 {
     match result {
         Ok(()) => exit::OK,
@@ -363,6 +374,7 @@ async fn run_hub(path: &Path) -> Result<()> {
             .as_ref()
             .map_or("socket off".to_owned(), |p| p.display().to_string())
     ));
+    release_startup_code();
     // Alive when the runtime runs tasks and the registry answers.
     notify::spawn_watchdog(
         move || {
@@ -413,6 +425,7 @@ async fn run_tunnel(path: &Path, one_off: Option<(String, u16)>) -> i32 {
     };
     // Ready once the status socket is up; the session with the hub comes and goes after.
     notify::ready(&format!("connecting to {}", tunnel.config().hub_address));
+    release_startup_code();
     notify::spawn_watchdog(
         || async { tokio::spawn(async {}).await.is_ok() },
         shutdown.clone(),

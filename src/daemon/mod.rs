@@ -1,8 +1,11 @@
 //! Process concerns shared by the daemons: logging setup (stderr text or JSON, or the systemd
-//! journal with structured fields) and service-manager notifications ([`notify`]). Nothing
-//! here knows about tunnels or hubs.
+//! journal with structured fields), service-manager notifications ([`notify`]), and the
+//! process's memory ([`pages`]). Nothing here knows about tunnels or hubs.
 
 pub mod notify;
+pub mod pages;
+
+pub use pages::{release_after_first_session, release_startup_code};
 
 use std::str::FromStr;
 

@@ -195,7 +195,10 @@ pub(super) async fn serve_control<S>(
             "its hello declared more proxies than one answer can carry".to_owned()
         } else {
             match framed.write_preamble_and(&accepted, &[&welcome]).await {
-                Ok(()) => heartbeats(&shared, &session, framed, &shutdown).await,
+                Ok(()) => {
+                    crate::daemon::pages::session_up();
+                    heartbeats(&shared, &session, framed, &shutdown).await
+                }
                 Err(e) => format!("lost during handshake: {e}"),
             }
         };

@@ -485,6 +485,7 @@ pub async fn supervise(
                 let (started, heartbeat) = (Instant::now(), session.heartbeat());
                 info!(tunnel_id = %session.tunnel_id(), hub = %tunnel.config.hub_address, "connected to the hub");
                 session.log_proxies();
+                crate::daemon::pages::session_up();
                 tunnel
                     .status
                     .connected(session.tunnel_id(), session.proxies());

@@ -472,7 +472,11 @@ tz_try() {
   fi
   fp=$(grep 'hub listening for tunnels' "$WORK/logs/tunnelize-hub-$RUN_TAG.err" | grep -o '"fingerprint":"[^"]*"' | cut -d'"' -f4)
   sed "s/@FINGERPRINT@/$fp/" "$dir/tunnel.toml.in" >"$dir/tunnel.toml"
-  start_bg "tunnelize-tunnel-$RUN_TAG" "$TUNNELIZE" --log-format json tunnel -c "$dir/tunnel.toml"; tunnel=$LAST_PID
+  # The tunnel runs from a copy of the executable, as on a host of its own: one file mapped by
+  # both daemons would have its code pages counted in both RSS figures, and the start-up pages
+  # a daemon gives back (src/daemon/pages.rs) are only those no other process maps.
+  [ -x "$WORK/tunnelize-tunnel" ] || cp "$TUNNELIZE" "$WORK/tunnelize-tunnel"
+  start_bg "tunnelize-tunnel-$RUN_TAG" "$WORK/tunnelize-tunnel" --log-format json tunnel -c "$dir/tunnel.toml"; tunnel=$LAST_PID
   SYS_PIDS=("$hub" "$tunnel")
   if ! wait_for_line "$WORK/logs/tunnelize-tunnel-$RUN_TAG.err" 'proxy is live.*"proxy":"echo"' 15 "$tunnel" \
       || ! "$LOADGEN" wait --addr "127.0.0.1:$((base + 2))" --timeout-secs 10 >/dev/null 2>&1; then
@@ -710,7 +714,7 @@ write_meta() {
       "$IPERF_SECS" "${UDP_ARGS[*]}" "$WRK_CONNS" "$WRK_SECS" "$LAT_RATE" "$LAT_SECS" "$CONN_SECS" "$CONN_CONCURRENCY"
     printf 'duration\t%s s\n' "$secs"
     for note in "${NOTES[@]}"; do printf 'note\t%s\n' "$note"; done
-    printf 'note\t%s\n' "RSS is the sum of VmRSS of the system's processes (hub + tunnel; rathole server + client; bore server + its 3 \`bore local\` processes, one per port)."
+    printf 'note\t%s\n' "RSS is the sum of VmRSS of the system's processes (hub + tunnel; rathole server + client; bore server + its 3 \`bore local\` processes, one per port); tunnelize's tunnel runs from a copy of the executable, as on its own host."
     printf 'note\tCPU per GiB: utime + stime of those processes over the four iperf3 TCP runs, divided by the bytes iperf3 received.\n'
   } >"$file"
 }

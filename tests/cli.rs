@@ -103,6 +103,18 @@ fn assert_client_span(logged: &serde_json::Value, service: &str) {
     assert!(span["peer"].as_str().is_some(), "{logged}");
 }
 
+/// The public address of the tunnel daemon's live tcp proxy, from its log (logged so far or
+/// from now on).
+async fn live_tcp_proxy(daemon: &mut Daemon) -> std::net::SocketAddr {
+    let live = daemon
+        .seen_or_wait_for("the live tcp proxy", |v| {
+            message(v) == "proxy is live on the hub" && v["fields"]["port"].is_u64()
+        })
+        .await;
+    let port = live["fields"]["port"].as_u64().expect("port field") as u16;
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 fn message(v: &serde_json::Value) -> &str {
     v["fields"]["message"].as_str().unwrap_or("")
 }
@@ -183,13 +195,7 @@ async fn tunnel_prints_why_a_proxy_was_rejected_and_its_port_closes_when_it_dies
         reason.contains(&format!("port {taken} is taken by another tunnel")),
         "{rejected}"
     );
-    let live = daemon
-        .wait_for("the live tcp proxy", |v| {
-            message(v) == "proxy is live on the hub" && v["fields"]["port"].is_u64()
-        })
-        .await;
-    let port = live["fields"]["port"].as_u64().expect("port field") as u16;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = live_tcp_proxy(&mut daemon).await;
     assert_eq!(
         round_trip(addr, b"through the binary").await,
         b"through the binary"
@@ -603,13 +609,7 @@ async fn a_tunnel_daemon_gives_back_its_start_up_code_when_ready_and_after_its_f
         "{after_session}"
     );
     // The code it gave back is read in again when used.
-    let live = daemon
-        .seen_or_wait_for("the live proxy", |v| {
-            message(v) == "proxy is live on the hub" && v["fields"]["port"].is_u64()
-        })
-        .await;
-    let port = live["fields"]["port"].as_u64().expect("port field") as u16;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = live_tcp_proxy(&mut daemon).await;
     assert_eq!(
         round_trip(addr, b"after the release").await,
         b"after the release"

@@ -58,6 +58,10 @@ else
   IPERF_SECS=5 WRK_SECS=5 LAT_SECS=5 CONN_SECS=5 HOLD_READY_SECS=30
 fi
 WRK_CONNS=64 LAT_RATE=1000 CONN_CONCURRENCY=32 HOLDER_MAX=5000
+# Idle means settled: tunnelize's daemons give back their start-up code 2 s after their first
+# session (src/daemon/pages.rs). Every system waits this long after starting before its idle
+# RSS, and before the base of each idle-client run, is sampled.
+SETTLE_SECS=3
 UDP_ARGS=(-u -b 1G -l 1400 -w 4M)
 KEY=bench-key-$(date +%s)-$$-0123456789abcdef
 
@@ -585,9 +589,7 @@ measure_system() {
     NOTES+=("$SYS did not start in round $ROUND")
     stop_system; return
   fi
-  # Idle means settled: tunnelize's daemons give back their start-up code 2 s after their
-  # first session (src/daemon/pages.rs); every system gets the same wait.
-  sleep 3
+  sleep "$SETTLE_SECS"
   if [ ${#SYS_PIDS[@]} -gt 0 ]; then
     record rss_idle_kib "$(rss_kib)"
     record rss_idle_anon_kib "$(rss_part_kib status RssAnon)"
@@ -631,7 +633,7 @@ measure_system() {
   for count in $HOLD_COUNTS; do
     tag=$((count / 1000))k
     if start_system; then
-      sleep 1
+      sleep "$SETTLE_SECS"
       hold_run "$count" "$tag"
     else
       log "  $SYS did not restart for the idle-client run"

@@ -129,6 +129,8 @@ hub_notified() {
     prop $HUB StatusText | grep 'listening for tunnels on 0.0.0.0:7700'
 }
 check "the hub is active (running), Type=notify, with a STATUS= line" hub_notified
+# Where tunnels reach it, read back while its status still says (a reload replaces the text).
+HUB_ADDR=127.0.0.1:$(prop $HUB StatusText | sed -n 's/.*listening for tunnels on [0-9.]*:\([0-9]*\).*/\1/p')
 hub_identity() {
   local status=/proc/$(prop $HUB MainPID)/status uid gid
   uid=$(id -u tunnelize) gid=$(id -g tunnelize)
@@ -162,16 +164,16 @@ if runuser -u alice -- cat $CONF/keys/demo.key >/dev/null 2>&1; then
 fi
 
 echo "== systemctl reload"
-# Fixed ports on purpose, here only: this runs inside the container's own network namespace
-# (systemd-nspawn --private-network, created by install-test.sh), nothing else listens there,
-# and 7700 is the packaged hub.toml's default that the test checks as shipped.
+# Every port below is chosen by the kernel and read back; only the hub's 7700, the packaged
+# hub.toml's default, is checked as shipped (above), and even it is read from the hub's status
+# (HUB_ADDR).
 PID=$(prop $HUB MainPID)
 cat >>$CONF/hub.toml <<'EOF'
 
 # Added by the install test's reload.
 [services.web]
 kind = "http"
-listen = "127.0.0.1:8000"
+listen = "127.0.0.1:0"
 domain = "tunnel.test"
 EOF
 C=$(cursor)
@@ -181,6 +183,14 @@ check "the new service is live after the reload" \
 check "the same process keeps running" has_props $HUB MainPID="$PID" ActiveState=active SubState=running
 journal_since "$C" -u $HUB -o cat >"$J"
 check "the journal shows the reload" contains 'SIGHUP received; reloading'
+# The port the kernel gave the new http service, as the hub reports it.
+web_listen() {
+  # Pretty-printed JSON: one line per object, then the object named web.
+  runuser -u alice -- tunnelizectl --json list-services | tr -d '\n' | tr '{' '\n' |
+    grep '"name": *"web"' | grep -o '"listen": *"[^"]*"' | cut -d'"' -f4
+}
+WEB=$(web_listen)
+check "the hub reports where the new service listens ($WEB)" sh -c "case '$WEB' in 127.0.0.1:[1-9]*) ;; *) exit 1 ;; esac"
 cp $CONF/hub.toml /tmp/hub.toml.good
 echo 'this is not toml' >>$CONF/hub.toml
 C=$(cursor)
@@ -194,25 +204,36 @@ echo "== tunnelize-tunnel@demo forwards through the hub"
 mkdir -p /srv/www
 BODY="hello from the install test $KEY"
 echo "$BODY" >/srv/www/index.html
-check "a local target (busybox httpd) serves on 127.0.0.1:8080" \
-  sh -c 'systemd-run -q --unit=install-test-target busybox httpd -f -p 127.0.0.1:8080 -h /srv/www &&
-    timeout 20 sh -c "until curl -fsS http://127.0.0.1:8080/ >/dev/null; do sleep 0.2; done"'
+# listen_port PID: the port of PID's listening TCP socket, from /proc/net/tcp.
+listen_port() {
+  local inode hex
+  for inode in $(ls -l /proc/$1/fd 2>/dev/null | sed -n 's/.*socket:\[\([0-9]*\)\].*/\1/p'); do
+    hex=$(awk -v ino="$inode" '$4 == "0A" && $10 == ino { split($2, a, ":"); print a[2] }' /proc/net/tcp)
+    [ -n "$hex" ] && { printf '%d\n' "0x$hex"; return 0; }
+  done
+  return 1
+}
+systemd-run -q --unit=install-test-target busybox httpd -f -p 127.0.0.1:0 -h /srv/www
+target_port() { listen_port "$(prop install-test-target MainPID)"; }
+poll 20 target_port >/dev/null 2>&1
+TARGET=127.0.0.1:$(target_port)
+check "a local target (busybox httpd) serves on a port of the kernel's choosing ($TARGET)" \
+  poll 20 curl -fsS http://$TARGET/
 cat >$CONF/tunnel-demo.toml <<EOF
 # Written by the install test.
-hub_address = "127.0.0.1:7700"
+hub_address = "$HUB_ADDR"
 hub_cert_sha256 = "$FP"
 key_file = "/etc/tunnelize/keys/demo.key"
 
 [[proxies]]
 name = "demo-tcp"
 service = "ssh"
-target = "127.0.0.1:8080"
-port = 20005
+target = "$TARGET"
 
 [[proxies]]
 name = "demo-web"
 service = "web"
-target = "127.0.0.1:8080"
+target = "$TARGET"
 hostname = "demo"
 EOF
 chgrp tunnelize $CONF/tunnel-demo.toml && chmod 0640 $CONF/tunnel-demo.toml
@@ -220,13 +241,21 @@ check "tunnelize check-config accepts tunnel-demo.toml" tunnelize check-config $
 C=$(cursor)
 check "systemctl start tunnelize-tunnel@demo succeeds" systemctl start $TUNNEL
 check "the tunnel is active (running), Type=notify" has_props $TUNNEL Type=notify ActiveState=active SubState=running
-check "a request through the hub's tcp port 20005 reaches the target" \
-  poll 30 sh -c "curl -fsS --max-time 5 http://127.0.0.1:20005/ | grep -qx '$BODY'"
+# The public port the hub gave demo-tcp (any free one of the ssh service), from the tunnel.
+tcp_port() {
+  runuser -u alice -- tunnelizectl --json status --socket /run/tunnelize/tunnel-demo.sock |
+    tr -d '\n' | tr '{' '\n' | grep '"name": *"demo-tcp"' | grep -o '"public": *"[0-9]*"' |
+    cut -d'"' -f4 | grep .
+}
+poll 30 tcp_port >/dev/null 2>&1
+TCP_PORT=$(tcp_port)
+check "a request through the hub's tcp port ${TCP_PORT:-?} reaches the target" \
+  poll 30 sh -c "curl -fsS --max-time 5 http://127.0.0.1:$TCP_PORT/ | grep -qx '$BODY'"
 check "a request to demo.tunnel.test on the hub's http service reaches it" \
-  sh -c "curl -fsS --max-time 5 -H 'Host: demo.tunnel.test' http://127.0.0.1:8000/ | grep -qx '$BODY'"
+  sh -c "curl -fsS --max-time 5 -H 'Host: demo.tunnel.test' http://$WEB/ | grep -qx '$BODY'"
 check "tunnelizectl status on the instance's socket says connected" \
   sh -c 'runuser -u alice -- tunnelizectl status --socket /run/tunnelize/tunnel-demo.sock | tee /dev/stderr | grep -qi connected'
-check "the hub lists the tunnel" sh -c 'runuser -u alice -- tunnelizectl list-tunnels ssh | grep -q 20005'
+check "the hub lists the tunnel" sh -c "runuser -u alice -- tunnelizectl list-tunnels ssh | grep -qw '$TCP_PORT'"
 
 echo "== structured journal entries"
 journal_since "$C" -u $HUB -o json >"$J"
@@ -246,7 +275,7 @@ check "the tunnel's entries are in its own unit's journal" grep -q '"SYSLOG_IDEN
 # A client the tunnel cannot serve (its target is down) is logged with the client's id.
 systemctl stop install-test-target
 C2=$(cursor)
-curl -sS --max-time 10 http://127.0.0.1:20005/ >/dev/null 2>&1
+curl -sS --max-time 10 http://127.0.0.1:$TCP_PORT/ >/dev/null 2>&1
 client_logged() {
   journal_since "$C2" -u $HUB -o json >"$J"
   grep -q '"CLIENT_ID":' "$J"

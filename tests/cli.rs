@@ -26,6 +26,17 @@ impl Daemon {
         Daemon::spawn_logging(args, "debug")
     }
 
+    /// `tunnelize --log-format json tunnel -c CONFIG`, at debug level.
+    fn tunnel(config: &Path) -> Daemon {
+        Daemon::spawn(&[
+            "--log-format",
+            "json",
+            "tunnel",
+            "-c",
+            config.to_str().unwrap(),
+        ])
+    }
+
     /// Like [`spawn`](Self::spawn), logging at `level` (what a packaged daemon runs at).
     fn spawn_logging(args: &[&str], level: &str) -> Daemon {
         let mut child = Command::new(bin())
@@ -178,13 +189,7 @@ async fn tunnel_prints_why_a_proxy_was_rejected_and_its_port_closes_when_it_dies
          [[proxies]]\nname = \"mine\"\nservice = \"tcp\"\ntarget = \"{echo}\"\n"
     );
     let cfg = write(dir.path(), "tunnel.toml", &tunnel_toml(&hub, KEY, &proxies));
-    let mut daemon = Daemon::spawn(&[
-        "--log-format",
-        "json",
-        "tunnel",
-        "-c",
-        cfg.to_str().unwrap(),
-    ]);
+    let mut daemon = Daemon::tunnel(&cfg);
     let rejected = daemon
         .wait_for("the rejection", |v| {
             message(v) == "proxy rejected by the hub"
@@ -292,13 +297,7 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
         String::from_utf8_lossy(&check.stderr)
     );
 
-    let mut tunnel = Daemon::spawn(&[
-        "--log-format",
-        "json",
-        "tunnel",
-        "-c",
-        tunnel_cfg.to_str().unwrap(),
-    ]);
+    let mut tunnel = Daemon::tunnel(&tunnel_cfg);
     let live = tunnel
         .wait_for("the live tcp proxy", |v| {
             message(v) == "proxy is live on the hub" && v["fields"]["port"].is_u64()
@@ -582,13 +581,7 @@ async fn a_tunnel_daemon_gives_back_its_start_up_code_when_ready_and_after_its_f
     let dir = tempfile::tempdir().unwrap();
     let proxies = format!("[[proxies]]\nname = \"echo\"\nservice = \"tcp\"\ntarget = \"{echo}\"\n");
     let cfg = write(dir.path(), "tunnel.toml", &tunnel_toml(&hub, KEY, &proxies));
-    let mut daemon = Daemon::spawn(&[
-        "--log-format",
-        "json",
-        "tunnel",
-        "-c",
-        cfg.to_str().unwrap(),
-    ]);
+    let mut daemon = Daemon::tunnel(&cfg);
     let advised = |v: &serde_json::Value| v["fields"]["advised_bytes"].as_u64();
     let at_ready = daemon
         .wait_for("the release when ready", |v| {

@@ -29,21 +29,19 @@ pub struct Change {
 
 /// Compares the running configuration with a new one.
 pub fn plan(old: &TunnelConfig, new: &TunnelConfig) -> Change {
-    let named =
-        |config: &TunnelConfig, name: &str| config.proxies.iter().find(|p| p.name == name).cloned();
     let mut added = Vec::new();
     let mut changed = Vec::new();
     for proxy in &new.proxies {
-        match named(old, &proxy.name) {
+        match old.proxies.iter().find(|p| p.name == proxy.name) {
             None => added.push(proxy.name.as_str()),
-            Some(before) if &before != proxy => changed.push(proxy.name.as_str()),
+            Some(before) if before != proxy => changed.push(proxy.name.as_str()),
             Some(_) => {}
         }
     }
     let removed: Vec<&str> = old
         .proxies
         .iter()
-        .filter(|p| named(new, &p.name).is_none())
+        .filter(|p| !new.proxies.iter().any(|n| n.name == p.name))
         .map(|p| p.name.as_str())
         .collect();
     // Keys, never values: `key` is a secret.

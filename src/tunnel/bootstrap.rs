@@ -59,8 +59,8 @@ pub enum BootstrapError {
     Admin {
         /// `HOST:PORT` as given.
         admin: String,
-        /// The cause.
-        source: AdminError,
+        /// The cause (boxed: it is large, and this error is rare).
+        source: Box<AdminError>,
     },
     /// The hub answered with no service.
     #[error("the hub at {0} has no services; nothing to write")]
@@ -118,7 +118,7 @@ async fn fetch_services(
 ) -> Result<Vec<ServiceInfo>, BootstrapError> {
     let failed = |source| BootstrapError::Admin {
         admin: admin.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let client =
         AdminClient::hub(&format!("https://{admin}"), trust, Some(key.clone())).map_err(failed)?;

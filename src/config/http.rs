@@ -13,9 +13,8 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::error::ConfigError;
-use super::hub::TlsFiles;
 use super::source::{Source, Span};
-use super::values::{check_name, parse_duration};
+use super::values::{TlsFiles, check_name, is_hostname, parse_duration};
 
 /// Default `header_timeout`: a client must send a whole request head within this.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -246,18 +245,6 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
     })
 }
 
-/// Whether `name` is a DNS name of letters, digits and hyphens in dot-separated labels.
-pub(crate) fn is_hostname(name: &str) -> bool {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,15 +259,5 @@ mod tests {
                 .unwrap_err()
                 .contains("not an IP address")
         );
-    }
-
-    #[test]
-    fn hostnames_are_checked_label_by_label() {
-        assert!(is_hostname("tunnel.example.com"));
-        assert!(is_hostname("localhost"));
-        assert!(!is_hostname("bad_name.example"));
-        assert!(!is_hostname("-x.example"));
-        assert!(!is_hostname("a..b"));
-        assert!(!is_hostname(""));
     }
 }

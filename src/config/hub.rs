@@ -16,11 +16,12 @@ use toml::{Spanned, Value};
 
 use super::admin::{AdminConfig, RawAdmin, check_admin};
 use super::error::ConfigError;
+use super::file::{self, ConfigFile};
 use super::limits::{Limits, RawLimits, check_limits};
 use super::secret_source::{SecretFields, resolve_stored_key};
 use super::service::{RawService, ServiceConfig, check_services};
-use super::source::{EnvLookup, Source};
-use super::values::{MIN_HUB_KEY_LEN, check_name, parse_duration};
+use super::source::Source;
+use super::values::{MIN_HUB_KEY_LEN, TlsFiles, check_name, is_hostname, parse_duration};
 use crate::secret::StoredKey;
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7700);
@@ -86,15 +87,6 @@ pub struct HubConfig {
     pub reconnect_grace: Duration,
 }
 
-/// `[tls]`: PEM files the hub serves instead of its generated certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// `cert_file`: certificate chain, PEM. Relative to the config file's directory.
-    pub cert_file: PathBuf,
-    /// `key_file`: private key, PEM. Relative to the config file's directory.
-    pub key_file: PathBuf,
-}
-
 /// `[[keys]]`: one tunnel key the hub accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelKey {
@@ -126,31 +118,28 @@ impl TunnelKey {
 impl HubConfig {
     /// Reads and checks the hub config file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = super::read_config(path)?;
-        Self::parse(&text, path)
+        file::load(path)
     }
 
     /// Checks hub config `text`. `origin` names the file in errors and anchors relative paths;
     /// `key_file`s are read and `key_env` variables looked up.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        Self::parse_with_env(text, origin, &|name| std::env::var(name))
-    }
-
-    /// [`HubConfig::parse`] with `key_env` looked up through `env`.
-    pub(crate) fn parse_with_env(
-        text: &str,
-        origin: &Path,
-        env: EnvLookup<'_>,
-    ) -> Result<Self, ConfigError> {
-        let src = Source::new(text, origin, env);
-        let raw: RawHub = src.deserialize()?;
-        raw.check(&src)
+        file::parse(text, origin)
     }
 }
 
+impl ConfigFile for HubConfig {
+    type Raw = RawHub;
+
+    fn check(raw: RawHub, src: &Source<'_>) -> Result<Self, ConfigError> {
+        raw.check(src)
+    }
+}
+
+/// The hub's file as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHub {
+pub(super) struct RawHub {
     listen: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     allow_no_auth: Option<Spanned<bool>>,
@@ -400,7 +389,7 @@ fn check_keys(src: &Source<'_>, raw_keys: &[RawKey]) -> Result<Vec<TunnelKey>, C
                 .map(|pattern| {
                     let lower = pattern.to_ascii_lowercase();
                     let bare = lower.strip_prefix("*.").unwrap_or(&lower);
-                    if super::http::is_hostname(bare) && bare.contains('.') {
+                    if is_hostname(bare) && bare.contains('.') {
                         Ok(lower)
                     } else {
                         Err(src.error_at(
@@ -441,7 +430,7 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<HubConfig, ConfigError> {
-        HubConfig::parse_with_env(text, Path::new(ORIGIN), &no_env)
+        file::parse_with_env::<HubConfig>(text, Path::new(ORIGIN), &no_env)
     }
 
     /// The error for `text`, as the operator sees it.
@@ -762,7 +751,7 @@ mod tests {
         };
         let text = "[[keys]]\nname = \"bob\"\nkey_file = \"bob.key\"\n\
                     [[keys]]\nname = \"carol\"\nkey_env = \"TUNNELIZE_TEST_CAROL_KEY\"\n";
-        let config = HubConfig::parse_with_env(text, &origin, &env).unwrap();
+        let config = file::parse_with_env::<HubConfig>(text, &origin, &env).unwrap();
         assert!(config.keys[0].key.matches("bob-0123456789abcdef"));
         assert!(config.keys[1].key.matches("carol-0123456789abcdef"));
     }

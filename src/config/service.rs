@@ -415,7 +415,11 @@ mod tests {
 
     fn parse(text: &str) -> Result<HubConfig, ConfigError> {
         let no_env = |_: &str| Err(VarError::NotPresent);
-        HubConfig::parse_with_env(text, Path::new("/etc/tunnelize/hub.toml"), &no_env)
+        crate::config::file::parse_with_env::<HubConfig>(
+            text,
+            Path::new("/etc/tunnelize/hub.toml"),
+            &no_env,
+        )
     }
 
     fn error(text: &str) -> String {

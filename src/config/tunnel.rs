@@ -15,10 +15,11 @@ use toml::{Spanned, Value};
 
 use super::admin::{AdminConfig, RawAdmin, check_admin};
 use super::error::ConfigError;
+use super::file::{self, ConfigFile};
 use super::secret_source::{SecretFields, resolve_secret};
-use super::source::{EnvLookup, Source};
+use super::source::Source;
 use super::values::{
-    check_name, parse_duration, parse_fingerprint, parse_host_port, port_from_i64,
+    check_name, is_hostname, parse_duration, parse_fingerprint, parse_host_port, port_from_i64,
 };
 use crate::secret::Secret;
 
@@ -114,25 +115,21 @@ pub struct ProxyConfig {
 impl TunnelConfig {
     /// Reads and checks the tunnel config file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = super::read_config(path)?;
-        Self::parse(&text, path)
+        file::load(path)
     }
 
     /// Checks tunnel config `text`. `origin` names the file in errors and anchors relative
     /// paths; a `key_file` is read and a `key_env` variable looked up.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        Self::parse_with_env(text, origin, &|name| std::env::var(name))
+        file::parse(text, origin)
     }
+}
 
-    /// [`TunnelConfig::parse`] with `key_env` looked up through `env`.
-    pub(crate) fn parse_with_env(
-        text: &str,
-        origin: &Path,
-        env: EnvLookup<'_>,
-    ) -> Result<Self, ConfigError> {
-        let src = Source::new(text, origin, env);
-        let raw: RawTunnel = src.deserialize()?;
-        raw.check(&src)
+impl ConfigFile for TunnelConfig {
+    type Raw = RawTunnel;
+
+    fn check(raw: RawTunnel, src: &Source<'_>) -> Result<Self, ConfigError> {
+        raw.check(src)
     }
 }
 
@@ -153,9 +150,10 @@ pub fn default_tunnel_socket(origin: &std::path::Path) -> String {
     }
 }
 
+/// The tunnel's file as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTunnel {
+pub(super) struct RawTunnel {
     hub_address: Spanned<String>,
     hub_server_name: Option<Spanned<String>>,
     hub_ca_file: Option<Spanned<String>>,
@@ -455,15 +453,7 @@ fn check_proxies(src: &Source<'_>, raw: &[RawProxy]) -> Result<Vec<ProxyConfig>,
 /// A hostname label (`myapp`) or a full hostname (`app.example.org`), lowercased.
 fn check_hostname(text: &str) -> Result<String, String> {
     let host = text.to_ascii_lowercase();
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    if host.len() > 253 || !host.split('.').all(label_ok) {
+    if !is_hostname(&host) {
         return Err(format!(
             "{text:?} is not a valid hostname; use letters, digits and `-` in dot-separated labels, \
              like \"myapp\" or \"app.example.org\""
@@ -519,7 +509,7 @@ mod tests {
             "TUNNELIZE_TEST_TUNNEL_KEY" => Ok("tunnel-0123456789abcdef".to_string()),
             _ => Err(VarError::NotPresent),
         };
-        TunnelConfig::parse_with_env(text, Path::new(ORIGIN), &env)
+        file::parse_with_env::<TunnelConfig>(text, Path::new(ORIGIN), &env)
     }
 
     /// A config with `top` at the top level (starting at line 1) and one proxy.

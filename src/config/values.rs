@@ -1,5 +1,5 @@
-//! Parsers for the value syntaxes config files use: durations, port ranges, `host:port`
-//! addresses, certificate fingerprints and names.
+//! The value types config files share ([`PortRange`], [`TlsFiles`]) and parsers for the value
+//! syntaxes they use: durations, port ranges, `host:port` addresses, hostnames and names.
 //!
 //! Each parser is a pure function from the written value to a typed value or a message that says
 //! what is wrong and how to write it instead. They know nothing about files or positions; the
@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::Ipv6Addr;
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Value;
@@ -99,6 +100,16 @@ impl fmt::Display for PortRange {
             write!(f, "{}-{}", self.start, self.end)
         }
     }
+}
+
+/// A certificate chain and its private key, PEM files: the hub's `[tls]`, or one of an https
+/// service's `[[services.NAME.certificates]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `cert_file`: certificate chain, PEM. Relative to the config file's directory.
+    pub cert_file: PathBuf,
+    /// `key_file`: private key, PEM. Relative to the config file's directory.
+    pub key_file: PathBuf,
 }
 
 /// Parses `ports`: a string `"START-END"` or `"PORT"`, or an integer port; `"0"` alone means a
@@ -290,6 +301,18 @@ pub(crate) fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
         *byte = pair[0] << 4 | pair[1];
     }
     Ok(fingerprint)
+}
+
+/// Whether `name` is a DNS name of letters, digits and hyphens in dot-separated labels.
+pub(crate) fn is_hostname(name: &str) -> bool {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
 }
 
 /// Checks a name (of a service, tunnel key or proxy): 1 to 64 of `a-z`, `0-9`, `_`, `-`.
@@ -498,6 +521,16 @@ mod tests {
                 .unwrap_err()
                 .contains("'z'")
         );
+    }
+
+    #[test]
+    fn hostnames_are_checked_label_by_label() {
+        assert!(is_hostname("tunnel.example.com"));
+        assert!(is_hostname("localhost"));
+        assert!(!is_hostname("bad_name.example"));
+        assert!(!is_hostname("-x.example"));
+        assert!(!is_hostname("a..b"));
+        assert!(!is_hostname(""));
     }
 
     #[test]

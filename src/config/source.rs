@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, Location, Position};
@@ -57,6 +58,43 @@ impl<'a> Source<'a> {
             },
             message: message.into(),
         }
+    }
+
+    /// Checks `value` with `check`; a problem it finds becomes an error at the value, after
+    /// `what`: the key as the user knows it, like ``"`links`"`` or ``"`port` in [[proxies]] `ssh`"``.
+    pub(crate) fn check<V, T>(
+        &self,
+        value: &Spanned<V>,
+        what: &str,
+        check: impl FnOnce(&V) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        check(value.get_ref())
+            .map_err(|problem| self.error_at(value.span(), format!("{what}: {problem}")))
+    }
+
+    /// [`Source::check`] for an optional key: `None` when it is absent.
+    pub(crate) fn check_opt<V, T>(
+        &self,
+        value: Option<&Spanned<V>>,
+        what: &str,
+        check: impl FnOnce(&V) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        value
+            .map(|value| self.check(value, what, check))
+            .transpose()
+    }
+
+    /// A path key that must not be empty, resolved against the config file's directory; `what`
+    /// names the key as in [`Source::check`].
+    pub(crate) fn non_empty_path(
+        &self,
+        path: &Spanned<String>,
+        what: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        if path.get_ref().is_empty() {
+            return Err(self.error_at(path.span(), format!("{what} is empty; give a path")));
+        }
+        Ok(self.resolve_path(path.get_ref()))
     }
 
     /// `path` as written in the config, made absolute relative to the config file's directory.

@@ -170,6 +170,20 @@ pub(crate) fn port_from_i64(port: i64) -> Result<u16, String> {
         .ok_or_else(|| format!("{port} is not a port number; use 1 to 65535"))
 }
 
+/// A whole number from `range`, written as a TOML integer: a count or a size.
+pub(crate) fn count_in(n: i64, range: RangeInclusive<usize>) -> Result<usize, String> {
+    usize::try_from(n)
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{n} is out of range; use {} to {}",
+                range.start(),
+                range.end()
+            )
+        })
+}
+
 /// Parses a duration written as a string: a whole number and a unit, `ms`, `s`, `m` or `h`.
 pub(crate) fn parse_duration(value: &Value) -> Result<Duration, String> {
     const HINT: &str = "write a whole number and a unit (ms, s, m or h) in quotes, like \"500ms\", \

@@ -522,9 +522,10 @@ fn hash_password() -> Result<()> {
 }
 
 async fn init_from(path: &Path, init: InitArgs) -> Result<()> {
-    use tunnelize::admin::client::{AdminClient, parse_fingerprint};
+    use tunnelize::admin::client::AdminClient;
     use tunnelize::admin::model::{SERVICES, ServiceInfo};
     use tunnelize::config::HubTrust;
+    use tunnelize::tls::Fingerprint;
     use tunnelize::tunnel::bootstrap::{HubLocation, config_text};
 
     let admin = init.init_from.unwrap_or_default();
@@ -537,7 +538,7 @@ async fn init_from(path: &Path, init: InitArgs) -> Result<()> {
         path.display()
     );
     let fingerprint = match &init.fingerprint {
-        Some(text) => Some(parse_fingerprint(text).map_err(anyhow::Error::msg)?),
+        Some(text) => Some(text.parse::<Fingerprint>().map_err(anyhow::Error::msg)?.0),
         None => None,
     };
     let trust = match (&fingerprint, &init.ca) {

@@ -455,6 +455,32 @@ mod tests {
     }
 
     #[test]
+    fn key_hostnames_are_full_names_or_wildcards_under_one() {
+        assert_eq!(
+            hostname_pattern("App.Example.org"),
+            Ok("app.example.org".into())
+        );
+        assert_eq!(
+            hostname_pattern("*.Example.org"),
+            Ok("*.example.org".into())
+        );
+        for bad in [
+            "app",
+            "*.org",
+            "*",
+            "a..b",
+            "*.*.example.org",
+            "bad_name.example",
+        ] {
+            let err = hostname_pattern(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("{bad:?} is not a hostname")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn reconnect_grace_is_a_duration_or_zero_to_turn_it_off() {
         let grace = |text: &str| parse(&format!("reconnect_grace = {text}\n{KEYS}"));
         assert_eq!(

@@ -306,6 +306,41 @@ mod tests {
     }
 
     #[test]
+    fn a_checked_value_points_at_its_line_and_names_its_key() {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            a: Spanned<i64>,
+            b: Option<Spanned<i64>>,
+        }
+        let no_env = |_: &str| Err(VarError::NotPresent);
+        let src = Source::new(
+            "\na = 7
+",
+            Path::new("/etc/x.toml"),
+            &no_env,
+        );
+        let raw: Raw = src.deserialize().unwrap();
+        let positive = |n: &i64| {
+            if *n > 0 {
+                Ok(*n)
+            } else {
+                Err(format!("{n} is not positive"))
+            }
+        };
+        assert_eq!(src.check(&raw.a, "`a`", positive).unwrap(), 7);
+        assert_eq!(
+            src.check_opt(raw.b.as_ref(), "`b`", positive).unwrap(),
+            None
+        );
+        let err = src
+            .check(&raw.a, "`a` in [t]", |n| {
+                Err::<(), _>(format!("{n} is wrong"))
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "/etc/x.toml:2:5: `a` in [t]: 7 is wrong");
+    }
+
+    #[test]
     fn table_phrases_read_like_the_toml_that_opened_them() {
         assert_eq!(table_phrase(&[]), "at the top level");
         assert_eq!(

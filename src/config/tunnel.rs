@@ -19,10 +19,10 @@ use super::file::{self, ConfigFile};
 use super::secret_source::{SecretFields, resolve_secret};
 use super::source::Source;
 use super::values::{
-    check_name, count_in, is_hostname, parse_duration, parse_fingerprint, parse_host_port,
-    port_from_i64,
+    check_name, count_in, is_hostname, parse_duration, parse_host_port, port_from_i64,
 };
 use crate::secret::Secret;
+use crate::tls::Fingerprint;
 
 const DEFAULT_LINKS: usize = 2;
 const MAX_LINKS: usize = 16;
@@ -258,11 +258,10 @@ impl RawTunnel {
             (Some(file), None) => src
                 .non_empty_path(file, "`hub_ca_file`")
                 .map(HubTrust::CaFile),
-            (None, Some(fingerprint)) => parse_fingerprint(fingerprint.get_ref())
-                .map(HubTrust::Fingerprint)
-                .map_err(|problem| {
-                    src.error_at(fingerprint.span(), format!("`hub_cert_sha256`: {problem}"))
-                }),
+            (None, Some(fingerprint)) => src.check(fingerprint, "`hub_cert_sha256`", |text| {
+                text.parse::<Fingerprint>()
+                    .map(|pin| HubTrust::Fingerprint(pin.0))
+            }),
             (None, None) => Ok(HubTrust::SystemRoots),
         }
     }

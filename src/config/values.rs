@@ -289,34 +289,6 @@ pub(crate) fn parse_host_port(text: &str, example: &str) -> Result<HostPort, Str
     })
 }
 
-/// Parses a SHA-256 fingerprint: 64 hex digits, any case, colons optional.
-pub(crate) fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
-    const HINT: &str = "give the SHA-256 of the hub's certificate as 64 hex digits (colons \
-                        allowed), as printed by `openssl x509 -noout -fingerprint -sha256 -in \
-                        CERT.pem`";
-    let digits: Vec<u8> = text
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| {
-            // A hex digit is below 16, so it fits a byte.
-            c.to_digit(16)
-                .map(|digit| digit as u8)
-                .ok_or_else(|| format!("{c:?} is not a hex digit; {HINT}"))
-        })
-        .collect::<Result<_, _>>()?;
-    if digits.len() != 64 {
-        return Err(format!(
-            "found {} hex digits instead of 64; {HINT}",
-            digits.len()
-        ));
-    }
-    let mut fingerprint = [0u8; 32];
-    for (byte, pair) in fingerprint.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = pair[0] << 4 | pair[1];
-    }
-    Ok(fingerprint)
-}
-
 /// Whether `name` is a DNS name of letters, digits and hyphens in dot-separated labels.
 pub(crate) fn is_hostname(name: &str) -> bool {
     let label_ok = |l: &str| {
@@ -512,32 +484,6 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_take_hex_with_optional_colons_in_any_case() {
-        let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
-        let parsed = parse_fingerprint(hex).unwrap();
-        assert_eq!(parsed[0], 0x00);
-        assert_eq!(parsed[1], 0x11);
-        assert_eq!(parsed[15], 0xff);
-        assert_eq!(parsed[31], 0xff);
-        let with_colons: Vec<String> = hex
-            .as_bytes()
-            .chunks(2)
-            .map(|p| String::from_utf8_lossy(p).into())
-            .collect();
-        assert_eq!(parse_fingerprint(&with_colons.join(":")), Ok(parsed));
-        assert!(
-            parse_fingerprint(&hex[..62])
-                .unwrap_err()
-                .contains("62 hex digits")
-        );
-        assert!(
-            parse_fingerprint(&format!("{}zz", &hex[..62]))
-                .unwrap_err()
-                .contains("'z'")
-        );
-    }
-
-    #[test]
     fn hostnames_are_checked_label_by_label() {
         assert!(is_hostname("tunnel.example.com"));
         assert!(is_hostname("localhost"));
@@ -545,6 +491,18 @@ mod tests {
         assert!(!is_hostname("-x.example"));
         assert!(!is_hostname("a..b"));
         assert!(!is_hostname(""));
+    }
+
+    #[test]
+    fn counts_are_whole_numbers_within_their_range() {
+        assert_eq!(count_in(1, 1..=16), Ok(1));
+        assert_eq!(count_in(16, 1..=16), Ok(16));
+        for bad in [0, 17, -1, i64::MIN] {
+            assert_eq!(
+                count_in(bad, 1..=16),
+                Err(format!("{bad} is out of range; use 1 to 16"))
+            );
+        }
     }
 
     #[test]

@@ -235,48 +235,9 @@ fn text(description: &str) -> Value {
 
 /// The document for a daemon of `role` (`hub` or `tunnel`).
 pub fn document(role: &str) -> Value {
-    let mut paths = json!({
-        "/healthz": get("liveness", text("`ok`")),
-        "/metrics": get("Prometheus text exposition", text("metrics")),
-        "/v1/openapi.json": get("this document", json_answer("OpenAPI 3.1", json!({ "type": "object" }))),
-        "/v1/system": get("host and process figures", json_answer("figures", reference("SystemInfo"))),
-        "/v1/reload": { "post": {
-            "summary": "re-read the configuration file",
-            "responses": {
-                "200": json_answer("reloaded: a summary", reference("Message")),
-                "422": json_answer("the new configuration was refused; the old one runs on", reference("Message")),
-                "501": json_answer("this daemon cannot reload", reference("Message"))
-            }
-        }}
-    });
+    let mut paths = common_paths();
     if role == "hub" {
-        paths["/v1/services"] = get(
-            "every service (a tunnel key may also call this)",
-            json_answer("services", list_of("ServiceInfo")),
-        );
-        paths["/v1/services/{name}"] = get_named(
-            "one service with its figures",
-            json_answer("the service", reference("ServiceInfo")),
-            "name",
-        );
-        paths["/v1/services/{name}/tunnels"] = get_named(
-            "the tunnels with a proxy on the service",
-            json_answer("tunnels", list_of("TunnelInfo")),
-            "name",
-        );
-        paths["/v1/services/{name}/clients"] = get_named(
-            "the clients connected to the service",
-            json_answer("clients", list_of("ClientInfo")),
-            "name",
-        );
-        paths["/v1/tunnels/{id}"] =
-            delete("disconnect a tunnel: its clients close, its ports and hostnames are freed");
-        paths["/v1/clients/{id}"] = delete("disconnect one client");
-        paths["/v1/lockouts"] = get(
-            "the failed-login table: addresses with failures, and lockouts",
-            json_answer("entries", list_of("LockoutInfo")),
-        );
-        paths["/v1/lockouts/{address}"] = delete("forget an address's failures and lockout");
+        add_hub_paths(&mut paths);
     } else {
         paths["/v1/status"] = get(
             "the tunnel daemon's own view",
@@ -295,6 +256,55 @@ pub fn document(role: &str) -> Value {
         },
         "paths": paths
     })
+}
+
+/// The endpoints both daemons serve.
+fn common_paths() -> Value {
+    json!({
+        "/healthz": get("liveness", text("`ok`")),
+        "/metrics": get("Prometheus text exposition", text("metrics")),
+        "/v1/openapi.json": get("this document", json_answer("OpenAPI 3.1", json!({ "type": "object" }))),
+        "/v1/system": get("host and process figures", json_answer("figures", reference("SystemInfo"))),
+        "/v1/reload": { "post": {
+            "summary": "re-read the configuration file",
+            "responses": {
+                "200": json_answer("reloaded: a summary", reference("Message")),
+                "422": json_answer("the new configuration was refused; the old one runs on", reference("Message")),
+                "501": json_answer("this daemon cannot reload", reference("Message"))
+            }
+        }}
+    })
+}
+
+/// The hub's own endpoints: services, tunnels, clients and lockouts.
+fn add_hub_paths(paths: &mut Value) {
+    paths["/v1/services"] = get(
+        "every service (a tunnel key may also call this)",
+        json_answer("services", list_of("ServiceInfo")),
+    );
+    paths["/v1/services/{name}"] = get_named(
+        "one service with its figures",
+        json_answer("the service", reference("ServiceInfo")),
+        "name",
+    );
+    paths["/v1/services/{name}/tunnels"] = get_named(
+        "the tunnels with a proxy on the service",
+        json_answer("tunnels", list_of("TunnelInfo")),
+        "name",
+    );
+    paths["/v1/services/{name}/clients"] = get_named(
+        "the clients connected to the service",
+        json_answer("clients", list_of("ClientInfo")),
+        "name",
+    );
+    paths["/v1/tunnels/{id}"] =
+        delete("disconnect a tunnel: its clients close, its ports and hostnames are freed");
+    paths["/v1/clients/{id}"] = delete("disconnect one client");
+    paths["/v1/lockouts"] = get(
+        "the failed-login table: addresses with failures, and lockouts",
+        json_answer("entries", list_of("LockoutInfo")),
+    );
+    paths["/v1/lockouts/{address}"] = delete("forget an address's failures and lockout");
 }
 
 #[cfg(test)]

@@ -198,13 +198,7 @@ impl ConfigFile for HubConfig {
             .as_ref()
             .map(|tls| check_tls(src, tls))
             .transpose()?;
-        let keys = check_keys(src, &raw.keys)?;
-        if keys.is_empty() && !allow_no_auth {
-            return Err(src.error_in_file(
-                "no tunnel keys are configured, so no tunnel could connect; add a [[keys]] entry \
-                 or, for loopback-only testing, allow_no_auth = true",
-            ));
-        }
+        let keys = check_keys(src, &raw.keys, allow_no_auth)?;
         let services = check_services(src, &raw.services, listen)?;
         let duration = |value: &Option<Spanned<Value>>, key: &str, default| {
             let duration = src.check_opt(value.as_ref(), &format!("`{key}`"), parse_duration);
@@ -230,11 +224,7 @@ impl ConfigFile for HubConfig {
             link_timeout: duration(&raw.link_timeout, "link_timeout", DEFAULT_LINK_TIMEOUT)?,
             idle_timeout: duration(&raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
             admin: check_admin(src, raw.admin.as_ref(), DEFAULT_HUB_SOCKET, true)?,
-            lockout_failures: src
-                .check_opt(raw.lockout_failures.as_ref(), "`lockout_failures`", |n| {
-                    count_in(*n, 1..=1000).map(|n| n as u32)
-                })?
-                .unwrap_or(DEFAULT_LOCKOUT_FAILURES),
+            lockout_failures: check_lockout_failures(src, raw.lockout_failures.as_ref())?,
             lockout_duration: duration(
                 &raw.lockout_duration,
                 "lockout_duration",
@@ -277,6 +267,16 @@ fn check_allow_no_auth(
     }
 }
 
+/// `lockout_failures`: 1 to 1000 failed logins in a row.
+fn check_lockout_failures(
+    src: &Source<'_>,
+    value: Option<&Spanned<i64>>,
+) -> Result<u32, ConfigError> {
+    let failures = src.check_opt(value, "`lockout_failures`", |n| count_in(*n, 1..=1000))?;
+    // At most 1000, so it fits.
+    Ok(failures.map_or(DEFAULT_LOCKOUT_FAILURES, |n| n as u32))
+}
+
 /// A duration, or zero written with a unit (`"0s"`) to turn the grace off.
 fn parse_grace(value: &Value) -> Result<Duration, String> {
     if let Value::String(text) = value {
@@ -315,11 +315,22 @@ fn check_tls(src: &Source<'_>, tls: &Spanned<RawTls>) -> Result<TlsFiles, Config
     }
 }
 
-fn check_keys(src: &Source<'_>, raw_keys: &[RawKey]) -> Result<Vec<TunnelKey>, ConfigError> {
+/// `[[keys]]`: at least one unless `allow_no_auth`, each with its own name and key.
+fn check_keys(
+    src: &Source<'_>,
+    raw_keys: &[RawKey],
+    allow_no_auth: bool,
+) -> Result<Vec<TunnelKey>, ConfigError> {
     let mut keys: Vec<TunnelKey> = Vec::with_capacity(raw_keys.len());
     for raw in raw_keys {
         let key = check_key(src, raw, &keys)?;
         keys.push(key);
+    }
+    if keys.is_empty() && !allow_no_auth {
+        return Err(src.error_in_file(
+            "no tunnel keys are configured, so no tunnel could connect; add a [[keys]] entry \
+             or, for loopback-only testing, allow_no_auth = true",
+        ));
     }
     Ok(keys)
 }

@@ -262,22 +262,7 @@ fn build_service(
         check_name(name)
     })?;
     let table = format!("[services.{}]", name.get_ref());
-    let reject_keys_outside = |allowed: &[&str]| -> Result<(), ConfigError> {
-        for (key, span) in raw.optional_keys() {
-            if let Some(span) = span
-                && !allowed.contains(&key)
-            {
-                return Err(src.error_at(
-                    span,
-                    format!(
-                        "`{key}` in {table} is not used by kind = {:?}; remove it",
-                        raw.kind.get_ref()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    };
+    let reject_keys_outside = |allowed| reject_keys_outside(src, raw, &table, allowed);
     let (kind, ports_span) = match raw.kind.get_ref().as_str() {
         "tcp" => {
             reject_keys_outside(TCP_KEYS)?;
@@ -315,6 +300,29 @@ fn build_service(
         },
         ports_span,
     })
+}
+
+/// Refuses the optional keys of `raw` that its kind does not use (not in `allowed`).
+fn reject_keys_outside(
+    src: &Source<'_>,
+    raw: &RawService,
+    table: &str,
+    allowed: &[&str],
+) -> Result<(), ConfigError> {
+    for (key, span) in raw.optional_keys() {
+        if let Some(span) = span
+            && !allowed.contains(&key)
+        {
+            return Err(src.error_at(
+                span,
+                format!(
+                    "`{key}` in {table} is not used by kind = {:?}; remove it",
+                    raw.kind.get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn tcp_service(

@@ -89,8 +89,12 @@ pub(super) fn http_service(
     let redirect_https = check_redirect(src, raw.redirect_https, table, tls)?;
     let certificates = check_certificates(src, name, raw.certificates, table, tls)?;
     let duration = |value: Option<&Spanned<Value>>, key: &str, default| {
-        let duration = src.check_opt(value, &format!("`{key}` in {table}"), parse_duration);
-        duration.map(|duration| duration.unwrap_or(default))
+        src.check_or(
+            value,
+            &format!("`{key}` in {table}"),
+            default,
+            parse_duration,
+        )
     };
     Ok((
         HttpService {

@@ -185,9 +185,9 @@ impl ConfigFile for HubConfig {
     type Raw = RawHub;
 
     fn check(raw: RawHub, src: &Source<'_>) -> Result<Self, ConfigError> {
-        let listen = src
-            .check_opt(raw.listen.as_ref(), "`listen`", |text| parse_listen(text))?
-            .unwrap_or(DEFAULT_LISTEN);
+        let listen = src.check_or(raw.listen.as_ref(), "`listen`", DEFAULT_LISTEN, |text| {
+            parse_listen(text)
+        })?;
         let state_dir = match &raw.state_dir {
             Some(dir) => src.non_empty_path(dir, "`state_dir`")?,
             None => PathBuf::from(DEFAULT_STATE_DIR),
@@ -201,8 +201,7 @@ impl ConfigFile for HubConfig {
         let keys = check_keys(src, &raw.keys, allow_no_auth)?;
         let services = check_services(src, &raw.services, listen)?;
         let duration = |value: &Option<Spanned<Value>>, key: &str, default| {
-            let duration = src.check_opt(value.as_ref(), &format!("`{key}`"), parse_duration);
-            duration.map(|duration| duration.unwrap_or(default))
+            src.check_or(value.as_ref(), &format!("`{key}`"), default, parse_duration)
         };
         Ok(HubConfig {
             listen,
@@ -236,13 +235,12 @@ impl ConfigFile for HubConfig {
                 "shutdown_timeout",
                 DEFAULT_SHUTDOWN_TIMEOUT,
             )?,
-            reconnect_grace: src
-                .check_opt(
-                    raw.reconnect_grace.as_ref(),
-                    "`reconnect_grace`",
-                    parse_grace,
-                )?
-                .unwrap_or(DEFAULT_RECONNECT_GRACE),
+            reconnect_grace: src.check_or(
+                raw.reconnect_grace.as_ref(),
+                "`reconnect_grace`",
+                DEFAULT_RECONNECT_GRACE,
+                parse_grace,
+            )?,
         })
     }
 }
@@ -272,9 +270,10 @@ fn check_lockout_failures(
     src: &Source<'_>,
     value: Option<&Spanned<i64>>,
 ) -> Result<u32, ConfigError> {
-    let failures = src.check_opt(value, "`lockout_failures`", |n| count_in(*n, 1..=1000))?;
-    // At most 1000, so it fits.
-    Ok(failures.map_or(DEFAULT_LOCKOUT_FAILURES, |n| n as u32))
+    src.check_or(value, "`lockout_failures`", DEFAULT_LOCKOUT_FAILURES, |n| {
+        // At most 1000, so it fits.
+        count_in(*n, 1..=1000).map(|n| n as u32)
+    })
 }
 
 /// A duration, or zero written with a unit (`"0s"`) to turn the grace off.

@@ -65,8 +65,9 @@ pub(super) fn check_limits(
     };
     let value = |field: &Option<Spanned<i64>>, key: &str, default: usize| {
         let what = format!("`{key}` in [limits]");
-        let value = src.check_opt(field.as_ref(), &what, |n| count_in(*n, 1..=1_000_000));
-        value.map(|value| value.unwrap_or(default))
+        src.check_or(field.as_ref(), &what, default, |n| {
+            count_in(*n, 1..=1_000_000)
+        })
     };
     Ok(Limits {
         tunnels: value(&raw.tunnels, "tunnels", defaults.tunnels)?,

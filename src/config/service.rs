@@ -370,20 +370,26 @@ fn udp_service(
 ) -> Result<(UdpService, Span), ConfigError> {
     let (TcpService { listen, ports }, ports_span) = tcp_service(src, name, raw, table)?;
     let what = format!("`session_timeout` in {table}");
-    let session_timeout = src
-        .check_opt(raw.session_timeout.as_ref(), &what, parse_duration)?
-        .unwrap_or(DEFAULT_UDP_SESSION_TIMEOUT);
+    let session_timeout = src.check_or(
+        raw.session_timeout.as_ref(),
+        &what,
+        DEFAULT_UDP_SESSION_TIMEOUT,
+        parse_duration,
+    )?;
     let what = format!("`max_sessions` in {table}");
-    let max_sessions = src
-        .check_opt(raw.max_sessions.as_ref(), &what, |n| {
+    let max_sessions = src.check_or(
+        raw.max_sessions.as_ref(),
+        &what,
+        DEFAULT_UDP_MAX_SESSIONS,
+        |n| {
             count_in(*n, 1..=MAX_UDP_MAX_SESSIONS).map_err(|problem| {
                 format!(
                     "{problem} (default {DEFAULT_UDP_MAX_SESSIONS}); each session holds a socket \
                      on the tunnel host"
                 )
             })
-        })?
-        .unwrap_or(DEFAULT_UDP_MAX_SESSIONS);
+        },
+    )?;
     Ok((
         UdpService {
             listen,

@@ -84,6 +84,17 @@ impl<'a> Source<'a> {
             .transpose()
     }
 
+    /// [`Source::check`] for an optional key with a default: `default` when it is absent.
+    pub(crate) fn check_or<V, T>(
+        &self,
+        value: Option<&Spanned<V>>,
+        what: &str,
+        default: T,
+        check: impl FnOnce(&V) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        Ok(self.check_opt(value, what, check)?.unwrap_or(default))
+    }
+
     /// A path key that must not be empty, resolved against the config file's directory; `what`
     /// names the key as in [`Source::check`].
     pub(crate) fn non_empty_path(

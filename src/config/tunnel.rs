@@ -214,19 +214,16 @@ impl ConfigFile for TunnelConfig {
         };
         // Any non-empty key may be sent; only the hub decides which keys are strong enough.
         let key = resolve_secret(src, &fields, "", 1)?;
-        let links = src
-            .check_opt(raw.links.as_ref(), "`links`", |n| {
-                count_in(*n, 1..=MAX_LINKS)
-                    .map_err(|problem| format!("{problem} (default {DEFAULT_LINKS})"))
-            })?
-            .unwrap_or(DEFAULT_LINKS);
-        let connect_timeout = src
-            .check_opt(
-                raw.connect_timeout.as_ref(),
-                "`connect_timeout`",
-                parse_duration,
-            )?
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let links = src.check_or(raw.links.as_ref(), "`links`", DEFAULT_LINKS, |n| {
+            count_in(*n, 1..=MAX_LINKS)
+                .map_err(|problem| format!("{problem} (default {DEFAULT_LINKS})"))
+        })?;
+        let connect_timeout = src.check_or(
+            raw.connect_timeout.as_ref(),
+            "`connect_timeout`",
+            DEFAULT_CONNECT_TIMEOUT,
+            parse_duration,
+        )?;
         let proxies = check_proxies(src, &raw.proxies)?;
         let reconnect = match &raw.reconnect {
             Some(reconnect) => check_reconnect(src, reconnect)?,
@@ -271,8 +268,7 @@ impl RawTunnel {
 fn check_reconnect(src: &Source<'_>, raw: &RawReconnect) -> Result<Reconnect, ConfigError> {
     let duration = |value: &Option<Spanned<Value>>, key: &str, default| {
         let what = format!("`{key}` in [reconnect]");
-        let duration = src.check_opt(value.as_ref(), &what, parse_duration);
-        duration.map(|duration| duration.unwrap_or(default))
+        src.check_or(value.as_ref(), &what, default, parse_duration)
     };
     let initial = duration(&raw.initial, "initial", DEFAULT_RECONNECT_INITIAL)?;
     let max = duration(&raw.max, "max", DEFAULT_RECONNECT_MAX)?;

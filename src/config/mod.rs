@@ -7,10 +7,11 @@
 //! file or from an environment variable, and never appear in errors or `Debug` output. Relative
 //! paths in a config file are relative to that file's directory.
 //!
-//! Layout: `source` turns `toml` errors and spans into [`ConfigError`]s, `values` parses value
-//! syntaxes (durations, port ranges, `host:port`), `secret_source` reads `key`/`key_file`/
-//! `key_env`, `file` reads and checks either file, `hub` and `tunnel` hold each
-//! daemon's schema and rules, and `service` the hub's
+//! Layout: `file` reads and checks either file through one loader, `source` turns `toml` errors
+//! and spans into [`ConfigError`]s (and a value's problem into an error at its key), `values`
+//! holds the shared value types and parses value syntaxes (durations, port ranges, `host:port`,
+//! hostnames), `secret_source` reads `key`/`key_file`/`key_env`/`key_hash`, `hub` and `tunnel`
+//! hold each daemon's schema and rules, and `service` (with `http`) the hub's
 //! `[services.NAME]` tables.
 
 mod admin;

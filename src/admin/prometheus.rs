@@ -220,6 +220,11 @@ mod tests {
         let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
         let g = scrape.samples.iter().find(|s| s.metric == "g").unwrap();
         assert_eq!(g.labels.get("service"), Some("web"));
-        assert!(scrape.samples.iter().any(|s| s.metric == "tunnelize_open_fds"));
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == "tunnelize_open_fds")
+        );
     }
 }

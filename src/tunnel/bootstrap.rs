@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::admin::client::{AdminClient, AdminError, parse_fingerprint};
+use crate::admin::client::{AdminClient, AdminError};
 use crate::admin::model::{SERVICES, ServiceInfo};
 use crate::config::{HubTrust, ProxyConfig, TunnelConfig};
 use crate::secret::Secret;
@@ -82,7 +82,11 @@ pub async fn init_from(req: InitRequest) -> Result<usize, BootstrapError> {
         return Err(BootstrapError::Exists(req.path));
     }
     let fingerprint = match &req.fingerprint {
-        Some(text) => Some(parse_fingerprint(text).map_err(BootstrapError::Fingerprint)?),
+        Some(text) => Some(
+            text.parse::<Fingerprint>()
+                .map_err(BootstrapError::Fingerprint)?
+                .0,
+        ),
         None => None,
     };
     let trust = match (fingerprint, &req.ca) {

@@ -2,10 +2,10 @@
 //! hub's answer for each proxy, and whether each proxy's target accepted its last connection.
 //!
 //! The reconnect loop and the link workers write here; the admin API reads snapshots. One
-//! `std::sync::Mutex`, held only to copy or update a few fields. It holds one entry per
+//! `parking_lot::Mutex`, held only to copy or update a few fields. It holds one entry per
 //! configured proxy, so nothing a peer sends can grow it.
 
-use std::sync::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use uuid::Uuid;
@@ -81,7 +81,7 @@ impl StatusBoard {
     }
 
     fn lock(&self) -> MutexGuard<'_, Board> {
-        self.board.lock().unwrap_or_else(|p| p.into_inner())
+        self.board.lock()
     }
 
     /// When the daemon started.

@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod links;
 pub mod lockout;
 pub mod metrics;
+mod ports;
 pub mod registry;
 pub mod reload;
 pub mod tcp;

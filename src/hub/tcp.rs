@@ -6,7 +6,7 @@
 //! the port closes at once. A range of `0` means "any port the operating system picks" (tests,
 //! `tunnelize demo`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 use super::Shared;
 use super::clients::ClientGuard;
 use super::metrics::Rejection;
+use super::ports::ServicePorts;
 use super::registry::TunnelSession;
 use crate::config::TcpService;
 use crate::mux;
@@ -29,27 +30,12 @@ pub(super) fn expose(
     config: &TcpService,
     req: &ProxyRequest,
 ) -> Result<u16, String> {
-    let ephemeral = config.ports.start == 0;
-    let listener = match req.port {
-        Some(port) if !ephemeral && !config.ports.contains(port) => {
-            return Err(format!(
-                "port {port} is outside service `{service}`'s range {}-{}",
-                config.ports.start, config.ports.end
-            ));
-        }
-        Some(port) => {
-            claim_and_bind(shared, session, config.listen, port).map_err(|e| e.message(port))?
-        }
-        None if ephemeral => {
-            claim_and_bind(shared, session, config.listen, 0).map_err(|e| e.message(0))?
-        }
-        None => any_free_port(shared, session, config).ok_or_else(|| {
-            format!(
-                "no free port left in service `{service}`'s range {}-{}",
-                config.ports.start, config.ports.end
-            )
-        })?,
+    let ports = ServicePorts {
+        service,
+        listen: config.listen,
+        range: config.ports,
     };
+    let listener: TcpListener = ports.claim_and_bind(&shared.registry, session.id, req.port)?;
     let port = listener
         .local_addr()
         .map(|a| a.port())
@@ -62,70 +48,6 @@ pub(super) fn expose(
         accept_clients(shared2, session2, listener, service, proxy).await;
     });
     Ok(port)
-}
-
-enum BindError {
-    Taken,
-    Os(std::io::Error),
-}
-
-impl BindError {
-    fn message(&self, port: u16) -> String {
-        match self {
-            BindError::Taken => format!("port {port} is taken by another tunnel"),
-            BindError::Os(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                format!("port {port} is in use by another program on the hub host")
-            }
-            BindError::Os(e) => format!("cannot listen on port {port}: {e}"),
-        }
-    }
-}
-
-fn claim_and_bind(
-    shared: &Shared,
-    session: &TunnelSession,
-    ip: IpAddr,
-    port: u16,
-) -> Result<TcpListener, BindError> {
-    if port != 0 {
-        shared
-            .registry
-            .claim_port((ip, port), session.id)
-            .map_err(|_| BindError::Taken)?;
-    }
-    let bound = bind(SocketAddr::new(ip, port));
-    match (&bound, port) {
-        (Err(_), p) if p != 0 => shared.registry.release_port(&(ip, p), session.id),
-        (Ok(listener), 0) => {
-            // The OS picked a port nobody can have claimed (it was not bound a moment ago).
-            if let Ok(addr) = listener.local_addr() {
-                let _ = shared.registry.claim_port((ip, addr.port()), session.id);
-            }
-        }
-        _ => {}
-    }
-    bound.map_err(BindError::Os)
-}
-
-fn any_free_port(
-    shared: &Shared,
-    session: &TunnelSession,
-    config: &TcpService,
-) -> Option<TcpListener> {
-    let len = u32::from(config.ports.end - config.ports.start) + 1;
-    // Start at a random offset so concurrent tunnels rarely race for the same port.
-    let mut seed = [0u8; 4];
-    let _ = getrandom::fill(&mut seed);
-    let offset = u32::from_le_bytes(seed) % len;
-    (0..len)
-        .map(|i| config.ports.start + ((offset + i) % len) as u16)
-        .find_map(|port| claim_and_bind(shared, session, config.listen, port).ok())
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    TcpListener::from_std(listener)
 }
 
 async fn accept_clients(

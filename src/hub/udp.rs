@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +35,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::Shared;
 use super::clients::{ClientGuard, ClientLimit};
 use super::metrics::Rejection;
+use super::ports::ServicePorts;
 use super::registry::TunnelSession;
 use crate::config::UdpService;
 use crate::mux::{self, Meter};
@@ -68,27 +69,12 @@ pub(super) fn expose(
     config: &UdpService,
     req: &ProxyRequest,
 ) -> Result<u16, String> {
-    let ephemeral = config.ports.is_os_assigned();
-    let socket = match req.port {
-        Some(port) if !ephemeral && !config.ports.contains(port) => {
-            return Err(format!(
-                "port {port} is outside service `{service}`'s range {}-{}",
-                config.ports.start, config.ports.end
-            ));
-        }
-        Some(port) => {
-            claim_and_bind(shared, session, config.listen, port).map_err(|e| e.message(port))?
-        }
-        None if ephemeral => {
-            claim_and_bind(shared, session, config.listen, 0).map_err(|e| e.message(0))?
-        }
-        None => any_free_port(shared, session, config).ok_or_else(|| {
-            format!(
-                "no free port left in service `{service}`'s range {}-{}",
-                config.ports.start, config.ports.end
-            )
-        })?,
+    let ports = ServicePorts {
+        service,
+        listen: config.listen,
+        range: config.ports,
     };
+    let socket: UdpSocket = ports.claim_and_bind(&shared.registry, session.id, req.port)?;
     let local = socket.local_addr().map_err(|e| e.to_string())?;
     let proxy = Arc::new(Proxy {
         shared: shared.clone(),
@@ -105,70 +91,6 @@ pub(super) fn expose(
     });
     shared.tasks.spawn(serve_proxy(proxy));
     Ok(local.port())
-}
-
-enum BindError {
-    Taken,
-    Os(io::Error),
-}
-
-impl BindError {
-    fn message(&self, port: u16) -> String {
-        match self {
-            BindError::Taken => format!("udp port {port} is taken by another tunnel"),
-            BindError::Os(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                format!("udp port {port} is in use by another program on the hub host")
-            }
-            BindError::Os(e) => format!("cannot bind udp port {port}: {e}"),
-        }
-    }
-}
-
-fn claim_and_bind(
-    shared: &Shared,
-    session: &TunnelSession,
-    ip: IpAddr,
-    port: u16,
-) -> Result<UdpSocket, BindError> {
-    let registry = &shared.registry;
-    if port != 0 {
-        registry
-            .claim(Transport::Udp, (ip, port), session.id)
-            .map_err(|_| BindError::Taken)?;
-    }
-    let bound = bind(SocketAddr::new(ip, port));
-    match (&bound, port) {
-        (Err(_), p) if p != 0 => registry.release(Transport::Udp, &(ip, p), session.id),
-        (Ok(socket), 0) => {
-            // The OS picked a port nobody can have claimed (it was not bound a moment ago).
-            if let Ok(addr) = socket.local_addr() {
-                let _ = registry.claim(Transport::Udp, (ip, addr.port()), session.id);
-            }
-        }
-        _ => {}
-    }
-    bound.map_err(BindError::Os)
-}
-
-fn any_free_port(
-    shared: &Shared,
-    session: &TunnelSession,
-    config: &UdpService,
-) -> Option<UdpSocket> {
-    let len = u32::from(config.ports.end - config.ports.start) + 1;
-    // Start at a random offset so concurrent tunnels rarely race for the same port.
-    let mut seed = [0u8; 4];
-    let _ = getrandom::fill(&mut seed);
-    let offset = u32::from_le_bytes(seed) % len;
-    (0..len)
-        .map(|i| config.ports.start + ((offset + i) % len) as u16)
-        .find_map(|port| claim_and_bind(shared, session, config.listen, port).ok())
-}
-
-fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = std::net::UdpSocket::bind(addr)?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
 }
 
 /// One served UDP proxy port.

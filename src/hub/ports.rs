@@ -86,7 +86,16 @@ enum Wanted {
     AnyInRange,
 }
 
-impl ServicePorts<'_> {
+impl<'a> ServicePorts<'a> {
+    /// The ports `range` of service `service`, bound on `listen`.
+    pub(super) fn new(service: &'a str, listen: IpAddr, range: PortRange) -> Self {
+        Self {
+            service,
+            listen,
+            range,
+        }
+    }
+
     /// Claims a port for `tunnel` as `requested` asks, and binds it. The error is a reason fit
     /// to send to the tunnel.
     pub(super) fn claim_and_bind<S: PublicSocket>(
@@ -196,11 +205,7 @@ mod tests {
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn ports(start: u16, end: u16) -> ServicePorts<'static> {
-        ServicePorts {
-            service: "game",
-            listen: LOOPBACK,
-            range: PortRange { start, end },
-        }
+        ServicePorts::new("game", LOOPBACK, PortRange { start, end })
     }
 
     #[test]

@@ -30,12 +30,8 @@ pub(super) fn expose(
     config: &TcpService,
     req: &ProxyRequest,
 ) -> Result<u16, String> {
-    let ports = ServicePorts {
-        service,
-        listen: config.listen,
-        range: config.ports,
-    };
-    let listener: TcpListener = ports.claim_and_bind(&shared.registry, session.id, req.port)?;
+    let listener: TcpListener = ServicePorts::new(service, config.listen, config.ports)
+        .claim_and_bind(&shared.registry, session.id, req.port)?;
     let port = listener
         .local_addr()
         .map(|a| a.port())

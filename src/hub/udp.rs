@@ -15,15 +15,15 @@
 //! traffic. Drops are logged at most once per [`DROP_LOG_INTERVAL`] per port.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
+use parking_lot::Mutex;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -38,10 +38,9 @@ use super::metrics::Rejection;
 use super::ports::ServicePorts;
 use super::registry::TunnelSession;
 use crate::config::UdpService;
-use crate::mux::{self, Meter};
+use crate::mux::{self, DatagramReader, Meter};
 use crate::protocol::{
-    DATAGRAM_HEADER_LEN, DatagramDecoder, LinkOpen, LinkRefusal, ProxyRequest, Transport,
-    datagram_header,
+    DATAGRAM_HEADER_LEN, DatagramBuffer, LinkOpen, LinkRefusal, ProxyRequest, Transport,
 };
 
 /// Datagrams one session may have queued toward the tunnel.
@@ -51,12 +50,6 @@ const SESSION_QUEUE_DATAGRAMS: usize = 256;
 const SESSION_QUEUE_BYTES: usize = 256 * 1024;
 /// Drops on one port are logged at most this often.
 pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// Receive buffer of a proxy socket: room for the frame header, then more than the largest UDP
-/// payload (65,527 bytes over IPv6), so an oversized datagram is seen whole and refused.
-const RECV_BUFFER: usize = DATAGRAM_HEADER_LEN + 64 * 1024;
-// The largest UDP payload is 65,527 bytes (IPv6 without jumbograms): it must fit, with a byte
-// to spare so that nothing is ever silently truncated.
-const _: () = assert!(RECV_BUFFER - DATAGRAM_HEADER_LEN > 65_527);
 /// How long a closing proxy waits for its sessions to reset their streams.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -69,12 +62,8 @@ pub(super) fn expose(
     config: &UdpService,
     req: &ProxyRequest,
 ) -> Result<u16, String> {
-    let ports = ServicePorts {
-        service,
-        listen: config.listen,
-        range: config.ports,
-    };
-    let socket: UdpSocket = ports.claim_and_bind(&shared.registry, session.id, req.port)?;
+    let socket: UdpSocket = ServicePorts::new(service, config.listen, config.ports)
+        .claim_and_bind(&shared.registry, session.id, req.port)?;
     let local = socket.local_addr().map_err(|e| e.to_string())?;
     let proxy = Arc::new(Proxy {
         shared: shared.clone(),
@@ -120,10 +109,7 @@ impl Proxy {
     /// Counts `count` dropped datagrams and logs why, at most once per [`DROP_LOG_INTERVAL`].
     fn drop_datagrams(&self, count: usize, reason: &str) {
         self.dropped.fetch_add(count as u64, Ordering::Relaxed);
-        let suppressed = {
-            let mut log = self.drop_log.lock().unwrap_or_else(|p| p.into_inner());
-            log.due()
-        };
+        let suppressed = self.drop_log.lock().due();
         if let Some(suppressed) = suppressed {
             warn!(
                 service = %self.service,
@@ -249,7 +235,7 @@ async fn serve_proxy(proxy: Arc<Proxy>) {
     let span = info_span!("proxy", service = %proxy.service, tunnel_id = %proxy.session.id, proxy = %proxy.name);
     async {
         info!(listen = %proxy.local, "serving udp proxy");
-        let mut buf = vec![0u8; RECV_BUFFER].into_boxed_slice();
+        let mut buffer = DatagramBuffer::new();
         let mut sessions: HashMap<SocketAddr, ClientSession> = HashMap::new();
         let mut tasks: JoinSet<(SocketAddr, u64)> = JoinSet::new();
         loop {
@@ -262,8 +248,8 @@ async fn serve_proxy(proxy: Arc<Proxy>) {
                         sessions.remove(&peer);
                     }
                 }
-                received = proxy.socket.recv_from(&mut buf[DATAGRAM_HEADER_LEN..]) => match received {
-                    Ok((len, peer)) => route(&proxy, &mut sessions, &mut tasks, &mut buf, len, peer),
+                received = proxy.socket.recv_from(buffer.payload()) => match received {
+                    Ok((len, peer)) => route(&proxy, &mut sessions, &mut tasks, &mut buffer, len, peer),
                     // Unconnected UDP sockets report no ICMP errors, so this is unusual (such as
                     // ENOBUFS): note it, give the host a moment, go on.
                     Err(e) => {
@@ -297,22 +283,20 @@ async fn serve_proxy(proxy: Arc<Proxy>) {
     .await;
 }
 
-/// Hands one received datagram (at `buf[DATAGRAM_HEADER_LEN..][..len]`) to its client's
-/// session, opening one if needed. Never waits.
+/// Hands the datagram of `len` bytes just received into `buffer` to its client's session,
+/// opening one if needed. Never waits.
 fn route(
     proxy: &Arc<Proxy>,
     sessions: &mut HashMap<SocketAddr, ClientSession>,
     tasks: &mut JoinSet<(SocketAddr, u64)>,
-    buf: &mut [u8],
+    buffer: &mut DatagramBuffer,
     len: usize,
     peer: SocketAddr,
 ) {
-    let Ok(header) = datagram_header(len) else {
+    let Ok(frame) = buffer.frame(len) else {
         proxy.drop_datagram("larger than 65,507 bytes");
         return;
     };
-    buf[..DATAGRAM_HEADER_LEN].copy_from_slice(&header);
-    let frame = Bytes::copy_from_slice(&buf[..DATAGRAM_HEADER_LEN + len]);
     let live = sessions.get(&peer).is_some_and(|s| !s.queue.is_closed());
     if !live && proxy.shared.stop.is_cancelled() {
         proxy.drop_datagram("the hub is stopping and takes no new clients");
@@ -498,48 +482,33 @@ async fn to_tunnel(
     send: &mut SendStream<Bytes>,
     state: &SessionState,
 ) -> io::Result<Ended> {
-    while let Some(mut frame) = queue.recv().await {
+    while let Some(frame) = queue.recv().await {
         state.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
         state
             .meter
             .add_in(frame.len().saturating_sub(DATAGRAM_HEADER_LEN));
-        while !frame.is_empty() {
-            send.reserve_capacity(frame.len());
-            let granted = poll_fn(|cx| mux::poll_send_capacity(send, cx)).await?;
-            let chunk = frame.split_to(granted.min(frame.len()));
-            send.send_data(chunk, false).map_err(mux::h2_to_io)?;
-        }
+        mux::send_bytes(send, frame).await?;
     }
     // The receive loop let go of the session.
     Ok(Ended::Stopped)
 }
 
 /// Sends the datagrams of the stream's body to the session's client, and to nobody else.
+/// The window of the stream goes back only once the datagrams are out ([`DatagramReader`]):
+/// a stalled socket slows the sender.
 async fn to_client(
-    mut recv: RecvStream,
+    recv: RecvStream,
     proxy: &Proxy,
     peer: SocketAddr,
     state: &SessionState,
 ) -> io::Result<Ended> {
-    let mut decoder = DatagramDecoder::new();
-    while let Some(chunk) = recv.data().await {
-        let chunk = chunk.map_err(mux::h2_to_io)?;
-        let len = chunk.len();
-        decoder.push(chunk);
-        while let Some(datagram) = decoder
-            .next_datagram()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-        {
-            state.touch();
-            match proxy.socket.send_to(&datagram, peer).await {
-                Ok(sent) => state.meter.add_out(sent),
-                Err(e) => proxy.drop_datagram(&format!("cannot send a reply to the client: {e}")),
-            }
+    let mut datagrams = DatagramReader::new(recv);
+    while let Some(datagram) = datagrams.next().await? {
+        state.touch();
+        match proxy.socket.send_to(&datagram, peer).await {
+            Ok(sent) => state.meter.add_out(sent),
+            Err(e) => proxy.drop_datagram(&format!("cannot send a reply to the client: {e}")),
         }
-        // Release the window only once the datagrams are out: a stalled socket slows the sender.
-        recv.flow_control()
-            .release_capacity(len)
-            .map_err(mux::h2_to_io)?;
     }
     Ok(Ended::TunnelClosed)
 }

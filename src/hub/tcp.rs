@@ -153,35 +153,7 @@ async fn relay(
     };
     // The client's bytes go out while the tunnel connects to its target; its answer decides
     // whether the splice goes on (see `mux::splice_early`).
-    let answer = async {
-        let refused = |e: &str| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e);
-        let response = match tokio::time::timeout(wait, response).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                warn_span()
-                    .in_scope(|| warn!(error = %e, "client dropped: the link stream failed"));
-                shared.metrics.reject(Rejection::NoLink);
-                return Err(refused("link stream failed"));
-            }
-            Err(_) => {
-                warn_span().in_scope(|| {
-                    warn!("client dropped: the tunnel did not reach its target within {wait:?}");
-                });
-                shared.metrics.reject(Rejection::TargetUnreachable);
-                return Err(refused("no answer from the tunnel"));
-            }
-        };
-        shared.metrics.link_setup.observe(started.elapsed());
-        if let Err(refusal) = LinkRefusal::check_response(response.status(), response.headers()) {
-            warn_span().in_scope(|| {
-                warn!(reason = %refusal.reason, "client closed: the tunnel could not reach its target");
-            });
-            shared.metrics.reject(Rejection::TargetUnreachable);
-            return Err(refused("the tunnel could not reach its target"));
-        }
-        debug!("client connected");
-        Ok(response.into_body())
-    };
+    let answer = tunnel_answer(shared, response, started, warn_span);
     match mux::splice_early(
         socket,
         send,
@@ -194,4 +166,41 @@ async fn relay(
         Ok(t) => debug!(sent = t.sent, received = t.received, "client closed"),
         Err(e) => debug!(error = %e, "client connection ended with an error"),
     }
+}
+
+/// Waits up to `link_timeout` for the tunnel's answer to a client's link stream: its body if
+/// the tunnel reached its target, or an error that ends the splice (logged and counted here).
+async fn tunnel_answer(
+    shared: &Shared,
+    response: h2::client::ResponseFuture,
+    started: std::time::Instant,
+    warn_span: impl Fn() -> tracing::Span,
+) -> std::io::Result<h2::RecvStream> {
+    let wait = shared.config.link_timeout;
+    let refused = |e: &str| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e);
+    let response = match tokio::time::timeout(wait, response).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            warn_span().in_scope(|| warn!(error = %e, "client dropped: the link stream failed"));
+            shared.metrics.reject(Rejection::NoLink);
+            return Err(refused("link stream failed"));
+        }
+        Err(_) => {
+            warn_span().in_scope(|| {
+                warn!("client dropped: the tunnel did not reach its target within {wait:?}");
+            });
+            shared.metrics.reject(Rejection::TargetUnreachable);
+            return Err(refused("no answer from the tunnel"));
+        }
+    };
+    shared.metrics.link_setup.observe(started.elapsed());
+    if let Err(refusal) = LinkRefusal::check_response(response.status(), response.headers()) {
+        warn_span().in_scope(|| {
+            warn!(reason = %refusal.reason, "client closed: the tunnel could not reach its target");
+        });
+        shared.metrics.reject(Rejection::TargetUnreachable);
+        return Err(refused("the tunnel could not reach its target"));
+    }
+    debug!("client connected");
+    Ok(response.into_body())
 }

@@ -231,56 +231,71 @@ enum Ended {
     TunnelClosed,
 }
 
+/// Serves one proxy port until the tunnel's session ends, then closes it.
 async fn serve_proxy(proxy: Arc<Proxy>) {
     let span = info_span!("proxy", service = %proxy.service, tunnel_id = %proxy.session.id, proxy = %proxy.name);
     async {
         info!(listen = %proxy.local, "serving udp proxy");
-        let mut buffer = DatagramBuffer::new();
-        let mut sessions: HashMap<SocketAddr, ClientSession> = HashMap::new();
         let mut tasks: JoinSet<(SocketAddr, u64)> = JoinSet::new();
-        loop {
-            tokio::select! {
-                () = proxy.session.cancel.cancelled() => break,
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok((peer, client_id)) = done
-                        && sessions.get(&peer).is_some_and(|s| s.client_id == client_id)
-                    {
-                        sessions.remove(&peer);
-                    }
-                }
-                received = proxy.socket.recv_from(buffer.payload()) => match received {
-                    Ok((len, peer)) => route(&proxy, &mut sessions, &mut tasks, &mut buffer, len, peer),
-                    // Unconnected UDP sockets report no ICMP errors, so this is unusual (such as
-                    // ENOBUFS): note it, give the host a moment, go on.
-                    Err(e) => {
-                        warn!(error = %e, "receiving a datagram failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-            }
-        }
-        // Every session's stop token is a child of the tunnel session's: they are all stopping.
-        drop(sessions);
-        if tokio::time::timeout(CLOSE_GRACE, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            warn!("some udp sessions did not stop within {CLOSE_GRACE:?}; aborting them");
-            tasks.shutdown().await;
-        }
-        let local = proxy.local;
-        let dropped = proxy.dropped.load(Ordering::Relaxed);
-        // The sessions have ended, so this is the last handle on the socket: the port closes
-        // here, and only then is it free for another tunnel.
-        let (shared, tunnel_id) = (proxy.shared.clone(), proxy.session.id);
-        drop(proxy);
-        shared
-            .registry
-            .release(Transport::Udp, &(local.ip(), local.port()), tunnel_id);
-        info!(listen = %local, dropped, "udp proxy closed");
+        receive(&proxy, &mut tasks).await;
+        close(proxy, tasks).await;
     }
     .instrument(span)
     .await;
+}
+
+/// The receive loop: routes every datagram to its client's session and forgets sessions that
+/// ended, until the tunnel's session ends.
+async fn receive(proxy: &Arc<Proxy>, tasks: &mut JoinSet<(SocketAddr, u64)>) {
+    let mut buffer = DatagramBuffer::new();
+    let mut sessions: HashMap<SocketAddr, ClientSession> = HashMap::new();
+    loop {
+        tokio::select! {
+            () = proxy.session.cancel.cancelled() => break,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok((peer, client_id)) = done
+                    && sessions.get(&peer).is_some_and(|s| s.client_id == client_id)
+                {
+                    sessions.remove(&peer);
+                }
+            }
+            received = proxy.socket.recv_from(buffer.payload()) => match received {
+                Ok((len, peer)) => route(proxy, &mut sessions, tasks, &mut buffer, len, peer),
+                // Unconnected UDP sockets report no ICMP errors, so this is unusual (such as
+                // ENOBUFS): note it, give the host a moment, go on.
+                Err(e) => {
+                    warn!(error = %e, "receiving a datagram failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    // Returning drops the sessions' queues; their stop tokens are children of the tunnel
+    // session's, so they are all stopping already.
+}
+
+/// Waits (up to [`CLOSE_GRACE`]) for the sessions to end, closes the port and only then gives
+/// its claim back.
+async fn close(proxy: Arc<Proxy>, mut tasks: JoinSet<(SocketAddr, u64)>) {
+    if tokio::time::timeout(CLOSE_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        warn!("some udp sessions did not stop within {CLOSE_GRACE:?}; aborting them");
+        tasks.shutdown().await;
+    }
+    let local = proxy.local;
+    let dropped = proxy.dropped.load(Ordering::Relaxed);
+    // The sessions have ended, so this is the last handle on the socket: the port closes
+    // here, and only then is it free for another tunnel.
+    let (shared, tunnel_id) = (proxy.shared.clone(), proxy.session.id);
+    drop(proxy);
+    shared
+        .registry
+        .release(Transport::Udp, &(local.ip(), local.port()), tunnel_id);
+    info!(listen = %local, dropped, "udp proxy closed");
 }
 
 /// Hands the datagram of `len` bytes just received into `buffer` to its client's session,

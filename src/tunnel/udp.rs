@@ -19,6 +19,7 @@ use h2::{RecvStream, SendStream};
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
+use super::forward::refuse;
 use crate::mux::{self, DatagramReader};
 use crate::protocol::{DatagramBuffer, LinkRefusal, MAX_DATAGRAM_LEN};
 
@@ -35,18 +36,18 @@ pub(super) async fn serve_stream(
         Ok(Ok(socket)) => socket,
         Ok(Err(e)) => {
             warn!(%target, error = %e, "cannot reach the udp target; session refused");
-            let refusal = LinkRefusal {
-                reason: format!("cannot reach udp target {target}: {e}"),
-            };
-            let _ = respond.send_response(refusal.to_response(), true);
+            refuse(
+                &mut respond,
+                format!("cannot reach udp target {target}: {e}"),
+            );
             return;
         }
         Err(_) => {
             warn!(%target, "udp target not resolved within {connect_timeout:?}; session refused");
-            let refusal = LinkRefusal {
-                reason: format!("udp target {target} could not be resolved in time"),
-            };
-            let _ = respond.send_response(refusal.to_response(), true);
+            refuse(
+                &mut respond,
+                format!("udp target {target} could not be resolved in time"),
+            );
             return;
         }
     };

@@ -8,11 +8,11 @@
 //! new configuration allows). The hub's own `listen`, `state_dir`, timeouts and `[admin]` take
 //! effect at the next start; the report says so when they differ.
 //!
-//! A reload runs in three steps. [`plan`] compares the two configurations and nothing else
+//! A reload runs in three steps. `plan` compares the two configurations and nothing else
 //! (unit-tested without sockets): which services are added, removed or changed, which accept
-//! loops stop and start, which keys keep their tunnels. [`prepare`] does everything that can
+//! loops stop and start, which keys keep their tunnels. `prepare` does everything that can
 //! fail — loads certificates, binds new listeners — before anything is touched, so a reload
-//! that fails leaves the hub exactly as it was. [`apply`] swaps the configuration in, then
+//! that fails leaves the hub exactly as it was. `apply` swaps the configuration in, then
 //! certificates, disconnects the tunnels the plan no longer admits and stops and starts
 //! services; it cannot fail, except for a changed http/https service that keeps its address,
 //! which has to be unbound before it can be bound again: if binding it fails then, the report

@@ -1,9 +1,9 @@
 //! `tcp` services: public ports routed to tunnels by port number.
 //!
 //! A tunnel asks for a port in the service's range, or any free one. The hub claims the port in
-//! the registry (so no other tunnel can take it), binds it, and runs an accept loop that lives
-//! exactly as long as the tunnel's session: when the session ends the listener is dropped and
-//! the port closes at once. A range of `0` means "any port the operating system picks" (tests,
+//! the registry (so no other tunnel can take it) and binds it (`hub::ports`), then runs an
+//! accept loop that lives exactly as long as the tunnel's session: when the session ends the
+//! listener is dropped and the port closes at once. A range of `0` means "any port the operating system picks" (tests,
 //! `tunnelize demo`).
 
 use std::net::SocketAddr;

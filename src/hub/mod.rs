@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod links;
 pub mod lockout;
 pub mod metrics;
+mod ports;
 pub mod registry;
 pub mod reload;
 pub mod tcp;
@@ -81,7 +82,7 @@ pub(crate) struct Shared {
     /// `shutdown_timeout` passed), which tells the tunnels and closes what is left.
     sessions_root: CancellationToken,
     /// The running http/https accept loops, by service name.
-    running: std::sync::Mutex<HashMap<String, reload::RunningService>>,
+    running: parking_lot::Mutex<HashMap<String, reload::RunningService>>,
     pub registry: Registry,
     pub tasks: TaskTracker,
     /// Hostname routes of the http/https services.
@@ -184,7 +185,7 @@ impl Hub {
             tunnel_acceptor: std::sync::RwLock::new(acceptor),
             stop: CancellationToken::new(),
             sessions_root: CancellationToken::new(),
-            running: std::sync::Mutex::default(),
+            running: parking_lot::Mutex::default(),
             config,
             registry: Registry::default(),
             tasks: TaskTracker::new(),

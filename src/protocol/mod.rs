@@ -18,8 +18,8 @@ pub mod session;
 pub(crate) mod testing;
 
 pub use datagram::{
-    DATAGRAM_HEADER_LEN, DatagramDecoder, DatagramError, MAX_DATAGRAM_LEN, datagram_header,
-    encode_datagram,
+    DATAGRAM_HEADER_LEN, DatagramBuffer, DatagramDecoder, DatagramError, MAX_DATAGRAM_LEN,
+    datagram_header, encode_datagram,
 };
 pub use frame::{FrameError, decode_frame, encode_frame};
 pub use link::{LinkHeaderError, LinkOpen, LinkRefusal, Transport};

@@ -477,7 +477,6 @@ impl ServiceAddrs {
 
 #[cfg(test)]
 mod tests {
-    use std::env::VarError;
     use std::path::Path;
 
     use super::*;
@@ -495,8 +494,7 @@ mod tests {
     /// A hub configuration of `KEYS` plus `rest`.
     fn config(rest: &str) -> HubConfig {
         let text = format!("listen = \"127.0.0.1:7700\"\n{rest}\n{KEYS}");
-        let no_env = |_: &str| Err(VarError::NotPresent);
-        HubConfig::parse_with_env(&text, Path::new("/etc/tunnelize/hub.toml"), &no_env)
+        HubConfig::parse(&text, Path::new("/etc/tunnelize/hub.toml"))
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -594,10 +592,7 @@ mod tests {
             .replace("bob.example.org", "other.example.org")
             .replace("alice", "carol");
         let text = format!("{SERVICES}\n{new_keys}");
-        let no_env = |_: &str| Err(VarError::NotPresent);
-        let mut new =
-            HubConfig::parse_with_env(&text, Path::new("/etc/tunnelize/hub.toml"), &no_env)
-                .unwrap();
+        let mut new = HubConfig::parse(&text, Path::new("/etc/tunnelize/hub.toml")).unwrap();
         new.services.retain(|s| s.name != "ssh");
         new.keys.push(old.keys[0].clone());
         let plan = plan(&old, &new);

@@ -302,6 +302,7 @@ async fn both_sides_notice(hub: &AdminClient, tunnel: &AdminClient, echo: &Echo)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, ip (iproute2) and nft (nftables): it makes network namespaces"]
 async fn a_blackholed_network_is_noticed_on_both_sides_and_the_tunnel_returns_when_it_heals() {
     let dir = tempfile::tempdir().unwrap();
     let link = Link::new();

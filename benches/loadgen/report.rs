@@ -679,7 +679,7 @@ fn to_json(
     })
 }
 
-// The bench target has `harness = false`, so these run from `tests/bench_report.rs`, which
+// The bench target has `harness = false`, so these run from `tests/it/bench_report.rs`, which
 // includes this file as a module. `cargo clippy --all-targets` also compiles them into the
 // bench target, without its test functions, where the helpers look unused.
 #[cfg(test)]

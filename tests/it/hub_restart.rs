@@ -8,7 +8,7 @@
 //! ones: they are picked free at run time (bound to port 0, then released), and picked again
 //! if another program takes one first.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

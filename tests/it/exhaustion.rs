@@ -3,7 +3,7 @@
 //! connection it cannot serve is closed rather than left hanging, it keeps every listener, and
 //! once the flood is released it serves new clients and new tunnels on the same ports.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Stdio;

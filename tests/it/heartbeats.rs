@@ -4,7 +4,7 @@
 //!
 //! Every hub here announces a 1 s interval, so a peer is declared dead after 3 s of silence.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

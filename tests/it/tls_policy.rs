@@ -8,7 +8,7 @@
 //! Needs `sslscan` (Debian package `sslscan`) and `openssl` (package `openssl`), so the scans are
 //! ignored unless asked for: `cargo test --test tls_policy -- --ignored`.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -8,7 +8,7 @@
 //!  client ── hub ═══ veth, 1% loss ═══ delay proxy (50 ms each way) ── tunnel ── echo
 //! ```
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

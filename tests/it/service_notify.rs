@@ -2,7 +2,7 @@
 //! once its listeners answer, `STATUS=` summarises, `SIGHUP` reloads between `RELOADING=1` and
 //! `READY=1`, and `SIGTERM` sends `STOPPING=1` and exits 0.
 
-mod common;
+use crate::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;

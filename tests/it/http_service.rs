@@ -1,7 +1,7 @@
 //! The `http` service end to end: a real hub and tunnels in process, the test app behind them,
 //! and real clients (curl, raw sockets, hyper, a WebSocket client).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

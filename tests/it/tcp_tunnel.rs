@@ -1,6 +1,6 @@
 //! TCP forwarding through real in-process hubs and tunnels on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

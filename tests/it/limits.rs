@@ -1,7 +1,7 @@
 //! `[limits]`: over each limit the hub refuses with a reason, counts it, and keeps serving
 //! what it already serves.
 
-mod common;
+use crate::common;
 
 use tokio::net::TcpStream;
 

@@ -3,7 +3,7 @@
 //! metrics text through a Prometheus parser, the negative auth cases, disconnects seen from the
 //! client's and the tunnel's side, and `tunnelizectl` run as a user runs it.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

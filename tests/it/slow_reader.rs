@@ -4,7 +4,7 @@
 //! grows by less than 64 MiB over its idle level, and the target is held back (what it has
 //! sent minus what the client has read stays bounded). The bytes arrive intact (SHA-256).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! against a live in-process hub: the written configuration passes `check-config` and connects,
 //! and a one-off tunnel forwards a client.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 

@@ -2,7 +2,7 @@
 //! middle of a request body is dropped after `idle_timeout`, and a well-behaved client on the
 //! same hub is served meanwhile.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

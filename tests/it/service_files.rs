@@ -4,7 +4,7 @@
 //! they need `systemd-analyze`, also run the units through `systemd-analyze verify` and
 //! `systemd-analyze security`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;

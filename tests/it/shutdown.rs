@@ -2,7 +2,7 @@
 //! tunnels and clients, lets connected clients finish for up to `shutdown_timeout`, then
 //! closes the rest and ends.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

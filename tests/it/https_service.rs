@@ -1,7 +1,7 @@
 //! The `https` service: certificates by SNI (two names and a wildcard), ALPN h2, and the http
 //! service's redirect to it.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! and the built binaries for `SIGHUP` and `tunnelizectl reload`, of the hub and of the tunnel
 //! daemon.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Stdio;

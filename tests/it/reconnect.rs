@@ -3,7 +3,7 @@
 //! tunnel the hub disconnects itself frees them at once; and `[limits] tunnels` holds when
 //! tunnels race for the last place.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

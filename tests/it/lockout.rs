@@ -2,7 +2,7 @@
 //! alike) lock that address out, even with the right key, with a time to retry; other
 //! addresses are unaffected; a lockout ends after its duration or when an operator lifts it.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! `tunnelize_target_up` in its metrics), and the report follows the target: up while it
 //! accepts, down once it stops (the next client is refused), up again once it is back.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

@@ -4,7 +4,7 @@
 //! either process's log or in anything their admin APIs answer. The target never gets the
 //! credential either.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;

@@ -8,7 +8,7 @@
 //! waits are generous (a silent peer without heartbeats would go unnoticed for hours); the
 //! detection times are printed.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The hub's side of the wire protocol, driven by hand-written peers: versions, link binding,
 //! malformed and silent connections.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The `tunnelize` binary end to end: config files, exit codes, what it prints and logs.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -4,7 +4,7 @@
 //! when a port cannot forward or its tunnel has left, never more datagrams to a client than its
 //! target sent, and (from the hub daemon's stderr) rate-limited drop logs.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;

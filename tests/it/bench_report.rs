@@ -4,5 +4,5 @@
 //! file includes the module so that `cargo test` runs them.
 
 #[allow(dead_code)]
-#[path = "../benches/loadgen/report.rs"]
+#[path = "../../benches/loadgen/report.rs"]
 mod report;

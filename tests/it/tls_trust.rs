@@ -1,6 +1,6 @@
 //! Hub certificates from files, verified by tunnels through a CA file.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

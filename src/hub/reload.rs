@@ -45,7 +45,7 @@ pub(crate) fn start_service(
         shared.service_addrs.insert(&name, addr);
     }
     let stop = shared.stop.child_token();
-    let acceptor: http::SharedAcceptor = Arc::new(std::sync::RwLock::new(acceptor));
+    let acceptor: http::SharedAcceptor = Arc::new(parking_lot::RwLock::new(acceptor));
     let done = shared.tasks.spawn(http::serve(
         shared.clone(),
         name.clone(),
@@ -206,7 +206,7 @@ pub(crate) async fn reload(shared: &Arc<Shared>, new: HubConfig) -> Result<Strin
         let running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
         for (name, acceptor) in renewed {
             if let Some(service) = running.get(&name) {
-                *service.acceptor.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor);
+                *service.acceptor.write() = Some(acceptor);
             }
         }
     }

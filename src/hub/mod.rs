@@ -72,9 +72,9 @@ pub(crate) struct Shared {
     /// which apply until a restart. What a reload changes is read through [`Shared::current`].
     pub config: HubConfig,
     /// The configuration in force now (keys, services): replaced whole by a reload.
-    current: std::sync::RwLock<Arc<HubConfig>>,
+    current: parking_lot::RwLock<Arc<HubConfig>>,
     /// The TLS acceptor of the tunnel listener (a reload can replace its certificate).
-    tunnel_acceptor: std::sync::RwLock<TlsAcceptor>,
+    tunnel_acceptor: parking_lot::RwLock<TlsAcceptor>,
     /// Cancelled when the hub starts stopping: every accept loop (http/https services, tcp
     /// proxies, new udp sessions) stops taking clients, while live ones drain.
     stop: CancellationToken,
@@ -102,10 +102,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// The configuration in force now.
     pub fn current(&self) -> Arc<HubConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     /// Counts a failed login from `ip` toward its lockout.
@@ -119,10 +116,7 @@ impl Shared {
     }
 
     fn tunnel_acceptor(&self) -> TlsAcceptor {
-        self.tunnel_acceptor
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.tunnel_acceptor.read().clone()
     }
 }
 
@@ -181,8 +175,8 @@ impl Hub {
             lockout::DEFAULT_CAPACITY,
         );
         let shared = Shared {
-            current: std::sync::RwLock::new(Arc::new(config.clone())),
-            tunnel_acceptor: std::sync::RwLock::new(acceptor),
+            current: parking_lot::RwLock::new(Arc::new(config.clone())),
+            tunnel_acceptor: parking_lot::RwLock::new(acceptor),
             stop: CancellationToken::new(),
             sessions_root: CancellationToken::new(),
             running: parking_lot::Mutex::default(),

@@ -382,12 +382,9 @@ async fn apply(
     prepared: Prepared,
 ) -> String {
     let mut notes = Vec::new();
-    *shared.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+    *shared.current.write() = new.clone();
     if let Some(acceptor) = prepared.tunnel_acceptor {
-        *shared
-            .tunnel_acceptor
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = acceptor;
+        *shared.tunnel_acceptor.write() = acceptor;
         notes.push("certificates re-read".to_owned());
     }
     renew_certificates(shared, prepared.renewed);

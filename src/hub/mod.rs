@@ -8,18 +8,18 @@
 //! [`udp`]).
 
 pub(crate) mod accept;
-pub mod clients;
-pub mod control;
+pub(crate) mod clients;
+pub(crate) mod control;
 pub mod http;
-pub mod idle;
+pub(crate) mod idle;
 pub mod inspect;
-pub mod links;
-pub mod lockout;
-pub mod metrics;
+pub(crate) mod links;
+pub(crate) mod lockout;
+pub(crate) mod metrics;
 mod ports;
-pub mod registry;
-pub mod reload;
-pub mod tcp;
+pub(crate) mod registry;
+pub(crate) mod reload;
+pub(crate) mod tcp;
 pub mod udp;
 
 use std::collections::HashMap;

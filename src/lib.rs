@@ -28,7 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod hub;
-pub mod mux;
+pub(crate) mod mux;
 pub mod protocol;
 pub mod secret;
 pub mod tls;

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{Arc, Once};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -88,6 +89,39 @@ impl Fingerprint {
     /// Fingerprint of a DER certificate.
     pub fn of(cert: &CertificateDer<'_>) -> Self {
         Fingerprint(Sha256::digest(cert.as_ref()).into())
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = String;
+
+    /// Parses 64 hex digits, any case, colons optional: the `hub_cert_sha256` of a tunnel
+    /// config and the `--fingerprint` of the command-line tools. The message says how to get one.
+    fn from_str(text: &str) -> Result<Self, String> {
+        const HINT: &str = "give the SHA-256 of the hub's certificate as 64 hex digits (colons \
+                            allowed), as printed by `openssl x509 -noout -fingerprint -sha256 -in \
+                            CERT.pem`";
+        let digits: Vec<u8> = text
+            .chars()
+            .filter(|c| *c != ':')
+            .map(|c| {
+                // A hex digit is below 16, so it fits a byte.
+                c.to_digit(16)
+                    .map(|digit| digit as u8)
+                    .ok_or_else(|| format!("{c:?} is not a hex digit; {HINT}"))
+            })
+            .collect::<Result<_, _>>()?;
+        if digits.len() != 64 {
+            return Err(format!(
+                "found {} hex digits instead of 64; {HINT}",
+                digits.len()
+            ));
+        }
+        let mut fingerprint = [0u8; 32];
+        for (byte, pair) in fingerprint.iter_mut().zip(digits.chunks_exact(2)) {
+            *byte = pair[0] << 4 | pair[1];
+        }
+        Ok(Fingerprint(fingerprint))
     }
 }
 
@@ -411,6 +445,55 @@ mod tests {
         let s = fp.to_string();
         assert_eq!(s.len(), 32 * 3 - 1);
         assert!(s.starts_with("AB:AB:"));
+    }
+
+    #[test]
+    fn fingerprints_take_hex_with_optional_colons_in_any_case() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        let Fingerprint(parsed) = hex.parse().unwrap();
+        assert_eq!(parsed[0], 0x00);
+        assert_eq!(parsed[1], 0x11);
+        assert_eq!(parsed[15], 0xff);
+        assert_eq!(parsed[31], 0xff);
+        let with_colons: Vec<String> = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|p| String::from_utf8_lossy(p).into())
+            .collect();
+        assert_eq!(
+            with_colons.join(":").parse::<Fingerprint>(),
+            Ok(Fingerprint(parsed))
+        );
+        assert!(
+            hex[..62]
+                .parse::<Fingerprint>()
+                .unwrap_err()
+                .contains("62 hex digits")
+        );
+        assert!(
+            format!("{}zz", &hex[..62])
+                .parse::<Fingerprint>()
+                .unwrap_err()
+                .contains("'z'")
+        );
+    }
+
+    #[test]
+    fn fingerprints_take_hex_with_optional_colons() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        let parse = |text: &str| text.parse::<Fingerprint>().map(|pin| pin.0);
+        let parsed = parse(hex).unwrap();
+        assert_eq!(parsed[1], 0x11);
+        let with_colons: Vec<&str> = (0..32).map(|i| &hex[2 * i..2 * i + 2]).collect();
+        assert_eq!(parse(&with_colons.join(":")), Ok(parsed));
+        assert!(parse(&hex[..62]).unwrap_err().contains("62"));
+        assert!(parse(&format!("{}zz", &hex[..62])).is_err());
+    }
+
+    #[test]
+    fn a_fingerprint_prints_as_it_parses() {
+        let pin = Fingerprint([0x5a; 32]);
+        assert_eq!(pin.to_string().parse::<Fingerprint>(), Ok(pin));
     }
 
     #[test]

@@ -476,23 +476,6 @@ pub fn path_segment(text: &str) -> String {
     out
 }
 
-/// Parses a SHA-256 certificate fingerprint: 64 hex digits, any case, colons optional.
-pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
-    let digits: String = text.chars().filter(|c| *c != ':').collect();
-    let hint = "give the SHA-256 of the hub's certificate as 64 hex digits (colons allowed), as \
-                printed by `openssl x509 -noout -fingerprint -sha256 -in CERT.pem`";
-    if digits.len() != 64 {
-        return Err(format!(
-            "found {} characters instead of 64 hex digits; {hint}",
-            digits.len()
-        ));
-    }
-    let mut fingerprint = [0u8; 32];
-    hex::decode_to_slice(&digits, &mut fingerprint)
-        .map_err(|e| format!("not hexadecimal ({e}); {hint}"))?;
-    Ok(fingerprint)
-}
-
 fn socket_unreachable(socket: &Path, e: &io::Error) -> AdminError {
     let daemon = format!("the daemon socket {}", socket.display());
     if e.kind() == io::ErrorKind::PermissionDenied {
@@ -571,17 +554,6 @@ mod tests {
         ] {
             assert!(parse_hub_address(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn fingerprints_take_hex_with_optional_colons() {
-        let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
-        let parsed = parse_fingerprint(hex).unwrap();
-        assert_eq!(parsed[1], 0x11);
-        let with_colons: Vec<&str> = (0..32).map(|i| &hex[2 * i..2 * i + 2]).collect();
-        assert_eq!(parse_fingerprint(&with_colons.join(":")), Ok(parsed));
-        assert!(parse_fingerprint(&hex[..62]).unwrap_err().contains("62"));
-        assert!(parse_fingerprint(&format!("{}zz", &hex[..62])).is_err());
     }
 
     #[test]

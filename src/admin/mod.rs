@@ -2,7 +2,7 @@
 //!
 //! [`model`] is the contract: paths and documents shared by the servers and `tunnelizectl`.
 //! [`api`] holds the routes, [`server`] the transports (Unix socket, TLS), [`openapi`] the
-//! document describing it all, [`system`] the host figures; [`client`], [`table`] and [`view`]
+//! document describing it all, [`system`] the host figures, [`prometheus`] the metrics text; [`client`], [`table`] and [`view`]
 //! are `tunnelizectl`'s side. [`serve_hub`] and [`serve_tunnel`] start what a daemon's
 //! `[admin]` section asks for.
 
@@ -10,6 +10,7 @@ pub mod api;
 pub mod client;
 pub mod model;
 pub mod openapi;
+pub mod prometheus;
 pub mod server;
 pub mod system;
 pub mod table;

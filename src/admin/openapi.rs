@@ -16,111 +16,175 @@ fn number() -> Value {
     json!({ "type": "number" })
 }
 
+fn date_time() -> Value {
+    json!({ "type": "string", "format": "date-time" })
+}
+
+/// A string that is one of `values`.
+fn one_of(values: &[&str]) -> Value {
+    json!({ "type": "string", "enum": values })
+}
+
+/// An object with `properties`, of which the `required` ones are always present.
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({ "type": "object", "required": required, "properties": properties })
+}
+
+/// Every document the API answers with, by name.
 fn schemas() -> Value {
     json!({
-        "Message": {
-            "type": "object",
-            "required": ["message"],
-            "properties": { "message": string() }
-        },
-        "SystemInfo": {
-            "type": "object",
-            "required": ["role", "version", "uptime_secs", "pid", "process_cpu_percent",
-                "process_memory_bytes", "cpu_percent", "cpus", "memory_total_bytes",
-                "memory_used_bytes", "load_average"],
-            "properties": {
-                "role": { "type": "string", "enum": ["hub", "tunnel"] },
-                "version": string(),
-                "uptime_secs": integer(),
-                "pid": integer(),
-                "process_cpu_percent": number(),
-                "process_memory_bytes": integer(),
-                "cpu_percent": number(),
-                "cpus": integer(),
-                "memory_total_bytes": integer(),
-                "memory_used_bytes": integer(),
-                "load_average": { "type": "array", "items": number(), "minItems": 3, "maxItems": 3 }
-            }
-        },
-        "ServiceInfo": {
-            "type": "object",
-            "required": ["name", "kind", "listen", "tunnels", "clients", "bytes_in", "bytes_out"],
-            "properties": {
-                "name": string(),
-                "kind": { "type": "string", "enum": ["tcp", "udp", "http", "https"] },
-                "listen": string(),
-                "domain": string(),
-                "tunnels": integer(),
-                "clients": integer(),
-                "bytes_in": integer(),
-                "bytes_out": integer()
-            }
-        },
-        "ProxyInfo": {
-            "type": "object",
-            "required": ["name"],
-            "properties": { "name": string(), "port": integer(), "hostname": string() }
-        },
-        "TunnelInfo": {
-            "type": "object",
-            "required": ["id", "name", "peer", "since", "proxies"],
-            "properties": {
-                "id": string(),
-                "name": string(),
-                "key_name": string(),
-                "peer": string(),
-                "since": { "type": "string", "format": "date-time" },
-                "proxies": { "type": "array", "items": { "$ref": "#/components/schemas/ProxyInfo" } }
-            }
-        },
-        "ClientInfo": {
-            "type": "object",
-            "required": ["id", "tunnel_id", "proxy", "peer", "bytes_in", "bytes_out", "since"],
-            "properties": {
-                "id": string(),
-                "tunnel_id": string(),
-                "proxy": string(),
-                "peer": string(),
-                "bytes_in": integer(),
-                "bytes_out": integer(),
-                "since": { "type": "string", "format": "date-time" }
-            }
-        },
-        "LockoutInfo": {
-            "type": "object",
-            "required": ["address", "failures", "locked_until"],
-            "properties": {
-                "address": string(),
-                "failures": integer(),
-                "locked_until": { "type": ["string", "null"], "format": "date-time" }
-            }
-        },
-        "TunnelProxyStatus": {
-            "type": "object",
-            "required": ["name", "service", "target", "state", "target_up"],
-            "properties": {
-                "name": string(),
-                "service": string(),
-                "target": string(),
-                "state": { "type": "string", "enum": ["live", "rejected", "pending"] },
-                "public": string(),
-                "reason": string(),
-                "target_up": { "type": ["boolean", "null"] }
-            }
-        },
-        "TunnelStatus": {
-            "type": "object",
-            "required": ["state", "hub", "since", "proxies"],
-            "properties": {
-                "state": { "type": "string", "enum": ["connected", "connecting"] },
-                "hub": string(),
-                "tunnel_id": string(),
-                "since": { "type": "string", "format": "date-time" },
-                "last_error": string(),
-                "proxies": { "type": "array", "items": { "$ref": "#/components/schemas/TunnelProxyStatus" } }
-            }
-        }
+        "Message": object(&["message"], json!({ "message": string() })),
+        "SystemInfo": system_info(),
+        "ServiceInfo": service_info(),
+        "ProxyInfo": object(
+            &["name"],
+            json!({ "name": string(), "port": integer(), "hostname": string() }),
+        ),
+        "TunnelInfo": tunnel_info(),
+        "ClientInfo": client_info(),
+        "LockoutInfo": lockout_info(),
+        "TunnelProxyStatus": tunnel_proxy_status(),
+        "TunnelStatus": tunnel_status(),
     })
+}
+
+/// `GET /v1/system` (both daemons).
+fn system_info() -> Value {
+    object(
+        &[
+            "role",
+            "version",
+            "uptime_secs",
+            "pid",
+            "process_cpu_percent",
+            "process_memory_bytes",
+            "cpu_percent",
+            "cpus",
+            "memory_total_bytes",
+            "memory_used_bytes",
+            "load_average",
+        ],
+        json!({
+            "role": one_of(&["hub", "tunnel"]),
+            "version": string(),
+            "uptime_secs": integer(),
+            "pid": integer(),
+            "process_cpu_percent": number(),
+            "process_memory_bytes": integer(),
+            "cpu_percent": number(),
+            "cpus": integer(),
+            "memory_total_bytes": integer(),
+            "memory_used_bytes": integer(),
+            "load_average": { "type": "array", "items": number(), "minItems": 3, "maxItems": 3 }
+        }),
+    )
+}
+
+/// A hub service with its figures.
+fn service_info() -> Value {
+    object(
+        &[
+            "name",
+            "kind",
+            "listen",
+            "tunnels",
+            "clients",
+            "bytes_in",
+            "bytes_out",
+        ],
+        json!({
+            "name": string(),
+            "kind": one_of(&["tcp", "udp", "http", "https"]),
+            "listen": string(),
+            "domain": string(),
+            "tunnels": integer(),
+            "clients": integer(),
+            "bytes_in": integer(),
+            "bytes_out": integer()
+        }),
+    )
+}
+
+/// A tunnel connected to the hub, with its proxies.
+fn tunnel_info() -> Value {
+    object(
+        &["id", "name", "peer", "since", "proxies"],
+        json!({
+            "id": string(),
+            "name": string(),
+            "key_name": string(),
+            "peer": string(),
+            "since": date_time(),
+            "proxies": list_of("ProxyInfo")
+        }),
+    )
+}
+
+/// A client connection the hub serves.
+fn client_info() -> Value {
+    object(
+        &[
+            "id",
+            "tunnel_id",
+            "proxy",
+            "peer",
+            "bytes_in",
+            "bytes_out",
+            "since",
+        ],
+        json!({
+            "id": string(),
+            "tunnel_id": string(),
+            "proxy": string(),
+            "peer": string(),
+            "bytes_in": integer(),
+            "bytes_out": integer(),
+            "since": date_time()
+        }),
+    )
+}
+
+/// An entry of the hub's failed-login table.
+fn lockout_info() -> Value {
+    object(
+        &["address", "failures", "locked_until"],
+        json!({
+            "address": string(),
+            "failures": integer(),
+            "locked_until": { "type": ["string", "null"], "format": "date-time" }
+        }),
+    )
+}
+
+/// A proxy as the tunnel daemon sees it.
+fn tunnel_proxy_status() -> Value {
+    object(
+        &["name", "service", "target", "state", "target_up"],
+        json!({
+            "name": string(),
+            "service": string(),
+            "target": string(),
+            "state": one_of(&["live", "rejected", "pending"]),
+            "public": string(),
+            "reason": string(),
+            "target_up": { "type": ["boolean", "null"] }
+        }),
+    )
+}
+
+/// `GET /v1/status` of the tunnel daemon.
+fn tunnel_status() -> Value {
+    object(
+        &["state", "hub", "since", "proxies"],
+        json!({
+            "state": one_of(&["connected", "connecting"]),
+            "hub": string(),
+            "tunnel_id": string(),
+            "since": date_time(),
+            "last_error": string(),
+            "proxies": list_of("TunnelProxyStatus")
+        }),
+    )
 }
 
 fn json_answer(description: &str, schema: Value) -> Value {
@@ -171,48 +235,9 @@ fn text(description: &str) -> Value {
 
 /// The document for a daemon of `role` (`hub` or `tunnel`).
 pub fn document(role: &str) -> Value {
-    let mut paths = json!({
-        "/healthz": get("liveness", text("`ok`")),
-        "/metrics": get("Prometheus text exposition", text("metrics")),
-        "/v1/openapi.json": get("this document", json_answer("OpenAPI 3.1", json!({ "type": "object" }))),
-        "/v1/system": get("host and process figures", json_answer("figures", reference("SystemInfo"))),
-        "/v1/reload": { "post": {
-            "summary": "re-read the configuration file",
-            "responses": {
-                "200": json_answer("reloaded: a summary", reference("Message")),
-                "422": json_answer("the new configuration was refused; the old one runs on", reference("Message")),
-                "501": json_answer("this daemon cannot reload", reference("Message"))
-            }
-        }}
-    });
+    let mut paths = common_paths();
     if role == "hub" {
-        paths["/v1/services"] = get(
-            "every service (a tunnel key may also call this)",
-            json_answer("services", list_of("ServiceInfo")),
-        );
-        paths["/v1/services/{name}"] = get_named(
-            "one service with its figures",
-            json_answer("the service", reference("ServiceInfo")),
-            "name",
-        );
-        paths["/v1/services/{name}/tunnels"] = get_named(
-            "the tunnels with a proxy on the service",
-            json_answer("tunnels", list_of("TunnelInfo")),
-            "name",
-        );
-        paths["/v1/services/{name}/clients"] = get_named(
-            "the clients connected to the service",
-            json_answer("clients", list_of("ClientInfo")),
-            "name",
-        );
-        paths["/v1/tunnels/{id}"] =
-            delete("disconnect a tunnel: its clients close, its ports and hostnames are freed");
-        paths["/v1/clients/{id}"] = delete("disconnect one client");
-        paths["/v1/lockouts"] = get(
-            "the failed-login table: addresses with failures, and lockouts",
-            json_answer("entries", list_of("LockoutInfo")),
-        );
-        paths["/v1/lockouts/{address}"] = delete("forget an address's failures and lockout");
+        add_hub_paths(&mut paths);
     } else {
         paths["/v1/status"] = get(
             "the tunnel daemon's own view",
@@ -231,6 +256,55 @@ pub fn document(role: &str) -> Value {
         },
         "paths": paths
     })
+}
+
+/// The endpoints both daemons serve.
+fn common_paths() -> Value {
+    json!({
+        "/healthz": get("liveness", text("`ok`")),
+        "/metrics": get("Prometheus text exposition", text("metrics")),
+        "/v1/openapi.json": get("this document", json_answer("OpenAPI 3.1", json!({ "type": "object" }))),
+        "/v1/system": get("host and process figures", json_answer("figures", reference("SystemInfo"))),
+        "/v1/reload": { "post": {
+            "summary": "re-read the configuration file",
+            "responses": {
+                "200": json_answer("reloaded: a summary", reference("Message")),
+                "422": json_answer("the new configuration was refused; the old one runs on", reference("Message")),
+                "501": json_answer("this daemon cannot reload", reference("Message"))
+            }
+        }}
+    })
+}
+
+/// The hub's own endpoints: services, tunnels, clients and lockouts.
+fn add_hub_paths(paths: &mut Value) {
+    paths["/v1/services"] = get(
+        "every service (a tunnel key may also call this)",
+        json_answer("services", list_of("ServiceInfo")),
+    );
+    paths["/v1/services/{name}"] = get_named(
+        "one service with its figures",
+        json_answer("the service", reference("ServiceInfo")),
+        "name",
+    );
+    paths["/v1/services/{name}/tunnels"] = get_named(
+        "the tunnels with a proxy on the service",
+        json_answer("tunnels", list_of("TunnelInfo")),
+        "name",
+    );
+    paths["/v1/services/{name}/clients"] = get_named(
+        "the clients connected to the service",
+        json_answer("clients", list_of("ClientInfo")),
+        "name",
+    );
+    paths["/v1/tunnels/{id}"] =
+        delete("disconnect a tunnel: its clients close, its ports and hostnames are freed");
+    paths["/v1/clients/{id}"] = delete("disconnect one client");
+    paths["/v1/lockouts"] = get(
+        "the failed-login table: addresses with failures, and lockouts",
+        json_answer("entries", list_of("LockoutInfo")),
+    );
+    paths["/v1/lockouts/{address}"] = delete("forget an address's failures and lockout");
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! the time since the daemon started its API). Reading `/proc` blocks, so sampling runs on
 //! tokio's blocking pool.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::SystemTime;
 
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
@@ -44,7 +46,7 @@ impl SystemSampler {
     }
 
     fn sample_blocking(&self) -> Result<SystemInfo, String> {
-        let mut slot = self.system.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.system.lock();
         if slot.is_none() {
             *slot = Some(System::new().map_err(|e| format!("cannot read system figures: {e}"))?);
         }

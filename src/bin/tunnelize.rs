@@ -522,96 +522,24 @@ fn hash_password() -> Result<()> {
 }
 
 async fn init_from(path: &Path, init: InitArgs) -> Result<()> {
-    use tunnelize::admin::client::{AdminClient, parse_fingerprint};
-    use tunnelize::admin::model::{SERVICES, ServiceInfo};
-    use tunnelize::config::HubTrust;
-    use tunnelize::tunnel::bootstrap::{HubLocation, config_text};
-
-    let admin = init.init_from.unwrap_or_default();
     let key = init
         .key
         .context("--init-from needs the tunnel key: pass -a KEY or set TUNNELIZE_KEY")?;
-    anyhow::ensure!(
-        init.force || !path.exists(),
-        "{} exists; pass --force to replace it, or -c another path",
-        path.display()
-    );
-    let fingerprint = match &init.fingerprint {
-        Some(text) => Some(parse_fingerprint(text).map_err(anyhow::Error::msg)?),
-        None => None,
+    let request = tunnelize::tunnel::bootstrap::InitRequest {
+        path: path.to_owned(),
+        admin: init.init_from.unwrap_or_default(),
+        key: tunnelize::secret::Secret::new(key),
+        fingerprint: init.fingerprint,
+        ca: init.ca,
+        hub_address: init.hub_address,
+        force: init.force,
     };
-    let trust = match (&fingerprint, &init.ca) {
-        (Some(fp), _) => HubTrust::Fingerprint(*fp),
-        (None, Some(ca)) => HubTrust::CaFile(ca.clone()),
-        (None, None) => HubTrust::SystemRoots,
-    };
-    let client = AdminClient::hub(
-        &format!("https://{admin}"),
-        &trust,
-        Some(tunnelize::secret::Secret::new(key.clone())),
-    )?;
-    let services: Vec<ServiceInfo> = client
-        .get(SERVICES)
-        .await
-        .with_context(|| format!("listing the services of the hub at {admin}"))?;
-    anyhow::ensure!(
-        !services.is_empty(),
-        "the hub at {admin} has no services; nothing to write"
-    );
-    let host = admin
-        .rsplit_once(':')
-        .map_or(admin.as_str(), |(host, _)| host);
-    let hub = HubLocation {
-        address: init.hub_address.unwrap_or_else(|| format!("{host}:7700")),
-        fingerprint: fingerprint.map(|fp| tunnelize::tls::Fingerprint(fp).to_string()),
-        // Relative paths in a config file are relative to the file: write an absolute one.
-        ca_file: match &init.ca {
-            Some(ca) => Some(
-                std::fs::canonicalize(ca)
-                    .with_context(|| format!("reading the CA file {}", ca.display()))?
-                    .display()
-                    .to_string(),
-            ),
-            None => None,
-        },
-    };
-    let text = config_text(&hub, &key, &services);
-    write_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    let proxies = tunnelize::tunnel::bootstrap::init_from(request).await?;
     println!(
-        "{}: tunnel configuration with {} proxies (one per service of the hub); point each \
+        "{}: tunnel configuration with {proxies} proxies (one per service of the hub); point each \
          `target` at a local service, then run `tunnelize tunnel -c {}`",
         path.display(),
-        services.len(),
         path.display()
     );
     Ok(())
-}
-
-/// Writes `text` to `path`, readable by its owner only (it holds a key). Written by root into
-/// a directory of another group (as the packages make /etc/tunnelize, group `tunnelize`), the
-/// file goes to that group with mode 0640, like the packaged config files, so a unit running
-/// as `User=tunnelize` can read it.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // `mode` applies only to a new file: an existing one (--force) is narrowed before the
-    // key is written into it.
-    file.set_permissions(PermissionsExt::from_mode(0o600))?;
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let dir_gid = std::fs::metadata(dir)?.gid();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 && dir_gid != 0 {
-        std::os::unix::fs::fchown(&file, Some(0), Some(dir_gid))?;
-        file.set_permissions(PermissionsExt::from_mode(0o640))?;
-    }
-    file.write_all(text.as_bytes())
 }

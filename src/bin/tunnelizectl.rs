@@ -11,13 +11,12 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use tunnelize::admin::client::{
-    AdminClient, AdminError, HUB_SOCKET, TUNNEL_SOCKET, parse_fingerprint, path_segment,
-};
+use tunnelize::admin::client::{AdminClient, AdminError, HUB_SOCKET, TUNNEL_SOCKET, path_segment};
 use tunnelize::admin::{model, view};
 use tunnelize::config::HubTrust;
 use tunnelize::exit;
 use tunnelize::secret::Secret;
+use tunnelize::tls::Fingerprint;
 
 /// Exit code: the daemon has no such service, tunnel or client.
 const NOT_FOUND: u8 = 3;
@@ -79,10 +78,9 @@ struct Cli {
         global = true,
         value_name = "SHA256",
         requires = "hub",
-        conflicts_with = "ca",
-        value_parser = parse_fingerprint
+        conflicts_with = "ca"
     )]
-    fingerprint: Option<[u8; 32]>,
+    fingerprint: Option<Fingerprint>,
     /// Print the daemon's JSON documents, pretty-printed, instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -210,7 +208,7 @@ fn connect(cli: &Cli) -> Result<AdminClient, AdminError> {
             tunnelize::tls::install_crypto_provider();
             let trust = match (&cli.ca, cli.fingerprint) {
                 (Some(ca), _) => HubTrust::CaFile(ca.clone()),
-                (None, Some(pin)) => HubTrust::Fingerprint(pin),
+                (None, Some(pin)) => HubTrust::Fingerprint(pin.0),
                 (None, None) => HubTrust::SystemRoots,
             };
             let key = cli

@@ -58,6 +58,17 @@ pub(super) struct RawAdmin {
     key_hash: Option<Spanned<String>>,
 }
 
+impl RawAdmin {
+    fn secret_fields(&self) -> SecretFields<'_> {
+        SecretFields {
+            key: self.key.as_ref(),
+            key_file: self.key_file.as_ref(),
+            key_env: self.key_env.as_ref(),
+            key_hash: self.key_hash.as_ref(),
+        }
+    }
+}
+
 /// Checks `[admin]`; `default_socket` applies when `socket` is absent, `allow_listen` is false
 /// for the tunnel (which serves its API only on the socket).
 pub(super) fn check_admin(
@@ -73,67 +84,35 @@ pub(super) fn check_admin(
         Some(path) => (Some(src.resolve_path(path.get_ref())), true),
         None => (Some(PathBuf::from(default_socket)), false),
     };
-    let socket_group = match &raw.socket_group {
-        Some(group) => {
-            check_name(group.get_ref()).map_err(|problem| {
-                src.error_at(
-                    group.span(),
-                    format!("`socket_group` in [admin]: {problem}"),
-                )
-            })?;
-            Some(group.get_ref().clone())
-        }
-        None => None,
-    };
+    let socket_group = src.check_opt(
+        raw.socket_group.as_ref(),
+        "`socket_group` in [admin]",
+        |group| check_name(group).map(|()| group.clone()),
+    )?;
     let listen = match &raw.listen {
-        Some(_) if !allow_listen => {
-            let span = raw.listen.as_ref().map(Spanned::span).unwrap_or_default();
+        Some(listen) if !allow_listen => {
             return Err(src.error_at(
-                span,
+                listen.span(),
                 "`listen` in [admin]: a tunnel serves its API on its socket only; remove it",
             ));
         }
-        Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|_| {
-            src.error_at(
-                listen.span(),
-                format!(
-                    "`listen` in [admin]: {:?} is not an IP address and port; write one like \
-                     \"127.0.0.1:7701\"",
-                    listen.get_ref()
-                ),
-            )
-        })?),
-        None => None,
+        listen => src.check_opt(listen.as_ref(), "`listen` in [admin]", |text| {
+            text.parse::<SocketAddr>().map_err(|_| {
+                format!("{text:?} is not an IP address and port; write one like \"127.0.0.1:7701\"")
+            })
+        })?,
     };
-    if !allow_listen {
-        let key_span = [
-            &raw.key.as_ref().map(Spanned::span),
-            &raw.key_file.as_ref().map(Spanned::span),
-            &raw.key_env.as_ref().map(Spanned::span),
-            &raw.key_hash.as_ref().map(Spanned::span),
-        ]
-        .into_iter()
-        .find_map(|span| span.clone());
-        if let Some(span) = key_span {
-            return Err(src.error_at(
-                span,
-                "a monitoring key in [admin]: a tunnel serves its API on its socket only, \
-                 which needs no key; remove it",
-            ));
-        }
+    let fields = raw.secret_fields();
+    if let Some((_, span)) = fields.given().next()
+        && !allow_listen
+    {
+        return Err(src.error_at(
+            span,
+            "a monitoring key in [admin]: a tunnel serves its API on its socket only, which \
+             needs no key; remove it",
+        ));
     }
-    let fields = SecretFields {
-        key: raw.key.as_ref(),
-        key_file: raw.key_file.as_ref(),
-        key_env: raw.key_env.as_ref(),
-    };
-    let key = resolve_stored_key(
-        src,
-        &fields,
-        raw.key_hash.as_ref(),
-        " in [admin]",
-        MIN_MONITORING_KEY_LEN,
-    )?;
+    let key = resolve_stored_key(src, &fields, " in [admin]", MIN_MONITORING_KEY_LEN)?;
     Ok(AdminConfig {
         socket,
         socket_explicit,

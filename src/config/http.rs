@@ -5,7 +5,6 @@
 //! `service.rs` only dispatches on `kind`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -13,9 +12,8 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::error::ConfigError;
-use super::hub::TlsFiles;
 use super::source::{Source, Span};
-use super::values::{check_name, parse_duration};
+use super::values::{TlsFiles, check_name, is_hostname, parse_duration};
 
 /// Default `header_timeout`: a client must send a whole request head within this.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,24 +78,74 @@ pub(super) fn http_service(
     table: &str,
     tls: bool,
 ) -> Result<(HttpService, Span), ConfigError> {
-    let default_port = if tls { 443 } else { 80 };
-    let (listen, span) = match raw.listen {
-        Some(listen) => {
-            let addr = listen.get_ref().parse::<SocketAddr>().map_err(|_| {
-                src.error_at(
-                    listen.span(),
-                    format!(
-                        "`listen` in {table}: {:?} is not an IP address and port; write one like \
-                         \"0.0.0.0:{default_port}\" or \"[::]:{default_port}\"",
-                        listen.get_ref()
-                    ),
-                )
-            })?;
-            (addr, listen.span())
-        }
-        None => (SocketAddr::from(([0, 0, 0, 0], default_port)), name.span()),
+    let (listen, span) = check_listen(src, name, raw.listen, table, tls)?;
+    let domain = check_domain(src, name, raw.domain, table)?;
+    let what = format!("`trusted_proxies` in {table}");
+    let trusted_proxies = src.check_opt(raw.trusted_proxies, &what, |list| {
+        list.iter().map(|entry| parse_net(entry)).collect()
+    })?;
+    let what = format!("`max_head_size` in {table}");
+    let max_head_size = src.check_opt(raw.max_head_size, &what, |size| head_size(*size))?;
+    let redirect_https = check_redirect(src, raw.redirect_https, table, tls)?;
+    let certificates = check_certificates(src, name, raw.certificates, table, tls)?;
+    let duration = |value: Option<&Spanned<Value>>, key: &str, default| {
+        src.check_or(
+            value,
+            &format!("`{key}` in {table}"),
+            default,
+            parse_duration,
+        )
     };
-    let Some(domain) = raw.domain else {
+    Ok((
+        HttpService {
+            listen,
+            domain,
+            trusted_proxies: trusted_proxies.unwrap_or_default(),
+            header_timeout: duration(raw.header_timeout, "header_timeout", DEFAULT_HEADER_TIMEOUT)?,
+            response_timeout: duration(
+                raw.response_timeout,
+                "response_timeout",
+                DEFAULT_RESPONSE_TIMEOUT,
+            )?,
+            max_head_size: max_head_size.unwrap_or(DEFAULT_MAX_HEAD_SIZE),
+            redirect_https,
+            certificates,
+        },
+        span,
+    ))
+}
+
+/// `listen`, with the span conflicts point at: the value, or the table name when it is absent.
+fn check_listen(
+    src: &Source<'_>,
+    name: &Spanned<String>,
+    listen: Option<&Spanned<String>>,
+    table: &str,
+    tls: bool,
+) -> Result<(SocketAddr, Span), ConfigError> {
+    let default_port = if tls { 443 } else { 80 };
+    let Some(listen) = listen else {
+        return Ok((SocketAddr::from(([0, 0, 0, 0], default_port)), name.span()));
+    };
+    let addr = src.check(listen, &format!("`listen` in {table}"), |text| {
+        text.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "{text:?} is not an IP address and port; write one like \
+                 \"0.0.0.0:{default_port}\" or \"[::]:{default_port}\""
+            )
+        })
+    })?;
+    Ok((addr, listen.span()))
+}
+
+/// `domain` (required): a hostname, lowercased, without a leading dot.
+fn check_domain(
+    src: &Source<'_>,
+    name: &Spanned<String>,
+    domain: Option<&Spanned<String>>,
+    table: &str,
+) -> Result<String, ConfigError> {
+    let Some(domain) = domain else {
         return Err(src.error_at(
             name.span(),
             format!(
@@ -106,135 +154,79 @@ pub(super) fn http_service(
             ),
         ));
     };
-    let domain_text = domain
-        .get_ref()
-        .trim_start_matches('.')
-        .to_ascii_lowercase();
-    if !is_hostname(&domain_text) {
-        return Err(src.error_at(
-            domain.span(),
-            format!(
-                "`domain` in {table}: {:?} is not a valid domain name",
-                domain.get_ref()
-            ),
-        ));
-    }
-    let trusted_proxies = match raw.trusted_proxies {
-        Some(list) => list
-            .get_ref()
-            .iter()
-            .map(|entry| parse_net(entry))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|problem| {
-                src.error_at(
-                    list.span(),
-                    format!("`trusted_proxies` in {table}: {problem}"),
-                )
-            })?,
-        None => Vec::new(),
-    };
-    let duration = |value: Option<&Spanned<Value>>, key: &str, default| match value {
-        Some(value) => parse_duration(value.get_ref()).map_err(|problem| {
-            src.error_at(value.span(), format!("`{key}` in {table}: {problem}"))
+    src.check(domain, &format!("`domain` in {table}"), |written| {
+        let domain = written.trim_start_matches('.').to_ascii_lowercase();
+        if is_hostname(&domain) {
+            Ok(domain)
+        } else {
+            Err(format!("{written:?} is not a valid domain name"))
+        }
+    })
+}
+
+/// `max_head_size`: at least what hyper can buffer, at most 1 MiB.
+fn head_size(size: i64) -> Result<usize, String> {
+    usize::try_from(size)
+        .ok()
+        .filter(|n| (MIN_HEAD_SIZE..=1024 * 1024).contains(n))
+        .ok_or_else(|| {
+            format!("use {MIN_HEAD_SIZE} to 1048576 bytes (default {DEFAULT_MAX_HEAD_SIZE})")
+        })
+}
+
+/// `redirect_https` (http only): the name of the https service to redirect to.
+fn check_redirect(
+    src: &Source<'_>,
+    target: Option<&Spanned<String>>,
+    table: &str,
+    tls: bool,
+) -> Result<Option<String>, ConfigError> {
+    let what = format!("`redirect_https` in {table}");
+    match target {
+        Some(target) if tls => Err(src.error_at(
+            target.span(),
+            format!("{what}: only an http service can redirect; remove it"),
+        )),
+        target => src.check_opt(target, &what, |target| {
+            check_name(target).map(|()| target.clone())
         }),
-        None => Ok(default),
-    };
-    let max_head_size = match raw.max_head_size {
-        Some(size) => usize::try_from(*size.get_ref())
-            .ok()
-            .filter(|n| (MIN_HEAD_SIZE..=1024 * 1024).contains(n))
-            .ok_or_else(|| {
-                src.error_at(
-                    size.span(),
-                    format!(
-                        "`max_head_size` in {table}: use {MIN_HEAD_SIZE} to 1048576 bytes \
-                         (default {DEFAULT_MAX_HEAD_SIZE})"
-                    ),
-                )
-            })?,
-        None => DEFAULT_MAX_HEAD_SIZE,
-    };
-    let redirect_https = match raw.redirect_https {
-        Some(target) if tls => {
-            return Err(src.error_at(
-                target.span(),
-                format!(
-                    "`redirect_https` in {table}: only an http service can redirect; remove it"
-                ),
-            ));
-        }
-        Some(target) => {
-            check_name(target.get_ref()).map_err(|problem| {
-                src.error_at(
-                    target.span(),
-                    format!("`redirect_https` in {table}: {problem}"),
-                )
-            })?;
-            Some(target.get_ref().clone())
-        }
-        None => None,
-    };
-    let certificates = match (raw.certificates, tls) {
+    }
+}
+
+/// `[[services.NAME.certificates]]`: at least one for https, none for http.
+fn check_certificates(
+    src: &Source<'_>,
+    name: &Spanned<String>,
+    certificates: Option<&Spanned<Vec<RawCertificate>>>,
+    table: &str,
+    tls: bool,
+) -> Result<Vec<TlsFiles>, ConfigError> {
+    let path = |value, key: &str| src.non_empty_path(value, &format!("`{key}` in {table}"));
+    match (certificates, tls) {
         (Some(certs), true) if !certs.get_ref().is_empty() => certs
             .get_ref()
             .iter()
             .map(|c| {
                 Ok(TlsFiles {
-                    cert_file: path(src, &c.cert_file, table, "cert_file")?,
-                    key_file: path(src, &c.key_file, table, "key_file")?,
+                    cert_file: path(&c.cert_file, "cert_file")?,
+                    key_file: path(&c.key_file, "key_file")?,
                 })
             })
-            .collect::<Result<Vec<_>, ConfigError>>()?,
-        (_, true) => {
-            return Err(src.error_at(
-                name.span(),
-                format!(
-                    "{table} has kind = \"https\" but no certificates; add a \
-                     [[services.{}.certificates]] entry with `cert_file` and `key_file`",
-                    name.get_ref()
-                ),
-            ));
-        }
-        (Some(certs), false) => {
-            return Err(src.error_at(
-                certs.span(),
-                format!("`certificates` in {table}: only https services serve certificates"),
-            ));
-        }
-        (None, false) => Vec::new(),
-    };
-    Ok((
-        HttpService {
-            listen,
-            domain: domain_text,
-            trusted_proxies,
-            header_timeout: duration(raw.header_timeout, "header_timeout", DEFAULT_HEADER_TIMEOUT)?,
-            response_timeout: duration(
-                raw.response_timeout,
-                "response_timeout",
-                DEFAULT_RESPONSE_TIMEOUT,
-            )?,
-            max_head_size,
-            redirect_https,
-            certificates,
-        },
-        span,
-    ))
-}
-
-fn path(
-    src: &Source<'_>,
-    value: &Spanned<String>,
-    table: &str,
-    key: &str,
-) -> Result<PathBuf, ConfigError> {
-    if value.get_ref().is_empty() {
-        return Err(src.error_at(
-            value.span(),
-            format!("`{key}` in {table} is empty; give a path"),
-        ));
+            .collect(),
+        (_, true) => Err(src.error_at(
+            name.span(),
+            format!(
+                "{table} has kind = \"https\" but no certificates; add a \
+                 [[services.{}.certificates]] entry with `cert_file` and `key_file`",
+                name.get_ref()
+            ),
+        )),
+        (Some(certs), false) => Err(src.error_at(
+            certs.span(),
+            format!("`certificates` in {table}: only https services serve certificates"),
+        )),
+        (None, false) => Ok(Vec::new()),
     }
-    Ok(src.resolve_path(value.get_ref()))
 }
 
 fn parse_net(text: &str) -> Result<IpNet, String> {
@@ -244,18 +236,6 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
     text.parse::<std::net::IpAddr>().map(IpNet::from).map_err(|_| {
         format!("{text:?} is not an IP address or network; write one like \"10.0.0.0/8\" or \"192.0.2.7\"")
     })
-}
-
-/// Whether `name` is a DNS name of letters, digits and hyphens in dot-separated labels.
-pub(crate) fn is_hostname(name: &str) -> bool {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
 }
 
 #[cfg(test)]
@@ -272,15 +252,5 @@ mod tests {
                 .unwrap_err()
                 .contains("not an IP address")
         );
-    }
-
-    #[test]
-    fn hostnames_are_checked_label_by_label() {
-        assert!(is_hostname("tunnel.example.com"));
-        assert!(is_hostname("localhost"));
-        assert!(!is_hostname("bad_name.example"));
-        assert!(!is_hostname("-x.example"));
-        assert!(!is_hostname("a..b"));
-        assert!(!is_hostname(""));
     }
 }

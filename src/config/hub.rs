@@ -16,11 +16,12 @@ use toml::{Spanned, Value};
 
 use super::admin::{AdminConfig, RawAdmin, check_admin};
 use super::error::ConfigError;
+use super::file::{self, ConfigFile};
 use super::limits::{Limits, RawLimits, check_limits};
 use super::secret_source::{SecretFields, resolve_stored_key};
 use super::service::{RawService, ServiceConfig, check_services};
-use super::source::{EnvLookup, Source};
-use super::values::{MIN_HUB_KEY_LEN, check_name, parse_duration};
+use super::source::Source;
+use super::values::{MIN_HUB_KEY_LEN, TlsFiles, check_name, count_in, is_hostname, parse_duration};
 use crate::secret::StoredKey;
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7700);
@@ -86,15 +87,6 @@ pub struct HubConfig {
     pub reconnect_grace: Duration,
 }
 
-/// `[tls]`: PEM files the hub serves instead of its generated certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// `cert_file`: certificate chain, PEM. Relative to the config file's directory.
-    pub cert_file: PathBuf,
-    /// `key_file`: private key, PEM. Relative to the config file's directory.
-    pub key_file: PathBuf,
-}
-
 /// `[[keys]]`: one tunnel key the hub accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelKey {
@@ -126,31 +118,20 @@ impl TunnelKey {
 impl HubConfig {
     /// Reads and checks the hub config file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = super::read_config(path)?;
-        Self::parse(&text, path)
+        file::load(path)
     }
 
     /// Checks hub config `text`. `origin` names the file in errors and anchors relative paths;
     /// `key_file`s are read and `key_env` variables looked up.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        Self::parse_with_env(text, origin, &|name| std::env::var(name))
-    }
-
-    /// [`HubConfig::parse`] with `key_env` looked up through `env`.
-    pub(crate) fn parse_with_env(
-        text: &str,
-        origin: &Path,
-        env: EnvLookup<'_>,
-    ) -> Result<Self, ConfigError> {
-        let src = Source::new(text, origin, env);
-        let raw: RawHub = src.deserialize()?;
-        raw.check(&src)
+        file::parse(text, origin)
     }
 }
 
+/// The hub's file as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHub {
+pub(super) struct RawHub {
     listen: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     allow_no_auth: Option<Spanned<bool>>,
@@ -189,50 +170,38 @@ struct RawKey {
     hostnames: Option<Spanned<Vec<String>>>,
 }
 
-impl RawHub {
-    fn check(self, src: &Source<'_>) -> Result<HubConfig, ConfigError> {
-        let listen = match &self.listen {
-            Some(listen) => parse_listen(src, listen)?,
-            None => DEFAULT_LISTEN,
-        };
-        let state_dir = match &self.state_dir {
-            Some(dir) => non_empty_path(src, dir, "`state_dir`")?,
+impl RawKey {
+    fn secret_fields(&self) -> SecretFields<'_> {
+        SecretFields {
+            key: self.key.as_ref(),
+            key_file: self.key_file.as_ref(),
+            key_env: self.key_env.as_ref(),
+            key_hash: self.key_hash.as_ref(),
+        }
+    }
+}
+
+impl ConfigFile for HubConfig {
+    type Raw = RawHub;
+
+    fn check(raw: RawHub, src: &Source<'_>) -> Result<Self, ConfigError> {
+        let listen = src.check_or(raw.listen.as_ref(), "`listen`", DEFAULT_LISTEN, |text| {
+            parse_listen(text)
+        })?;
+        let state_dir = match &raw.state_dir {
+            Some(dir) => src.non_empty_path(dir, "`state_dir`")?,
             None => PathBuf::from(DEFAULT_STATE_DIR),
         };
-        let allow_no_auth = self
-            .allow_no_auth
-            .as_ref()
-            .is_some_and(|allow| *allow.get_ref());
-        if let Some(allow) = &self.allow_no_auth
-            && *allow.get_ref()
-            && !listen.ip().is_loopback()
-        {
-            return Err(src.error_at(
-                allow.span(),
-                format!(
-                    "`allow_no_auth = true` is only allowed when `listen` is a loopback address, \
-                     but listen is {listen}; add a [[keys]] entry instead, or listen on \
-                     127.0.0.1 for local testing"
-                ),
-            ));
-        }
-        let tls = self
+        let allow_no_auth = check_allow_no_auth(src, raw.allow_no_auth.as_ref(), listen)?;
+        let tls = raw
             .tls
             .as_ref()
             .map(|tls| check_tls(src, tls))
             .transpose()?;
-        let keys = check_keys(src, &self.keys)?;
-        if keys.is_empty() && !allow_no_auth {
-            return Err(src.error_in_file(
-                "no tunnel keys are configured, so no tunnel could connect; add a [[keys]] entry \
-                 or, for loopback-only testing, allow_no_auth = true",
-            ));
-        }
-        let services = check_services(src, &self.services, listen)?;
-        let duration = |value: &Option<Spanned<Value>>, key: &str, default| match value {
-            Some(value) => parse_duration(value.get_ref())
-                .map_err(|problem| src.error_at(value.span(), format!("`{key}`: {problem}"))),
-            None => Ok(default),
+        let keys = check_keys(src, &raw.keys, allow_no_auth)?;
+        let services = check_services(src, &raw.services, listen)?;
+        let duration = |value: &Option<Spanned<Value>>, key: &str, default| {
+            src.check_or(value.as_ref(), &format!("`{key}`"), default, parse_duration)
         };
         Ok(HubConfig {
             listen,
@@ -242,50 +211,69 @@ impl RawHub {
             keys,
             services,
             heartbeat_interval: duration(
-                &self.heartbeat_interval,
+                &raw.heartbeat_interval,
                 "heartbeat_interval",
                 DEFAULT_HEARTBEAT_INTERVAL,
             )?,
             handshake_timeout: duration(
-                &self.handshake_timeout,
+                &raw.handshake_timeout,
                 "handshake_timeout",
                 DEFAULT_HANDSHAKE_TIMEOUT,
             )?,
-            link_timeout: duration(&self.link_timeout, "link_timeout", DEFAULT_LINK_TIMEOUT)?,
-            idle_timeout: duration(&self.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
-            admin: check_admin(src, self.admin.as_ref(), DEFAULT_HUB_SOCKET, true)?,
-            lockout_failures: match &self.lockout_failures {
-                Some(n) if (1..=1000).contains(n.get_ref()) => *n.get_ref() as u32,
-                Some(n) => {
-                    return Err(src.error_at(
-                        n.span(),
-                        format!(
-                            "`lockout_failures`: {} is out of range; use 1 to 1000",
-                            n.get_ref()
-                        ),
-                    ));
-                }
-                None => DEFAULT_LOCKOUT_FAILURES,
-            },
+            link_timeout: duration(&raw.link_timeout, "link_timeout", DEFAULT_LINK_TIMEOUT)?,
+            idle_timeout: duration(&raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
+            admin: check_admin(src, raw.admin.as_ref(), DEFAULT_HUB_SOCKET, true)?,
+            lockout_failures: check_lockout_failures(src, raw.lockout_failures.as_ref())?,
             lockout_duration: duration(
-                &self.lockout_duration,
+                &raw.lockout_duration,
                 "lockout_duration",
                 DEFAULT_LOCKOUT_DURATION,
             )?,
-            limits: check_limits(src, self.limits.as_ref())?,
+            limits: check_limits(src, raw.limits.as_ref())?,
             shutdown_timeout: duration(
-                &self.shutdown_timeout,
+                &raw.shutdown_timeout,
                 "shutdown_timeout",
                 DEFAULT_SHUTDOWN_TIMEOUT,
             )?,
-            reconnect_grace: match &self.reconnect_grace {
-                Some(value) => parse_grace(value.get_ref()).map_err(|problem| {
-                    src.error_at(value.span(), format!("`reconnect_grace`: {problem}"))
-                })?,
-                None => DEFAULT_RECONNECT_GRACE,
-            },
+            reconnect_grace: src.check_or(
+                raw.reconnect_grace.as_ref(),
+                "`reconnect_grace`",
+                DEFAULT_RECONNECT_GRACE,
+                parse_grace,
+            )?,
         })
     }
+}
+
+/// `allow_no_auth`: only on a loopback `listen` address, where no one else can connect.
+fn check_allow_no_auth(
+    src: &Source<'_>,
+    allow: Option<&Spanned<bool>>,
+    listen: SocketAddr,
+) -> Result<bool, ConfigError> {
+    match allow {
+        Some(allow) if *allow.get_ref() && !listen.ip().is_loopback() => Err(src.error_at(
+            allow.span(),
+            format!(
+                "`allow_no_auth = true` is only allowed when `listen` is a loopback address, \
+                 but listen is {listen}; add a [[keys]] entry instead, or listen on \
+                 127.0.0.1 for local testing"
+            ),
+        )),
+        Some(allow) => Ok(*allow.get_ref()),
+        None => Ok(false),
+    }
+}
+
+/// `lockout_failures`: 1 to 1000 failed logins in a row.
+fn check_lockout_failures(
+    src: &Source<'_>,
+    value: Option<&Spanned<i64>>,
+) -> Result<u32, ConfigError> {
+    src.check_or(value, "`lockout_failures`", DEFAULT_LOCKOUT_FAILURES, |n| {
+        // At most 1000, so it fits.
+        count_in(*n, 1..=1000).map(|n| n as u32)
+    })
 }
 
 /// A duration, or zero written with a unit (`"0s"`) to turn the grace off.
@@ -301,38 +289,22 @@ fn parse_grace(value: &Value) -> Result<Duration, String> {
     parse_duration(value).map_err(|problem| format!("{problem}; or \"0s\" to turn it off"))
 }
 
-fn parse_listen(src: &Source<'_>, listen: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
-    let text = listen.get_ref();
-    let addr: SocketAddr = text.parse().map_err(|_| {
-        src.error_at(
-            listen.span(),
-            format!(
-                "`listen`: {text:?} is not an IP address and port; write one like \
-                 \"0.0.0.0:7700\" or \"[::]:7700\" (host names are not allowed here)"
-            ),
+/// The hub's `listen`: an IP address and port, no host name.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!(
+            "{text:?} is not an IP address and port; write one like \"0.0.0.0:7700\" or \
+             \"[::]:7700\" (host names are not allowed here)"
         )
-    })?;
-    Ok(addr)
-}
-
-/// A path value that must not be empty, resolved against the config file's directory.
-fn non_empty_path(
-    src: &Source<'_>,
-    path: &Spanned<String>,
-    what: &str,
-) -> Result<PathBuf, ConfigError> {
-    if path.get_ref().is_empty() {
-        return Err(src.error_at(path.span(), format!("{what} is empty; give a path")));
-    }
-    Ok(src.resolve_path(path.get_ref()))
+    })
 }
 
 fn check_tls(src: &Source<'_>, tls: &Spanned<RawTls>) -> Result<TlsFiles, ConfigError> {
     let raw = tls.get_ref();
     match (&raw.cert_file, &raw.key_file) {
         (Some(cert), Some(key)) => Ok(TlsFiles {
-            cert_file: non_empty_path(src, cert, "`cert_file` in [tls]")?,
-            key_file: non_empty_path(src, key, "`key_file` in [tls]")?,
+            cert_file: src.non_empty_path(cert, "`cert_file` in [tls]")?,
+            key_file: src.non_empty_path(key, "`key_file` in [tls]")?,
         }),
         (Some(_), None) | (None, Some(_)) | (None, None) => Err(src.error_at(
             tls.span(),
@@ -342,86 +314,93 @@ fn check_tls(src: &Source<'_>, tls: &Spanned<RawTls>) -> Result<TlsFiles, Config
     }
 }
 
-fn check_keys(src: &Source<'_>, raw_keys: &[RawKey]) -> Result<Vec<TunnelKey>, ConfigError> {
+/// `[[keys]]`: at least one unless `allow_no_auth`, each with its own name and key.
+fn check_keys(
+    src: &Source<'_>,
+    raw_keys: &[RawKey],
+    allow_no_auth: bool,
+) -> Result<Vec<TunnelKey>, ConfigError> {
     let mut keys: Vec<TunnelKey> = Vec::with_capacity(raw_keys.len());
     for raw in raw_keys {
-        let name = raw.name.get_ref();
-        check_name(name).map_err(|problem| {
-            src.error_at(raw.name.span(), format!("`name` in [[keys]]: {problem}"))
-        })?;
-        if keys.iter().any(|key| key.name == *name) {
-            return Err(src.error_at(
-                raw.name.span(),
-                format!("[[keys]] name `{name}` is used twice; give each key its own name"),
-            ));
-        }
-        let fields = SecretFields {
-            key: raw.key.as_ref(),
-            key_file: raw.key_file.as_ref(),
-            key_env: raw.key_env.as_ref(),
-        };
-        let place = format!(" in [[keys]] `{name}`");
-        let Some(secret) =
-            resolve_stored_key(src, &fields, raw.key_hash.as_ref(), &place, MIN_HUB_KEY_LEN)?
-        else {
-            return Err(src.error_at(
-                raw.name.span(),
-                format!(
-                    "[[keys]] `{name}` has no key; set `key_file` (a file holding the key), \
-                     `key_env` (an environment variable holding it), `key_hash` (its digest, \
-                     from `tunnelize hash-key`) or `key`"
-                ),
-            ));
-        };
-        if let Some(twin) = keys.iter().find(|key| key.key == secret) {
-            let span = [
-                raw.key.as_ref().map(Spanned::span),
-                raw.key_file.as_ref().map(Spanned::span),
-                raw.key_env.as_ref().map(Spanned::span),
-                raw.key_hash.as_ref().map(Spanned::span),
-            ]
-            .into_iter()
-            .flatten()
-            .next()
-            .unwrap_or_else(|| raw.name.span());
-            return Err(src.error_at(
-                span,
-                format!(
-                    "[[keys]] `{name}` has the same key as `{}`; every tunnel needs its own key \
-                     (generate one with `openssl rand -hex 32`)",
-                    twin.name
-                ),
-            ));
-        }
-        let hostnames = match &raw.hostnames {
-            Some(list) => list
-                .get_ref()
-                .iter()
-                .map(|pattern| {
-                    let lower = pattern.to_ascii_lowercase();
-                    let bare = lower.strip_prefix("*.").unwrap_or(&lower);
-                    if super::http::is_hostname(bare) && bare.contains('.') {
-                        Ok(lower)
-                    } else {
-                        Err(src.error_at(
-                            list.span(),
-                            format!(
-                                "`hostnames` in [[keys]] `{name}`: {pattern:?} is not a hostname \
-                                 like \"app.example.org\" or a pattern like \"*.example.org\""
-                            ),
-                        ))
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            None => Vec::new(),
-        };
-        keys.push(TunnelKey {
-            name: name.clone(),
-            key: secret,
-            hostnames,
-        });
+        let key = check_key(src, raw, &keys)?;
+        keys.push(key);
+    }
+    if keys.is_empty() && !allow_no_auth {
+        return Err(src.error_in_file(
+            "no tunnel keys are configured, so no tunnel could connect; add a [[keys]] entry \
+             or, for loopback-only testing, allow_no_auth = true",
+        ));
     }
     Ok(keys)
+}
+
+/// One `[[keys]]` entry; its name and its key must differ from those of the `earlier` entries.
+fn check_key(
+    src: &Source<'_>,
+    raw: &RawKey,
+    earlier: &[TunnelKey],
+) -> Result<TunnelKey, ConfigError> {
+    let name = raw.name.get_ref();
+    src.check(&raw.name, "`name` in [[keys]]", |name| check_name(name))?;
+    if earlier.iter().any(|key| key.name == *name) {
+        return Err(src.error_at(
+            raw.name.span(),
+            format!("[[keys]] name `{name}` is used twice; give each key its own name"),
+        ));
+    }
+    let fields = raw.secret_fields();
+    let place = format!(" in [[keys]] `{name}`");
+    let Some(secret) = resolve_stored_key(src, &fields, &place, MIN_HUB_KEY_LEN)? else {
+        return Err(src.error_at(
+            raw.name.span(),
+            format!(
+                "[[keys]] `{name}` has no key; set `key_file` (a file holding the key), \
+                 `key_env` (an environment variable holding it), `key_hash` (its digest, \
+                 from `tunnelize hash-key`) or `key`"
+            ),
+        ));
+    };
+    if let Some(twin) = earlier.iter().find(|key| key.key == secret) {
+        let span = fields
+            .given()
+            .next()
+            .map_or_else(|| raw.name.span(), |(_, span)| span);
+        return Err(src.error_at(
+            span,
+            format!(
+                "[[keys]] `{name}` has the same key as `{}`; every tunnel needs its own key \
+                 (generate one with `openssl rand -hex 32`)",
+                twin.name
+            ),
+        ));
+    }
+    let what = format!("`hostnames` in [[keys]] `{name}`");
+    let hostnames = src.check_opt(raw.hostnames.as_ref(), &what, |patterns| {
+        patterns
+            .iter()
+            .map(|pattern| hostname_pattern(pattern))
+            .collect()
+    })?;
+    Ok(TunnelKey {
+        name: name.clone(),
+        key: secret,
+        hostnames: hostnames.unwrap_or_default(),
+    })
+}
+
+/// A `hostnames` entry: a full hostname (`app.example.org`) or every name under one
+/// (`*.example.org`), lowercased.
+fn hostname_pattern(pattern: &str) -> Result<String, String> {
+    let lower = pattern.to_ascii_lowercase();
+    let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+    if is_hostname(bare) && bare.contains('.') {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "{pattern:?} is not a hostname like \"app.example.org\" or a pattern like \
+             \"*.example.org\""
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -441,7 +420,7 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<HubConfig, ConfigError> {
-        HubConfig::parse_with_env(text, Path::new(ORIGIN), &no_env)
+        file::parse_with_env::<HubConfig>(text, Path::new(ORIGIN), &no_env)
     }
 
     /// The error for `text`, as the operator sees it.
@@ -483,6 +462,32 @@ mod tests {
                 reconnect_grace: Duration::from_secs(60),
             }
         );
+    }
+
+    #[test]
+    fn key_hostnames_are_full_names_or_wildcards_under_one() {
+        assert_eq!(
+            hostname_pattern("App.Example.org"),
+            Ok("app.example.org".into())
+        );
+        assert_eq!(
+            hostname_pattern("*.Example.org"),
+            Ok("*.example.org".into())
+        );
+        for bad in [
+            "app",
+            "*.org",
+            "*",
+            "a..b",
+            "*.*.example.org",
+            "bad_name.example",
+        ] {
+            let err = hostname_pattern(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("{bad:?} is not a hostname")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -762,7 +767,7 @@ mod tests {
         };
         let text = "[[keys]]\nname = \"bob\"\nkey_file = \"bob.key\"\n\
                     [[keys]]\nname = \"carol\"\nkey_env = \"TUNNELIZE_TEST_CAROL_KEY\"\n";
-        let config = HubConfig::parse_with_env(text, &origin, &env).unwrap();
+        let config = file::parse_with_env::<HubConfig>(text, &origin, &env).unwrap();
         assert!(config.keys[0].key.matches("bob-0123456789abcdef"));
         assert!(config.keys[1].key.matches("carol-0123456789abcdef"));
     }

@@ -7,6 +7,7 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::source::Source;
+use super::values::count_in;
 
 /// The hub's limits, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +63,11 @@ pub(super) fn check_limits(
     let Some(raw) = raw else {
         return Ok(defaults);
     };
-    let value = |field: &Option<Spanned<i64>>, key: &str, default: usize| match field {
-        None => Ok(default),
-        Some(n) if (1..=1_000_000).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
-        Some(n) => Err(src.error_at(
-            n.span(),
-            format!(
-                "`{key}` in [limits]: {} is out of range; use 1 to 1000000",
-                n.get_ref()
-            ),
-        )),
+    let value = |field: &Option<Spanned<i64>>, key: &str, default: usize| {
+        let what = format!("`{key}` in [limits]");
+        src.check_or(field.as_ref(), &what, default, |n| {
+            count_in(*n, 1..=1_000_000)
+        })
     };
     Ok(Limits {
         tunnels: value(&raw.tunnels, "tunnels", defaults.tunnels)?,

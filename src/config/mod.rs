@@ -7,13 +7,16 @@
 //! file or from an environment variable, and never appear in errors or `Debug` output. Relative
 //! paths in a config file are relative to that file's directory.
 //!
-//! Layout: `source` turns `toml` errors and spans into [`ConfigError`]s, `values` parses value
-//! syntaxes (durations, port ranges, `host:port`), `secret_source` reads `key`/`key_file`/
-//! `key_env`, `hub` and `tunnel` hold each daemon's schema and rules, and `service` the hub's
+//! Layout: `file` reads and checks either file through one loader, `source` turns `toml` errors
+//! and spans into [`ConfigError`]s (and a value's problem into an error at its key), `values`
+//! holds the shared value types and parses value syntaxes (durations, port ranges, `host:port`,
+//! hostnames), `secret_source` reads `key`/`key_file`/`key_env`/`key_hash`, `hub` and `tunnel`
+//! hold each daemon's schema and rules, and `service` (with `http`) the hub's
 //! `[services.NAME]` tables.
 
 mod admin;
 mod error;
+mod file;
 mod http;
 mod hub;
 mod limits;
@@ -28,12 +31,12 @@ use std::path::Path;
 pub use admin::AdminConfig;
 pub use error::{ConfigError, Location, Position};
 pub use http::HttpService;
-pub(crate) use http::is_hostname;
-pub use hub::{HubConfig, TlsFiles, TunnelKey};
+pub use hub::{HubConfig, TunnelKey};
 pub use limits::Limits;
 pub use service::{ServiceConfig, ServiceKind, TcpService, UdpService};
 pub use tunnel::{HubTrust, ProxyConfig, Reconnect, TunnelConfig};
-pub use values::PortRange;
+pub(crate) use values::is_hostname;
+pub use values::{PortRange, TlsFiles};
 
 /// Checks a tunnel key as `[[keys]]` would (length, no whitespace or control characters), for
 /// tools such as `tunnelize hash-key`; the message never contains the key.
@@ -57,7 +60,7 @@ pub enum AnyConfig {
 /// A file whose top level has `hub_address` or `proxies` is a tunnel config; any other file is
 /// a hub config. Used by `tunnelize check-config`.
 pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigError> {
-    let text = read_config(path)?;
+    let text = file::read_config(path)?;
     let no_env = |_: &str| Err(std::env::VarError::NotPresent);
     let top_level = Source::new(&text, path, &no_env).top_level_keys()?;
     if top_level
@@ -68,14 +71,6 @@ pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigError> {
     } else {
         HubConfig::parse(&text, path).map(AnyConfig::Hub)
     }
-}
-
-/// The text of the config file at `path`.
-fn read_config(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
-        path: path.to_path_buf(),
-        cause,
-    })
 }
 
 #[cfg(test)]

@@ -11,11 +11,11 @@ use std::fs;
 use toml::{Spanned, Value};
 
 use super::error::ConfigError;
-use super::source::Source;
+use super::source::{Source, Span};
 use super::values::check_secret;
 use crate::secret::{Secret, StoredKey};
 
-/// The three optional secret keys of one table, as written.
+/// The optional secret keys of one table, as written.
 pub(crate) struct SecretFields<'r> {
     /// `key`: the secret inline. Kept as a raw value so a wrong type is reported without
     /// echoing the value.
@@ -24,6 +24,24 @@ pub(crate) struct SecretFields<'r> {
     pub key_file: Option<&'r Spanned<String>>,
     /// `key_env`: name of an environment variable holding the secret.
     pub key_env: Option<&'r Spanned<String>>,
+    /// `key_hash` (tables of keys the hub checks against): the secret's digest. Always `None`
+    /// for [`resolve_secret`], which reads a secret to send.
+    pub key_hash: Option<&'r Spanned<String>>,
+}
+
+impl SecretFields<'_> {
+    /// The keys that are set, in the order `key`, `key_file`, `key_env`, `key_hash`, with the
+    /// spans of their values.
+    pub(crate) fn given(&self) -> impl Iterator<Item = (&'static str, Span)> {
+        [
+            self.key.map(|v| ("key", v.span())),
+            self.key_file.map(|v| ("key_file", v.span())),
+            self.key_env.map(|v| ("key_env", v.span())),
+            self.key_hash.map(|v| ("key_hash", v.span())),
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 /// Reads the secret from whichever of `key`, `key_file`, `key_env` is set.
@@ -36,14 +54,7 @@ pub(crate) fn resolve_secret(
     place: &str,
     min_len: usize,
 ) -> Result<Option<Secret>, ConfigError> {
-    let given: Vec<(&str, std::ops::Range<usize>)> = [
-        fields.key.map(|v| ("key", v.span())),
-        fields.key_file.map(|v| ("key_file", v.span())),
-        fields.key_env.map(|v| ("key_env", v.span())),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let given: Vec<(&str, Span)> = fields.given().collect();
     if let [(first, _), (second, span), ..] = given.as_slice() {
         return Err(src.error_at(
             span.clone(),
@@ -94,22 +105,13 @@ pub(crate) fn resolve_secret(
 pub(crate) fn resolve_stored_key(
     src: &Source<'_>,
     fields: &SecretFields<'_>,
-    key_hash: Option<&Spanned<String>>,
     place: &str,
     min_len: usize,
 ) -> Result<Option<StoredKey>, ConfigError> {
-    let Some(hash) = key_hash else {
+    let Some(hash) = fields.key_hash else {
         return Ok(resolve_secret(src, fields, place, min_len)?.map(StoredKey::from));
     };
-    let other = [
-        fields.key.map(|_| "key"),
-        fields.key_file.map(|_| "key_file"),
-        fields.key_env.map(|_| "key_env"),
-    ]
-    .into_iter()
-    .flatten()
-    .next();
-    if let Some(other) = other {
+    if let Some((other, _)) = fields.given().find(|(name, _)| *name != "key_hash") {
         return Err(src.error_at(
             hash.span(),
             format!(
@@ -128,13 +130,7 @@ fn read_key_file(
     file: &Spanned<String>,
     place: &str,
 ) -> Result<String, ConfigError> {
-    if file.get_ref().is_empty() {
-        return Err(src.error_at(
-            file.span(),
-            format!("`key_file`{place} is empty; give a path"),
-        ));
-    }
-    let path = src.resolve_path(file.get_ref());
+    let path = src.non_empty_path(file, &format!("`key_file`{place}"))?;
     let text = fs::read_to_string(&path).map_err(|err| {
         src.error_at(
             file.span(),
@@ -219,6 +215,7 @@ mod tests {
             key: raw.key.as_ref(),
             key_file: raw.key_file.as_ref(),
             key_env: raw.key_env.as_ref(),
+            key_hash: None,
         };
         resolve_secret(&src, &fields, "", 16).map_err(|err| err.to_string())
     }

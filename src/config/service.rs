@@ -17,7 +17,7 @@ use toml::{Spanned, Value};
 use super::error::ConfigError;
 use super::http::{HttpService, RawCertificate, RawHttpKeys, http_service};
 use super::source::{Source, Span};
-use super::values::{PortRange, check_name, parse_duration, parse_port_range};
+use super::values::{PortRange, check_name, count_in, parse_duration, parse_port_range};
 use crate::protocol::Transport;
 
 const DEFAULT_SERVICE_LISTEN: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -258,29 +258,11 @@ fn build_service(
     name: &Spanned<String>,
     raw: &RawService,
 ) -> Result<PlacedService, ConfigError> {
-    check_name(name.get_ref()).map_err(|problem| {
-        src.error_at(
-            name.span(),
-            format!("service name in [services.NAME]: {problem}"),
-        )
+    src.check(name, "service name in [services.NAME]", |name| {
+        check_name(name)
     })?;
     let table = format!("[services.{}]", name.get_ref());
-    let reject_keys_outside = |allowed: &[&str]| -> Result<(), ConfigError> {
-        for (key, span) in raw.optional_keys() {
-            if let Some(span) = span
-                && !allowed.contains(&key)
-            {
-                return Err(src.error_at(
-                    span,
-                    format!(
-                        "`{key}` in {table} is not used by kind = {:?}; remove it",
-                        raw.kind.get_ref()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    };
+    let reject_keys_outside = |allowed| reject_keys_outside(src, raw, &table, allowed);
     let (kind, ports_span) = match raw.kind.get_ref().as_str() {
         "tcp" => {
             reject_keys_outside(TCP_KEYS)?;
@@ -320,25 +302,47 @@ fn build_service(
     })
 }
 
+/// Refuses the optional keys of `raw` that its kind does not use (not in `allowed`).
+fn reject_keys_outside(
+    src: &Source<'_>,
+    raw: &RawService,
+    table: &str,
+    allowed: &[&str],
+) -> Result<(), ConfigError> {
+    for (key, span) in raw.optional_keys() {
+        if let Some(span) = span
+            && !allowed.contains(&key)
+        {
+            return Err(src.error_at(
+                span,
+                format!(
+                    "`{key}` in {table} is not used by kind = {:?}; remove it",
+                    raw.kind.get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn tcp_service(
     src: &Source<'_>,
     name: &Spanned<String>,
     raw: &RawService,
     table: &str,
 ) -> Result<(TcpService, Span), ConfigError> {
-    let listen = match &raw.listen {
-        Some(listen) => listen.get_ref().parse::<IpAddr>().map_err(|_| {
-            src.error_at(
-                listen.span(),
+    let listen = src.check_opt(
+        raw.listen.as_ref(),
+        &format!("`listen` in {table}"),
+        |text| {
+            text.parse::<IpAddr>().map_err(|_| {
                 format!(
-                    "`listen` in {table}: {:?} is not an IP address; write one like \"0.0.0.0\" \
-                     (every IPv4 address), \"::\" or \"127.0.0.1\", and put the ports in `ports`",
-                    listen.get_ref()
-                ),
-            )
-        })?,
-        None => DEFAULT_SERVICE_LISTEN,
-    };
+                    "{text:?} is not an IP address; write one like \"0.0.0.0\" (every IPv4 \
+                 address), \"::\" or \"127.0.0.1\", and put the ports in `ports`"
+                )
+            })
+        },
+    )?;
     let Some(ports) = &raw.ports else {
         return Err(src.error_at(
             name.span(),
@@ -348,11 +352,10 @@ fn tcp_service(
             ),
         ));
     };
-    let range = parse_port_range(ports.get_ref())
-        .map_err(|problem| src.error_at(ports.span(), format!("`ports` in {table}: {problem}")))?;
+    let range = src.check(ports, &format!("`ports` in {table}"), parse_port_range)?;
     Ok((
         TcpService {
-            listen,
+            listen: listen.unwrap_or(DEFAULT_SERVICE_LISTEN),
             ports: range,
         },
         ports.span(),
@@ -366,32 +369,27 @@ fn udp_service(
     table: &str,
 ) -> Result<(UdpService, Span), ConfigError> {
     let (TcpService { listen, ports }, ports_span) = tcp_service(src, name, raw, table)?;
-    let session_timeout = match &raw.session_timeout {
-        Some(value) => parse_duration(value.get_ref()).map_err(|problem| {
-            src.error_at(
-                value.span(),
-                format!("`session_timeout` in {table}: {problem}"),
-            )
-        })?,
-        None => DEFAULT_UDP_SESSION_TIMEOUT,
-    };
-    let max_sessions = match &raw.max_sessions {
-        Some(value) => usize::try_from(*value.get_ref())
-            .ok()
-            .filter(|n| (1..=MAX_UDP_MAX_SESSIONS).contains(n))
-            .ok_or_else(|| {
-                src.error_at(
-                    value.span(),
-                    format!(
-                        "`max_sessions` in {table}: {} is out of range; use 1 to \
-                         {MAX_UDP_MAX_SESSIONS} (default {DEFAULT_UDP_MAX_SESSIONS}); each session \
-                         holds a socket on the tunnel host",
-                        value.get_ref()
-                    ),
+    let what = format!("`session_timeout` in {table}");
+    let session_timeout = src.check_or(
+        raw.session_timeout.as_ref(),
+        &what,
+        DEFAULT_UDP_SESSION_TIMEOUT,
+        parse_duration,
+    )?;
+    let what = format!("`max_sessions` in {table}");
+    let max_sessions = src.check_or(
+        raw.max_sessions.as_ref(),
+        &what,
+        DEFAULT_UDP_MAX_SESSIONS,
+        |n| {
+            count_in(*n, 1..=MAX_UDP_MAX_SESSIONS).map_err(|problem| {
+                format!(
+                    "{problem} (default {DEFAULT_UDP_MAX_SESSIONS}); each session holds a socket \
+                     on the tunnel host"
                 )
-            })?,
-        None => DEFAULT_UDP_MAX_SESSIONS,
-    };
+            })
+        },
+    )?;
     Ok((
         UdpService {
             listen,
@@ -415,7 +413,11 @@ mod tests {
 
     fn parse(text: &str) -> Result<HubConfig, ConfigError> {
         let no_env = |_: &str| Err(VarError::NotPresent);
-        HubConfig::parse_with_env(text, Path::new("/etc/tunnelize/hub.toml"), &no_env)
+        crate::config::file::parse_with_env::<HubConfig>(
+            text,
+            Path::new("/etc/tunnelize/hub.toml"),
+            &no_env,
+        )
     }
 
     fn error(text: &str) -> String {

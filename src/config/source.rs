@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, Location, Position};
@@ -57,6 +58,54 @@ impl<'a> Source<'a> {
             },
             message: message.into(),
         }
+    }
+
+    /// Checks `value` with `check`; a problem it finds becomes an error at the value, after
+    /// `what`: the key as the user knows it, like ``"`links`"`` or ``"`port` in [[proxies]] `ssh`"``.
+    pub(crate) fn check<V, T>(
+        &self,
+        value: &Spanned<V>,
+        what: &str,
+        check: impl FnOnce(&V) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        check(value.get_ref())
+            .map_err(|problem| self.error_at(value.span(), format!("{what}: {problem}")))
+    }
+
+    /// [`Source::check`] for an optional key: `None` when it is absent.
+    pub(crate) fn check_opt<V, T>(
+        &self,
+        value: Option<&Spanned<V>>,
+        what: &str,
+        check: impl FnOnce(&V) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        value
+            .map(|value| self.check(value, what, check))
+            .transpose()
+    }
+
+    /// [`Source::check`] for an optional key with a default: `default` when it is absent.
+    pub(crate) fn check_or<V, T>(
+        &self,
+        value: Option<&Spanned<V>>,
+        what: &str,
+        default: T,
+        check: impl FnOnce(&V) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        Ok(self.check_opt(value, what, check)?.unwrap_or(default))
+    }
+
+    /// A path key that must not be empty, resolved against the config file's directory; `what`
+    /// names the key as in [`Source::check`].
+    pub(crate) fn non_empty_path(
+        &self,
+        path: &Spanned<String>,
+        what: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        if path.get_ref().is_empty() {
+            return Err(self.error_at(path.span(), format!("{what} is empty; give a path")));
+        }
+        Ok(self.resolve_path(path.get_ref()))
     }
 
     /// `path` as written in the config, made absolute relative to the config file's directory.
@@ -265,6 +314,41 @@ mod tests {
             path_at(text, "zz"),
             Some(vec![key("services"), key("ssh"), key("zz")])
         );
+    }
+
+    #[test]
+    fn a_checked_value_points_at_its_line_and_names_its_key() {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            a: Spanned<i64>,
+            b: Option<Spanned<i64>>,
+        }
+        let no_env = |_: &str| Err(VarError::NotPresent);
+        let src = Source::new(
+            "\na = 7
+",
+            Path::new("/etc/x.toml"),
+            &no_env,
+        );
+        let raw: Raw = src.deserialize().unwrap();
+        let positive = |n: &i64| {
+            if *n > 0 {
+                Ok(*n)
+            } else {
+                Err(format!("{n} is not positive"))
+            }
+        };
+        assert_eq!(src.check(&raw.a, "`a`", positive).unwrap(), 7);
+        assert_eq!(
+            src.check_opt(raw.b.as_ref(), "`b`", positive).unwrap(),
+            None
+        );
+        let err = src
+            .check(&raw.a, "`a` in [t]", |n| {
+                Err::<(), _>(format!("{n} is wrong"))
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "/etc/x.toml:2:5: `a` in [t]: 7 is wrong");
     }
 
     #[test]

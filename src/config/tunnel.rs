@@ -15,12 +15,14 @@ use toml::{Spanned, Value};
 
 use super::admin::{AdminConfig, RawAdmin, check_admin};
 use super::error::ConfigError;
+use super::file::{self, ConfigFile};
 use super::secret_source::{SecretFields, resolve_secret};
-use super::source::{EnvLookup, Source};
+use super::source::Source;
 use super::values::{
-    check_name, parse_duration, parse_fingerprint, parse_host_port, port_from_i64,
+    check_name, count_in, is_hostname, parse_duration, parse_host_port, port_from_i64,
 };
 use crate::secret::Secret;
+use crate::tls::Fingerprint;
 
 const DEFAULT_LINKS: usize = 2;
 const MAX_LINKS: usize = 16;
@@ -114,25 +116,13 @@ pub struct ProxyConfig {
 impl TunnelConfig {
     /// Reads and checks the tunnel config file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = super::read_config(path)?;
-        Self::parse(&text, path)
+        file::load(path)
     }
 
     /// Checks tunnel config `text`. `origin` names the file in errors and anchors relative
     /// paths; a `key_file` is read and a `key_env` variable looked up.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        Self::parse_with_env(text, origin, &|name| std::env::var(name))
-    }
-
-    /// [`TunnelConfig::parse`] with `key_env` looked up through `env`.
-    pub(crate) fn parse_with_env(
-        text: &str,
-        origin: &Path,
-        env: EnvLookup<'_>,
-    ) -> Result<Self, ConfigError> {
-        let src = Source::new(text, origin, env);
-        let raw: RawTunnel = src.deserialize()?;
-        raw.check(&src)
+        file::parse(text, origin)
     }
 }
 
@@ -153,9 +143,10 @@ pub fn default_tunnel_socket(origin: &std::path::Path) -> String {
     }
 }
 
+/// The tunnel's file as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTunnel {
+pub(super) struct RawTunnel {
     hub_address: Spanned<String>,
     hub_server_name: Option<Spanned<String>>,
     hub_ca_file: Option<Spanned<String>>,
@@ -198,75 +189,62 @@ struct RawBasicAuth {
     password_hash: Spanned<String>,
 }
 
-impl RawTunnel {
-    fn check(self, src: &Source<'_>) -> Result<TunnelConfig, ConfigError> {
-        let hub = parse_host_port(self.hub_address.get_ref(), "hub.example.com:7700").map_err(
-            |problem| src.error_at(self.hub_address.span(), format!("`hub_address`: {problem}")),
-        )?;
-        let hub_server_name = match &self.hub_server_name {
-            Some(name) => check_server_name(name.get_ref()).map_err(|problem| {
-                src.error_at(name.span(), format!("`hub_server_name`: {problem}"))
-            })?,
+impl ConfigFile for TunnelConfig {
+    type Raw = RawTunnel;
+
+    fn check(raw: RawTunnel, src: &Source<'_>) -> Result<Self, ConfigError> {
+        let hub = src.check(&raw.hub_address, "`hub_address`", |address| {
+            parse_host_port(address, "hub.example.com:7700")
+        })?;
+        let hub_server_name = match &raw.hub_server_name {
+            Some(name) => src.check(name, "`hub_server_name`", |name| check_server_name(name))?,
             None => check_server_name(&hub.host).map_err(|problem| {
                 src.error_at(
-                    self.hub_address.span(),
+                    raw.hub_address.span(),
                     format!("`hub_address`: {problem}; or set `hub_server_name`"),
                 )
             })?,
         };
-        let hub_trust = self.check_trust(src)?;
+        let hub_trust = raw.check_trust(src)?;
         let fields = SecretFields {
-            key: self.key.as_ref(),
-            key_file: self.key_file.as_ref(),
-            key_env: self.key_env.as_ref(),
+            key: raw.key.as_ref(),
+            key_file: raw.key_file.as_ref(),
+            key_env: raw.key_env.as_ref(),
+            key_hash: None,
         };
         // Any non-empty key may be sent; only the hub decides which keys are strong enough.
         let key = resolve_secret(src, &fields, "", 1)?;
-        let links = match &self.links {
-            Some(links) => usize::try_from(*links.get_ref())
-                .ok()
-                .filter(|n| (1..=MAX_LINKS).contains(n))
-                .ok_or_else(|| {
-                    src.error_at(
-                        links.span(),
-                        format!(
-                            "`links`: {} is out of range; use 1 to {MAX_LINKS} (default \
-                             {DEFAULT_LINKS})",
-                            links.get_ref()
-                        ),
-                    )
-                })?,
-            None => DEFAULT_LINKS,
-        };
-        let connect_timeout = match &self.connect_timeout {
-            Some(value) => parse_duration(value.get_ref()).map_err(|problem| {
-                src.error_at(value.span(), format!("`connect_timeout`: {problem}"))
-            })?,
-            None => DEFAULT_CONNECT_TIMEOUT,
-        };
-        let proxies = check_proxies(src, &self.proxies)?;
-        let reconnect = match &self.reconnect {
-            Some(raw) => check_reconnect(src, raw)?,
+        let links = src.check_or(raw.links.as_ref(), "`links`", DEFAULT_LINKS, |n| {
+            count_in(*n, 1..=MAX_LINKS)
+                .map_err(|problem| format!("{problem} (default {DEFAULT_LINKS})"))
+        })?;
+        let connect_timeout = src.check_or(
+            raw.connect_timeout.as_ref(),
+            "`connect_timeout`",
+            DEFAULT_CONNECT_TIMEOUT,
+            parse_duration,
+        )?;
+        let proxies = check_proxies(src, &raw.proxies)?;
+        let reconnect = match &raw.reconnect {
+            Some(reconnect) => check_reconnect(src, reconnect)?,
             None => Reconnect::default(),
         };
+        let default_socket = default_tunnel_socket(src.origin());
         Ok(TunnelConfig {
-            hub_address: self.hub_address.into_inner(),
+            hub_address: raw.hub_address.into_inner(),
             hub_server_name,
             hub_trust,
             key,
             links,
             connect_timeout,
             proxies,
-            admin: check_admin(
-                src,
-                self.admin.as_ref(),
-                &default_tunnel_socket(src.origin()),
-                false,
-            )?,
+            admin: check_admin(src, raw.admin.as_ref(), &default_socket, false)?,
             reconnect,
         })
     }
+}
 
+impl RawTunnel {
     fn check_trust(&self, src: &Source<'_>) -> Result<HubTrust, ConfigError> {
         match (&self.hub_ca_file, &self.hub_cert_sha256) {
             (Some(_), Some(fingerprint)) => Err(src.error_at(
@@ -274,15 +252,13 @@ impl RawTunnel {
                 "`hub_ca_file` and `hub_cert_sha256` are both set; keep one: `hub_ca_file` to \
                  trust a CA, or `hub_cert_sha256` to pin the hub's certificate",
             )),
-            (Some(file), None) if file.get_ref().is_empty() => {
-                Err(src.error_at(file.span(), "`hub_ca_file` is empty; give a path"))
-            }
-            (Some(file), None) => Ok(HubTrust::CaFile(src.resolve_path(file.get_ref()))),
-            (None, Some(fingerprint)) => parse_fingerprint(fingerprint.get_ref())
-                .map(HubTrust::Fingerprint)
-                .map_err(|problem| {
-                    src.error_at(fingerprint.span(), format!("`hub_cert_sha256`: {problem}"))
-                }),
+            (Some(file), None) => src
+                .non_empty_path(file, "`hub_ca_file`")
+                .map(HubTrust::CaFile),
+            (None, Some(fingerprint)) => src.check(fingerprint, "`hub_cert_sha256`", |text| {
+                text.parse::<Fingerprint>()
+                    .map(|pin| HubTrust::Fingerprint(pin.0))
+            }),
             (None, None) => Ok(HubTrust::SystemRoots),
         }
     }
@@ -290,11 +266,9 @@ impl RawTunnel {
 
 /// Checks `[reconnect]`: two durations, `initial` no longer than `max`.
 fn check_reconnect(src: &Source<'_>, raw: &RawReconnect) -> Result<Reconnect, ConfigError> {
-    let duration = |value: &Option<Spanned<Value>>, key: &str, default| match value {
-        Some(value) => parse_duration(value.get_ref()).map_err(|problem| {
-            src.error_at(value.span(), format!("`{key}` in [reconnect]: {problem}"))
-        }),
-        None => Ok(default),
+    let duration = |value: &Option<Spanned<Value>>, key: &str, default| {
+        let what = format!("`{key}` in [reconnect]");
+        src.check_or(value.as_ref(), &what, default, parse_duration)
     };
     let initial = duration(&raw.initial, "initial", DEFAULT_RECONNECT_INITIAL)?;
     let max = duration(&raw.max, "max", DEFAULT_RECONNECT_MAX)?;
@@ -339,131 +313,107 @@ fn check_proxies(src: &Source<'_>, raw: &[RawProxy]) -> Result<Vec<ProxyConfig>,
     }
     let mut proxies: Vec<ProxyConfig> = Vec::with_capacity(raw.len());
     for proxy in raw {
-        let name = proxy.name.get_ref();
-        check_name(name).map_err(|problem| {
-            src.error_at(
-                proxy.name.span(),
-                format!("`name` in [[proxies]]: {problem}"),
-            )
-        })?;
-        if proxies.iter().any(|other| other.name == *name) {
-            return Err(src.error_at(
-                proxy.name.span(),
-                format!("[[proxies]] name `{name}` is used twice; give each proxy its own name"),
-            ));
-        }
-        let table = format!("[[proxies]] `{name}`");
-        check_name(proxy.service.get_ref()).map_err(|problem| {
-            src.error_at(
-                proxy.service.span(),
-                format!(
-                    "`service` in {table}: {problem}; it must match a [services.NAME] on the hub"
-                ),
-            )
-        })?;
-        parse_host_port(proxy.target.get_ref(), "127.0.0.1:22").map_err(|problem| {
-            src.error_at(
-                proxy.target.span(),
-                format!("`target` in {table}: {problem}"),
-            )
-        })?;
-        let port = proxy
-            .port
-            .as_ref()
-            .map(|port| {
-                port_from_i64(*port.get_ref()).map_err(|problem| {
-                    src.error_at(
-                        port.span(),
-                        format!("`port` in {table}: {problem}, or remove it to let the hub choose"),
-                    )
-                })
-            })
-            .transpose()?;
-        if let (Some(port_value), Some(other)) = (
-            port,
-            proxies
-                .iter()
-                .find(|other| other.service == *proxy.service.get_ref() && other.port == port),
-        ) {
-            let span = proxy
-                .port
-                .as_ref()
-                .map_or_else(|| proxy.name.span(), Spanned::span);
-            return Err(src.error_at(
-                span,
-                format!(
-                    "`port` in {table}: proxy `{}` already asks for port {port_value} of service \
-                     `{}`; choose another port",
-                    other.name, other.service
-                ),
-            ));
-        }
-        let hostname = proxy
-            .hostname
-            .as_ref()
-            .map(|h| {
-                check_hostname(h.get_ref()).map_err(|problem| {
-                    src.error_at(h.span(), format!("`hostname` in {table}: {problem}"))
-                })
-            })
-            .transpose()?;
-        let group = proxy
-            .group
-            .as_ref()
-            .map(|g| {
-                check_name(g.get_ref())
-                    .map(|()| g.get_ref().clone())
-                    .map_err(|problem| {
-                        src.error_at(g.span(), format!("`group` in {table}: {problem}"))
-                    })
-            })
-            .transpose()?;
-        let basic_auth = proxy
-            .basic_auth
-            .as_ref()
-            .map(|auth| check_basic_auth(src, auth, &table))
-            .transpose()?;
-        let max_body = proxy
-            .max_body
-            .as_ref()
-            .map(|m| {
-                u64::try_from(*m.get_ref())
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        src.error_at(
-                            m.span(),
-                            format!("`max_body` in {table}: must be a positive number of bytes"),
-                        )
-                    })
-            })
-            .transpose()?;
-        proxies.push(ProxyConfig {
-            name: name.clone(),
-            service: proxy.service.get_ref().clone(),
-            target: proxy.target.get_ref().clone(),
-            port,
-            hostname,
-            group,
-            basic_auth,
-            max_body,
-        });
+        let checked = check_proxy(src, proxy, &proxies)?;
+        proxies.push(checked);
     }
     Ok(proxies)
+}
+
+/// One `[[proxies]]` entry; its name, and its port within its service, must differ from those
+/// of the `earlier` entries.
+fn check_proxy(
+    src: &Source<'_>,
+    proxy: &RawProxy,
+    earlier: &[ProxyConfig],
+) -> Result<ProxyConfig, ConfigError> {
+    let name = proxy.name.get_ref();
+    src.check(&proxy.name, "`name` in [[proxies]]", |name| {
+        check_name(name)
+    })?;
+    if earlier.iter().any(|other| other.name == *name) {
+        return Err(src.error_at(
+            proxy.name.span(),
+            format!("[[proxies]] name `{name}` is used twice; give each proxy its own name"),
+        ));
+    }
+    let table = format!("[[proxies]] `{name}`");
+    src.check(
+        &proxy.service,
+        &format!("`service` in {table}"),
+        |service| {
+            check_name(service)
+                .map_err(|problem| format!("{problem}; it must match a [services.NAME] on the hub"))
+        },
+    )?;
+    src.check(&proxy.target, &format!("`target` in {table}"), |target| {
+        parse_host_port(target, "127.0.0.1:22")
+    })?;
+    let port = check_proxy_port(src, proxy, &table, earlier)?;
+    let what = format!("`hostname` in {table}");
+    let hostname = src.check_opt(proxy.hostname.as_ref(), &what, |host| check_hostname(host))?;
+    let what = format!("`group` in {table}");
+    let group = src.check_opt(proxy.group.as_ref(), &what, |group| {
+        check_name(group).map(|()| group.clone())
+    })?;
+    let basic_auth = proxy
+        .basic_auth
+        .as_ref()
+        .map(|auth| check_basic_auth(src, auth, &table))
+        .transpose()?;
+    let what = format!("`max_body` in {table}");
+    let max_body = src.check_opt(proxy.max_body.as_ref(), &what, |max| {
+        u64::try_from(*max)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| "must be a positive number of bytes".to_owned())
+    })?;
+    Ok(ProxyConfig {
+        name: name.clone(),
+        service: proxy.service.get_ref().clone(),
+        target: proxy.target.get_ref().clone(),
+        port,
+        hostname,
+        group,
+        basic_auth,
+        max_body,
+    })
+}
+
+/// `port` of a proxy: a port number no `earlier` proxy of the same service asks for.
+fn check_proxy_port(
+    src: &Source<'_>,
+    proxy: &RawProxy,
+    table: &str,
+    earlier: &[ProxyConfig],
+) -> Result<Option<u16>, ConfigError> {
+    let Some(raw_port) = &proxy.port else {
+        return Ok(None);
+    };
+    let port = src.check(raw_port, &format!("`port` in {table}"), |port| {
+        port_from_i64(*port)
+            .map_err(|problem| format!("{problem}, or remove it to let the hub choose"))
+    })?;
+    let service = proxy.service.get_ref();
+    if let Some(other) = earlier
+        .iter()
+        .find(|other| other.service == *service && other.port == Some(port))
+    {
+        return Err(src.error_at(
+            raw_port.span(),
+            format!(
+                "`port` in {table}: proxy `{}` already asks for port {port} of service `{}`; \
+                 choose another port",
+                other.name, other.service
+            ),
+        ));
+    }
+    Ok(Some(port))
 }
 
 /// A hostname label (`myapp`) or a full hostname (`app.example.org`), lowercased.
 fn check_hostname(text: &str) -> Result<String, String> {
     let host = text.to_ascii_lowercase();
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    if host.len() > 253 || !host.split('.').all(label_ok) {
+    if !is_hostname(&host) {
         return Err(format!(
             "{text:?} is not a valid hostname; use letters, digits and `-` in dot-separated labels, \
              like \"myapp\" or \"app.example.org\""
@@ -519,7 +469,7 @@ mod tests {
             "TUNNELIZE_TEST_TUNNEL_KEY" => Ok("tunnel-0123456789abcdef".to_string()),
             _ => Err(VarError::NotPresent),
         };
-        TunnelConfig::parse_with_env(text, Path::new(ORIGIN), &env)
+        file::parse_with_env::<TunnelConfig>(text, Path::new(ORIGIN), &env)
     }
 
     /// A config with `top` at the top level (starting at line 1) and one proxy.

@@ -1,5 +1,5 @@
-//! Parsers for the value syntaxes config files use: durations, port ranges, `host:port`
-//! addresses, certificate fingerprints and names.
+//! The value types config files share ([`PortRange`], [`TlsFiles`]) and parsers for the value
+//! syntaxes they use: durations, port ranges, `host:port` addresses, hostnames and names.
 //!
 //! Each parser is a pure function from the written value to a typed value or a message that says
 //! what is wrong and how to write it instead. They know nothing about files or positions; the
@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::Ipv6Addr;
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Value;
@@ -101,6 +102,16 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// A certificate chain and its private key, PEM files: the hub's `[tls]`, or one of an https
+/// service's `[[services.NAME.certificates]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `cert_file`: certificate chain, PEM. Relative to the config file's directory.
+    pub cert_file: PathBuf,
+    /// `key_file`: private key, PEM. Relative to the config file's directory.
+    pub key_file: PathBuf,
+}
+
 /// Parses `ports`: a string `"START-END"` or `"PORT"`, or an integer port; `"0"` alone means a
 /// port picked by the operating system.
 pub(crate) fn parse_port_range(value: &Value) -> Result<PortRange, String> {
@@ -157,6 +168,20 @@ pub(crate) fn port_from_i64(port: i64) -> Result<u16, String> {
         .ok()
         .filter(|port| *port != 0)
         .ok_or_else(|| format!("{port} is not a port number; use 1 to 65535"))
+}
+
+/// A whole number from `range`, written as a TOML integer: a count or a size.
+pub(crate) fn count_in(n: i64, range: RangeInclusive<usize>) -> Result<usize, String> {
+    usize::try_from(n)
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{n} is out of range; use {} to {}",
+                range.start(),
+                range.end()
+            )
+        })
 }
 
 /// Parses a duration written as a string: a whole number and a unit, `ms`, `s`, `m` or `h`.
@@ -264,32 +289,16 @@ pub(crate) fn parse_host_port(text: &str, example: &str) -> Result<HostPort, Str
     })
 }
 
-/// Parses a SHA-256 fingerprint: 64 hex digits, any case, colons optional.
-pub(crate) fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
-    const HINT: &str = "give the SHA-256 of the hub's certificate as 64 hex digits (colons \
-                        allowed), as printed by `openssl x509 -noout -fingerprint -sha256 -in \
-                        CERT.pem`";
-    let digits: Vec<u8> = text
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| {
-            // A hex digit is below 16, so it fits a byte.
-            c.to_digit(16)
-                .map(|digit| digit as u8)
-                .ok_or_else(|| format!("{c:?} is not a hex digit; {HINT}"))
-        })
-        .collect::<Result<_, _>>()?;
-    if digits.len() != 64 {
-        return Err(format!(
-            "found {} hex digits instead of 64; {HINT}",
-            digits.len()
-        ));
-    }
-    let mut fingerprint = [0u8; 32];
-    for (byte, pair) in fingerprint.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = pair[0] << 4 | pair[1];
-    }
-    Ok(fingerprint)
+/// Whether `name` is a DNS name of letters, digits and hyphens in dot-separated labels.
+pub(crate) fn is_hostname(name: &str) -> bool {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
 }
 
 /// Checks a name (of a service, tunnel key or proxy): 1 to 64 of `a-z`, `0-9`, `_`, `-`.
@@ -475,29 +484,25 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_take_hex_with_optional_colons_in_any_case() {
-        let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
-        let parsed = parse_fingerprint(hex).unwrap();
-        assert_eq!(parsed[0], 0x00);
-        assert_eq!(parsed[1], 0x11);
-        assert_eq!(parsed[15], 0xff);
-        assert_eq!(parsed[31], 0xff);
-        let with_colons: Vec<String> = hex
-            .as_bytes()
-            .chunks(2)
-            .map(|p| String::from_utf8_lossy(p).into())
-            .collect();
-        assert_eq!(parse_fingerprint(&with_colons.join(":")), Ok(parsed));
-        assert!(
-            parse_fingerprint(&hex[..62])
-                .unwrap_err()
-                .contains("62 hex digits")
-        );
-        assert!(
-            parse_fingerprint(&format!("{}zz", &hex[..62]))
-                .unwrap_err()
-                .contains("'z'")
-        );
+    fn hostnames_are_checked_label_by_label() {
+        assert!(is_hostname("tunnel.example.com"));
+        assert!(is_hostname("localhost"));
+        assert!(!is_hostname("bad_name.example"));
+        assert!(!is_hostname("-x.example"));
+        assert!(!is_hostname("a..b"));
+        assert!(!is_hostname(""));
+    }
+
+    #[test]
+    fn counts_are_whole_numbers_within_their_range() {
+        assert_eq!(count_in(1, 1..=16), Ok(1));
+        assert_eq!(count_in(16, 1..=16), Ok(16));
+        for bad in [0, 17, -1, i64::MIN] {
+            assert_eq!(
+                count_in(bad, 1..=16),
+                Err(format!("{bad} is out of range; use 1 to 16"))
+            );
+        }
     }
 
     #[test]

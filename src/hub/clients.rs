@@ -6,11 +6,13 @@
 //! (an upgraded one for as long as the upgraded connection lives). Each entry lives exactly as
 //! long as its [`ClientGuard`]: the task serving the client holds it and dropping it, however
 //! the task ends, removes the entry. The table holds no more entries than there are live
-//! client tasks, which the services bound. One `std::sync::Mutex`, held for a map operation only.
+//! client tasks, which the services bound. One `parking_lot::Mutex`, held for a map operation only.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
@@ -106,15 +108,11 @@ impl std::fmt::Display for ClientLimit {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl ClientTable {
     /// Adds `entry`; it stays until the returned guard is dropped.
     pub fn insert(self: &Arc<Self>, entry: ClientEntry) -> ClientGuard {
         let entry = Arc::new(entry);
-        lock(&self.clients).add(entry.clone());
+        self.clients.lock().add(entry.clone());
         ClientGuard {
             table: self.clone(),
             entry,
@@ -131,7 +129,7 @@ impl ClientTable {
     ) -> Result<ClientGuard, ClientLimit> {
         let entry = Arc::new(entry);
         {
-            let mut clients = lock(&self.clients);
+            let mut clients = self.clients.lock();
             if clients
                 .per_tunnel
                 .get(&entry.tunnel_id)
@@ -160,17 +158,17 @@ impl ClientTable {
 
     /// Looks a client up.
     pub fn get(&self, id: u64) -> Option<Arc<ClientEntry>> {
-        lock(&self.clients).by_id.get(&id).cloned()
+        self.clients.lock().by_id.get(&id).cloned()
     }
 
     /// Every connected client, in no particular order.
     pub fn snapshot(&self) -> Vec<Arc<ClientEntry>> {
-        lock(&self.clients).by_id.values().cloned().collect()
+        self.clients.lock().by_id.values().cloned().collect()
     }
 
     /// Number of connected clients.
     pub fn len(&self) -> usize {
-        lock(&self.clients).by_id.len()
+        self.clients.lock().by_id.len()
     }
 
     /// Whether no client is connected.
@@ -208,7 +206,7 @@ impl ClientGuard {
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        lock(&self.table.clients).remove(self.entry.id);
+        self.table.clients.lock().remove(self.entry.id);
     }
 }
 

@@ -1,32 +1,53 @@
-//! The hub side of a control channel: authenticate a tunnel, set up its proxies ([`claims`]),
-//! then answer its heartbeats until it leaves, stops answering, or is told to go. A session the
-//! hub closes itself frees its claims at once; a lost one leaves them held for its key.
+//! The hub side of a control channel: the I/O that drives the hub's half of
+//! [`crate::protocol::session`].
+//!
+//! Each control connection is served in the task the accept loop spawned for it (this module
+//! spawns none), one step after another, each a function below:
+//!
+//! 1. **hello** ([`read_hello`]): the first frame, within `handshake_timeout`, must be a
+//!    `hello`; once it is in, the connection stops counting against `[limits] handshakes`.
+//! 2. **authenticate** ([`authenticate`]): the lockout table first (a locked-out address is
+//!    refused even with a valid key), then the key, compared in constant time.
+//! 3. **admit** ([`admit`]): the registry takes the session within `[limits] tunnels`; then the
+//!    key is checked once more, against a reload that raced the handshake.
+//! 4. **claim** ([`claims`]): a port or hostname per proxy, up to `[limits] proxies_per_tunnel`.
+//! 5. **welcome** ([`welcome`]): one frame answering every proxy, after the preamble.
+//! 6. **heartbeats** ([`heartbeats`]): the control stream is split into a reader and a writer;
+//!    the loop answers the tunnel's pings, sends the liveness checks other sessions of its key
+//!    ask for, and ends when the tunnel leaves or goes silent, or with a goodbye when the hub
+//!    ends the session (stop, operator, reload).
+//! 7. **depart** ([`depart`]): a session the hub closed itself frees its claims at once; a lost
+//!    one leaves them held for its key for `reconnect_grace`.
+//!
+//! A refusal in steps 1 to 5 is one `refused` frame after the preamble, then the connection
+//! closes. What to answer, with which id, and when silence ends a session is decided by the
+//! protocol's state machine, never here; this module must not hold a registry lock across an
+//! `.await`, and never logs a key.
 
 mod claims;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::Shared;
 use super::lockout::retry_in;
 use super::metrics::Rejection;
 use super::registry::{TunnelLimit, TunnelSession};
-use super::{Shared, refuse};
 use crate::channel::{ChannelError, FramedStream};
+use crate::config::Limits;
+use crate::protocol::session::{
+    Admission, Hello, HubHeartbeats, HubStep, Refusal, Welcome, admit_hello,
+};
 use crate::protocol::{
-    Envelope, HEARTBEAT_MISSES, HubMessage, HubPreamble, PROTOCOL_VERSION, ProxyOutcome,
-    RefusalCode, TunnelMessage,
+    Envelope, HubPreamble, PREAMBLE_LEN, PROTOCOL_VERSION, RefusalCode, TunnelMessage,
 };
 use crate::secret::Secret;
-
-/// How long a tunnel has to answer a liveness check (a ping from the hub).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Ids of the hub's own requests on a control connection (a tunnel counts up from 1).
-const HUB_REQUEST_IDS: u64 = 1 << 63;
 
 /// Serves one control channel after its preamble.
 pub(super) async fn serve_control<S>(
@@ -34,198 +55,159 @@ pub(super) async fn serve_control<S>(
     mut framed: FramedStream<S>,
     peer: SocketAddr,
     shutdown: CancellationToken,
-    handshake: tokio::sync::OwnedSemaphorePermit,
+    handshake: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let accepted = HubPreamble {
-        version: PROTOCOL_VERSION,
-        accepted: true,
-    }
-    .encode();
-    let hello: Envelope<TunnelMessage> = match framed
-        .read_message(shared.config.handshake_timeout, "saying hello")
-        .await
-    {
-        Ok(m) => m,
-        Err(e) => {
-            if shared.metrics.reject_handshake() {
-                warn!(%peer, error = %e, "control connection dropped before its hello (logged at most every 10s)");
-            }
-            return;
-        }
-    };
-    // The first message is in: the connection no longer counts against `[limits] handshakes`.
-    drop(handshake);
-    let TunnelMessage::Hello { key, name, proxies } = hello.msg else {
-        shared.metrics.reject(Rejection::Handshake);
-        refuse(
-            &mut framed,
-            &accepted,
-            hello.id,
-            RefusalCode::BadRequest,
-            "expected a hello",
-        )
-        .await;
+    let Some((admission, hello)) = read_hello(&shared, &mut framed, peer, handshake).await else {
         return;
     };
-    if let Err(left) = shared.lockouts.check(peer.ip()) {
-        let retry = retry_in(left);
-        warn!(%peer, tunnel_name = %name, %retry, "refusing a locked-out address");
-        let message =
-            format!("this address is locked out after repeated failed logins; retry in {retry}");
-        refuse(
-            &mut framed,
-            &accepted,
-            hello.id,
-            RefusalCode::LockedOut,
-            &message,
-        )
-        .await;
-        return;
-    }
-    let key_name = match authenticate(&shared, key.as_ref()) {
-        Ok(name) => {
-            shared.lockouts.succeed(peer.ip());
-            name
-        }
-        Err(()) => {
-            warn!(%peer, tunnel_name = %name, "tunnel authentication failed");
-            shared.metrics.auth_failed();
-            shared.login_failed(peer.ip());
-            refuse(
-                &mut framed,
-                &accepted,
-                hello.id,
-                RefusalCode::AuthFailed,
-                "authentication failed: the hub does not accept this key",
-            )
-            .await;
-            return;
-        }
-    };
-
+    let Hello { key, name, proxies } = hello;
     let limits = shared.current().limits;
-    let session = Arc::new(TunnelSession::new(name, key_name, peer, &shutdown));
-    // Counted and inserted under one lock: tunnels racing for the last place cannot both win.
-    if let Err(TunnelLimit(limit)) = shared
-        .registry
-        .insert_within(session.clone(), limits.tunnels)
-    {
-        if shared.metrics.reject_at_limit() {
-            warn!(%peer, tunnel_name = %session.name, limit, "tunnel refused: the hub serves its maximum of tunnels");
-        }
-        let message = format!(
-            "the hub serves its maximum of {limit} tunnels ([limits] tunnels); retry later"
-        );
-        refuse(
-            &mut framed,
-            &accepted,
-            hello.id,
-            RefusalCode::Limit,
-            &message,
+    let admitted = authenticate(&shared, peer, &name, key.as_ref()).and_then(|key_name| {
+        admit(
+            &shared,
+            peer,
+            (name, key_name),
+            key.as_ref(),
+            limits,
+            &shutdown,
         )
-        .await;
-        return;
-    }
-    // A reload that removed or changed this key after the check above swept the registry
-    // before this session was in it: look again now that it is (a reload swaps the
-    // configuration before it sweeps, so one of the two sees the other).
-    if authenticate(&shared, key.as_ref()).ok() != Some(session.key_name.clone()) {
-        shared
-            .registry
-            .remove(&session.id, "its key was removed or changed by a reload");
-        warn!(%peer, tunnel_name = %session.name, "tunnel refused: a reload removed or changed its key during the handshake");
-        refuse(
-            &mut framed,
-            &accepted,
-            hello.id,
-            RefusalCode::AuthFailed,
-            "authentication failed: the hub's configuration no longer accepts this key",
-        )
-        .await;
-        return;
-    }
+    });
+    let session = match admitted {
+        Ok(session) => session,
+        Err(refusal) => return send_refusal(&mut framed, admission, refusal).await,
+    };
     let span = info_span!("tunnel", tunnel_id = %session.id, tunnel_name = %session.name);
     async {
-        let mut waits = claims::Waits::new();
-        let mut outcomes = Vec::with_capacity(proxies.len());
-        for (i, request) in proxies.iter().enumerate() {
-            let outcome = if i < limits.proxies_per_tunnel {
-                claims::expose(&shared, &session, request, &mut waits).await
-            } else {
-                ProxyOutcome::Rejected {
-                    name: request.name.clone(),
-                    reason: format!(
-                        "a tunnel may declare at most {} proxies ([limits] proxies_per_tunnel)",
-                        limits.proxies_per_tunnel
-                    ),
-                }
-            };
-            if let ProxyOutcome::Rejected { .. } = outcome {
-                shared.metrics.reject(Rejection::Proxy);
-            }
-            outcomes.push(outcome);
-        }
+        let outcomes = claims::claim_all(&shared, &session, &proxies, limits).await;
         let key = session.key_name.as_deref().unwrap_or("-");
         info!(%peer, key, proxies = outcomes.len(), "tunnel connected");
-        let welcome = Envelope {
-            id: hello.id,
-            msg: HubMessage::Welcome {
-                tunnel_id: session.id,
-                link_token: session.link_token.clone(),
-                heartbeat_secs: announced_heartbeat_secs(&shared),
-                proxies: outcomes,
-            },
+        let welcome_frame = Welcome {
+            tunnel_id: session.id,
+            link_token: session.link_token.clone(),
+            heartbeat_secs: announced_heartbeat_secs(&shared),
+            proxies: outcomes,
         };
-        // The welcome answers every requested proxy; one too large for a frame could never
-        // be sent, so the hello is refused and what it claimed is freed (the session is
-        // cancelled: nothing is held for a reconnect).
-        let fits = crate::protocol::encode_frame(&welcome, &mut bytes::BytesMut::new()).is_ok();
-        let reason = if !fits {
-            session.cancel.cancel();
-            shared.metrics.reject(Rejection::Limit);
-            let message = format!(
-                "the hello declares {} proxies, more than one answer can carry; declare fewer \
-                 (the hub exposes at most {} of them: [limits] proxies_per_tunnel)",
-                proxies.len(),
-                limits.proxies_per_tunnel
-            );
-            refuse(&mut framed, &accepted, hello.id, RefusalCode::Limit, &message).await;
-            "its hello declared more proxies than one answer can carry".to_owned()
-        } else {
-            match framed.write_preamble_and(&accepted, &[&welcome]).await {
-                Ok(()) => {
-                    crate::daemon::pages::session_up();
-                    heartbeats(&shared, &session, framed, &shutdown).await
-                }
-                Err(e) => format!("lost during handshake: {e}"),
+        let max = limits.proxies_per_tunnel;
+        let reason = match welcome(&shared, &session, framed, admission, welcome_frame, max).await {
+            Welcomed::Up(framed, protocol) => {
+                heartbeats(&session, framed, protocol, &shutdown).await
             }
+            Welcomed::Not(reason) => reason,
         };
-        // A session the hub closed itself (stop, operator, reload) was cancelled first and
-        // frees its claims at once; a lost one leaves them held for its key for a while.
-        let grace = if session.cancel.is_cancelled() {
-            Duration::ZERO
-        } else {
-            shared.current().reconnect_grace
-        };
-        shared
-            .hosts
-            .depart(&session.id, session.key_name.as_deref(), grace);
-        shared.registry.depart(&session, &reason, grace);
-        if grace.is_zero() || session.key_name.is_none() {
-            info!(%reason, key, "tunnel disconnected");
-        } else {
-            info!(%reason, key, ?grace, "tunnel lost; its ports and hostnames are held for its key");
-        }
+        depart(&shared, &session, &reason);
     }
     .instrument(span)
     .await;
 }
 
+/// The preamble that opens the hub's answer when it speaks the tunnel's version.
+pub(super) fn accepted_preamble() -> [u8; PREAMBLE_LEN] {
+    HubPreamble {
+        version: PROTOCOL_VERSION,
+        accepted: true,
+    }
+    .encode()
+}
+
+/// Reads a connection's first frame (within `handshake_timeout`; `doing` names the wait in
+/// its error), then frees the connection's place among the handshakes in progress. For link
+/// connections too.
+pub(super) async fn first_frame<S: AsyncRead + Unpin>(
+    shared: &Shared,
+    framed: &mut FramedStream<S>,
+    handshake: OwnedSemaphorePermit,
+    doing: &'static str,
+) -> Result<Envelope<TunnelMessage>, ChannelError> {
+    let first = framed
+        .read_message(shared.config.handshake_timeout, doing)
+        .await;
+    // The first message is in (or never will be): the connection no longer counts against
+    // `[limits] handshakes`.
+    drop(handshake);
+    first
+}
+
+/// Step 1: reads the hello. Anything else first is refused; a connection that sends nothing in
+/// time is dropped without an answer.
+async fn read_hello<S>(
+    shared: &Shared,
+    framed: &mut FramedStream<S>,
+    peer: SocketAddr,
+    handshake: OwnedSemaphorePermit,
+) -> Option<(Admission, Hello)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let first = match first_frame(shared, framed, handshake, "saying hello").await {
+        Ok(first) => first,
+        Err(e) => {
+            if shared.metrics.reject_handshake() {
+                warn!(%peer, error = %e, "control connection dropped before its hello (logged at most every 10s)");
+            }
+            return None;
+        }
+    };
+    match admit_hello(first) {
+        Ok(hello) => Some(hello),
+        Err(refused) => {
+            shared.metrics.reject(Rejection::Handshake);
+            let _ = framed
+                .write_preamble_and(&accepted_preamble(), &[&refused])
+                .await;
+            None
+        }
+    }
+}
+
+/// Sends the refusal of a hello; the connection closes next.
+async fn send_refusal<S>(framed: &mut FramedStream<S>, admission: Admission, refusal: Refusal)
+where
+    S: AsyncWrite + Unpin,
+{
+    let refused = admission.refuse(refusal);
+    let _ = framed
+        .write_preamble_and(&accepted_preamble(), &[&refused])
+        .await;
+}
+
+/// Step 2: whether `peer` may log in with `key`: not while its address is locked out, and only
+/// with a configured key (or none, on a no-auth hub). Returns the key's name. A wrong key
+/// counts toward the address's lockout; a right one clears it.
+fn authenticate(
+    shared: &Shared,
+    peer: SocketAddr,
+    name: &str,
+    key: Option<&Secret>,
+) -> Result<Option<String>, Refusal> {
+    if let Err(left) = shared.lockouts.check(peer.ip()) {
+        let retry = retry_in(left);
+        warn!(%peer, tunnel_name = %name, %retry, "refusing a locked-out address");
+        let message =
+            format!("this address is locked out after repeated failed logins; retry in {retry}");
+        return Err(Refusal::new(RefusalCode::LockedOut, message));
+    }
+    match match_key(shared, key) {
+        Ok(key_name) => {
+            shared.lockouts.succeed(peer.ip());
+            Ok(key_name)
+        }
+        Err(()) => {
+            warn!(%peer, tunnel_name = %name, "tunnel authentication failed");
+            shared.metrics.auth_failed();
+            shared.login_failed(peer.ip());
+            Err(Refusal::new(
+                RefusalCode::AuthFailed,
+                "authentication failed: the hub does not accept this key",
+            ))
+        }
+    }
+}
+
 /// Checks a tunnel's key against the configured keys, in constant time per key, without
 /// stopping at the first match. Returns the matching key's name.
-fn authenticate(shared: &Shared, key: Option<&Secret>) -> Result<Option<String>, ()> {
+fn match_key(shared: &Shared, key: Option<&Secret>) -> Result<Option<String>, ()> {
     let config = shared.current();
     let mut found = None;
     if let Some(key) = key {
@@ -242,80 +224,164 @@ fn authenticate(shared: &Shared, key: Option<&Secret>) -> Result<Option<String>,
     }
 }
 
+/// Step 3: registers the session of tunnel `name` logged in with key `key_name`, unless the
+/// hub serves `[limits] tunnels` already or a reload removed or changed its key meanwhile.
+fn admit(
+    shared: &Shared,
+    peer: SocketAddr,
+    (name, key_name): (String, Option<String>),
+    key: Option<&Secret>,
+    limits: Limits,
+    shutdown: &CancellationToken,
+) -> Result<Arc<TunnelSession>, Refusal> {
+    let session = Arc::new(TunnelSession::new(name, key_name, peer, shutdown));
+    // Counted and inserted under one lock: tunnels racing for the last place cannot both win.
+    if let Err(TunnelLimit(limit)) = shared
+        .registry
+        .insert_within(session.clone(), limits.tunnels)
+    {
+        if shared.metrics.reject_at_limit() {
+            warn!(%peer, tunnel_name = %session.name, limit, "tunnel refused: the hub serves its maximum of tunnels");
+        }
+        let message = format!(
+            "the hub serves its maximum of {limit} tunnels ([limits] tunnels); retry later"
+        );
+        return Err(Refusal::new(RefusalCode::Limit, message));
+    }
+    // A reload that removed or changed this key after the check above swept the registry
+    // before this session was in it: look again now that it is (a reload swaps the
+    // configuration before it sweeps, so one of the two sees the other).
+    if match_key(shared, key).ok() != Some(session.key_name.clone()) {
+        shared
+            .registry
+            .remove(&session.id, "its key was removed or changed by a reload");
+        warn!(%peer, tunnel_name = %session.name, "tunnel refused: a reload removed or changed its key during the handshake");
+        return Err(Refusal::new(
+            RefusalCode::AuthFailed,
+            "authentication failed: the hub's configuration no longer accepts this key",
+        ));
+    }
+    Ok(session)
+}
+
 /// The heartbeat interval tunnels are told: the configured one in whole seconds, at least 1.
 fn announced_heartbeat_secs(shared: &Shared) -> u64 {
     shared.config.heartbeat_interval.as_secs().max(1)
 }
 
-/// Answers heartbeats until the session ends; returns why it ended. A liveness check asked for
-/// by another session of the same key sends the tunnel a ping it must answer within
-/// [`PROBE_TIMEOUT`], or the session is taken as lost.
-async fn heartbeats<S>(
+/// How step 5 went.
+enum Welcomed<S> {
+    /// The welcome is sent: heartbeats follow on the connection.
+    Up(FramedStream<S>, HubHeartbeats),
+    /// The session ended before it began, for this reason.
+    Not(String),
+}
+
+/// Step 5: sends the preamble and the welcome. A welcome too large for one frame could never
+/// be sent, so then the hello is refused and what it claimed is freed (the session is
+/// cancelled: nothing is held for a reconnect).
+async fn welcome<S>(
     shared: &Shared,
     session: &TunnelSession,
+    mut framed: FramedStream<S>,
+    admission: Admission,
+    welcome: Welcome,
+    max_proxies: usize,
+) -> Welcomed<S>
+where
+    S: AsyncWrite + Unpin,
+{
+    let declared = welcome.proxies.len();
+    match admission.welcome(Instant::now(), welcome) {
+        Ok((frame, protocol)) => {
+            match framed
+                .write_preamble_and(&accepted_preamble(), &[&frame])
+                .await
+            {
+                Ok(()) => {
+                    crate::daemon::pages::session_up();
+                    Welcomed::Up(framed, protocol)
+                }
+                Err(e) => Welcomed::Not(format!("lost during handshake: {e}")),
+            }
+        }
+        Err(admission) => {
+            session.cancel.cancel();
+            shared.metrics.reject(Rejection::Limit);
+            let message = format!(
+                "the hello declares {declared} proxies, more than one answer can carry; declare \
+                 fewer (the hub exposes at most {max_proxies} of them: [limits] proxies_per_tunnel)"
+            );
+            let refusal = Refusal::new(RefusalCode::Limit, message);
+            send_refusal(&mut framed, admission, refusal).await;
+            Welcomed::Not("its hello declared more proxies than one answer can carry".to_owned())
+        }
+    }
+}
+
+/// Step 6: runs the heartbeats until the session ends; returns why it ended. The state
+/// machine decides each answer; this loop only waits for the next event and carries out
+/// what it says.
+async fn heartbeats<S>(
+    session: &TunnelSession,
     framed: FramedStream<S>,
+    mut protocol: HubHeartbeats,
     shutdown: &CancellationToken,
 ) -> String
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The tunnel pings at the interval it was told (whole seconds), so judge it by that.
-    let silence = Duration::from_secs(announced_heartbeat_secs(shared)) * HEARTBEAT_MISSES;
+    let silence = protocol.silence();
     let (reader, writer) = tokio::io::split(framed.into_inner());
     let mut writer = FramedStream::new(writer);
     // One read in flight at a time, kept across loop turns: a liveness check must never
-    // cancel a half-read frame.
+    // cancel a half-read frame. Its own deadline is a backstop to the machine's.
     let mut pending = Box::pin(read_one(FramedStream::new(reader), silence));
-    let mut probe: Option<tokio::time::Instant> = None;
-    let mut next_id = HUB_REQUEST_IDS;
     loop {
-        let probe_timer = tokio::time::sleep_until(
-            probe.unwrap_or_else(|| tokio::time::Instant::now() + silence),
-        );
-        tokio::select! {
+        let deadline = tokio::time::Instant::from_std(protocol.deadline());
+        let step = tokio::select! {
             () = session.cancel.cancelled() => {
-                let reason = if shutdown.is_cancelled() {
-                    "the hub is shutting down".to_owned()
-                } else {
-                    session.close_reason().unwrap_or_else(|| "closed by the hub".into())
-                };
-                let bye = Envelope { id: 0, msg: HubMessage::Goodbye { reason: reason.clone() } };
-                let _ = writer.write_message(&bye).await;
+                let reason = closing_reason(session, shutdown);
+                let _ = writer.write_message(&protocol.goodbye(&reason)).await;
                 return reason;
             }
-            () = session.probe_requested(), if probe.is_none() => {
-                let ping = Envelope { id: next_id, msg: HubMessage::Ping };
-                next_id = next_id.wrapping_add(1);
-                if let Err(e) = writer.write_message(&ping).await {
-                    return format!("control connection failed: {e}");
-                }
-                probe = Some(tokio::time::Instant::now() + PROBE_TIMEOUT);
+            () = session.probe_requested(), if !protocol.is_probing() => {
+                protocol.probe(Instant::now())
             }
-            () = probe_timer, if probe.is_some() => {
-                return format!(
-                    "the tunnel did not answer a liveness check within {PROBE_TIMEOUT:?} (another \
-                     tunnel of its key asked for its ports or hostnames)"
-                );
-            }
-            (reader, msg) = &mut pending => {
-                match msg {
-                    Ok(Envelope { id, msg: TunnelMessage::Ping }) => {
-                        if let Err(e) = writer.write_message(&Envelope { id, msg: HubMessage::Pong }).await {
-                            return format!("control connection failed: {e}");
-                        }
+            () = tokio::time::sleep_until(deadline) => protocol.handle_timeout(Instant::now()),
+            (reader, read) = &mut pending => {
+                pending = Box::pin(read_one(reader, silence));
+                match read {
+                    Ok(frame) => protocol.handle_message(Instant::now(), frame),
+                    Err(ChannelError::Timeout(..)) => protocol.handle_timeout(Instant::now()),
+                    Err(ChannelError::Closed) => {
+                        return "the tunnel closed its control connection".into();
                     }
-                    Ok(Envelope { msg: TunnelMessage::Pong, .. }) => {
-                        if probe.take().is_some() {
-                            session.probe_answered();
-                        }
-                    }
-                    Ok(other) => return format!("protocol error: unexpected message {:?}", other.msg),
-                    Err(ChannelError::Closed) => return "the tunnel closed its control connection".into(),
                     Err(e) => return e.to_string(),
                 }
-                pending = Box::pin(read_one(reader, silence));
             }
+        };
+        match step {
+            HubStep::Wait => {}
+            HubStep::Send(frame) => {
+                if let Err(e) = writer.write_message(&frame).await {
+                    return format!("control connection failed: {e}");
+                }
+            }
+            HubStep::ProbeAnswered => session.probe_answered(),
+            HubStep::End(end) => return end.to_string(),
         }
+    }
+}
+
+/// Why the hub ends a session it cancelled: what its goodbye says.
+fn closing_reason(session: &TunnelSession, shutdown: &CancellationToken) -> String {
+    if shutdown.is_cancelled() {
+        "the hub is shutting down".to_owned()
+    } else {
+        session
+            .close_reason()
+            .unwrap_or_else(|| "closed by the hub".into())
     }
 }
 
@@ -329,4 +395,25 @@ async fn read_one<R: AsyncRead + Unpin>(
 ) {
     let msg = reader.read_message(silence, "sending heartbeats").await;
     (reader, msg)
+}
+
+/// Step 7: takes the session out of the registry and the host routes. One the hub closed
+/// itself (stop, operator, reload) was cancelled first and frees its claims at once; a lost one
+/// leaves them held for its key for `reconnect_grace`.
+fn depart(shared: &Shared, session: &TunnelSession, reason: &str) {
+    let grace = if session.cancel.is_cancelled() {
+        Duration::ZERO
+    } else {
+        shared.current().reconnect_grace
+    };
+    shared
+        .hosts
+        .depart(&session.id, session.key_name.as_deref(), grace);
+    shared.registry.depart(session, reason, grace);
+    let key = session.key_name.as_deref().unwrap_or("-");
+    if grace.is_zero() || session.key_name.is_none() {
+        info!(%reason, key, "tunnel disconnected");
+    } else {
+        info!(%reason, key, ?grace, "tunnel lost; its ports and hostnames are held for its key");
+    }
 }

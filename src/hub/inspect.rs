@@ -1,10 +1,9 @@
 //! What the admin API may see and do of a running hub: snapshots of services, tunnels and
-//! clients as [`model`](crate::admin::model) documents, Prometheus text, and the two
-//! disconnects. [`HubView`] is the only door from the admin module into the hub's state; it
+//! clients as [`model`](crate::admin::model) documents, the figures of its Prometheus text
+//! (written by [`admin::prometheus`](crate::admin::prometheus)), and the two disconnects. [`HubView`] is the only door from the admin module into the hub's state; it
 //! copies what it reports and never hands out the registry itself, and no key ever appears in
 //! what it returns.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -14,6 +13,7 @@ use super::Shared;
 use super::clients::ClientEntry;
 use super::registry::TunnelSession;
 use crate::admin::model::{ClientInfo, ProxyInfo, ServiceInfo, TunnelInfo};
+use crate::admin::prometheus::{Exposition, Kind};
 use crate::config::{ServiceConfig, ServiceKind};
 
 /// A handle on a running hub for its admin API. Cheap to clone.
@@ -237,191 +237,110 @@ impl HubView {
 
     /// The Prometheus text exposition of the hub's figures.
     pub fn metrics(&self) -> String {
+        let mut text = Exposition::new();
+        self.service_metrics(&mut text);
+        self.tunnel_metrics(&mut text);
+        self.counter_metrics(&mut text);
+        text.process();
+        text.finish()
+    }
+
+    fn service_metrics(&self, text: &mut Exposition) {
         let services = self.services();
-        let mut out = String::new();
-        family(
-            &mut out,
-            "tunnelize_tunnels",
-            "gauge",
-            "Tunnels with a proxy on the service.",
-        );
-        for s in &services {
-            let _ = writeln!(
-                out,
-                "tunnelize_tunnels{{service=\"{}\"}} {}",
-                label(&s.name),
-                s.tunnels
-            );
+        let gauges = [
+            ("tunnelize_tunnels", "Tunnels with a proxy on the service."),
+            ("tunnelize_clients", "Clients connected to the service."),
+        ];
+        for (name, help) in gauges {
+            text.family(name, Kind::Gauge, help);
+            for s in &services {
+                let value = if name == "tunnelize_tunnels" {
+                    s.tunnels
+                } else {
+                    s.clients
+                };
+                text.sample(name, &[("service", &s.name)], value);
+            }
         }
-        family(
-            &mut out,
-            "tunnelize_clients",
-            "gauge",
-            "Clients connected to the service.",
-        );
-        for s in &services {
-            let _ = writeln!(
-                out,
-                "tunnelize_clients{{service=\"{}\"}} {}",
-                label(&s.name),
-                s.clients
-            );
-        }
-        family(
-            &mut out,
-            "tunnelize_service_bytes_total",
-            "counter",
+        let name = "tunnelize_service_bytes_total";
+        text.family(
+            name,
+            Kind::Counter,
             "Bytes through the service; direction in is toward tunnels.",
         );
         for s in &services {
-            let name = label(&s.name);
-            let _ = writeln!(
-                out,
-                "tunnelize_service_bytes_total{{service=\"{name}\",direction=\"in\"}} {}\n\
-                 tunnelize_service_bytes_total{{service=\"{name}\",direction=\"out\"}} {}",
-                s.bytes_in, s.bytes_out
+            text.sample(
+                name,
+                &[("service", &s.name), ("direction", "in")],
+                s.bytes_in,
+            )
+            .sample(
+                name,
+                &[("service", &s.name), ("direction", "out")],
+                s.bytes_out,
             );
         }
-        self.tunnel_metrics(&mut out);
-        self.counter_metrics(&mut out);
-        process_metrics(&mut out);
-        out
     }
 
-    fn tunnel_metrics(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP tunnelize_tunnel_bytes_total Bytes through the tunnel; direction in is toward it.\n\
-             # TYPE tunnelize_tunnel_bytes_total counter"
+    fn tunnel_metrics(&self, text: &mut Exposition) {
+        let name = "tunnelize_tunnel_bytes_total";
+        text.family(
+            name,
+            Kind::Counter,
+            "Bytes through the tunnel; direction in is toward it.",
         );
         let mut tunnels = self.shared.registry.tunnels();
         tunnels.sort_by_key(|t| t.since);
         for t in tunnels {
-            let (id, name) = (t.id, label(&t.name));
-            let _ = writeln!(
-                out,
-                "tunnelize_tunnel_bytes_total{{tunnel_id=\"{id}\",tunnel_name=\"{name}\",direction=\"in\"}} {}\n\
-                 tunnelize_tunnel_bytes_total{{tunnel_id=\"{id}\",tunnel_name=\"{name}\",direction=\"out\"}} {}",
-                t.traffic.bytes_in(),
-                t.traffic.bytes_out()
-            );
+            let id = t.id.to_string();
+            let labels = |direction| {
+                [
+                    ("tunnel_id", id.as_str()),
+                    ("tunnel_name", &t.name),
+                    ("direction", direction),
+                ]
+            };
+            text.sample(name, &labels("in"), t.traffic.bytes_in())
+                .sample(name, &labels("out"), t.traffic.bytes_out());
         }
     }
 
-    fn counter_metrics(&self, out: &mut String) {
+    fn counter_metrics(&self, text: &mut Exposition) {
         let m = &self.shared.metrics;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP tunnelize_auth_failures_total Logins and admin requests with a wrong key.\n\
-             # TYPE tunnelize_auth_failures_total counter\n\
-             tunnelize_auth_failures_total {}\n\
-             # HELP tunnelize_lockouts_total Addresses locked out after repeated failures.\n\
-             # TYPE tunnelize_lockouts_total counter\n\
-             tunnelize_lockouts_total {}\n\
-             # HELP tunnelize_rejected_total Connections and requests refused, by reason.\n\
-             # TYPE tunnelize_rejected_total counter",
-            load(&m.auth_failures),
-            load(&m.lockouts)
+        text.family(
+            "tunnelize_auth_failures_total",
+            Kind::Counter,
+            "Logins and admin requests with a wrong key.",
+        )
+        .sample("tunnelize_auth_failures_total", &[], load(&m.auth_failures))
+        .family(
+            "tunnelize_lockouts_total",
+            Kind::Counter,
+            "Addresses locked out after repeated failures.",
+        )
+        .sample("tunnelize_lockouts_total", &[], load(&m.lockouts))
+        .family(
+            "tunnelize_rejected_total",
+            Kind::Counter,
+            "Connections and requests refused, by reason.",
         );
         for (reason, count) in m.rejections() {
-            let _ = writeln!(
-                out,
-                "tunnelize_rejected_total{{reason=\"{}\"}} {count}",
-                reason.label()
+            text.sample(
+                "tunnelize_rejected_total",
+                &[("reason", reason.label())],
+                count,
             );
         }
         let (buckets, count, sum) = m.link_setup.snapshot();
-        let _ = writeln!(
-            out,
-            "# HELP tunnelize_link_setup_seconds Time from a client's arrival to its tunnel's answer.\n\
-             # TYPE tunnelize_link_setup_seconds histogram"
-        );
-        for (bound, n) in buckets {
-            let _ = writeln!(
-                out,
-                "tunnelize_link_setup_seconds_bucket{{le=\"{bound}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "tunnelize_link_setup_seconds_bucket{{le=\"+Inf\"}} {count}\n\
-             tunnelize_link_setup_seconds_sum {sum}\n\
-             tunnelize_link_setup_seconds_count {count}"
+        text.histogram(
+            "tunnelize_link_setup_seconds",
+            "Time from a client's arrival to its tunnel's answer.",
+            &buckets,
+            count,
+            sum,
         );
     }
-}
-
-/// Appends the process gauges both daemons export, so growth shows over a long run:
-/// `tunnelize_tasks` (tokio tasks alive on the runtime this is called from; omitted outside a
-/// runtime) and, on Linux, `tunnelize_open_fds` and `tunnelize_resident_memory_bytes`.
-///
-/// The Linux figures come from `/proc/self`: one small read of `status` and a listing of `fd`
-/// (one entry per open file, so its cost grows with the clients held). A figure `/proc` does
-/// not give is left out rather than reported as 0.
-pub fn process_metrics(out: &mut String) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        family(
-            out,
-            "tunnelize_tasks",
-            "gauge",
-            "Tokio tasks alive in the daemon.",
-        );
-        let _ = writeln!(
-            out,
-            "tunnelize_tasks {}",
-            runtime.metrics().num_alive_tasks()
-        );
-    }
-    #[cfg(target_os = "linux")]
-    {
-        if let Some(fds) = open_fds() {
-            family(
-                out,
-                "tunnelize_open_fds",
-                "gauge",
-                "File descriptors the daemon has open.",
-            );
-            let _ = writeln!(out, "tunnelize_open_fds {fds}");
-        }
-        if let Some(bytes) = resident_memory_bytes() {
-            family(
-                out,
-                "tunnelize_resident_memory_bytes",
-                "gauge",
-                "Resident memory of the daemon (VmRSS).",
-            );
-            let _ = writeln!(out, "tunnelize_resident_memory_bytes {bytes}");
-        }
-    }
-}
-
-/// Entries of `/proc/self/fd`, less the one the listing itself holds open.
-#[cfg(target_os = "linux")]
-fn open_fds() -> Option<usize> {
-    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
-    Some(entries.count().saturating_sub(1))
-}
-
-/// `VmRSS` of `/proc/self/status`, in bytes.
-#[cfg(target_os = "linux")]
-fn resident_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    kib.checked_mul(1024)
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Escapes a Prometheus label value.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn client_info(c: &ClientEntry) -> ClientInfo {
@@ -439,11 +358,6 @@ fn client_info(c: &ClientEntry) -> ClientInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
 
     #[test]
     fn times_are_rfc3339_utc_seconds() {

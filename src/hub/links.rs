@@ -1,31 +1,44 @@
 //! Link connections on the hub side: binding them to sessions, and opening link streams.
 //!
-//! A tunnel dials a few link connections after its control handshake. Each presents the
-//! session's link token; once accepted, the hub runs the HTTP/2 *client* on it (roles reversed)
-//! and adds its request handle to the session's [`LinkSet`]. A public client then becomes one
-//! stream, opened on the next link connection in turn. Because the hub opens every stream on a
-//! connection already bound to the owning session, a stream cannot be attached to another
-//! tunnel's client, and it carries exactly one client.
+//! A tunnel dials a few link connections after its control handshake. Each is served in the
+//! task the accept loop spawned for it, in steps ([`serve_link`]): the **link hello** (the first
+//! frame, within `handshake_timeout`); the **token check** (the session's link token, the
+//! lockout table for wrong ones, and `[limits] links_per_tunnel`), answered by `link_accepted`
+//! or `refused`; the **HTTP/2 client** handshake (roles reversed: the tunnel dialed, the hub
+//! opens the streams); and **registration**: the request handle joins the session's
+//! [`LinkSet`], and the same task drives the HTTP/2 connection, with pings every heartbeat
+//! interval, until it ends, stops answering, or the session ends. A public client then becomes
+//! one stream, opened by the endpoint's own task on the next link connection in turn
+//! ([`LinkSet::open`]). Because the hub opens every stream on a connection already bound to
+//! the owning session, a stream cannot be attached to another tunnel's client, and it carries
+//! exactly one client. This module spawns no task and never holds its lock across an `.await`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::SendStream;
-use h2::client::{ResponseFuture, SendRequest};
+use h2::client::{Connection, ResponseFuture, SendRequest};
+use parking_lot::Mutex;
 use thiserror::Error;
-use tokio::sync::Notify;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tracing::{debug, info, warn};
+use uuid::Uuid;
 
+use super::control::{accepted_preamble, first_frame};
+use super::metrics::Rejection;
+use super::registry::TunnelSession;
 use super::{Shared, refuse};
 use crate::channel::FramedStream;
 use crate::mux;
+use crate::protocol::session::Refusal;
 use crate::protocol::{
-    Envelope, HEARTBEAT_MISSES, HubMessage, HubPreamble, LinkOpen, PROTOCOL_VERSION, RefusalCode,
-    TunnelMessage,
+    Envelope, HEARTBEAT_MISSES, HubMessage, LinkOpen, RefusalCode, TunnelMessage,
 };
+use crate::secret::Secret;
 
 /// Errors opening a link stream.
 #[derive(Debug, Error)]
@@ -64,7 +77,7 @@ impl std::fmt::Debug for LinkSet {
 impl LinkSet {
     /// Number of live link connections.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.conns.lock().len()
     }
 
     /// Whether there are none.
@@ -72,19 +85,15 @@ impl LinkSet {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, SendRequest<Bytes>)>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn add(&self, handle: SendRequest<Bytes>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().push((id, handle));
+        self.conns.lock().push((id, handle));
         self.added.notify_waiters();
         id
     }
 
     fn remove(&self, id: u64) {
-        self.lock().retain(|(i, _)| *i != id);
+        self.conns.lock().retain(|(i, _)| *i != id);
     }
 
     /// Admits one more link connection unless `limit` are admitted already; the slot is freed
@@ -100,7 +109,7 @@ impl LinkSet {
 
     /// The next connection in turn, if any.
     fn pick(&self) -> Option<SendRequest<Bytes>> {
-        let conns = self.lock();
+        let conns = self.conns.lock();
         if conns.is_empty() {
             return None;
         }
@@ -141,63 +150,85 @@ impl Drop for LinkSlot {
     }
 }
 
-/// Serves one link connection after its preamble: authorise it, then run HTTP/2 on it until the
-/// session or the connection ends.
+/// Serves one link connection after its preamble: link hello, token check, HTTP/2 client,
+/// registration; then runs HTTP/2 on it until the session or the connection ends.
 pub(super) async fn serve_link<S>(
     shared: Arc<Shared>,
     mut framed: FramedStream<S>,
     peer: SocketAddr,
-    handshake: tokio::sync::OwnedSemaphorePermit,
+    handshake: OwnedSemaphorePermit,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let accepted = HubPreamble {
-        version: PROTOCOL_VERSION,
-        accepted: true,
-    }
-    .encode();
-    let hello: Envelope<TunnelMessage> = match framed
-        .read_message(shared.config.handshake_timeout, "sending its link hello")
-        .await
-    {
-        Ok(m) => m,
+    let first = match first_frame(&shared, &mut framed, handshake, "sending its link hello").await {
+        Ok(first) => first,
         Err(e) => {
-            shared.metrics.reject(super::metrics::Rejection::Handshake);
+            shared.metrics.reject(Rejection::Handshake);
             debug!(%peer, error = %e, "link connection dropped before its hello");
             return;
         }
     };
-    // The first message is in: the connection no longer counts against `[limits] handshakes`.
-    drop(handshake);
-    let TunnelMessage::LinkHello { tunnel_id, token } = hello.msg else {
-        shared.metrics.reject(super::metrics::Rejection::Handshake);
-        refuse(
-            &mut framed,
-            &accepted,
-            hello.id,
-            RefusalCode::BadRequest,
-            "expected a link hello",
-        )
-        .await;
+    let hello_id = first.id;
+    let checked = match first.msg {
+        TunnelMessage::LinkHello { tunnel_id, token } => {
+            check_token(&shared, peer, tunnel_id, &token)
+        }
+        _ => {
+            shared.metrics.reject(Rejection::Handshake);
+            Err(Refusal::new(
+                RefusalCode::BadRequest,
+                "expected a link hello",
+            ))
+        }
+    };
+    // The slot is held for as long as the connection is served.
+    let (session, _slot) = match checked {
+        Ok(admitted) => admitted,
+        Err(Refusal { code, message }) => {
+            return refuse(&mut framed, &accepted_preamble(), hello_id, code, &message).await;
+        }
+    };
+    let tunnel_id = session.id;
+    let reply = Envelope {
+        id: hello_id,
+        msg: HubMessage::LinkAccepted,
+    };
+    if let Err(e) = framed
+        .write_preamble_and(&accepted_preamble(), &[&reply])
+        .await
+    {
+        debug!(%peer, %tunnel_id, error = %e, "link connection lost during handshake");
+        return;
+    }
+    let Some((handle, connection)) =
+        http2_client(&shared, framed.into_inner(), peer, tunnel_id).await
+    else {
         return;
     };
+    serve_registered(&shared, &session, peer, handle, connection).await;
+}
+
+/// Whether `token`, presented from `peer`, opens a link connection of session `tunnel_id`:
+/// the session and the connection's slot among its links, or the refusal to send.
+///
+/// The right token of a live session is admitted even from a locked-out address (another
+/// tunnel behind the same NAT may have failed); only wrong tokens are refused and counted.
+fn check_token(
+    shared: &Shared,
+    peer: SocketAddr,
+    tunnel_id: Uuid,
+    token: &Secret,
+) -> Result<(Arc<TunnelSession>, LinkSlot), Refusal> {
     let session = shared.registry.tunnel(&tunnel_id);
     let valid = session
         .as_ref()
         .is_some_and(|s| s.link_token.matches(token.expose()));
-    // The right token of a live session is admitted even from a locked-out address (another
-    // tunnel behind the same NAT may have failed); only wrong tokens are refused and counted.
     if !valid && shared.lockouts.check(peer.ip()).is_err() {
         warn!(%peer, %tunnel_id, "link connection refused: the address is locked out");
-        refuse(
-            &mut framed,
-            &accepted,
-            hello.id,
+        return Err(Refusal::new(
             RefusalCode::LockedOut,
             "this address is locked out after repeated failed logins",
-        )
-        .await;
-        return;
+        ));
     }
     // A wrong token for a live session is a failed login; an unknown session is not (a tunnel
     // whose session just ended redials with its old one).
@@ -207,54 +238,61 @@ pub(super) async fn serve_link<S>(
     }
     let Some(session) = session.filter(|_| valid) else {
         warn!(%peer, %tunnel_id, "link connection refused: unknown session or wrong link token");
-        refuse(
-            &mut framed,
-            &accepted,
-            hello.id,
+        return Err(Refusal::new(
             RefusalCode::AuthFailed,
             "link authentication failed",
-        )
-        .await;
-        return;
+        ));
     };
     let limit = shared.current().limits.links_per_tunnel;
-    let Some(_slot) = session.links.admit(limit) else {
+    let Some(slot) = session.links.admit(limit) else {
         if shared.metrics.reject_at_limit() {
             warn!(%peer, %tunnel_id, limit, "link connection refused: the tunnel has [limits] links_per_tunnel already (logged at most every 10s)");
         }
-        refuse(
-            &mut framed,
-            &accepted,
-            hello.id,
-            RefusalCode::Limit,
-            &format!(
-                "this tunnel already has {limit} link connections ([limits] links_per_tunnel)"
-            ),
-        )
-        .await;
-        return;
+        let message =
+            format!("this tunnel already has {limit} link connections ([limits] links_per_tunnel)");
+        return Err(Refusal::new(RefusalCode::Limit, message));
     };
-    let reply = Envelope {
-        id: hello.id,
-        msg: HubMessage::LinkAccepted,
-    };
-    if let Err(e) = framed.write_preamble_and(&accepted, &[&reply]).await {
-        debug!(%peer, %tunnel_id, error = %e, "link connection lost during handshake");
-        return;
+    Ok((session, slot))
+}
+
+/// Runs the HTTP/2 handshake on an accepted link connection, within `handshake_timeout`, as
+/// the client: the roles are reversed, the tunnel dialed but the hub opens the streams.
+async fn http2_client<S>(
+    shared: &Shared,
+    stream: S,
+    peer: SocketAddr,
+    tunnel_id: Uuid,
+) -> Option<(SendRequest<Bytes>, Connection<S, Bytes>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = mux::hub_builder().handshake::<_, Bytes>(stream);
+    match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
+        Ok(Ok(pair)) => Some(pair),
+        Ok(Err(e)) => {
+            warn!(%peer, %tunnel_id, error = %e, "link connection failed its HTTP/2 handshake");
+            None
+        }
+        Err(_) => {
+            warn!(%peer, %tunnel_id, "link connection timed out in its HTTP/2 handshake");
+            None
+        }
     }
-    let handshake = mux::hub_builder().handshake::<_, Bytes>(framed.into_inner());
-    let (handle, mut connection) =
-        match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                warn!(%peer, %tunnel_id, error = %e, "link connection failed its HTTP/2 handshake");
-                return;
-            }
-            Err(_) => {
-                warn!(%peer, %tunnel_id, "link connection timed out in its HTTP/2 handshake");
-                return;
-            }
-        };
+}
+
+/// Adds the connection's request handle to its session's [`LinkSet`], and drives the
+/// connection (in this task) until it ends, stops answering HTTP/2 pings, or the session ends;
+/// then takes the handle out again.
+async fn serve_registered<S>(
+    shared: &Shared,
+    session: &TunnelSession,
+    peer: SocketAddr,
+    handle: SendRequest<Bytes>,
+    mut connection: Connection<S, Bytes>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let tunnel_id = session.id;
     let link_id = session.links.add(handle);
     info!(%peer, %tunnel_id, link_id, "link connection up");
     let pings = connection.ping_pong();

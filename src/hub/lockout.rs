@@ -4,12 +4,12 @@
 //! success clears the address's count. Other addresses are unaffected.
 //!
 //! The table is bounded: when it is full the entry seen longest ago is evicted, so a flood of
-//! addresses costs at most `capacity` entries. One `std::sync::Mutex`, held for a map
+//! addresses costs at most `capacity` entries. One `parking_lot::Mutex`, held for a map
 //! operation (an eviction scans the map, which only happens when it is full).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Entries the table holds at most.
@@ -54,7 +54,7 @@ impl LockoutTable {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.entries.lock()
     }
 
     /// `Err(time left)` while `ip` is locked out.

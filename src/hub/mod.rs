@@ -8,17 +8,18 @@
 //! [`udp`]).
 
 pub(crate) mod accept;
-pub mod clients;
-pub mod control;
+pub(crate) mod clients;
+pub(crate) mod control;
 pub mod http;
-pub mod idle;
+pub(crate) mod idle;
 pub mod inspect;
-pub mod links;
-pub mod lockout;
-pub mod metrics;
-pub mod registry;
-pub mod reload;
-pub mod tcp;
+pub(crate) mod links;
+pub(crate) mod lockout;
+pub(crate) mod metrics;
+mod ports;
+pub(crate) mod registry;
+pub(crate) mod reload;
+pub(crate) mod tcp;
 pub mod udp;
 
 use std::collections::HashMap;
@@ -71,9 +72,9 @@ pub(crate) struct Shared {
     /// which apply until a restart. What a reload changes is read through [`Shared::current`].
     pub config: HubConfig,
     /// The configuration in force now (keys, services): replaced whole by a reload.
-    current: std::sync::RwLock<Arc<HubConfig>>,
+    current: parking_lot::RwLock<Arc<HubConfig>>,
     /// The TLS acceptor of the tunnel listener (a reload can replace its certificate).
-    tunnel_acceptor: std::sync::RwLock<TlsAcceptor>,
+    tunnel_acceptor: parking_lot::RwLock<TlsAcceptor>,
     /// Cancelled when the hub starts stopping: every accept loop (http/https services, tcp
     /// proxies, new udp sessions) stops taking clients, while live ones drain.
     stop: CancellationToken,
@@ -81,7 +82,7 @@ pub(crate) struct Shared {
     /// `shutdown_timeout` passed), which tells the tunnels and closes what is left.
     sessions_root: CancellationToken,
     /// The running http/https accept loops, by service name.
-    running: std::sync::Mutex<HashMap<String, reload::RunningService>>,
+    running: parking_lot::Mutex<HashMap<String, reload::RunningService>>,
     pub registry: Registry,
     pub tasks: TaskTracker,
     /// Hostname routes of the http/https services.
@@ -101,10 +102,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// The configuration in force now.
     pub fn current(&self) -> Arc<HubConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     /// Counts a failed login from `ip` toward its lockout.
@@ -118,10 +116,7 @@ impl Shared {
     }
 
     fn tunnel_acceptor(&self) -> TlsAcceptor {
-        self.tunnel_acceptor
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.tunnel_acceptor.read().clone()
     }
 }
 
@@ -180,11 +175,11 @@ impl Hub {
             lockout::DEFAULT_CAPACITY,
         );
         let shared = Shared {
-            current: std::sync::RwLock::new(Arc::new(config.clone())),
-            tunnel_acceptor: std::sync::RwLock::new(acceptor),
+            current: parking_lot::RwLock::new(Arc::new(config.clone())),
+            tunnel_acceptor: parking_lot::RwLock::new(acceptor),
             stop: CancellationToken::new(),
             sessions_root: CancellationToken::new(),
-            running: std::sync::Mutex::default(),
+            running: parking_lot::Mutex::default(),
             config,
             registry: Registry::default(),
             tasks: TaskTracker::new(),

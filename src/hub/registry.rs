@@ -1,7 +1,7 @@
 //! The hub's in-memory registry: live tunnel sessions and the public ports they own. Ports are
 //! claimed per transport: a TCP and a UDP proxy may both hold port 5000.
 //!
-//! All state sits behind one `std::sync::Mutex` with short critical sections (a map lookup or
+//! All state sits behind one `parking_lot::Mutex` with short critical sections (a map lookup or
 //! insert); no lock is ever held across an `.await`. Removing a session cancels its token, which
 //! stops its port listeners and link connections at once. A session the hub *lost* (its control
 //! connection ended) departs instead: its ports stay held for its key name for the hub's
@@ -11,8 +11,10 @@ pub mod grace;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
@@ -137,18 +139,18 @@ impl TunnelSession {
 
     /// Records a proxy the hub accepted.
     pub fn add_proxy(&self, proxy: ExposedProxy) {
-        lock(&self.proxies).push(proxy);
+        self.proxies.lock().push(proxy);
     }
 
     /// The proxies the hub accepted.
     pub fn proxies(&self) -> Vec<ExposedProxy> {
-        lock(&self.proxies).clone()
+        self.proxies.lock().clone()
     }
 
     /// Ends the session, recording why (the first reason given wins).
     pub fn close(&self, reason: impl Into<String>) {
         {
-            let mut slot = lock(&self.close_reason);
+            let mut slot = self.close_reason.lock();
             if slot.is_none() {
                 *slot = Some(reason.into());
             }
@@ -158,7 +160,7 @@ impl TunnelSession {
 
     /// Why the session ended, if it was closed with a reason.
     pub fn close_reason(&self) -> Option<String> {
-        lock(&self.close_reason).clone()
+        self.close_reason.lock().clone()
     }
 }
 
@@ -188,16 +190,10 @@ pub struct Registry {
     service_traffic: Mutex<HashMap<String, Arc<ByteCounters>>>,
 }
 
-/// Poisoning only means another thread panicked mid-update of plain maps; the maps themselves
-/// are still consistent, so keep serving.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Registry {
     /// Adds a session.
     pub fn insert(&self, session: Arc<TunnelSession>) {
-        lock(&self.state).tunnels.insert(session.id, session);
+        self.state.lock().tunnels.insert(session.id, session);
     }
 
     /// Adds a session unless `limit` sessions are live already. The count and the insertion
@@ -207,7 +203,7 @@ impl Registry {
         session: Arc<TunnelSession>,
         limit: usize,
     ) -> Result<(), TunnelLimit> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.tunnels.len() >= limit {
             return Err(TunnelLimit(limit));
         }
@@ -217,22 +213,23 @@ impl Registry {
 
     /// Looks a session up.
     pub fn tunnel(&self, id: &Uuid) -> Option<Arc<TunnelSession>> {
-        lock(&self.state).tunnels.get(id).cloned()
+        self.state.lock().tunnels.get(id).cloned()
     }
 
     /// Number of live sessions.
     pub fn tunnel_count(&self) -> usize {
-        lock(&self.state).tunnels.len()
+        self.state.lock().tunnels.len()
     }
 
     /// Every live session, in no particular order.
     pub fn tunnels(&self) -> Vec<Arc<TunnelSession>> {
-        lock(&self.state).tunnels.values().cloned().collect()
+        self.state.lock().tunnels.values().cloned().collect()
     }
 
     /// The byte counters of service `name` (created on first use).
     pub fn service_traffic(&self, name: &str) -> Arc<ByteCounters> {
-        lock(&self.service_traffic)
+        self.service_traffic
+            .lock()
             .entry(name.to_owned())
             .or_default()
             .clone()
@@ -277,7 +274,7 @@ impl Registry {
     /// hub's own decisions: an operator's disconnect, a reload, a stop.
     pub fn remove(&self, id: &Uuid, reason: &str) {
         let session = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let state = &mut *state;
             let held = &mut state.held;
             state.ports.retain(|port, owner| {
@@ -300,7 +297,7 @@ impl Registry {
         let proxies = session.proxies();
         let now = Instant::now();
         let present = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let state = &mut *state;
             let present = state.tunnels.remove(&session.id).is_some();
             if present
@@ -331,7 +328,8 @@ impl Registry {
 
     /// Who a port of `transport` is held for, if a lost session left it behind.
     pub fn held(&self, transport: Transport, key: &PortKey) -> Option<Reservation> {
-        lock(&self.state)
+        self.state
+            .lock()
             .held
             .get(&(transport, *key), Instant::now())
             .cloned()
@@ -346,7 +344,7 @@ impl Registry {
         proxy: &str,
         transport: Transport,
     ) -> Option<PortKey> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state
             .held
             .find(Instant::now(), |(t, _), r| {
@@ -378,7 +376,7 @@ impl Registry {
     /// conflict then names the lost session); the reservation stays until it expires, so a
     /// claim released again (the bind failed) is still protected.
     pub fn claim(&self, transport: Transport, key: PortKey, tunnel: Uuid) -> Result<(), Uuid> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let state = &mut *state;
         if let Some(owner) = state.ports.get(&(transport, key)) {
             return Err(*owner);
@@ -395,12 +393,12 @@ impl Registry {
 
     /// Who holds a port of `transport`, if anyone.
     pub fn owner(&self, transport: Transport, key: &PortKey) -> Option<Uuid> {
-        lock(&self.state).ports.get(&(transport, *key)).copied()
+        self.state.lock().ports.get(&(transport, *key)).copied()
     }
 
     /// Releases a port of `transport` claimed by `tunnel` (no-op if another tunnel owns it).
     pub fn release(&self, transport: Transport, key: &PortKey, tunnel: Uuid) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.ports.get(&(transport, *key)) == Some(&tunnel) {
             state.ports.remove(&(transport, *key));
         }

@@ -1,12 +1,12 @@
 //! `tcp` services: public ports routed to tunnels by port number.
 //!
 //! A tunnel asks for a port in the service's range, or any free one. The hub claims the port in
-//! the registry (so no other tunnel can take it), binds it, and runs an accept loop that lives
-//! exactly as long as the tunnel's session: when the session ends the listener is dropped and
-//! the port closes at once. A range of `0` means "any port the operating system picks" (tests,
+//! the registry (so no other tunnel can take it) and binds it (`hub::ports`), then runs an
+//! accept loop that lives exactly as long as the tunnel's session: when the session ends the
+//! listener is dropped and the port closes at once. A range of `0` means "any port the operating system picks" (tests,
 //! `tunnelize demo`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 use super::Shared;
 use super::clients::ClientGuard;
 use super::metrics::Rejection;
+use super::ports::ServicePorts;
 use super::registry::TunnelSession;
 use crate::config::TcpService;
 use crate::mux;
@@ -29,27 +30,8 @@ pub(super) fn expose(
     config: &TcpService,
     req: &ProxyRequest,
 ) -> Result<u16, String> {
-    let ephemeral = config.ports.start == 0;
-    let listener = match req.port {
-        Some(port) if !ephemeral && !config.ports.contains(port) => {
-            return Err(format!(
-                "port {port} is outside service `{service}`'s range {}-{}",
-                config.ports.start, config.ports.end
-            ));
-        }
-        Some(port) => {
-            claim_and_bind(shared, session, config.listen, port).map_err(|e| e.message(port))?
-        }
-        None if ephemeral => {
-            claim_and_bind(shared, session, config.listen, 0).map_err(|e| e.message(0))?
-        }
-        None => any_free_port(shared, session, config).ok_or_else(|| {
-            format!(
-                "no free port left in service `{service}`'s range {}-{}",
-                config.ports.start, config.ports.end
-            )
-        })?,
-    };
+    let listener: TcpListener = ServicePorts::new(service, config.listen, config.ports)
+        .claim_and_bind(&shared.registry, session.id, req.port)?;
     let port = listener
         .local_addr()
         .map(|a| a.port())
@@ -62,70 +44,6 @@ pub(super) fn expose(
         accept_clients(shared2, session2, listener, service, proxy).await;
     });
     Ok(port)
-}
-
-enum BindError {
-    Taken,
-    Os(std::io::Error),
-}
-
-impl BindError {
-    fn message(&self, port: u16) -> String {
-        match self {
-            BindError::Taken => format!("port {port} is taken by another tunnel"),
-            BindError::Os(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                format!("port {port} is in use by another program on the hub host")
-            }
-            BindError::Os(e) => format!("cannot listen on port {port}: {e}"),
-        }
-    }
-}
-
-fn claim_and_bind(
-    shared: &Shared,
-    session: &TunnelSession,
-    ip: IpAddr,
-    port: u16,
-) -> Result<TcpListener, BindError> {
-    if port != 0 {
-        shared
-            .registry
-            .claim_port((ip, port), session.id)
-            .map_err(|_| BindError::Taken)?;
-    }
-    let bound = bind(SocketAddr::new(ip, port));
-    match (&bound, port) {
-        (Err(_), p) if p != 0 => shared.registry.release_port(&(ip, p), session.id),
-        (Ok(listener), 0) => {
-            // The OS picked a port nobody can have claimed (it was not bound a moment ago).
-            if let Ok(addr) = listener.local_addr() {
-                let _ = shared.registry.claim_port((ip, addr.port()), session.id);
-            }
-        }
-        _ => {}
-    }
-    bound.map_err(BindError::Os)
-}
-
-fn any_free_port(
-    shared: &Shared,
-    session: &TunnelSession,
-    config: &TcpService,
-) -> Option<TcpListener> {
-    let len = u32::from(config.ports.end - config.ports.start) + 1;
-    // Start at a random offset so concurrent tunnels rarely race for the same port.
-    let mut seed = [0u8; 4];
-    let _ = getrandom::fill(&mut seed);
-    let offset = u32::from_le_bytes(seed) % len;
-    (0..len)
-        .map(|i| config.ports.start + ((offset + i) % len) as u16)
-        .find_map(|port| claim_and_bind(shared, session, config.listen, port).ok())
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    TcpListener::from_std(listener)
 }
 
 async fn accept_clients(
@@ -235,35 +153,7 @@ async fn relay(
     };
     // The client's bytes go out while the tunnel connects to its target; its answer decides
     // whether the splice goes on (see `mux::splice_early`).
-    let answer = async {
-        let refused = |e: &str| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e);
-        let response = match tokio::time::timeout(wait, response).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                warn_span()
-                    .in_scope(|| warn!(error = %e, "client dropped: the link stream failed"));
-                shared.metrics.reject(Rejection::NoLink);
-                return Err(refused("link stream failed"));
-            }
-            Err(_) => {
-                warn_span().in_scope(|| {
-                    warn!("client dropped: the tunnel did not reach its target within {wait:?}");
-                });
-                shared.metrics.reject(Rejection::TargetUnreachable);
-                return Err(refused("no answer from the tunnel"));
-            }
-        };
-        shared.metrics.link_setup.observe(started.elapsed());
-        if let Err(refusal) = LinkRefusal::check_response(response.status(), response.headers()) {
-            warn_span().in_scope(|| {
-                warn!(reason = %refusal.reason, "client closed: the tunnel could not reach its target");
-            });
-            shared.metrics.reject(Rejection::TargetUnreachable);
-            return Err(refused("the tunnel could not reach its target"));
-        }
-        debug!("client connected");
-        Ok(response.into_body())
-    };
+    let answer = tunnel_answer(shared, response, started, warn_span);
     match mux::splice_early(
         socket,
         send,
@@ -276,4 +166,41 @@ async fn relay(
         Ok(t) => debug!(sent = t.sent, received = t.received, "client closed"),
         Err(e) => debug!(error = %e, "client connection ended with an error"),
     }
+}
+
+/// Waits up to `link_timeout` for the tunnel's answer to a client's link stream: its body if
+/// the tunnel reached its target, or an error that ends the splice (logged and counted here).
+async fn tunnel_answer(
+    shared: &Shared,
+    response: h2::client::ResponseFuture,
+    started: std::time::Instant,
+    warn_span: impl Fn() -> tracing::Span,
+) -> std::io::Result<h2::RecvStream> {
+    let wait = shared.config.link_timeout;
+    let refused = |e: &str| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e);
+    let response = match tokio::time::timeout(wait, response).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            warn_span().in_scope(|| warn!(error = %e, "client dropped: the link stream failed"));
+            shared.metrics.reject(Rejection::NoLink);
+            return Err(refused("link stream failed"));
+        }
+        Err(_) => {
+            warn_span().in_scope(|| {
+                warn!("client dropped: the tunnel did not reach its target within {wait:?}");
+            });
+            shared.metrics.reject(Rejection::TargetUnreachable);
+            return Err(refused("no answer from the tunnel"));
+        }
+    };
+    shared.metrics.link_setup.observe(started.elapsed());
+    if let Err(refusal) = LinkRefusal::check_response(response.status(), response.headers()) {
+        warn_span().in_scope(|| {
+            warn!(reason = %refusal.reason, "client closed: the tunnel could not reach its target");
+        });
+        shared.metrics.reject(Rejection::TargetUnreachable);
+        return Err(refused("the tunnel could not reach its target"));
+    }
+    debug!("client connected");
+    Ok(response.into_body())
 }

@@ -8,8 +8,10 @@
 //! its stream's window from being released, which stops the sender. See docs/protocol.md for why
 //! HTTP/2 (the `h2` crate) and for the measurements behind the window sizes.
 
+mod datagram;
 mod stream;
 
+pub use datagram::DatagramReader;
 pub use stream::LinkStream;
 
 use std::future::poll_fn;
@@ -259,13 +261,20 @@ async fn socket_to_stream(
     }
 }
 
-/// Sends everything in `buf`, waiting for flow-control capacity as needed. Reserves only what
-/// was read, so an idle stream never holds a share of the connection window.
+/// Sends everything in `buf`, waiting for flow-control capacity as needed; `buf` keeps its
+/// spare capacity for the next read.
 async fn send_all(send: &mut SendStream<Bytes>, buf: &mut BytesMut) -> io::Result<()> {
-    while !buf.is_empty() {
-        send.reserve_capacity(buf.len());
+    send_bytes(send, buf.split().freeze()).await
+}
+
+/// Sends `data` (bytes read from a socket, or a framed datagram) into the stream, in as many
+/// DATA frames as flow control allows, waiting for capacity as needed. Reserves only what it
+/// has to send, so an idle stream never holds a share of the connection window.
+pub(crate) async fn send_bytes(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
         let granted = poll_fn(|cx| poll_send_capacity(send, cx)).await?;
-        let chunk = buf.split_to(granted.min(buf.len())).freeze();
+        let chunk = data.split_to(granted.min(data.len()));
         send.send_data(chunk, false).map_err(h2_to_io)?;
     }
     Ok(())

@@ -6,7 +6,8 @@
 //! above [`MAX_DATAGRAM_LEN`] is a protocol error. [`DatagramDecoder`] reassembles frames split
 //! across DATA chunks and splits chunks that hold several frames; it checks each length before
 //! it reserves room for the body, and hands out whole frames without copying when a chunk holds
-//! them. No I/O here.
+//! them. [`DatagramBuffer`] is the other way: a socket reads a datagram into it behind room for
+//! its header, and it comes out framed with the one copy a datagram needs anyway. No I/O here.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
@@ -41,6 +42,44 @@ pub fn encode_datagram(datagram: &[u8], out: &mut BytesMut) -> Result<(), Datagr
     out.put_slice(&header);
     out.put_slice(datagram);
     Ok(())
+}
+
+/// Room for one received UDP datagram behind its frame header, so that framing it costs no
+/// more than the one copy out of the receive buffer.
+///
+/// A socket receives into [`payload`](Self::payload), which is larger than the largest UDP
+/// payload (65,527 bytes over IPv6): an oversized datagram is seen whole and refused by
+/// [`frame`](Self::frame), never silently truncated.
+pub struct DatagramBuffer(Box<[u8]>);
+
+/// Bytes of a [`DatagramBuffer`]: the header, then 64 KiB for the datagram.
+const RECEIVE_BUFFER_LEN: usize = DATAGRAM_HEADER_LEN + 64 * 1024;
+const _: () = assert!(RECEIVE_BUFFER_LEN - DATAGRAM_HEADER_LEN > 65_527);
+
+impl DatagramBuffer {
+    /// A zeroed buffer (one allocation, reused for every datagram of a socket).
+    pub fn new() -> Self {
+        Self(vec![0u8; RECEIVE_BUFFER_LEN].into_boxed_slice())
+    }
+
+    /// Where the socket writes the datagram it receives.
+    pub fn payload(&mut self) -> &mut [u8] {
+        &mut self.0[DATAGRAM_HEADER_LEN..]
+    }
+
+    /// The datagram of `len` bytes just received into [`payload`](Self::payload), framed
+    /// (header, then the datagram) in bytes of its own; refused above [`MAX_DATAGRAM_LEN`].
+    pub fn frame(&mut self, len: usize) -> Result<Bytes, DatagramError> {
+        let header = datagram_header(len)?;
+        self.0[..DATAGRAM_HEADER_LEN].copy_from_slice(&header);
+        Ok(Bytes::copy_from_slice(&self.0[..DATAGRAM_HEADER_LEN + len]))
+    }
+}
+
+impl Default for DatagramBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Turns the DATA chunks of a UDP link stream back into datagrams.
@@ -316,6 +355,44 @@ mod tests {
             prop_assert_eq!(&decode_all(&[&stream]), &want);
             prop_assert_eq!(&decode_all(&testing::pieces(&stream, &cuts)), &want);
         }
+    }
+
+    #[test]
+    fn a_received_datagram_comes_out_framed_and_decodes_back() {
+        let mut buffer = DatagramBuffer::new();
+        buffer.payload()[..5].copy_from_slice(b"hello");
+        let frame = buffer.frame(5).unwrap();
+        assert_eq!(&frame[..], b"\x00\x05hello");
+        // The buffer is reused: a shorter datagram frames only its own bytes.
+        buffer.payload()[..2].copy_from_slice(b"hi");
+        let second = buffer.frame(2).unwrap();
+        assert_eq!(&second[..], b"\x00\x02hi");
+        assert_eq!(
+            &frame[..],
+            b"\x00\x05hello",
+            "the first frame owns its bytes"
+        );
+        assert_eq!(buffer.frame(0).unwrap(), Bytes::from_static(&[0, 0]));
+        let mut decoder = DatagramDecoder::new();
+        decoder.push(frame);
+        assert_eq!(
+            decoder.next_datagram(),
+            Ok(Some(Bytes::from_static(b"hello")))
+        );
+    }
+
+    #[test]
+    fn a_received_datagram_too_large_to_forward_is_refused_not_truncated() {
+        let mut buffer = DatagramBuffer::new();
+        assert!(buffer.payload().len() > 65_527, "room for any UDP payload");
+        assert_eq!(
+            buffer.frame(MAX_DATAGRAM_LEN).unwrap().len(),
+            2 + MAX_DATAGRAM_LEN
+        );
+        assert_eq!(
+            buffer.frame(MAX_DATAGRAM_LEN + 1),
+            Err(DatagramError::TooLarge(MAX_DATAGRAM_LEN + 1))
+        );
     }
 
     #[test]

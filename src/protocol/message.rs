@@ -162,6 +162,42 @@ mod tests {
     use bytes::BytesMut;
     use proptest::prelude::*;
 
+    /// docs/protocol.md describes every field of a proxy request as it is on the wire.
+    #[test]
+    fn the_protocol_document_names_every_field_of_the_hello() {
+        let doc = include_str!("../../docs/protocol.md");
+        let hello = TunnelMessage::Hello {
+            key: None,
+            name: "n".into(),
+            proxies: vec![ProxyRequest {
+                basic_auth: Some(BasicAuth {
+                    user: "u".into(),
+                    password_hash: "h".into(),
+                }),
+                ..Default::default()
+            }],
+        };
+        let json = serde_json::to_value(&hello).unwrap();
+        let proxy = &json["proxies"][0];
+        let fields = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .chain(proxy.as_object().unwrap().keys())
+            .chain(proxy["basic_auth"].as_object().unwrap().keys());
+        for field in fields.filter(|f| *f != "type") {
+            assert!(
+                doc.contains(&format!("`{field}`")),
+                "docs/protocol.md lacks `{field}`"
+            );
+        }
+        assert_eq!(
+            proxy.as_object().unwrap().len(),
+            7,
+            "the docs say seven fields"
+        );
+    }
+
     fn round_trip<M>(msg: M)
     where
         M: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug + Clone,

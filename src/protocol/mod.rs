@@ -2,8 +2,9 @@
 //!
 //! This module owns the byte layout of everything a hub and a tunnel say to each other: the
 //! preamble that opens every connection (magic and version), the length-prefixed control frames,
-//! the control messages, the headers that open a link stream, and the framing of datagrams inside
-//! UDP link streams. It never touches a socket: the I/O code in [`crate::channel`] calls it, and
+//! the control messages, the headers that open a link stream, the framing of datagrams inside UDP
+//! link streams, and the steps of a control session ([`session`], a state machine that the
+//! I/O code drives). It never touches a socket: the I/O code in [`crate::channel`] calls it, and
 //! its functions can be unit-tested and fuzzed on plain byte slices. `docs/protocol.md` is the
 //! prose description of the same thing.
 
@@ -12,12 +13,13 @@ mod frame;
 mod link;
 mod message;
 mod preamble;
+pub mod session;
 #[cfg(test)]
 pub(crate) mod testing;
 
 pub use datagram::{
-    DATAGRAM_HEADER_LEN, DatagramDecoder, DatagramError, MAX_DATAGRAM_LEN, datagram_header,
-    encode_datagram,
+    DATAGRAM_HEADER_LEN, DatagramBuffer, DatagramDecoder, DatagramError, MAX_DATAGRAM_LEN,
+    datagram_header, encode_datagram,
 };
 pub use frame::{FrameError, decode_frame, encode_frame};
 pub use link::{LinkHeaderError, LinkOpen, LinkRefusal, Transport};

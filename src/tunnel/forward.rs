@@ -127,98 +127,112 @@ async fn serve_stream(
     targets: &HashMap<String, String>,
     stream: Stream<'_>,
 ) {
-    let Stream {
-        tunnel_id,
-        connect_timeout,
-        status,
-    } = stream;
     let head = match LinkOpen::from_headers(request.headers()) {
         Ok(head) => head,
         Err(e) => {
-            warn!(%tunnel_id, error = %e, "hub opened a malformed link stream");
-            let _ = respond.send_response(
-                LinkRefusal {
-                    reason: e.to_string(),
-                }
-                .to_response(),
-                true,
-            );
+            warn!(tunnel_id = %stream.tunnel_id, error = %e, "hub opened a malformed link stream");
+            refuse(&mut respond, e.to_string());
             return;
         }
     };
     // A debug span only (an info span per client is a measurable share of the CPU of a new
     // connection); warnings make theirs when they log.
-    let span = debug_span!("client", proxy = %head.proxy, %tunnel_id, client_id = head.client_id, peer = %head.peer);
-    let warn_span = || info_span!("client", proxy = %head.proxy, %tunnel_id, client_id = head.client_id, peer = %head.peer);
-    async {
-        let Some(target) = targets.get(&head.proxy) else {
-            warn_span().in_scope(|| warn!("hub asked for an unknown proxy"));
-            let refusal = LinkRefusal {
-                reason: format!("this tunnel has no proxy `{}`", head.proxy),
-            };
-            let _ = respond.send_response(refusal.to_response(), true);
-            return;
-        };
-        if head.transport == Transport::Udp {
-            super::udp::serve_stream(request.into_body(), respond, target, connect_timeout).await;
+    let span = debug_span!("client", proxy = %head.proxy, tunnel_id = %stream.tunnel_id, client_id = head.client_id, peer = %head.peer);
+    forward(head, request.into_body(), respond, targets, stream)
+        .instrument(span)
+        .await;
+}
+
+/// Answers a link stream with a refusal: the hub closes its client with `reason`.
+pub(super) fn refuse(respond: &mut SendResponse<Bytes>, reason: String) {
+    let _ = respond.send_response(LinkRefusal { reason }.to_response(), true);
+}
+
+/// Forwards one client, named by `head`, to its proxy's target.
+async fn forward(
+    head: LinkOpen,
+    body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    targets: &HashMap<String, String>,
+    stream: Stream<'_>,
+) {
+    let warn_span = || info_span!("client", proxy = %head.proxy, tunnel_id = %stream.tunnel_id, client_id = head.client_id, peer = %head.peer);
+    let Some(target) = targets.get(&head.proxy) else {
+        warn_span().in_scope(|| warn!("hub asked for an unknown proxy"));
+        refuse(
+            &mut respond,
+            format!("this tunnel has no proxy `{}`", head.proxy),
+        );
+        return;
+    };
+    if head.transport == Transport::Udp {
+        super::udp::serve_stream(body, respond, target, stream.connect_timeout).await;
+        return;
+    }
+    let connected = connect(target, stream.connect_timeout).await;
+    stream.status.target(&head.proxy, connected.is_ok());
+    let socket = match connected {
+        Ok(socket) => socket,
+        Err(refusal) => {
+            warn_span().in_scope(|| match &refusal {
+                Unreachable::Failed(e) => {
+                    warn!(%target, error = %e, "cannot reach the target; client closed");
+                }
+                Unreachable::TimedOut(limit) => {
+                    warn!(%target, "target did not accept within {limit:?}; client closed");
+                }
+            });
+            refuse(&mut respond, refusal.reason(target));
             return;
         }
-        let socket = match tokio::time::timeout(
-            connect_timeout,
-            TcpStream::connect(target.as_str()),
-        )
-        .await
-        {
-            Ok(Ok(socket)) => {
-                status.target(&head.proxy, true);
-                socket
-            }
-            Ok(Err(e)) => {
-                status.target(&head.proxy, false);
-                warn_span().in_scope(|| {
-                    warn!(%target, error = %e, "cannot reach the target; client closed");
-                });
-                let refusal = LinkRefusal {
-                    reason: format!("cannot reach target {target}: {e}"),
-                };
-                let _ = respond.send_response(refusal.to_response(), true);
-                return;
-            }
-            Err(_) => {
-                status.target(&head.proxy, false);
-                warn_span().in_scope(|| {
-                    warn!(%target, "target did not accept within {connect_timeout:?}; client closed");
-                });
-                let refusal = LinkRefusal {
-                    reason: format!("target {target} did not answer in time"),
-                };
-                let _ = respond.send_response(refusal.to_response(), true);
-                return;
-            }
-        };
-        let _ = socket.set_nodelay(true);
-        let send = match respond.send_response(LinkRefusal::accepted_response(), false) {
-            Ok(send) => send,
-            Err(e) => {
-                debug!(error = %e, "client left before its target answered");
-                return;
-            }
-        };
-        debug!(%target, "forwarding");
-        // The hub enforces the idle timeout and resets the stream, which ends this splice too.
-        match mux::splice(
-            socket,
-            send,
-            request.into_body(),
-            None,
-            &mux::Meter::default(),
-        )
-        .await
-        {
-            Ok(t) => debug!(sent = t.sent, received = t.received, "client closed"),
-            Err(e) => debug!(error = %e, "client connection ended with an error"),
+    };
+    splice(socket, body, respond, target).await;
+}
+
+/// Why the target could not be reached.
+enum Unreachable {
+    Failed(std::io::Error),
+    TimedOut(Duration),
+}
+
+impl Unreachable {
+    /// What the hub is told.
+    fn reason(&self, target: &str) -> String {
+        match self {
+            Unreachable::Failed(e) => format!("cannot reach target {target}: {e}"),
+            Unreachable::TimedOut(_) => format!("target {target} did not answer in time"),
         }
     }
-    .instrument(span)
-    .await;
+}
+
+/// Connects to a tcp target within `limit`.
+async fn connect(target: &str, limit: Duration) -> Result<TcpStream, Unreachable> {
+    match tokio::time::timeout(limit, TcpStream::connect(target)).await {
+        Ok(Ok(socket)) => Ok(socket),
+        Ok(Err(e)) => Err(Unreachable::Failed(e)),
+        Err(_) => Err(Unreachable::TimedOut(limit)),
+    }
+}
+
+/// Accepts the stream and splices it with the connected target until both sides are done.
+async fn splice(
+    socket: TcpStream,
+    body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    target: &str,
+) {
+    let _ = socket.set_nodelay(true);
+    let send = match respond.send_response(LinkRefusal::accepted_response(), false) {
+        Ok(send) => send,
+        Err(e) => {
+            debug!(error = %e, "client left before its target answered");
+            return;
+        }
+    };
+    debug!(%target, "forwarding");
+    // The hub enforces the idle timeout and resets the stream, which ends this splice too.
+    match mux::splice(socket, send, body, None, &mux::Meter::default()).await {
+        Ok(t) => debug!(sent = t.sent, received = t.received, "client closed"),
+        Err(e) => debug!(error = %e, "client connection ended with an error"),
+    }
 }

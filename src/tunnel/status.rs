@@ -2,16 +2,16 @@
 //! hub's answer for each proxy, and whether each proxy's target accepted its last connection.
 //!
 //! The reconnect loop and the link workers write here; the admin API reads snapshots. One
-//! `std::sync::Mutex`, held only to copy or update a few fields. It holds one entry per
+//! `parking_lot::Mutex`, held only to copy or update a few fields. It holds one entry per
 //! configured proxy, so nothing a peer sends can grow it.
 
-use std::fmt::Write as _;
-use std::sync::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use uuid::Uuid;
 
 use crate::admin::model::{TunnelProxyStatus, TunnelStatus};
+use crate::admin::prometheus::{Exposition, Kind};
 use crate::config::TunnelConfig;
 use crate::hub::inspect::rfc3339;
 use crate::protocol::ProxyOutcome;
@@ -81,7 +81,7 @@ impl StatusBoard {
     }
 
     fn lock(&self) -> MutexGuard<'_, Board> {
-        self.board.lock().unwrap_or_else(|p| p.into_inner())
+        self.board.lock()
     }
 
     /// When the daemon started.
@@ -162,46 +162,42 @@ impl StatusBoard {
 
     /// The Prometheus text exposition of the tunnel's state.
     pub fn metrics(&self) -> String {
-        let b = self.lock();
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP tunnelize_hub_connected Whether the tunnel has a session with its hub.\n\
-             # TYPE tunnelize_hub_connected gauge\n\
-             tunnelize_hub_connected {}\n\
-             # HELP tunnelize_reconnects_total Sessions lost since the daemon started.\n\
-             # TYPE tunnelize_reconnects_total counter\n\
-             tunnelize_reconnects_total {}\n\
-             # HELP tunnelize_proxy_live Whether the hub accepted the proxy.\n\
-             # TYPE tunnelize_proxy_live gauge",
-            u8::from(b.connected),
-            b.reconnects
-        );
-        for p in &b.proxies {
-            let _ = writeln!(
-                out,
-                "tunnelize_proxy_live{{proxy=\"{}\"}} {}",
-                p.name,
-                u8::from(p.state == "live")
+        let mut text = Exposition::new();
+        {
+            let b = self.lock();
+            text.family(
+                "tunnelize_hub_connected",
+                Kind::Gauge,
+                "Whether the tunnel has a session with its hub.",
+            )
+            .sample("tunnelize_hub_connected", &[], u8::from(b.connected))
+            .family(
+                "tunnelize_reconnects_total",
+                Kind::Counter,
+                "Sessions lost since the daemon started.",
+            )
+            .sample("tunnelize_reconnects_total", &[], b.reconnects)
+            .family(
+                "tunnelize_proxy_live",
+                Kind::Gauge,
+                "Whether the hub accepted the proxy.",
             );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tunnelize_target_up Whether the proxy's target accepted its last connection.\n\
-             # TYPE tunnelize_target_up gauge"
-        );
-        for p in &b.proxies {
-            if let Some(up) = p.target_up {
-                let _ = writeln!(
-                    out,
-                    "tunnelize_target_up{{proxy=\"{}\"}} {}",
-                    p.name,
-                    u8::from(up)
-                );
+            for p in &b.proxies {
+                let live = u8::from(p.state == "live");
+                text.sample("tunnelize_proxy_live", &[("proxy", &p.name)], live);
+            }
+            text.family(
+                "tunnelize_target_up",
+                Kind::Gauge,
+                "Whether the proxy's target accepted its last connection.",
+            );
+            for p in &b.proxies {
+                if let Some(up) = p.target_up {
+                    text.sample("tunnelize_target_up", &[("proxy", &p.name)], u8::from(up));
+                }
             }
         }
-        drop(b);
-        crate::hub::inspect::process_metrics(&mut out);
-        out
+        text.process();
+        text.finish()
     }
 }

@@ -9,7 +9,6 @@
 //! clients; a dead hub drops the whole link connection) or when the socket fails. This module
 //! never answers a datagram itself.
 
-use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -20,15 +19,9 @@ use h2::{RecvStream, SendStream};
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
-use crate::mux;
-use crate::protocol::{
-    DATAGRAM_HEADER_LEN, DatagramDecoder, LinkRefusal, MAX_DATAGRAM_LEN, datagram_header,
-};
-
-/// Receive buffer of a session socket: room for the frame header, then more than the largest
-/// UDP payload, so an oversized datagram is seen whole and refused.
-const RECV_BUFFER: usize = DATAGRAM_HEADER_LEN + 64 * 1024;
-const _: () = assert!(RECV_BUFFER - DATAGRAM_HEADER_LEN > 65_527);
+use super::forward::refuse;
+use crate::mux::{self, DatagramReader};
+use crate::protocol::{DatagramBuffer, LinkRefusal, MAX_DATAGRAM_LEN};
 
 /// Serves one UDP link stream: connects a socket to `target`, answers 200 (or 502 with the
 /// reason), then relays datagrams until the stream or the socket ends. Runs inside the
@@ -43,18 +36,18 @@ pub(super) async fn serve_stream(
         Ok(Ok(socket)) => socket,
         Ok(Err(e)) => {
             warn!(%target, error = %e, "cannot reach the udp target; session refused");
-            let refusal = LinkRefusal {
-                reason: format!("cannot reach udp target {target}: {e}"),
-            };
-            let _ = respond.send_response(refusal.to_response(), true);
+            refuse(
+                &mut respond,
+                format!("cannot reach udp target {target}: {e}"),
+            );
             return;
         }
         Err(_) => {
             warn!(%target, "udp target not resolved within {connect_timeout:?}; session refused");
-            let refusal = LinkRefusal {
-                reason: format!("udp target {target} could not be resolved in time"),
-            };
-            let _ = respond.send_response(refusal.to_response(), true);
+            refuse(
+                &mut respond,
+                format!("udp target {target} could not be resolved in time"),
+            );
             return;
         }
     };
@@ -95,9 +88,9 @@ async fn connect(target: &str) -> io::Result<UdpSocket> {
 
 /// Frames every datagram the target sends and puts it on the stream.
 async fn socket_to_stream(socket: &UdpSocket, send: &mut SendStream<Bytes>) -> io::Result<()> {
-    let mut buf = vec![0u8; RECV_BUFFER].into_boxed_slice();
+    let mut buffer = DatagramBuffer::new();
     loop {
-        let len = match socket.recv(&mut buf[DATAGRAM_HEADER_LEN..]).await {
+        let len = match socket.recv(buffer.payload()).await {
             Ok(len) => len,
             // An ICMP "port unreachable" for an earlier datagram: the target is not listening
             // (yet). UDP carries on; so does the session.
@@ -107,43 +100,25 @@ async fn socket_to_stream(socket: &UdpSocket, send: &mut SendStream<Bytes>) -> i
             }
             Err(e) => return Err(e),
         };
-        let Ok(header) = datagram_header(len) else {
+        let Ok(frame) = buffer.frame(len) else {
             debug!(
                 len,
                 "dropping a datagram larger than {MAX_DATAGRAM_LEN} bytes"
             );
             continue;
         };
-        buf[..DATAGRAM_HEADER_LEN].copy_from_slice(&header);
-        let mut frame = Bytes::copy_from_slice(&buf[..DATAGRAM_HEADER_LEN + len]);
-        while !frame.is_empty() {
-            send.reserve_capacity(frame.len());
-            let granted = poll_fn(|cx| mux::poll_send_capacity(send, cx)).await?;
-            let chunk = frame.split_to(granted.min(frame.len()));
-            send.send_data(chunk, false).map_err(mux::h2_to_io)?;
-        }
+        mux::send_bytes(send, frame).await?;
     }
 }
 
 /// Sends the datagrams of the stream's body to the target. Returns when the body ends.
-async fn stream_to_socket(mut body: RecvStream, socket: &UdpSocket) -> io::Result<()> {
-    let mut decoder = DatagramDecoder::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(mux::h2_to_io)?;
-        let len = chunk.len();
-        decoder.push(chunk);
-        while let Some(datagram) = decoder
-            .next_datagram()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-        {
-            if let Err(e) = socket.send(&datagram).await {
-                // One lost datagram (target not listening, buffer full): UDP semantics.
-                debug!(error = %e, len = datagram.len(), "a datagram did not reach the target");
-            }
+async fn stream_to_socket(body: RecvStream, socket: &UdpSocket) -> io::Result<()> {
+    let mut datagrams = DatagramReader::new(body);
+    while let Some(datagram) = datagrams.next().await? {
+        if let Err(e) = socket.send(&datagram).await {
+            // One lost datagram (target not listening, buffer full): UDP semantics.
+            debug!(error = %e, len = datagram.len(), "a datagram did not reach the target");
         }
-        body.flow_control()
-            .release_capacity(len)
-            .map_err(mux::h2_to_io)?;
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! Setting up a tunnel's proxies: claiming a port (tcp, udp) or a hostname (http, https) for
-//! each, as the service kind's `expose` does, plus what reconnecting needs.
+//! Setting up a tunnel's proxies (the *claim* step of a control session): claiming a port (tcp,
+//! udp) or a hostname (http, https) for each, as the service kind's `expose` does, plus what
+//! reconnecting needs. [`claim_all`] takes one hello's proxies in order, up to `[limits]
+//! proxies_per_tunnel`; it sends nothing itself (the welcome carries its outcomes).
 //!
 //! A tunnel that lets the hub choose gets back what its key's lost session held for the same
 //! proxy. A claim held for another key is refused with the key name and the time left. A claim
@@ -12,7 +14,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{HttpService, ServiceKind};
+use crate::config::{HttpService, Limits, ServiceKind};
+use crate::hub::metrics::Rejection;
 use crate::hub::registry::{ExposedProxy, TunnelSession};
 use crate::hub::{Shared, http, tcp, udp};
 use crate::protocol::{ProxyOutcome, ProxyRequest, Transport};
@@ -26,7 +29,7 @@ const RECLAIM_POLL: Duration = Duration::from_millis(20);
 const PROBE_WAIT: Duration = Duration::from_secs(4);
 
 /// What one hello may still spend waiting for the claims it asks for.
-pub(super) struct Waits {
+struct Waits {
     /// For a lost session's listeners to close.
     reclaim_until: Instant,
     /// For sessions of the same key to prove they are alive.
@@ -34,7 +37,7 @@ pub(super) struct Waits {
 }
 
 impl Waits {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         let now = Instant::now();
         Waits {
             reclaim_until: now + RECLAIM_WAIT,
@@ -52,11 +55,24 @@ impl Waits {
         }
         ended
     }
+
+    /// Checks a [`twin`] of `session` serving `proxy` on `service`, if there is one: a tunnel
+    /// that lets the hub choose does, so that a dead twin's claims come back to it.
+    async fn check_twin(
+        &mut self,
+        shared: &Shared,
+        session: &TunnelSession,
+        service: &str,
+        proxy: &str,
+    ) {
+        if let Some(twin) = twin(shared, session, service, proxy) {
+            self.ended(&twin).await;
+        }
+    }
 }
 
 /// A live session of `session`'s key (not itself) serving a proxy named `proxy` on `service`:
-/// perhaps the same tunnel, back before the hub noticed that its old session died. A tunnel
-/// that lets the hub choose checks it, so that a dead one's claims come back to it.
+/// perhaps the same tunnel, back before the hub noticed that its old session died.
 fn twin(
     shared: &Shared,
     session: &TunnelSession,
@@ -80,8 +96,38 @@ fn same_key<'a>(session: &TunnelSession, holder: &'a TunnelSession) -> Option<&'
     same.then_some(holder)
 }
 
+/// Sets up the proxies of one hello, in its order: the first `[limits] proxies_per_tunnel` of
+/// them as [`expose`] does, the rest refused. Every refusal is counted.
+pub(super) async fn claim_all(
+    shared: &Arc<Shared>,
+    session: &Arc<TunnelSession>,
+    proxies: &[ProxyRequest],
+    limits: Limits,
+) -> Vec<ProxyOutcome> {
+    let mut waits = Waits::new();
+    let mut outcomes = Vec::with_capacity(proxies.len());
+    for (i, request) in proxies.iter().enumerate() {
+        let outcome = if i < limits.proxies_per_tunnel {
+            expose(shared, session, request, &mut waits).await
+        } else {
+            ProxyOutcome::Rejected {
+                name: request.name.clone(),
+                reason: format!(
+                    "a tunnel may declare at most {} proxies ([limits] proxies_per_tunnel)",
+                    limits.proxies_per_tunnel
+                ),
+            }
+        };
+        if let ProxyOutcome::Rejected { .. } = outcome {
+            shared.metrics.reject(Rejection::Proxy);
+        }
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
 /// Sets up one proxy, or says why not; an accepted one is recorded in the session.
-pub(super) async fn expose(
+async fn expose(
     shared: &Arc<Shared>,
     session: &Arc<TunnelSession>,
     req: &ProxyRequest,
@@ -144,15 +190,12 @@ async fn port_proxy(
     bind: impl Fn(&ProxyRequest) -> Result<u16, String>,
     waits: &mut Waits,
 ) -> Result<ExposedProxy, String> {
-    let registry = &shared.registry;
-    let key_name = session.key_name.as_deref();
-    if req.port.is_none()
-        && let Some(twin) = twin(shared, session, service, &req.name)
-    {
-        waits.ended(&twin).await;
+    if req.port.is_none() {
+        waits.check_twin(shared, session, service, &req.name).await;
     }
-    let held_before = match (req.port, key_name) {
-        (None, Some(key_name)) => registry
+    let held_before = match (req.port, session.key_name.as_deref()) {
+        (None, Some(key_name)) => shared
+            .registry
             .held_port_of(key_name, service, &req.name, transport)
             .filter(|(ip, _)| *ip == listen)
             .map(|(_, port)| port),
@@ -162,37 +205,9 @@ async fn port_proxy(
         port: held_before.or(req.port),
         ..req.clone()
     };
-    let mut bound = bind(&first);
-    let mut alive_holder = false;
-    while bound.is_err()
-        && let Some(port) = first.port
-    {
-        let key = (listen, port);
-        match registry.owner(transport, &key) {
-            Some(owner) => {
-                let Some(holder) = registry.tunnel(&owner) else {
-                    break;
-                };
-                let Some(holder) = same_key(session, &holder) else {
-                    break;
-                };
-                if !waits.ended(holder).await {
-                    alive_holder = true;
-                    break;
-                }
-            }
-            None => {
-                let held_for_us = registry
-                    .held(transport, &key)
-                    .is_some_and(|held| Some(held.key_name.as_str()) == key_name);
-                if !held_for_us || Instant::now() >= waits.reclaim_until {
-                    break;
-                }
-                tokio::time::sleep(RECLAIM_POLL).await;
-            }
-        }
-        bound = bind(&first);
-    }
+    let at = (transport, listen);
+    let (mut bound, alive_holder) =
+        bind_reclaiming(shared, session, at, &first, &bind, waits).await;
     if bound.is_err() && held_before.is_some() {
         // The held port cannot be had after all: let the hub choose, as the tunnel asked.
         bound = bind(req);
@@ -205,24 +220,82 @@ async fn port_proxy(
             hostname: None,
             claim: Some((transport, (listen, port))),
         }),
-        Err(reason) => {
-            let held = req
-                .port
-                .and_then(|port| Some((port, registry.held(transport, &(listen, port))?)));
-            let what = |port: u16| match transport {
-                Transport::Tcp => format!("port {port}"),
-                Transport::Udp => format!("udp port {port}"),
-            };
-            Err(match (held, req.port) {
-                (Some((port, held)), _) if Some(held.key_name.as_str()) != key_name => {
-                    held.refusal(&what(port), Instant::now())
+        Err(reason) => Err(port_refusal(shared, session, at, req, alive_holder, reason)),
+    }
+}
+
+/// Binds `req` with `bind`, and tries again while its port is taken by a session of the same
+/// key that turns out to be dead, or held for this key by a lost session whose listener is
+/// still closing (both within `waits`). Returns the last attempt, and whether a live session
+/// of the same key holds the port (it answered its liveness check).
+async fn bind_reclaiming(
+    shared: &Shared,
+    session: &TunnelSession,
+    (transport, listen): (Transport, IpAddr),
+    req: &ProxyRequest,
+    bind: &impl Fn(&ProxyRequest) -> Result<u16, String>,
+    waits: &mut Waits,
+) -> (Result<u16, String>, bool) {
+    let registry = &shared.registry;
+    let mut bound = bind(req);
+    while bound.is_err()
+        && let Some(port) = req.port
+    {
+        let key = (listen, port);
+        match registry.owner(transport, &key) {
+            Some(owner) => {
+                let Some(holder) = registry.tunnel(&owner) else {
+                    break;
+                };
+                let Some(holder) = same_key(session, &holder) else {
+                    break;
+                };
+                if !waits.ended(holder).await {
+                    return (bound, true);
                 }
-                (_, Some(port)) if alive_holder => {
-                    still_connected(&format!("{} is taken by", what(port)), key_name)
+            }
+            None => {
+                let held_for_us = registry.held(transport, &key).is_some_and(|held| {
+                    Some(held.key_name.as_str()) == session.key_name.as_deref()
+                });
+                if !held_for_us || Instant::now() >= waits.reclaim_until {
+                    break;
                 }
-                _ => reason,
-            })
+                tokio::time::sleep(RECLAIM_POLL).await;
+            }
         }
+        bound = bind(req);
+    }
+    (bound, false)
+}
+
+/// Why a tcp or udp proxy is refused: its port is held for another key (who, and until
+/// when), or taken by a live session of the same key (`alive_holder`), or else what binding
+/// said (`reason`).
+fn port_refusal(
+    shared: &Shared,
+    session: &TunnelSession,
+    (transport, listen): (Transport, IpAddr),
+    req: &ProxyRequest,
+    alive_holder: bool,
+    reason: String,
+) -> String {
+    let key_name = session.key_name.as_deref();
+    let held = req
+        .port
+        .and_then(|port| Some((port, shared.registry.held(transport, &(listen, port))?)));
+    let what = |port: u16| match transport {
+        Transport::Tcp => format!("port {port}"),
+        Transport::Udp => format!("udp port {port}"),
+    };
+    match (held, req.port) {
+        (Some((port, held)), _) if Some(held.key_name.as_str()) != key_name => {
+            held.refusal(&what(port), Instant::now())
+        }
+        (_, Some(port)) if alive_holder => {
+            still_connected(&format!("{} is taken by", what(port)), key_name)
+        }
+        _ => reason,
     }
 }
 
@@ -248,22 +321,16 @@ async fn host_proxy(
     req: &ProxyRequest,
     waits: &mut Waits,
 ) -> Result<ExposedProxy, String> {
-    if req.hostname.is_none()
-        && let Some(twin) = twin(shared, session, service, &req.name)
-    {
-        waits.ended(&twin).await;
+    if req.hostname.is_none() {
+        waits.check_twin(shared, session, service, &req.name).await;
     }
     let held = match (&req.hostname, session.key_name.as_deref()) {
         (None, Some(key_name)) => shared.hosts.held_hostname_of(key_name, service, &req.name),
         _ => None,
     };
-    let wanted = held.clone().or_else(|| {
-        let name = req.hostname.as_deref()?.to_ascii_lowercase();
-        Some(match name.contains('.') {
-            true => name,
-            false => format!("{name}.{}", config.domain),
-        })
-    });
+    let wanted = held
+        .clone()
+        .or_else(|| Some(full_hostname(req.hostname.as_deref()?, &config.domain)));
     let first = ProxyRequest {
         hostname: wanted.clone(),
         ..req.clone()
@@ -271,25 +338,15 @@ async fn host_proxy(
     let mut claimed = http::expose(shared, session, service, config, &first);
     if claimed.is_err()
         && let Some(host) = &wanted
+        && let Some(all_ended) = same_key_holders_ended(shared, session, service, host, waits).await
     {
-        let holders = shared.hosts.sessions(service, host);
-        let ours: Vec<_> = holders
-            .iter()
-            .filter_map(|h| same_key(session, h))
-            .collect();
-        if !ours.is_empty() && ours.len() == holders.len() {
-            let mut all_ended = true;
-            for holder in ours {
-                all_ended &= waits.ended(holder).await;
-            }
-            claimed = match all_ended {
-                true => http::expose(shared, session, service, config, &first),
-                false => Err(still_connected(
-                    &format!("hostname {host} is in use by"),
-                    session.key_name.as_deref(),
-                )),
-            };
-        }
+        claimed = match all_ended {
+            true => http::expose(shared, session, service, config, &first),
+            false => Err(still_connected(
+                &format!("hostname {host} is in use by"),
+                session.key_name.as_deref(),
+            )),
+        };
     }
     if claimed.is_err() && held.is_some() {
         // The held hostname cannot be had after all: let the hub pick, as the tunnel asked.
@@ -302,4 +359,51 @@ async fn host_proxy(
         hostname: Some(host),
         claim: None,
     })
+}
+
+/// The hostname a tunnel asks for, in lower case: `name` under the service's `domain`, or
+/// `name` itself when it has a dot (a full hostname, where the service allows it).
+fn full_hostname(name: &str, domain: &str) -> String {
+    let name = name.to_ascii_lowercase();
+    match name.contains('.') {
+        true => name,
+        false => format!("{name}.{domain}"),
+    }
+}
+
+/// Whether the sessions holding `host` on `service`, all of `session`'s key, ended on their
+/// liveness checks (each of them did). `None` when nobody holds it, or some session of
+/// another key does: then there is nothing to check.
+async fn same_key_holders_ended(
+    shared: &Shared,
+    session: &TunnelSession,
+    service: &str,
+    host: &str,
+    waits: &mut Waits,
+) -> Option<bool> {
+    let holders = shared.hosts.sessions(service, host);
+    let ours: Vec<_> = holders
+        .iter()
+        .filter_map(|h| same_key(session, h))
+        .collect();
+    if ours.is_empty() || ours.len() != holders.len() {
+        return None;
+    }
+    let mut all_ended = true;
+    for holder in ours {
+        all_ended &= waits.ended(holder).await;
+    }
+    Some(all_ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_hostname_goes_under_the_services_domain_and_a_full_one_stays() {
+        let domain = "tunnel.example.com";
+        assert_eq!(full_hostname("MyApp", domain), "myapp.tunnel.example.com");
+        assert_eq!(full_hostname("App.Example.org", domain), "app.example.org");
+    }
 }

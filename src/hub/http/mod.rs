@@ -32,21 +32,21 @@
 
 mod activity;
 pub mod auth;
-pub mod body;
+pub(crate) mod body;
 mod connection;
 mod expose;
 mod forward;
 pub mod framing;
 mod headers;
-pub mod metered;
-pub mod pages;
+pub(crate) mod metered;
+pub(crate) mod pages;
 mod relay;
 mod request;
 mod route;
-pub mod routes;
+pub(crate) mod routes;
 mod serve;
-pub mod sni;
-pub mod upstream;
+pub(crate) mod sni;
+pub(crate) mod upstream;
 
 use std::sync::Arc;
 

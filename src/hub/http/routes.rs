@@ -142,12 +142,14 @@ impl HostRoutes {
     }
 
     /// The backend to send the next request for `host` to (round-robin within a group).
+    #[cfg(test)]
     pub fn pick(&self, service: &str, host: &str) -> Option<Arc<Backend>> {
         self.pick_untried(service, host, &[])
     }
 
-    /// Like [`pick`](Self::pick), skipping the backends whose ids are in `tried` (those a
-    /// request already failed on): `None` when no other backend serves `host`.
+    /// The backend to send the next request for `host` to (round-robin within a group),
+    /// skipping the backends whose ids are in `tried` (those a request already failed on):
+    /// `None` when no other backend serves `host`.
     pub fn pick_untried(&self, service: &str, host: &str, tried: &[u64]) -> Option<Arc<Backend>> {
         let mut table = self.table.lock();
         let route = table

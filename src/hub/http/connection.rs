@@ -1,6 +1,7 @@
-//! One client connection after its start ([`super::serve`]): hyper's HTTP/1.1 or h2 server on
-//! it, each request handed to [`super::request::handle`] inside this connection's task, and
-//! the connection's end (a stopping hub, a removed service, an idle h2 connection).
+//! One client connection after its start ([`super::serve`](mod@super::serve)): hyper's
+//! HTTP/1.1 or h2 server on it, each request handed to [`super::request::handle`] inside this
+//! connection's task, and the connection's end (a stopping hub, a removed service, an idle h2
+//! connection).
 //!
 //! HTTP/1.1 bytes are shown to a [`HeadInspector`] as they are read ([`HeadWatch`]), so each
 //! request arrives with the strict parser's [`Verdict`]. An HTTP/1.1 connection keeps its

@@ -8,7 +8,8 @@
 //!   idle deadline ([`crate::hub::idle`]); for `https`, the TLS handshake
 //!   with a certificate chosen by SNI ([`sni`]) and ALPN's choice of h2 or http/1.1; then
 //!   hyper's server on the connection. HTTP/1.1 bytes are also read by a strict second parser
-//!   ([`framing`]) that flags ambiguous framing.
+//!   ([`framing`]) that flags ambiguous framing; an h2 connection is closed once no request
+//!   has been in flight for `idle_timeout` ([`activity`]).
 //! - **per-request handling**, inside the connection's task (hyper polls each request's
 //!   future; no task per request): [`request`] validates it (400 ambiguous framing or several
 //!   Host headers, 405 CONNECT, the redirect to https), [`route`] picks a backend of its
@@ -22,6 +23,9 @@
 //!   it used last for its next request ([`upstream::Kept`]).
 //! - **upgraded connections** ([`relay`]): a `101 Switching Protocols` (WebSocket) spawns a
 //!   task that splices the client and the target until either closes.
+//!
+//! Hostnames join the routes when a tunnel's proxy registers ([`expose()`], from the tunnel's
+//! control session), not on the request path.
 //!
 //! On the way the hub replaces `X-Forwarded-For/-Proto/-Host` (extends them for trusted
 //! proxies), strips hop-by-hop headers and the credentials it checked ([`headers`]), streams

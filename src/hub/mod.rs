@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub lockouts: lockout::LockoutTable,
     /// Permits for TLS handshakes in progress on the tunnel listener (`[limits] handshakes`).
     handshakes: Arc<tokio::sync::Semaphore>,
+    /// The reserve descriptor and lock of every accept loop of this hub (`hub::accept`).
+    pub accepts: Arc<accept::Acceptor>,
     /// When the hub started.
     pub started: std::time::SystemTime,
 }
@@ -188,6 +190,7 @@ impl Hub {
             metrics: metrics::HubMetrics::default(),
             lockouts,
             handshakes: Arc::new(tokio::sync::Semaphore::new(config_handshakes)),
+            accepts: Arc::default(),
             started: std::time::SystemTime::now(),
         };
         Ok(Hub {
@@ -238,7 +241,7 @@ impl Hub {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                accepted = accept::accept(&listener, "tunnel listener") => match accepted {
+                accepted = self.shared.accepts.accept(&listener, "tunnel listener") => match accepted {
                     Ok((socket, peer)) => {
                         // Handshakes in progress are bounded; over the limit a connection is
                         // closed at once rather than queued.

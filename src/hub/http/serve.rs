@@ -52,7 +52,7 @@ async fn accept_loop(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = crate::hub::accept::accept(&listener, "http service") => match accepted {
+            accepted = front.shared.accepts.accept(&listener, "http service") => match accepted {
                 Ok((socket, peer)) => {
                     // The certificates in force now (a reload may have renewed them).
                     let acceptor = acceptor.read().clone();

@@ -3,9 +3,23 @@
 //! [`Hub::run`] takes an already bound listener and a cancellation token, so the binary and the
 //! tests start it the same way. Each accepted connection gets its own task: the TLS handshake
 //! and the first read never run in the accept loop, and every one of them has a deadline. The
-//! preamble decides whether the connection is a control channel ([`control`]) or a link
-//! connection ([`links`]). Public endpoints live in one file per service kind ([`tcp`],
-//! [`udp`]).
+//! preamble decides whether the connection is a control channel ([`control`], which drives
+//! [`crate::protocol::session`]) or a link connection ([`links`]).
+//!
+//! Where each part lives:
+//! - sessions and what they hold: [`registry`] (sessions, claimed ports, ports held for lost
+//!   sessions), [`clients`] (every connected client, with byte counters), [`control`] and its
+//!   `claims` (a port or hostname per proxy), [`links`] (the HTTP/2 connections streams ride on);
+//! - public endpoints, one module per service kind: [`tcp`] (one accept loop per proxy, a task
+//!   per client), [`udp`] (one receive loop per proxy, a task per client address), [`http`]
+//!   (`http`/`https` services: accept loop, a task per connection, requests validated, routed
+//!   by Host and forwarded with retry); `ports` claims and binds the tcp and udp ports;
+//! - shared concerns: [`accept`] (the hub's accept loops at the open-file limit), [`idle`] (the
+//!   no-progress deadline of http connections), [`lockout`] (failed logins), [`metrics`]
+//!   (counters), [`inspect`] (what the admin API sees: [`inspect::HubView`]), [`reload`]
+//!   (plan, prepare, apply a new configuration).
+//!
+//! docs/architecture.md draws the task tree of each of them.
 
 pub(crate) mod accept;
 pub(crate) mod clients;

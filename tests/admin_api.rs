@@ -240,7 +240,7 @@ async fn every_hub_endpoint_answers_on_both_transports_as_its_openapi_document_s
         assert_eq!(names, ["tcp", "spare"], "{transport}");
 
         // Bytes are counted as they move: the 1000 bytes each way are there while connected.
-        let tcp: ServiceInfo = eventually("service byte counts", || async {
+        let tcp: ServiceInfo = eventually("service byte counts", DEADLINE, || async {
             let value =
                 get_checked(&admin, &doc, "/v1/services/{name}", &model::service("tcp")).await;
             let info: ServiceInfo = typed(value);
@@ -342,7 +342,7 @@ async fn every_hub_endpoint_answers_on_both_transports_as_its_openapi_document_s
     closed_by_peer(&mut client_socket).await;
     drop(client_socket);
     let admin = live.over_socket();
-    eventually("the client to be gone", || async {
+    eventually("the client to be gone", DEADLINE, || async {
         let clients: Vec<ClientInfo> = admin.get(&model::service_clients("tcp")).await.ok()?;
         clients.is_empty().then_some(())
     })
@@ -435,7 +435,7 @@ async fn disconnecting_a_client_closes_only_that_client() {
     let mut first = echoing_client(live.echo, 10).await;
     let mut second = echoing_client(live.echo, 20).await;
     let admin = live.over_socket();
-    let clients: Vec<ClientInfo> = eventually("two clients listed", || async {
+    let clients: Vec<ClientInfo> = eventually("two clients listed", DEADLINE, || async {
         let list: Vec<ClientInfo> = admin.get(&model::service_clients("tcp")).await.ok()?;
         (list.len() == 2).then_some(list)
     })
@@ -504,7 +504,7 @@ async fn disconnecting_a_tunnel_closes_its_clients_frees_its_port_and_tells_the_
         }
         other => panic!("expected a goodbye, got {other:?}"),
     }
-    eventually("the port to close", || async {
+    eventually("the port to close", DEADLINE, || async {
         TcpStream::connect(addr).await.is_err().then_some(())
     })
     .await;
@@ -664,7 +664,7 @@ async fn a_tunnel_daemon_reports_its_session_proxies_and_target_health_on_its_so
     let running = tokio::spawn(supervise(tunnel, Backoff::default(), stop.clone()));
 
     let admin = AdminClient::unix(&socket);
-    let status: TunnelStatus = eventually("the tunnel to connect", || async {
+    let status: TunnelStatus = eventually("the tunnel to connect", DEADLINE, || async {
         let status: TunnelStatus = admin.get(model::STATUS).await.ok()?;
         (status.state == "connected").then_some(status)
     })
@@ -685,7 +685,7 @@ async fn a_tunnel_daemon_reports_its_session_proxies_and_target_health_on_its_so
     let _client = echoing_client(SocketAddr::from(([127, 0, 0, 1], port)), 5).await;
     let mut refused = connect(SocketAddr::from(([127, 0, 0, 1], dead_port))).await;
     closed_by_peer(&mut refused).await;
-    let status: TunnelStatus = eventually("target health", || async {
+    let status: TunnelStatus = eventually("target health", DEADLINE, || async {
         let s: TunnelStatus = admin.get(model::STATUS).await.ok()?;
         let ok = by_name(&s, "echo").target_up == Some(true)
             && by_name(&s, "dead").target_up == Some(false);
@@ -726,7 +726,7 @@ async fn a_tunnel_daemon_reports_its_session_proxies_and_target_health_on_its_so
 
     // The hub goes away: the status says so.
     hub.stop.cancel();
-    eventually("the tunnel to notice", || async {
+    eventually("the tunnel to notice", DEADLINE, || async {
         let s: TunnelStatus = admin.get(model::STATUS).await.ok()?;
         (s.state == "connecting" && s.last_error.is_some()).then_some(())
     })
@@ -799,7 +799,7 @@ async fn udp_sessions_are_listed_as_clients_with_their_bytes() {
     // Disconnecting a UDP client ends its session: it is no longer listed.
     let id = clients[0].id.clone();
     let _: Message = admin.delete(&model::client(&id)).await.unwrap();
-    eventually("the session to end", || async {
+    eventually("the session to end", DEADLINE, || async {
         let list: Vec<ClientInfo> = admin.get(&model::service_clients("dns")).await.ok()?;
         (list.len() == 1 && list[0].id != id).then_some(())
     })

@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -78,26 +78,28 @@ impl Daemon {
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let start = Instant::now();
-        loop {
-            let left = DEADLINE.checked_sub(start.elapsed()).unwrap_or_default();
-            let line = match tokio::time::timeout(left, self.lines.next_line()).await {
-                Ok(Ok(Some(line))) => line,
-                Ok(_) => panic!(
-                    "process ended before {what}; it said:\n{}",
-                    self.seen.join("\n")
-                ),
-                Err(_) => panic!(
-                    "no {what} within {DEADLINE:?}; it said:\n{}",
-                    self.seen.join("\n")
-                ),
-            };
-            self.seen.push(line.clone());
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && pred(&v)
-            {
-                return v;
+        let found = tokio::time::timeout(DEADLINE, async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                self.seen.push(line.clone());
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && pred(&v)
+                {
+                    return Some(v);
+                }
             }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(v)) => v,
+            Ok(None) => panic!(
+                "process ended before {what}; it said:\n{}",
+                self.seen.join("\n")
+            ),
+            Err(_) => panic!(
+                "no {what} within {DEADLINE:?}; it said:\n{}",
+                self.seen.join("\n")
+            ),
         }
     }
 }
@@ -208,14 +210,17 @@ async fn tunnel_prints_why_a_proxy_was_rejected_and_its_port_closes_when_it_dies
 
     daemon.child.start_kill().unwrap();
     daemon.child.wait().await.unwrap();
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "port still open a second after the tunnel died"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the port to close within a second of the tunnel's death",
+        Duration::from_secs(1),
+        || async {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(_) => Err("it still accepts connections"),
+                Err(_) => Ok(()),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -403,18 +408,16 @@ async fn demo_prints_a_working_curl_line_and_stops_on_ctrl_c() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let start = Instant::now();
-    let url = loop {
-        let left = DEADLINE.checked_sub(start.elapsed()).unwrap_or_default();
-        let line = tokio::time::timeout(left, lines.next_line())
-            .await
-            .expect("demo printed no curl line in time")
-            .unwrap()
-            .expect("demo exited early");
-        if let Some(rest) = line.trim().strip_prefix("curl ") {
-            break rest.trim().to_owned();
+    let url = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("demo exited early");
+            if let Some(rest) = line.trim().strip_prefix("curl ") {
+                break rest.trim().to_owned();
+            }
         }
-    };
+    })
+    .await
+    .expect("demo printed no curl line in time");
     let out = tokio::time::timeout(
         DEADLINE,
         Command::new("curl")

@@ -20,9 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use common::netns::{
     Daemon, HUB_IP, HubFiles, Link, TunnelFiles, connected, counted_packets, hub_view, public_port,
-    within,
 };
-use common::{DEADLINE, echoes, payload};
+use common::{DEADLINE, echoes, eventually, payload};
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, TunnelStatus};
 
@@ -84,7 +83,7 @@ fn tunnel_files_per_session(clients: usize) -> usize {
 
 /// Waits until `daemon` holds at most `most` open files.
 async fn closes_files(daemon: &Daemon, most: usize, what: &str) {
-    within(DEADLINE, what, || async {
+    eventually(what, DEADLINE, || async {
         (daemon.open_files() <= most).then_some(())
     })
     .await;
@@ -92,7 +91,7 @@ async fn closes_files(daemon: &Daemon, most: usize, what: &str) {
 
 /// A new session of the tunnel (a tunnel id other than `old`), with its proxies live.
 async fn reconnected(admin: &AdminClient, old: &str, limit: Duration) -> TunnelStatus {
-    within(limit, "the tunnel to reconnect", || async {
+    eventually("the tunnel to reconnect", limit, || async {
         let status: TunnelStatus = admin.get(model::STATUS).await.ok()?;
         let fresh = status.tunnel_id.as_deref().is_some_and(|id| id != old);
         (status.state == "connected" && fresh && status.proxies.iter().all(|p| p.state == "live"))
@@ -103,7 +102,7 @@ async fn reconnected(admin: &AdminClient, old: &str, limit: Duration) -> TunnelS
 
 /// Waits until the hub lists exactly the tunnel `id` and no client.
 async fn hub_lists_only(hub: &AdminClient, id: &str) {
-    within(DEADLINE, "the hub to list only the new session", || async {
+    eventually("the hub to list only the new session", DEADLINE, || async {
         let (tunnels, clients) = hub_view(hub).await?;
         (tunnels.len() == 1 && tunnels[0].id == id && clients == 0).then_some(())
     })
@@ -144,9 +143,9 @@ async fn loopback() -> Loopback {
     assert!(echoes(&mut client, &payload(1, 1000)).await);
     let hub_admin = hub_files.admin();
     let id = status.tunnel_id.clone().unwrap();
-    within(
-        DEADLINE,
+    eventually(
         "the hub to list the tunnel and its client",
+        DEADLINE,
         || async {
             let (tunnels, clients) = hub_view(&hub_admin).await?;
             (tunnels.len() == 1 && tunnels[0].id == id && clients == 1).then_some(())
@@ -175,7 +174,7 @@ async fn the_hub_drops_a_stopped_tunnel_frees_its_port_and_takes_it_back_once_co
     let hub_fds = t.hub.open_files();
     t.tunnel.signal("STOP");
     let stopped = Instant::now();
-    within(DEADLINE, "the hub to drop the stopped tunnel", || async {
+    eventually("the hub to drop the stopped tunnel", DEADLINE, || async {
         let (tunnels, clients) = hub_view(&t.hub_admin).await?;
         (tunnels.is_empty() && clients == 0).then_some(())
     })
@@ -199,9 +198,9 @@ async fn the_hub_drops_a_stopped_tunnel_frees_its_port_and_takes_it_back_once_co
     t.tunnel.signal("CONT");
     let status = reconnected(&t.tunnel_admin, &old_id, DEADLINE).await;
     hub_lists_only(&t.hub_admin, status.tunnel_id.as_deref().unwrap()).await;
-    within(
-        DEADLINE,
+    eventually(
         "the tunnel to close its stale target connection",
+        DEADLINE,
         || async { (t.echo.open() == 0).then_some(()) },
     )
     .await;
@@ -219,7 +218,7 @@ async fn a_tunnel_notices_a_stopped_hub_drops_its_targets_and_reconnects_once_co
     let tunnel_fds = t.tunnel.open_files();
     t.hub.signal("STOP");
     let stopped = Instant::now();
-    let status: TunnelStatus = within(DEADLINE, "the tunnel to notice", || async {
+    let status: TunnelStatus = eventually("the tunnel to notice", DEADLINE, || async {
         let status: TunnelStatus = t.tunnel_admin.get(model::STATUS).await.ok()?;
         (status.state == "connecting").then_some(status)
     })
@@ -240,9 +239,9 @@ async fn a_tunnel_notices_a_stopped_hub_drops_its_targets_and_reconnects_once_co
         metrics.contains("\ntunnelize_hub_connected 0\n"),
         "{metrics}"
     );
-    within(
-        DEADLINE,
+    eventually(
         "the tunnel to close its target connection",
+        DEADLINE,
         || async { (t.echo.open() == 0).then_some(()) },
     )
     .await;
@@ -276,32 +275,39 @@ async fn write_until_closed(mut socket: TcpStream, written: Arc<AtomicUsize>) {
 /// and when the tunnel has given up its session and closed its target connection.
 async fn both_sides_notice(hub: &AdminClient, tunnel: &AdminClient, echo: &Echo) {
     let start = Instant::now();
-    let (mut hub_at, mut tunnel_at) = (None, None);
-    while hub_at.is_none() || tunnel_at.is_none() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "after {DEADLINE:?}: the hub noticed: {hub_at:?}, the tunnel noticed: {tunnel_at:?}"
-        );
-        if hub_at.is_none()
-            && let Some((tunnels, clients)) = hub_view(hub).await
-            && tunnels.is_empty()
-            && clients == 0
-        {
-            hub_at = Some(start.elapsed());
-        }
-        if tunnel_at.is_none()
-            && let Ok(status) = tunnel.get::<TunnelStatus>(model::STATUS).await
-            && status.state == "connecting"
-            && echo.open() == 0
-        {
-            tunnel_at = Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // When each side was first seen to have noticed; a side is not asked again after that.
+    let noticed = std::cell::Cell::new((None, None));
+    let (hub_at, tunnel_at) =
+        eventually("both sides to notice the blackhole", DEADLINE, || async {
+            let (mut hub_at, mut tunnel_at) = noticed.get();
+            if hub_at.is_none()
+                && let Some((tunnels, clients)) = hub_view(hub).await
+                && tunnels.is_empty()
+                && clients == 0
+            {
+                hub_at = Some(start.elapsed());
+            }
+            if tunnel_at.is_none()
+                && let Ok(status) = tunnel.get::<TunnelStatus>(model::STATUS).await
+                && status.state == "connecting"
+                && echo.open() == 0
+            {
+                tunnel_at = Some(start.elapsed());
+            }
+            noticed.set((hub_at, tunnel_at));
+            match (hub_at, tunnel_at) {
+                (Some(hub_at), Some(tunnel_at)) => Ok((hub_at, tunnel_at)),
+                _ => Err(format!(
+                    "the hub noticed: {hub_at:?}, the tunnel noticed: {tunnel_at:?}"
+                )),
+            }
+        })
+        .await;
     println!("blackhole noticed by the hub after {hub_at:?}, by the tunnel after {tunnel_at:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, ip (iproute2) and nft (nftables): it makes network namespaces"]
 async fn a_blackholed_network_is_noticed_on_both_sides_and_the_tunnel_returns_when_it_heals() {
     let dir = tempfile::tempdir().unwrap();
     let link = Link::new();
@@ -330,7 +336,7 @@ async fn a_blackholed_network_is_noticed_on_both_sides_and_the_tunnel_returns_wh
     let busy = link.hub.connect_soon(public).await;
     let written = Arc::new(AtomicUsize::new(0));
     let writer = tokio::spawn(write_until_closed(busy, written.clone()));
-    within(DEADLINE, "the busy client to fill the path", || async {
+    eventually("the busy client to fill the path", DEADLINE, || async {
         (written.load(Ordering::SeqCst) >= 8 << 20).then_some(())
     })
     .await;

@@ -7,9 +7,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -61,7 +62,7 @@ impl HubProcess {
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Ok(v) = serde_json::from_str(&line) {
-                    sink.lock().unwrap().push(v);
+                    sink.lock().push(v);
                 }
             }
         });
@@ -70,10 +71,9 @@ impl HubProcess {
 
     /// The first log event whose message is `message`.
     async fn event(&self, message: &str) -> serde_json::Value {
-        eventually(&format!("the hub to log {message:?}"), || async {
+        eventually(&format!("the hub to log {message:?}"), DEADLINE, || async {
             self.log
                 .lock()
-                .unwrap()
                 .iter()
                 .find(|v| v["fields"]["message"] == message)
                 .cloned()
@@ -85,7 +85,6 @@ impl HubProcess {
     fn count(&self, part: &str) -> usize {
         self.log
             .lock()
-            .unwrap()
             .iter()
             .filter(|v| {
                 v["fields"]["message"]
@@ -309,6 +308,7 @@ async fn a_hub_at_its_open_file_limit_sheds_the_flood_keeps_its_listeners_and_re
     let data = payload(3, 10_000);
     eventually(
         "a client through the tunnel while the flood is held",
+        DEADLINE,
         || {
             let data = data.clone();
             async move {
@@ -334,7 +334,7 @@ async fn a_hub_at_its_open_file_limit_sheds_the_flood_keeps_its_listeners_and_re
     // Release the flood: the same listeners serve again.
     drop(held);
     hub.assert_alive("after the flood");
-    eventually("a new client on the same tcp port", || async {
+    eventually("a new client on the same tcp port", DEADLINE, || async {
         let socket = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(public))
             .await
             .ok()?
@@ -351,13 +351,17 @@ async fn a_hub_at_its_open_file_limit_sheds_the_flood_keeps_its_listeners_and_re
     })
     .await;
     let echo2 = start_echo().await;
-    let second = eventually("a new tunnel on the same tunnel listener", || async {
-        Tunnel::new(tunnel_to(hub_addr, pin, echo2))
-            .ok()?
-            .connect()
-            .await
-            .ok()
-    })
+    let second = eventually(
+        "a new tunnel on the same tunnel listener",
+        DEADLINE,
+        || async {
+            Tunnel::new(tunnel_to(hub_addr, pin, echo2))
+                .ok()?
+                .connect()
+                .await
+                .ok()
+        },
+    )
     .await;
     let port = match &second.proxies()[0] {
         tunnelize::protocol::ProxyOutcome::Accepted { port: Some(p), .. } => *p,
@@ -365,7 +369,7 @@ async fn a_hub_at_its_open_file_limit_sheds_the_flood_keeps_its_listeners_and_re
     };
     drop(second);
     assert_ne!(port, public.port(), "the first tunnel still holds its port");
-    let answer = eventually("an answer on the same http port", || async {
+    let answer = eventually("an answer on the same http port", DEADLINE, || async {
         let mut socket = TcpStream::connect(web).await.ok()?;
         socket
             .write_all(b"GET / HTTP/1.1\r\nHost: nobody.test.local\r\nConnection: close\r\n\r\n")

@@ -130,9 +130,11 @@ async fn hub_drops_a_tunnel_that_stops_sending_heartbeats_and_closes_its_ports()
         other => panic!("expected the hub to end the session, got {other:?}"),
     }
 
-    eventually("the silent tunnel's public port to close", || async {
-        TcpStream::connect(public).await.is_err().then_some(())
-    })
+    eventually(
+        "the silent tunnel's public port to close",
+        DEADLINE,
+        || async { TcpStream::connect(public).await.is_err().then_some(()) },
+    )
     .await;
 }
 

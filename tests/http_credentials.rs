@@ -8,11 +8,12 @@ mod common;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine;
 use common::web::start_app;
 use common::*;
+use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -45,7 +46,7 @@ impl Daemon {
         let sink = log.clone();
         let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock().unwrap();
+                let mut log = sink.lock();
                 log.push_str(&line);
                 log.push('\n');
             }
@@ -54,12 +55,12 @@ impl Daemon {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.lock().clone()
     }
 
     /// Waits for a log line containing `marker`; returns that line.
     async fn line_with(&self, marker: &str) -> String {
-        eventually(&format!("a log line with {marker:?}"), || async {
+        eventually(&format!("a log line with {marker:?}"), DEADLINE, || async {
             self.log()
                 .lines()
                 .find(|l| l.contains(marker))
@@ -75,7 +76,7 @@ impl Daemon {
             .await
             .expect("the log ends once the process is gone")
             .unwrap();
-        self.log.lock().unwrap().clone()
+        self.log.lock().clone()
     }
 }
 

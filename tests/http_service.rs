@@ -420,7 +420,7 @@ async fn smuggling_payloads_get_400_and_never_reach_the_target() {
             String::from_utf8_lossy(payload)
         );
         // Refusals hyper makes itself are counted when the connection ends.
-        eventually("each 400 counted as a bad request", || async {
+        eventually("each 400 counted as a bad request", DEADLINE, || async {
             (bad_requests(&s.view) == i as u64 + 1).then_some(())
         })
         .await;
@@ -449,7 +449,7 @@ async fn oversized_heads_get_431_and_oversized_bodies_413() {
     assert_eq!(bad_requests(&s.view), 0);
     let out = raw_exchange(s.web, big_header.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
-    eventually("the 431 counted as a bad request", || async {
+    eventually("the 431 counted as a bad request", DEADLINE, || async {
         (bad_requests(&s.view) == 1).then_some(())
     })
     .await;
@@ -510,7 +510,7 @@ async fn a_chunked_body_over_max_body_gets_413_and_the_target_no_more_than_max_b
         "{out}"
     );
     assert!(out.contains("too large"), "{out}");
-    let uploads = eventually("the target to see the upload end", || async {
+    let uploads = eventually("the target to see the upload end", DEADLINE, || async {
         let u = app.uploads();
         (!u.is_empty()).then_some(u)
     })
@@ -577,7 +577,7 @@ async fn over_max_body_after_the_target_answered_the_connection_is_cut() {
         !text.ends_with("0\r\n\r\n"),
         "the response must not look complete: {text}"
     );
-    let uploads = eventually("the target to see the upload end", || async {
+    let uploads = eventually("the target to see the upload end", DEADLINE, || async {
         let u = app.uploads();
         (!u.is_empty()).then_some(u)
     })
@@ -834,7 +834,7 @@ async fn a_member_leaving_a_group_under_load_fails_no_request_it_had_not_answere
         });
     }
     // Stop "a" once about a fifth of the requests are done, while the rest keep coming.
-    eventually("requests under way", || {
+    eventually("requests under way", DEADLINE, || {
         let done = done.clone();
         async move { (done.load(Ordering::SeqCst) >= WORKERS * EACH / 5).then_some(()) }
     })

@@ -13,10 +13,11 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -89,7 +90,7 @@ impl Daemon {
         let sink = log.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock().unwrap();
+                let mut log = sink.lock();
                 if log.len() >= 200 {
                     log.remove(0);
                 }
@@ -100,7 +101,7 @@ impl Daemon {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.lock().join("\n")
     }
 
     fn signal(&self, name: &str) {
@@ -152,28 +153,30 @@ fn tunnel_toml(dir: &Path, ports: Ports, pin: &str, target: SocketAddr, app: Soc
 /// instead (a port was taken), with what it logged.
 async fn start_hub(config: &Path, ports: Ports) -> Result<Daemon, String> {
     let mut hub = Daemon::spawn("hub", config);
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = hub.child.try_wait() {
-            return Err(format!("the hub exited ({status}):\n{}", hub.log()));
+    // Done waiting when both listeners answer (`Ok`) or the hub has exited (`Err`).
+    let listening = common::eventually("the hub to listen", DEADLINE, || {
+        let exited = hub.child.try_wait();
+        let log = hub.log();
+        async move {
+            if let Ok(Some(status)) = exited {
+                return Ok(Err(format!("the hub exited ({status}):\n{log}")));
+            }
+            let up = TcpStream::connect(local(ports.hub)).await.is_ok()
+                && TcpStream::connect(local(ports.http)).await.is_ok();
+            if up {
+                Ok(Ok(()))
+            } else {
+                Err(format!("its ports do not answer yet; it logged:\n{log}"))
+            }
         }
-        let up = TcpStream::connect(local(ports.hub)).await.is_ok()
-            && TcpStream::connect(local(ports.http)).await.is_ok();
-        if up {
-            return Ok(hub);
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the hub did not listen in time:\n{}",
-            hub.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    listening.map(|()| hub)
 }
 
 /// Restarts the hub on the same ports, retrying while the old process's ports are released.
 async fn restart_hub(config: &Path, ports: Ports) -> Daemon {
-    common::eventually("the hub to restart on the same ports", || async {
+    common::eventually("the hub to restart on the same ports", DEADLINE, || async {
         start_hub(config, ports).await.ok()
     })
     .await
@@ -310,25 +313,24 @@ fn endless_client(
         });
         let mut buf = vec![0u8; 64 * 1024];
         let mut at: u64 = 0;
-        let deadline = Instant::now() + DEADLINE * 3;
-        let outcome = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, r.read(&mut buf)).await {
-                Err(_) => break Err("the connection neither ended nor moved".to_owned()),
-                Ok(Ok(0)) | Ok(Err(_)) => break Ok(at),
-                Ok(Ok(n)) => {
-                    for (i, byte) in buf[..n].iter().enumerate() {
-                        let offset = at + i as u64;
-                        if *byte != pattern[(offset % PATTERN as u64) as usize] {
-                            writer.abort();
-                            return Err(format!("byte {offset} differs"));
-                        }
+        let outcome = tokio::time::timeout(DEADLINE * 3, async {
+            loop {
+                let n = match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return Ok(at),
+                    Ok(n) => n,
+                };
+                for (i, byte) in buf[..n].iter().enumerate() {
+                    let offset = at + i as u64;
+                    if *byte != pattern[(offset % PATTERN as u64) as usize] {
+                        return Err(format!("byte {offset} differs"));
                     }
-                    at += n as u64;
-                    verified.store(at, Ordering::Relaxed);
                 }
+                at += n as u64;
+                verified.store(at, Ordering::Relaxed);
             }
-        };
+        })
+        .await
+        .unwrap_or_else(|_| Err("the connection neither ended nor moved".to_owned()));
         writer.abort();
         outcome
     })
@@ -367,33 +369,34 @@ async fn tunnel_live(
     previous: Option<&str>,
 ) -> Result<Live, String> {
     let admin = AdminClient::unix(status_socket).with_timeout(Duration::from_secs(5));
-    let start = Instant::now();
-    loop {
-        if let Ok(status) = admin.get::<TunnelStatus>(model::STATUS).await
-            && status.state == "connected"
-            && status.tunnel_id.as_deref() != previous
-        {
-            let proxy = |name: &str| status.proxies.iter().find(|p| p.name == name).cloned();
-            let (Some(bulk), Some(site)) = (proxy("bulk"), proxy("site")) else {
-                return Err(format!("proxies missing: {status:?}"));
-            };
-            match (bulk.public, site.public, status.tunnel_id.clone()) {
-                (Some(port), Some(hostname), Some(tunnel_id)) => {
-                    return Ok(Live {
-                        tunnel_id,
-                        port,
-                        hostname,
-                    });
-                }
-                _ => return Err(format!("a proxy was rejected: {status:?}")),
+    // Done waiting once the tunnel is connected in a new session: `Ok` with what the hub gave
+    // its proxies, or `Err` if it rejected one.
+    common::eventually("the tunnel to come back", DEADLINE, || async {
+        match admin.get::<TunnelStatus>(model::STATUS).await {
+            Ok(status)
+                if status.state == "connected" && status.tunnel_id.as_deref() != previous =>
+            {
+                Ok(live(&status))
             }
+            seen => Err(format!("{seen:?}; it logged:\n{}", tunnel.log())),
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the tunnel did not come back in time; it logged:\n{}",
-            tunnel.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    })
+    .await
+}
+
+/// What the hub gave the proxies of a connected tunnel; `Err` if it rejected one.
+fn live(status: &TunnelStatus) -> Result<Live, String> {
+    let proxy = |name: &str| status.proxies.iter().find(|p| p.name == name).cloned();
+    let (Some(bulk), Some(site)) = (proxy("bulk"), proxy("site")) else {
+        return Err(format!("proxies missing: {status:?}"));
+    };
+    match (bulk.public, site.public, status.tunnel_id.clone()) {
+        (Some(port), Some(hostname), Some(tunnel_id)) => Ok(Live {
+            tunnel_id,
+            port,
+            hostname,
+        }),
+        _ => Err(format!("a proxy was rejected: {status:?}")),
     }
 }
 
@@ -472,18 +475,18 @@ async fn clients_see_a_clean_end_across_hub_restarts_and_the_tunnel_returns_with
             .enumerate()
             .map(|(i, verified)| endless_client(bulk, (round * 10 + i) as u64, verified.clone()))
             .collect();
-        let start = Instant::now();
-        while progress
-            .iter()
-            .any(|p| p.load(Ordering::Relaxed) < PROGRESS)
-        {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "the clients did not get going; the hub logged:\n{}",
-                s.hub.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::eventually("the clients to get going", DEADLINE, || async {
+            let verified: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+            if verified.iter().all(|&v| v >= PROGRESS) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "bytes verified {verified:?}; the hub logged:\n{}",
+                    s.hub.log()
+                ))
+            }
+        })
+        .await;
 
         // Mid-transfer: the hub goes away.
         s.hub.signal(signal);

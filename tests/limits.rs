@@ -68,7 +68,7 @@ async fn a_tunnel_beyond_the_limit_is_refused_with_the_reason_and_may_come_once_
     }
     assert_eq!(limit_refusals(&live.admin).await, 1.0);
     first.stop.cancel();
-    eventually("a place for another tunnel", || async {
+    eventually("a place for another tunnel", DEADLINE, || async {
         Tunnel::new(tunnel_config(&live.hub, vec![]))
             .unwrap()
             .connect()
@@ -136,7 +136,7 @@ async fn clients_beyond_the_tunnel_and_service_limits_are_closed_and_the_others_
     // Those admitted still flow; one leaving makes room.
     assert!(echoes(&mut a, b"still").await);
     drop(b);
-    eventually("room for a new client", || async {
+    eventually("room for a new client", DEADLINE, || async {
         let mut again = connect(one.addr(0)).await;
         echoes(&mut again, b"z").await.then_some(())
     })
@@ -152,7 +152,7 @@ async fn handshakes_beyond_the_limit_are_refused_at_once_and_served_again_after(
     .await;
     // A connection that never starts its TLS handshake holds the only permit.
     let silent = TcpStream::connect(live.hub.addr).await.unwrap();
-    eventually("the refusal to be counted", || async {
+    eventually("the refusal to be counted", DEADLINE, || async {
         let refused = Tunnel::new(tunnel_config(&live.hub, vec![]))
             .unwrap()
             .connect()
@@ -162,7 +162,7 @@ async fn handshakes_beyond_the_limit_are_refused_at_once_and_served_again_after(
     })
     .await;
     drop(silent);
-    eventually("the hub to take tunnels again", || async {
+    eventually("the hub to take tunnels again", DEADLINE, || async {
         Tunnel::new(tunnel_config(&live.hub, vec![]))
             .unwrap()
             .connect()
@@ -184,7 +184,7 @@ async fn link_connections_beyond_the_per_tunnel_limit_are_refused_and_the_tunnel
     config.links = 3;
     let tunnel = start_tunnel(config).await;
     // Two of the three link connections are refused (and redial later); each refusal counts.
-    eventually("the extra link connections refused", || async {
+    eventually("the extra link connections refused", DEADLINE, || async {
         (limit_refusals(&live.admin).await >= 2.0).then_some(())
     })
     .await;
@@ -223,6 +223,7 @@ async fn a_connection_that_sends_its_preamble_but_no_hello_still_holds_its_hands
     stalled.flush().await.unwrap();
     eventually(
         "a tunnel refused while the hello is outstanding",
+        DEADLINE,
         || async {
             let refused = Tunnel::new(tunnel_config(&live.hub, vec![]))
                 .unwrap()
@@ -234,7 +235,7 @@ async fn a_connection_that_sends_its_preamble_but_no_hello_still_holds_its_hands
     )
     .await;
     drop(stalled);
-    eventually("the hub to take tunnels again", || async {
+    eventually("the hub to take tunnels again", DEADLINE, || async {
         Tunnel::new(tunnel_config(&live.hub, vec![]))
             .unwrap()
             .connect()

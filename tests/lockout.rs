@@ -169,7 +169,7 @@ async fn a_lockout_ends_after_its_configured_duration() {
         login(&live.hub, KEY).await,
         Err(TunnelError::Refused(_))
     ));
-    eventually("the lockout to end", || async {
+    eventually("the lockout to end", DEADLINE, || async {
         login(&live.hub, KEY).await.ok()
     })
     .await;

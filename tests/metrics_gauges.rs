@@ -107,7 +107,7 @@ async fn both_daemons_export_task_fd_and_memory_gauges_that_follow_the_load() {
 
     let hub_admin = AdminClient::unix(&hub_socket);
     let tunnel_admin = AdminClient::unix(&tunnel_socket);
-    let status: TunnelStatus = eventually("the tunnel to connect", || async {
+    let status: TunnelStatus = eventually("the tunnel to connect", DEADLINE, || async {
         let s: TunnelStatus = tunnel_admin.get(model::STATUS).await.ok()?;
         let live = s.state == "connected" && s.proxies.iter().all(|p| p.state == "live");
         live.then_some(s)
@@ -122,7 +122,7 @@ async fn both_daemons_export_task_fd_and_memory_gauges_that_follow_the_load() {
 
     // One client first, so whatever is set up on first use exists in the baseline.
     drop(echoing_client(echo, 100).await);
-    let base = eventually("the warm-up client to be gone", || async {
+    let base = eventually("the warm-up client to be gone", DEADLINE, || async {
         let g = scrape(&hub_admin, "hub").await;
         scrape(&tunnel_admin, "tunnel").await;
         (hub_clients(&hub_admin).await == 0.0).then_some(g)
@@ -153,7 +153,7 @@ async fn both_daemons_export_task_fd_and_memory_gauges_that_follow_the_load() {
     // Gone again: tasks and files come back to the baseline (a few of slack for the admin
     // request being served and connections still closing).
     drop(clients);
-    eventually("tasks and fds back to the baseline", || async {
+    eventually("tasks and fds back to the baseline", DEADLINE, || async {
         let g = scrape(&hub_admin, "hub").await;
         let t = scrape(&tunnel_admin, "tunnel").await;
         let back = |x: &Gauges| x.tasks <= base.tasks + 3.0 && x.fds <= base.fds + 3.0;

@@ -144,6 +144,7 @@ async fn echo_transfer(socket: TcpStream) -> ([u8; 32], [u8; 32], usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, ip (iproute2) and nft (nftables): it makes network namespaces"]
 async fn a_256_mib_echo_is_intact_through_one_percent_loss_and_50_ms_of_delay() {
     let dir = tempfile::tempdir().unwrap();
     let link = Link::new();

@@ -120,22 +120,26 @@ async fn a_lost_tunnel_gets_its_port_and_hostnames_back_and_another_key_is_refus
             Some(random.trim_end_matches(".test.local")),
         ),
     ];
-    let reasons = eventually("bob to be refused for alice's reservation", || async {
-        let bob = Tunnel::new(with_key(&hub, BOB, bobs.clone()))
-            .unwrap()
-            .connect()
-            .await
-            .ok()?;
-        let reasons: Vec<String> = bob
-            .proxies()
-            .iter()
-            .filter_map(rejection)
-            .map(str::to_owned)
-            .collect();
-        // Until the hub notices the loss, alice's session still holds them ("taken").
-        let held = reasons.len() == 3 && reasons.iter().all(|r| r.contains("reserved"));
-        held.then_some(reasons)
-    })
+    let reasons = eventually(
+        "bob to be refused for alice's reservation",
+        DEADLINE,
+        || async {
+            let bob = Tunnel::new(with_key(&hub, BOB, bobs.clone()))
+                .unwrap()
+                .connect()
+                .await
+                .ok()?;
+            let reasons: Vec<String> = bob
+                .proxies()
+                .iter()
+                .filter_map(rejection)
+                .map(str::to_owned)
+                .collect();
+            // Until the hub notices the loss, alice's session still holds them ("taken").
+            let held = reasons.len() == 3 && reasons.iter().all(|r| r.contains("reserved"));
+            held.then_some(reasons)
+        },
+    )
     .await;
     assert!(
         reasons[0].starts_with(&format!(
@@ -194,7 +198,7 @@ async fn after_the_grace_another_key_may_take_what_a_lost_tunnel_held() {
         proxy("ssh", "tcp", echo, Some(port)),
         site("site", app.addr, Some("app")),
     ];
-    let bob = eventually("the reservation to expire", || async {
+    let bob = eventually("the reservation to expire", DEADLINE, || async {
         let bob = start_tunnel(with_key(&hub, BOB, bobs.clone())).await;
         if bob.outcomes.iter().any(|o| rejection(o).is_some()) {
             vanish(bob).await;
@@ -229,7 +233,7 @@ async fn a_tunnel_the_hub_disconnects_frees_its_port_and_hostname_at_once() {
         site("site", app.addr, Some("app")),
     ];
     // Only the closing listener may delay bob; nothing is held for alice.
-    let bob = eventually("bob to take the port", || async {
+    let bob = eventually("bob to take the port", DEADLINE, || async {
         let bob = start_tunnel(with_key(&hub, BOB, bobs.clone())).await;
         for reason in bob.outcomes.iter().filter_map(rejection) {
             assert!(!reason.contains("reserved"), "{reason}");

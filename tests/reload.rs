@@ -46,7 +46,7 @@ async fn echo_on(socket: &mut TcpStream, data: &[u8]) -> Vec<u8> {
 }
 
 async fn port_closed(addr: SocketAddr) {
-    eventually(&format!("{addr} to close"), || async {
+    eventually(&format!("{addr} to close"), DEADLINE, || async {
         TcpStream::connect(addr).await.is_err().then_some(())
     })
     .await;
@@ -231,7 +231,7 @@ async fn tunnelizectl_reload_and_sighup_apply_the_file_and_a_broken_file_is_refu
     let socket = dir.path().join("hub.sock");
     std::fs::write(&file, hub_file(dir.path(), TCP)).unwrap();
     let (mut hub, mut log) = spawn_daemon("hub", &file);
-    eventually("the hub's API", || async {
+    eventually("the hub's API", DEADLINE, || async {
         (service_names(&socket).await? == ["tcp"]).then_some(())
     })
     .await;
@@ -258,7 +258,7 @@ async fn tunnelizectl_reload_and_sighup_apply_the_file_and_a_broken_file_is_refu
 
     std::fs::write(&file, hub_file(dir.path(), MORE)).unwrap();
     sighup(&hub);
-    eventually("the SIGHUP reload", || async {
+    eventually("the SIGHUP reload", DEADLINE, || async {
         (service_names(&socket).await? == ["more"]).then_some(())
     })
     .await;
@@ -319,7 +319,7 @@ async fn a_tunnel_daemon_applies_its_file_on_reload_and_sighup_and_refuses_a_bro
     let socket = dir.path().join("tunnel.sock");
     std::fs::write(&file, tunnel_file(&hub, &socket, &[("a", echo_a)])).unwrap();
     let (mut tunnel, mut log) = spawn_daemon("tunnel", &file);
-    let first = eventually("the tunnel to connect", || async {
+    let first = eventually("the tunnel to connect", DEADLINE, || async {
         live_proxies(&socket).await.filter(|l| l.len() == 1)
     })
     .await;
@@ -357,7 +357,7 @@ async fn a_tunnel_daemon_applies_its_file_on_reload_and_sighup_and_refuses_a_bro
     );
     let said = String::from_utf8_lossy(&applied.stdout);
     assert!(said.contains("proxies 1 added (b)"), "{said}");
-    let both = eventually("both proxies live", || async {
+    let both = eventually("both proxies live", DEADLINE, || async {
         live_proxies(&socket).await.filter(|l| l.len() == 2)
     })
     .await;
@@ -369,7 +369,7 @@ async fn a_tunnel_daemon_applies_its_file_on_reload_and_sighup_and_refuses_a_bro
     // SIGHUP (what `systemctl reload` sends) removes one.
     std::fs::write(&file, tunnel_file(&hub, &socket, &[("b", echo_b)])).unwrap();
     sighup(&tunnel);
-    let left = eventually("the SIGHUP reload", || async {
+    let left = eventually("the SIGHUP reload", DEADLINE, || async {
         live_proxies(&socket).await.filter(|l| names(l) == ["b"])
     })
     .await;

@@ -19,8 +19,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use common::netns::{Daemon, HubFiles, TunnelFiles, connected, hub_view, public_port, within};
-use common::{DEADLINE, payload};
+use common::netns::{Daemon, HubFiles, TunnelFiles, connected, hub_view, public_port};
+use common::{DEADLINE, eventually, payload};
 use tunnelize::admin::client::AdminClient;
 
 const CLIENTS: usize = 10_000;
@@ -231,7 +231,7 @@ impl Pair {
         let started = Instant::now();
         let clients = open_clients(self.public, round).await;
         let opened = started.elapsed();
-        within(DEADLINE, "the hub to count every client", || async {
+        eventually("the hub to count every client", DEADLINE, || async {
             (hub_view(&self.hub_admin).await?.1 == CLIENTS).then_some(())
         })
         .await;
@@ -251,13 +251,13 @@ impl Pair {
     /// open files.
     async fn released(&self) {
         let started = Instant::now();
-        within(DEADLINE * 3, "the hub to count no client", || async {
+        eventually("the hub to count no client", DEADLINE * 3, || async {
             (hub_view(&self.hub_admin).await?.1 == 0).then_some(())
         })
         .await;
-        within(
-            DEADLINE * 3,
+        eventually(
             "both daemons to close their sockets",
+            DEADLINE * 3,
             || async {
                 let (hub, tunnel) = (self.hub.open_files(), self.tunnel.open_files());
                 (hub <= self.hub_idle.files + FD_SLACK
@@ -306,7 +306,7 @@ async fn start_pair(dir: &std::path::Path, target: SocketAddr) -> Pair {
     let mut first = common::connect(public).await;
     own_echo(&mut first, CLIENTS, 0).await.unwrap();
     drop(first);
-    within(DEADLINE, "the warm-up client to leave", || async {
+    eventually("the warm-up client to leave", DEADLINE, || async {
         (hub_view(&hub_admin).await?.1 == 0).then_some(())
     })
     .await;

@@ -141,12 +141,12 @@ async fn daemon_mode_detaches_writes_its_pidfile_and_stops_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(status.success());
-    let pid: u32 = common::eventually("the pidfile", || async {
+    let pid: u32 = common::eventually("the pidfile", DEADLINE, || async {
         std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
     })
     .await;
     let admin = AdminClient::unix(&admin_socket).with_timeout(Duration::from_secs(5));
-    let info: model::SystemInfo = common::eventually("the daemon's API", || async {
+    let info: model::SystemInfo = common::eventually("the daemon's API", DEADLINE, || async {
         admin.get(model::SYSTEM).await.ok()
     })
     .await;
@@ -155,7 +155,7 @@ async fn daemon_mode_detaches_writes_its_pidfile_and_stops_on_sigterm() {
         "the pidfile names the process serving the API"
     );
     signal(pid, "TERM");
-    common::eventually("the daemon to exit", || async {
+    common::eventually("the daemon to exit", DEADLINE, || async {
         let alive = std::process::Command::new("kill")
             .args(["-0", &pid.to_string()])
             .stderr(Stdio::null())

@@ -22,16 +22,18 @@ async fn a_stopping_hub_takes_no_new_clients_and_lets_connected_ones_finish() {
     assert!(echoes(&mut live, b"before").await);
 
     hub.stop.cancel();
-    eventually("the public port to stop accepting", || async {
+    eventually("the public port to stop accepting", DEADLINE, || async {
         TcpStream::connect(tunnel.addr(0))
             .await
             .is_err()
             .then_some(())
     })
     .await;
-    eventually("the tunnel listener to stop accepting", || async {
-        TcpStream::connect(hub.addr).await.is_err().then_some(())
-    })
+    eventually(
+        "the tunnel listener to stop accepting",
+        DEADLINE,
+        || async { TcpStream::connect(hub.addr).await.is_err().then_some(()) },
+    )
     .await;
     // The connected client still gets its bytes through, and the hub waits for it.
     assert!(echoes(&mut live, b"during the drain").await);

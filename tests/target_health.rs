@@ -50,9 +50,11 @@ async fn health(admin: &AdminClient, proxy: &str) -> (Option<bool>, Option<f64>)
 
 async fn reported(admin: &AdminClient, up: bool) {
     let want = (Some(up), Some(f64::from(u8::from(up))));
-    eventually(&format!("the target reported up = {up}"), || async {
-        (health(admin, "web").await == want).then_some(())
-    })
+    eventually(
+        &format!("the target reported up = {up}"),
+        DEADLINE,
+        || async { (health(admin, "web").await == want).then_some(()) },
+    )
     .await;
 }
 
@@ -90,7 +92,7 @@ async fn target_health_goes_down_when_the_target_stops_and_up_when_it_is_back() 
         .unwrap();
     let running = tokio::spawn(supervise(tunnel, Backoff::default(), stop.clone()));
     let admin = AdminClient::unix(&socket);
-    let status: TunnelStatus = eventually("the tunnel to connect", || async {
+    let status: TunnelStatus = eventually("the tunnel to connect", DEADLINE, || async {
         let s: TunnelStatus = admin.get(model::STATUS).await.ok()?;
         (s.state == "connected").then_some(s)
     })

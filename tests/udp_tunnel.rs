@@ -80,23 +80,23 @@ async fn start_whoami() -> SocketAddr {
 /// Sends `data` to `to` until a datagram starting with `data` comes back (resending every
 /// [`RESEND_AFTER`], failing after [`DEADLINE`]); returns it.
 async fn ask(socket: &UdpSocket, to: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let start = Instant::now();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
+    let what = format!("an answer to a {}-byte datagram sent to {to}", data.len());
+    eventually(&what, DEADLINE, || async {
         socket.send_to(data, to).await.unwrap();
-        let resend_at = tokio::time::Instant::now() + RESEND_AFTER;
-        while let Ok(received) = tokio::time::timeout_at(resend_at, socket.recv(&mut buf)).await {
-            let len = received.unwrap();
-            if buf[..len].starts_with(data) {
-                return buf[..len].to_vec();
+        let mut buf = vec![0u8; 64 * 1024];
+        let answer = async {
+            loop {
+                let len = socket.recv(&mut buf).await.unwrap();
+                if buf[..len].starts_with(data) {
+                    return buf[..len].to_vec();
+                }
             }
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "no answer to a {}-byte datagram sent to {to}",
-            data.len()
-        );
-    }
+        };
+        tokio::time::timeout(RESEND_AFTER, answer)
+            .await
+            .map_err(|_| format!("no answer within {RESEND_AFTER:?} of sending"))
+    })
+    .await
 }
 
 /// The source port the whoami target saw for this `ask`.
@@ -109,17 +109,10 @@ async fn seen_port(socket: &UdpSocket, to: SocketAddr, nonce: &str) -> u16 {
 /// Waits until the tunnel host's UDP port `port` is closed (binding it works), then holds it so
 /// that nothing else gets it.
 async fn wait_until_udp_port_closed(port: u16) -> std::net::UdpSocket {
-    let start = Instant::now();
-    loop {
-        if let Ok(socket) = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)) {
-            return socket;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "udp port {port} still open after {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(&format!("udp port {port} to close"), DEADLINE, || async {
+        std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -159,25 +152,20 @@ async fn a_hundred_clients_each_receive_only_their_own_replies() {
             tokio::spawn(async move {
                 let socket = client().await;
                 let mine = payload(5000 + i, 200 + i as usize);
-                let mut buf = vec![0u8; 64 * 1024];
-                let start = Instant::now();
-                let mut answers = 0;
                 // Three round trips each, so replies of different sessions interleave.
-                while answers < 3 {
-                    socket.send_to(&mine, to).await.unwrap();
-                    let Ok(received) =
-                        tokio::time::timeout(RESEND_AFTER, socket.recv(&mut buf)).await
-                    else {
-                        assert!(start.elapsed() < DEADLINE, "client {i} got no answer");
-                        continue;
-                    };
-                    let len = received.unwrap();
-                    assert_eq!(
-                        &buf[..len],
-                        &mine[..],
-                        "client {i} got someone else's reply"
-                    );
-                    answers += 1;
+                for _ in 0..3 {
+                    let reply = eventually(&format!("client {i}'s answer"), DEADLINE, || async {
+                        socket.send_to(&mine, to).await.unwrap();
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let len = tokio::time::timeout(RESEND_AFTER, socket.recv(&mut buf))
+                            .await
+                            .map_err(|_| "no answer within RESEND_AFTER of sending")?
+                            .unwrap();
+                        buf.truncate(len);
+                        Ok::<_, &str>(buf)
+                    })
+                    .await;
+                    assert_eq!(reply, mine, "client {i} got someone else's reply");
                 }
             })
         })
@@ -569,9 +557,11 @@ async fn a_port_whose_tunnel_cannot_forward_never_answers_and_the_hub_serves_on(
     }
     // The datagrams did cross the tunnel (to the silent target at least), and nothing comes
     // back from any of the three ports.
-    eventually("the silent target hears the datagrams", || async {
-        (heard.load(Ordering::SeqCst) >= 3).then_some(())
-    })
+    eventually(
+        "the silent target hears the datagrams",
+        DEADLINE,
+        || async { (heard.load(Ordering::SeqCst) >= 3).then_some(()) },
+    )
     .await;
     assert_silence(&socket, "no port whose target cannot answer may answer").await;
     assert_eq!(
@@ -653,17 +643,19 @@ async fn a_client_receives_exactly_the_datagrams_the_target_sent() {
         }
         let mut received = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while received.len() < expected.len() {
-            let Ok(got) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await else {
-                panic!(
-                    "proxy {index}: {} of {} replies arrived",
-                    received.len(),
-                    expected.len()
-                );
-            };
-            received.push(buf[..got.unwrap()].to_vec());
-        }
+        let all = tokio::time::timeout(DEADLINE, async {
+            while received.len() < expected.len() {
+                let len = socket.recv(&mut buf).await.unwrap();
+                received.push(buf[..len].to_vec());
+            }
+        })
+        .await;
+        assert!(
+            all.is_ok(),
+            "proxy {index}: {} of {} replies arrived",
+            received.len(),
+            expected.len()
+        );
         assert_silence(
             &socket,
             &format!("proxy {index}: every reply already arrived"),
@@ -805,18 +797,22 @@ async fn a_flood_of_undeliverable_datagrams_is_logged_at_most_once_per_interval(
     // Every client's first datagram opens a session that the tunnel refuses, dropping at
     // least that datagram: wait for those refusals (the hub counts them in its metrics).
     let admin = tunnelize::admin::client::AdminClient::unix(&admin_socket);
-    let refused = eventually("the tunnel refuses a session of every client", || async {
-        let metrics = admin.get_text("/metrics").await.ok()?;
-        let refused: u64 = metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("tunnelize_rejected_total{reason=\"target_unreachable\"} ")
-            })?
-            .trim()
-            .parse()
-            .ok()?;
-        (refused >= CLIENTS as u64).then_some(refused)
-    })
+    let refused = eventually(
+        "the tunnel refuses a session of every client",
+        DEADLINE,
+        || async {
+            let metrics = admin.get_text("/metrics").await.ok()?;
+            let refused: u64 = metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("tunnelize_rejected_total{reason=\"target_unreachable\"} ")
+                })?
+                .trim()
+                .parse()
+                .ok()?;
+            (refused >= CLIENTS as u64).then_some(refused)
+        },
+    )
     .await;
     // The drops are logged...
     let first = wait_for_line(&mut lines, &mut seen, "dropping udp datagrams").await;
@@ -932,32 +928,36 @@ async fn try_start_dnsmasq() -> Result<Dnsmasq, String> {
     // Ready once it answers.
     let socket = client().await;
     let query = dns_query(1, "ready.a.example.test");
-    let start = Instant::now();
-    let mut buf = [0u8; 512];
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                use tokio::io::AsyncReadExt;
-                let _ = pipe.read_to_string(&mut stderr).await;
+    // Done waiting when it answers (`None`) or has exited (`Some` with its status).
+    let exited = eventually(&format!("dnsmasq to answer on {addr}"), DEADLINE, || {
+        let exited = child.try_wait().ok().flatten();
+        let (socket, query) = (&socket, &query);
+        async move {
+            if exited.is_some() {
+                return Ok(exited);
             }
-            return Err(format!("dnsmasq exited with {status}: {stderr}"));
+            socket.send_to(query, addr).await.unwrap();
+            let mut buf = [0u8; 512];
+            let len = tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf))
+                .await
+                .map_err(|_| "no answer within 100 ms".to_owned())?
+                .map_err(|e| e.to_string())?;
+            parse_a_answer(&buf[..len], 1, "ready.a.example.test").map(|_| None)
         }
-        socket.send_to(&query, addr).await.unwrap();
-        if let Ok(Ok(len)) =
-            tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf)).await
-            && parse_a_answer(&buf[..len], 1, "ready.a.example.test").is_ok()
-        {
-            return Ok(Dnsmasq {
-                addr,
-                _child: child,
-            });
+    })
+    .await;
+    if let Some(status) = exited {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            use tokio::io::AsyncReadExt;
+            let _ = pipe.read_to_string(&mut stderr).await;
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "dnsmasq never answered on {addr}"
-        );
+        return Err(format!("dnsmasq exited with {status}: {stderr}"));
     }
+    Ok(Dnsmasq {
+        addr,
+        _child: child,
+    })
 }
 
 /// A standard query for the A record of `name`, with recursion desired.
@@ -1022,11 +1022,12 @@ fn parse_a_answer(resp: &[u8], id: u16, name: &str) -> Result<Ipv4Addr, String> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dnsmasq (Debian package dnsmasq-base)"]
 async fn two_hundred_parallel_dns_queries_through_a_tunnel_are_all_answered_correctly() {
     let dns = start_dnsmasq().await;
     let (_hub, tunnel) = udp_tunnel(dns.addr, Duration::from_secs(60), 1024).await;
     let to = tunnel.addr(0);
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let queries: Vec<_> = (0..200u16)
         .map(|i| {
             let failures = failures.clone();
@@ -1036,30 +1037,20 @@ async fn two_hundred_parallel_dns_queries_through_a_tunnel_are_all_answered_corr
                 let id = 0x1000 + i;
                 let socket = client().await;
                 let query = dns_query(id, &name);
-                let mut buf = [0u8; 512];
-                let start = Instant::now();
-                loop {
+                let answer = eventually(&format!("an answer for {name}"), DEADLINE, || async {
                     socket.send_to(&query, to).await.unwrap();
-                    if let Ok(received) =
-                        tokio::time::timeout(RESEND_AFTER, socket.recv(&mut buf)).await
-                    {
-                        let len = received.unwrap();
-                        match parse_a_answer(&buf[..len], id, &name) {
-                            Ok(ip) if ip == Ipv4Addr::from(want) => return,
-                            Ok(ip) => {
-                                failures.lock().unwrap().push(format!("{name}: got {ip}"));
-                                return;
-                            }
-                            Err(e) => {
-                                failures.lock().unwrap().push(format!("{name}: {e}"));
-                                return;
-                            }
-                        }
-                    }
-                    if start.elapsed() > DEADLINE {
-                        failures.lock().unwrap().push(format!("{name}: no answer"));
-                        return;
-                    }
+                    let mut buf = [0u8; 512];
+                    let len = tokio::time::timeout(RESEND_AFTER, socket.recv(&mut buf))
+                        .await
+                        .map_err(|_| "no answer within RESEND_AFTER of sending")?
+                        .unwrap();
+                    Ok::<_, &str>(parse_a_answer(&buf[..len], id, &name))
+                })
+                .await;
+                match answer {
+                    Ok(ip) if ip == Ipv4Addr::from(want) => {}
+                    Ok(ip) => failures.lock().push(format!("{name}: got {ip}")),
+                    Err(e) => failures.lock().push(format!("{name}: {e}")),
                 }
             })
         })
@@ -1067,7 +1058,7 @@ async fn two_hundred_parallel_dns_queries_through_a_tunnel_are_all_answered_corr
     for query in queries {
         query.await.unwrap();
     }
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock();
     assert!(
         failures.is_empty(),
         "{} queries failed: {failures:?}",

@@ -1,5 +1,5 @@
 //! Shared helpers for integration tests: in-process hubs and tunnels on 127.0.0.1 with port 0,
-//! local targets, deterministic payloads, and deadline-bounded polling.
+//! local targets, deterministic payloads, and [`eventually`], the one way a test waits.
 
 #![allow(dead_code)]
 
@@ -134,20 +134,73 @@ pub async fn start_hub_full(
     (hub, listeners, view)
 }
 
-/// Polls `check` until it returns `Some`, at most until [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// How often [`eventually`] looks again.
+pub const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// What one look at an awaited condition saw: the value waited for, or what was there instead.
+pub trait Look {
+    type Value;
+    /// `Ok` with the value waited for, or `Err` saying what was seen instead.
+    fn seen(self) -> Result<Self::Value, String>;
+}
+
+impl<T> Look for Option<T> {
+    type Value = T;
+    fn seen(self) -> Result<T, String> {
+        self.ok_or_else(|| "not yet".to_owned())
+    }
+}
+
+impl<T, E: std::fmt::Display> Look for Result<T, E> {
+    type Value = T;
+    fn seen(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Looks with `check` every [`POLL_EVERY`] until it sees what it waits for (`Some`, `Ok`) and
+/// returns that. Bounded in time and in count: at most `limit` (a look still running then is
+/// cut short) and at most as many looks as fit in it, so that a clock that does not move
+/// (tokio's paused time) ends the wait too. Otherwise panics, naming `what` it waited for and
+/// what the last look saw (the `Err`; for `None`, "not yet").
+///
+/// `check` makes a new future for each look; a look that needs to change what the test holds
+/// does that in the closure's body, before the `async` block (or through a lock).
+pub async fn eventually<L, Fut>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Fut,
+) -> L::Value
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    L: Look,
+    Fut: std::future::Future<Output = L>,
 {
     let start = std::time::Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
+    let most = limit.as_millis() / POLL_EVERY.as_millis() + 1;
+    let mut last = "nothing: no look finished".to_owned();
+    let mut looks = 0;
+    while looks < most {
+        looks += 1;
+        let left = limit.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, check()).await {
+            Ok(look) => match look.seen() {
+                Ok(value) => return value,
+                Err(seen) => last = seen,
+            },
+            Err(_) => {
+                last = format!("{last} (and look {looks} did not finish in time)");
+                break;
+            }
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if start.elapsed() >= limit {
+            break;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
     }
+    panic!(
+        "gave up waiting for {what} after {:?} and {looks} looks; the last one saw: {last}",
+        start.elapsed()
+    );
 }
 
 pub fn proxy(name: &str, service: &str, target: SocketAddr, port: Option<u16>) -> ProxyConfig {
@@ -257,14 +310,10 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
 
 /// Connects, retrying until `DEADLINE` (for a port that is about to open).
 pub async fn connect(addr: SocketAddr) -> TcpStream {
-    let start = std::time::Instant::now();
-    loop {
-        match TcpStream::connect(addr).await {
-            Ok(s) => return s,
-            Err(e) if start.elapsed() > DEADLINE => panic!("cannot connect to {addr}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
+    eventually(&format!("a connection to {addr}"), DEADLINE, || {
+        TcpStream::connect(addr)
+    })
+    .await
 }
 
 /// Sends `data`, half-closes, and returns everything read back until EOF.

@@ -12,35 +12,17 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{DEADLINE, KEY};
+use super::{DEADLINE, KEY, eventually};
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, ServiceInfo, TunnelInfo, TunnelStatus};
-
-/// Polls `check` every 20 ms until it returns `Some`; panics with `what` after `limit`.
-pub async fn within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A name no other run or test uses: the process id and a counter.
 pub fn unique(prefix: &str) -> String {
@@ -177,16 +159,8 @@ impl Netns {
 
     /// Connects from inside this namespace, retrying until `DEADLINE` (a port about to open).
     pub async fn connect_soon(&self, addr: SocketAddr) -> TcpStream {
-        let start = Instant::now();
-        loop {
-            match self.connect(addr) {
-                Ok(s) => return s,
-                Err(e) if start.elapsed() > DEADLINE => {
-                    panic!("cannot connect to {addr} in {}: {e}", self.name)
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        let what = format!("a connection to {addr} in {}", self.name);
+        eventually(&what, DEADLINE, || async { self.connect(addr) }).await
     }
 }
 
@@ -332,7 +306,7 @@ impl Daemon {
         let sink = log.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock().unwrap();
+                let mut log = sink.lock();
                 if log.lines.len() >= LOG_LINES_KEPT {
                     log.lines.remove(0);
                     log.dropped += 1;
@@ -351,42 +325,43 @@ impl Daemon {
 
     /// The last lines of its log, for failure messages.
     pub fn tail(&self) -> String {
-        let log = self.log.lock().unwrap();
+        let log = self.log.lock();
         let from = log.lines.len().saturating_sub(30);
         log.lines[from..].join("\n")
     }
 
     /// Waits for a log line containing `what` after the last one found.
     pub async fn wait_for_line(&mut self, what: &str) -> String {
-        let start = Instant::now();
-        loop {
+        let awaited = format!("{} to log {what:?}", self.what);
+        eventually(&awaited, DEADLINE, || {
+            std::future::ready(self.next_line_with(what))
+        })
+        .await
+    }
+
+    /// The first log line after the last one found that contains `what`, or the log's tail;
+    /// panics if the process has exited.
+    fn next_line_with(&mut self, what: &str) -> Result<String, String> {
+        {
+            let log = self.log.lock();
+            let from = self.cursor.saturating_sub(log.dropped);
+            if let Some(i) = log.lines[from.min(log.lines.len())..]
+                .iter()
+                .position(|l| l.contains(what))
             {
-                let log = self.log.lock().unwrap();
-                let from = self.cursor.saturating_sub(log.dropped);
-                if let Some(i) = log.lines[from.min(log.lines.len())..]
-                    .iter()
-                    .position(|l| l.contains(what))
-                {
-                    let index = from + i;
-                    self.cursor = log.dropped + index + 1;
-                    return log.lines[index].clone();
-                }
+                let index = from + i;
+                self.cursor = log.dropped + index + 1;
+                return Ok(log.lines[index].clone());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before logging {what:?}:\n{}",
-                    self.what,
-                    self.tail()
-                );
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "{} did not log {what:?} in time:\n{}",
+        }
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited ({status}) before logging {what:?}:\n{}",
                 self.what,
                 self.tail()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Err(format!("not yet; its last lines:\n{}", self.tail()))
     }
 
     /// The hub's tunnel listener, from its "hub listening for tunnels" log line.
@@ -528,7 +503,7 @@ impl TunnelFiles {
 
 /// The tunnel's status once it is connected with every proxy live.
 pub async fn connected(admin: &AdminClient, limit: Duration) -> TunnelStatus {
-    within(limit, "the tunnel to connect", || async {
+    eventually("the tunnel to connect", limit, || async {
         let status: TunnelStatus = admin.get(model::STATUS).await.ok()?;
         (status.state == "connected" && status.proxies.iter().all(|p| p.state == "live"))
             .then_some(status)

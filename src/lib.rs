@@ -5,20 +5,31 @@
 //! and forwards every public client the hub hands it to a local target.
 //!
 //! Layout, by responsibility:
-//! - [`protocol`]: the wire format (preamble, frames, messages, link stream heads); no I/O.
+//! - [`protocol`]: the wire format (preamble, frames, messages, link stream heads, datagram
+//!   framing) and the control session's steps as a state machine ([`protocol::session`]); no
+//!   I/O.
 //! - [`channel`]: framed message I/O with deadlines, on top of [`protocol`].
-//! - [`mux`]: HTTP/2 settings for link connections and the byte pump for link streams.
+//! - [`mux`]: HTTP/2 settings for link connections, the byte pump for link streams and the
+//!   datagram reader of udp proxies.
 //! - [`config`]: strict TOML configuration for both daemons.
 //! - [`tls`]: certificates, fingerprints and hub verification.
-//! - [`hub`]: the hub daemon (registry, control channels, link broker, one file per service kind).
-//! - [`tunnel`]: the tunnel daemon (control client, reconnects, forwarders).
-//! - [`admin`]: the monitoring/control API (model, server, client).
+//! - [`hub`]: the hub daemon: registry, control channels, link connections, and one module per
+//!   service kind: [`hub::tcp`], [`hub::udp`], and [`hub::http`] (http/https: the reverse proxy
+//!   that routes by Host, the largest part of the hub).
+//! - [`tunnel`]: the tunnel daemon (control client, reconnects, link workers forwarding streams
+//!   and udp sessions to targets, reload, `tunnelize init`'s bootstrap).
+//! - [`admin`]: the monitoring/control API (model, server, client, Prometheus text).
 //! - [`demo`]: `tunnelize demo`, everything on loopback with an embedded default.
-//! - [`daemon`]: process concerns (logging).
+//! - [`daemon`]: process concerns (logging, service-manager notifications, memory).
 //! - [`secret`]: secrets that never print.
+//!
+//! docs/architecture.md has the task trees of both daemons, docs/protocol.md the wire format.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+// The module docs are the maintainers' map and link to crate-internal modules on purpose; they
+// resolve in `cargo doc --document-private-items`, which is how to read them.
+#![allow(rustdoc::private_intra_doc_links)]
 // A std lock held across an await can deadlock the runtime; make the lint a hard error.
 #![deny(clippy::await_holding_lock)]
 
@@ -28,7 +39,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod hub;
-pub mod mux;
+pub(crate) mod mux;
 pub mod protocol;
 pub mod secret;
 pub mod tls;

@@ -1,6 +1,6 @@
 //! The admin API's routes (axum): what each path answers for a hub and for a tunnel daemon, and
 //! the bearer-key check of the hub's TLS listener. Transport (socket, TLS) is in
-//! [`server`](super::server); the documents are in [`model`](super::model).
+//! [`server`](super::server); the documents are in [`model`].
 //!
 //! Every answer is JSON except `/metrics` (Prometheus text) and `/healthz` (`ok`). Errors are a
 //! [`Message`] with the HTTP status saying what kind of error it is.

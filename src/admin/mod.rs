@@ -101,10 +101,12 @@ pub async fn serve_hub(
             let listener = TcpListener::bind(addr).await.map_err(fail)?;
             let bound = listener.local_addr().map_err(fail)?;
             let server_config = identity.server_config().map_err(ServeError::Tls)?;
+            let accepts = view.acceptor();
             let keyed = api::with_key(router, view, key.clone());
             tasks.spawn(server::serve_tls(
                 listener,
                 TlsAcceptor::from(server_config),
+                accepts,
                 keyed,
                 shutdown.clone(),
             ));

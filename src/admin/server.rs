@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
+use crate::hub::accept::Acceptor;
+
 /// Connections the TLS listener serves at once; more wait in the kernel's backlog.
 const MAX_TLS_CONNECTIONS: usize = 128;
 /// Deadline for a TLS handshake and for each request head on the TLS listener.
@@ -140,6 +142,7 @@ pub async fn serve_socket(
 pub async fn serve_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    accepts: Arc<Acceptor>,
     router: Router,
     shutdown: CancellationToken,
 ) {
@@ -157,7 +160,7 @@ pub async fn serve_tls(
         };
         let (socket, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
-            accepted = crate::hub::accept::accept(&listener, "admin listener") => match accepted {
+            accepted = accepts.accept(&listener, "admin listener") => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     warn!(error = %e, "accepting an admin connection failed");

@@ -1,7 +1,11 @@
 //! An I/O adapter that fails a connection which moves no byte, in either direction, for a
-//! given time: the deadline for every read and write that waits on a peer of the http/https
-//! services (request bodies, keep-alive connections, upgraded connections), on top of the
-//! protocol's own deadlines (header read timeout, response timeout).
+//! given time ([`IdleIo`]): the deadline for every read and write that waits on a peer of the
+//! http/https services (request bodies, keep-alive connections, upgraded connections), on top
+//! of the protocol's own deadlines (header read timeout, response timeout).
+//!
+//! It is one [`IoWatch`] of [`WatchedIo`], the adapter that shows each read and write of a
+//! connection to a watch as it passes (the http service's request-head inspection is another).
+//! A watch judges outcomes; it never reads or writes on its own.
 
 use std::future::Future;
 use std::io;
@@ -12,27 +16,62 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// `inner`, closed with [`io::ErrorKind::TimedOut`] after `limit` without progress.
-pub struct IdleIo<S> {
-    inner: S,
-    limit: Duration,
-    deadline: Pin<Box<Sleep>>,
+/// What a [`WatchedIo`] does with the outcome of each read and write of the I/O it wraps.
+pub trait IoWatch: Unpin {
+    /// Sees a read's outcome (`fresh`: the bytes it added) and says what to report.
+    fn read(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<()>>,
+        fresh: &[u8],
+    ) -> Poll<io::Result<()>>;
+
+    /// Sees a write's outcome and says what to report: by default, the outcome as it is.
+    fn wrote(
+        &mut self,
+        _cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        polled
+    }
 }
+
+/// `inner`, with every read and write shown to `watch`; flush and shutdown pass through.
+pub struct WatchedIo<S, W> {
+    inner: S,
+    watch: W,
+}
+
+impl<S, W: IoWatch> WatchedIo<S, W> {
+    /// Wraps `inner`.
+    pub fn watched(inner: S, watch: W) -> Self {
+        WatchedIo { inner, watch }
+    }
+}
+
+/// `inner`, closed with [`io::ErrorKind::TimedOut`] after `limit` without progress.
+pub type IdleIo<S> = WatchedIo<S, IdleDeadline>;
 
 impl<S> IdleIo<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, limit: Duration) -> Self {
-        IdleIo {
+        WatchedIo::watched(
             inner,
-            limit,
-            deadline: Box::pin(tokio::time::sleep(limit)),
-        }
+            IdleDeadline {
+                limit,
+                deadline: Box::pin(tokio::time::sleep(limit)),
+            },
+        )
     }
+}
 
-    fn progressed(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.limit);
-    }
+/// The [`IoWatch`] of an [`IdleIo`]: the time without progress it allows, and when it ends.
+pub struct IdleDeadline {
+    limit: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
 
+impl IdleDeadline {
     /// Turns the inner I/O's answer into ours: progress (`moved` true) resets the deadline; a
     /// wait fails once the deadline passed (polling the deadline registers its wake-up).
     fn settle<T>(
@@ -44,7 +83,7 @@ impl<S> IdleIo<S> {
         match polled {
             Poll::Ready(Ok(value)) => {
                 if moved(&value) {
-                    self.progressed();
+                    self.deadline.as_mut().reset(Instant::now() + self.limit);
                 }
                 Poll::Ready(Ok(value))
             }
@@ -60,36 +99,57 @@ impl<S> IdleIo<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl IoWatch for IdleDeadline {
+    fn read(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        polled: Poll<io::Result<()>>,
+        fresh: &[u8],
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let after = buf.filled().len();
-        self.settle(cx, polled, |()| after > before)
+        self.settle(cx, polled, |()| !fresh.is_empty())
+    }
+
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        self.settle(cx, polled, |n| *n > 0)
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
+impl<S: AsyncRead + Unpin, W: IoWatch> AsyncRead for WatchedIo<S, W> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.watch.read(cx, polled, &buf.filled()[before..])
+    }
+}
+
+impl<S: AsyncWrite + Unpin, W: IoWatch> AsyncWrite for WatchedIo<S, W> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.settle(cx, polled, |n| *n > 0)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch.wrote(cx, polled)
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.settle(cx, polled, |n| *n > 0)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch.wrote(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -32,6 +32,11 @@ impl HubView {
         HubView { shared }
     }
 
+    /// The hub's accept state, for the admin API's TLS listener.
+    pub(crate) fn acceptor(&self) -> Arc<crate::hub::accept::Acceptor> {
+        self.shared.accepts.clone()
+    }
+
     /// When the hub started.
     pub fn started(&self) -> SystemTime {
         self.shared.started

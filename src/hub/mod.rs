@@ -3,23 +3,37 @@
 //! [`Hub::run`] takes an already bound listener and a cancellation token, so the binary and the
 //! tests start it the same way. Each accepted connection gets its own task: the TLS handshake
 //! and the first read never run in the accept loop, and every one of them has a deadline. The
-//! preamble decides whether the connection is a control channel ([`control`]) or a link
-//! connection ([`links`]). Public endpoints live in one file per service kind ([`tcp`],
-//! [`udp`]).
+//! preamble decides whether the connection is a control channel ([`control`], which drives
+//! [`crate::protocol::session`]) or a link connection ([`links`]).
+//!
+//! Where each part lives:
+//! - sessions and what they hold: [`registry`] (sessions, claimed ports, ports held for lost
+//!   sessions), [`clients`] (every connected client, with byte counters), [`control`] and its
+//!   `claims` (a port or hostname per proxy), [`links`] (the HTTP/2 connections streams ride on);
+//! - public endpoints, one module per service kind: [`tcp`] (one accept loop per proxy, a task
+//!   per client), [`udp`] (one receive loop per proxy, a task per client address), [`http`]
+//!   (`http`/`https` services: accept loop, a task per connection, requests validated, routed
+//!   by Host and forwarded with retry); `ports` claims and binds the tcp and udp ports;
+//! - shared concerns: [`accept`] (the hub's accept loops at the open-file limit), [`idle`] (the
+//!   no-progress deadline of http connections), [`lockout`] (failed logins), [`metrics`]
+//!   (counters), [`inspect`] (what the admin API sees: [`inspect::HubView`]), [`reload`]
+//!   (plan, prepare, apply a new configuration).
+//!
+//! docs/architecture.md draws the task tree of each of them.
 
 pub(crate) mod accept;
-pub mod clients;
-pub mod control;
+pub(crate) mod clients;
+pub(crate) mod control;
 pub mod http;
-pub mod idle;
+pub(crate) mod idle;
 pub mod inspect;
-pub mod links;
-pub mod lockout;
-pub mod metrics;
+pub(crate) mod links;
+pub(crate) mod lockout;
+pub(crate) mod metrics;
 mod ports;
-pub mod registry;
-pub mod reload;
-pub mod tcp;
+pub(crate) mod registry;
+pub(crate) mod reload;
+pub(crate) mod tcp;
 pub mod udp;
 
 use std::collections::HashMap;
@@ -72,9 +86,9 @@ pub(crate) struct Shared {
     /// which apply until a restart. What a reload changes is read through [`Shared::current`].
     pub config: HubConfig,
     /// The configuration in force now (keys, services): replaced whole by a reload.
-    current: std::sync::RwLock<Arc<HubConfig>>,
+    current: parking_lot::RwLock<Arc<HubConfig>>,
     /// The TLS acceptor of the tunnel listener (a reload can replace its certificate).
-    tunnel_acceptor: std::sync::RwLock<TlsAcceptor>,
+    tunnel_acceptor: parking_lot::RwLock<TlsAcceptor>,
     /// Cancelled when the hub starts stopping: every accept loop (http/https services, tcp
     /// proxies, new udp sessions) stops taking clients, while live ones drain.
     stop: CancellationToken,
@@ -95,6 +109,8 @@ pub(crate) struct Shared {
     pub lockouts: lockout::LockoutTable,
     /// Permits for TLS handshakes in progress on the tunnel listener (`[limits] handshakes`).
     handshakes: Arc<tokio::sync::Semaphore>,
+    /// The reserve descriptor and lock of every accept loop of this hub (`hub::accept`).
+    pub accepts: Arc<accept::Acceptor>,
     /// When the hub started.
     pub started: std::time::SystemTime,
 }
@@ -102,10 +118,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// The configuration in force now.
     pub fn current(&self) -> Arc<HubConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     /// Counts a failed login from `ip` toward its lockout.
@@ -119,10 +132,7 @@ impl Shared {
     }
 
     fn tunnel_acceptor(&self) -> TlsAcceptor {
-        self.tunnel_acceptor
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.tunnel_acceptor.read().clone()
     }
 }
 
@@ -181,8 +191,8 @@ impl Hub {
             lockout::DEFAULT_CAPACITY,
         );
         let shared = Shared {
-            current: std::sync::RwLock::new(Arc::new(config.clone())),
-            tunnel_acceptor: std::sync::RwLock::new(acceptor),
+            current: parking_lot::RwLock::new(Arc::new(config.clone())),
+            tunnel_acceptor: parking_lot::RwLock::new(acceptor),
             stop: CancellationToken::new(),
             sessions_root: CancellationToken::new(),
             running: parking_lot::Mutex::default(),
@@ -194,6 +204,7 @@ impl Hub {
             metrics: metrics::HubMetrics::default(),
             lockouts,
             handshakes: Arc::new(tokio::sync::Semaphore::new(config_handshakes)),
+            accepts: Arc::default(),
             started: std::time::SystemTime::now(),
         };
         Ok(Hub {
@@ -244,7 +255,7 @@ impl Hub {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                accepted = accept::accept(&listener, "tunnel listener") => match accepted {
+                accepted = self.shared.accepts.accept(&listener, "tunnel listener") => match accepted {
                     Ok((socket, peer)) => {
                         // Handshakes in progress are bounded; over the limit a connection is
                         // closed at once rather than queued.

@@ -72,6 +72,19 @@ pub struct TunnelSession {
     answered: Notify,
 }
 
+#[cfg(test)]
+impl TunnelSession {
+    /// A session for unit tests: tunnel `t` from 127.0.0.1:1, of `key_name` if given.
+    pub(crate) fn for_test(key_name: Option<&str>) -> Arc<Self> {
+        Arc::new(TunnelSession::new(
+            "t".into(),
+            key_name.map(str::to_owned),
+            "127.0.0.1:1".parse().unwrap(),
+            &CancellationToken::new(),
+        ))
+    }
+}
+
 impl TunnelSession {
     /// A new session whose lifetime is bounded by `parent`.
     pub fn new(
@@ -402,12 +415,7 @@ mod tests {
     use super::*;
 
     fn session() -> Arc<TunnelSession> {
-        Arc::new(TunnelSession::new(
-            "t".into(),
-            None,
-            "127.0.0.1:1".parse().unwrap(),
-            &CancellationToken::new(),
-        ))
+        TunnelSession::for_test(None)
     }
 
     #[test]
@@ -466,12 +474,7 @@ mod tests {
     }
 
     fn keyed(key_name: &str) -> Arc<TunnelSession> {
-        Arc::new(TunnelSession::new(
-            "t".into(),
-            Some(key_name.into()),
-            "127.0.0.1:1".parse().unwrap(),
-            &CancellationToken::new(),
-        ))
+        TunnelSession::for_test(Some(key_name))
     }
 
     /// Inserts `session` and gives it the TCP port `key` as a proxy.

@@ -51,7 +51,7 @@ pub(crate) fn start_service(
         shared.service_addrs.insert(&name, addr);
     }
     let stop = shared.stop.child_token();
-    let acceptor: http::SharedAcceptor = Arc::new(std::sync::RwLock::new(acceptor));
+    let acceptor: http::SharedAcceptor = Arc::new(parking_lot::RwLock::new(acceptor));
     let done = shared.tasks.spawn(http::serve(
         shared.clone(),
         name.clone(),
@@ -382,12 +382,9 @@ async fn apply(
     prepared: Prepared,
 ) -> String {
     let mut notes = Vec::new();
-    *shared.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+    *shared.current.write() = new.clone();
     if let Some(acceptor) = prepared.tunnel_acceptor {
-        *shared
-            .tunnel_acceptor
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = acceptor;
+        *shared.tunnel_acceptor.write() = acceptor;
         notes.push("certificates re-read".to_owned());
     }
     renew_certificates(shared, prepared.renewed);
@@ -409,7 +406,7 @@ fn renew_certificates(shared: &Shared, renewed: Vec<(String, TlsAcceptor)>) {
     let running = shared.running.lock();
     for (name, acceptor) in renewed {
         if let Some(service) = running.get(&name) {
-            *service.acceptor.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor);
+            *service.acceptor.write() = Some(acceptor);
         }
     }
 }

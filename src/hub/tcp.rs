@@ -63,7 +63,7 @@ async fn accept_clients(
                 () = session.cancel.cancelled() => break,
                 // The hub is stopping: no new clients; live ones drain on their own tasks.
                 () = shared.stop.cancelled() => break,
-                accepted = super::accept::accept(&listener, "tcp proxy") => match accepted {
+                accepted = shared.accepts.accept(&listener, "tcp proxy") => match accepted {
                     Ok((socket, peer)) => {
                         let limits = shared.current().limits;
                         let client = match shared.registry.try_open_client(&session, &service, &proxy, peer, &limits) {

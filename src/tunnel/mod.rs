@@ -9,10 +9,10 @@
 //! `[reconnect]` table).
 
 pub mod bootstrap;
-pub mod forward;
+pub(crate) mod forward;
 pub mod reload;
-pub mod status;
-pub mod udp;
+pub(crate) mod status;
+pub(crate) mod udp;
 
 use std::collections::HashMap;
 use std::sync::Arc;

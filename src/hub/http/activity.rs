@@ -5,17 +5,15 @@
 //! keep-alive pings move bytes, so an idle h2 connection would never look idle. Here a request
 //! counts as active from the moment it arrives until its response body is finished or dropped.
 
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::upstream::{Body as ProxyBody, BoxError};
+use super::body::{Polled, Watch};
 
 /// Requests in flight on one connection, and when the last one ended.
 #[derive(Debug)]
@@ -45,7 +43,7 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        let since = *self.idle_since.lock();
         Some(since + limit)
     }
 }
@@ -57,55 +55,35 @@ pub(crate) struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         // Stamp before decrementing, so a reader that sees zero in flight sees this time.
-        *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *self.0.idle_since.lock() = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A response body that keeps its request counted as active until it ends or is dropped.
-pub(crate) struct Tracked {
-    inner: ProxyBody,
-    busy: Option<Busy>,
-}
+/// The [`Watch`] that keeps a response's request counted as active until its body ends, fails
+/// or is dropped.
+pub(crate) struct Tracked(Option<Busy>);
 
 impl Tracked {
-    /// Wraps `inner`, holding `busy` until the body is done.
-    pub(crate) fn new(inner: ProxyBody, busy: Busy) -> Self {
-        Tracked {
-            inner,
-            busy: Some(busy),
-        }
+    /// Holds `busy` until the watched body is done.
+    pub(crate) fn new(busy: Busy) -> Self {
+        Tracked(Some(busy))
     }
 }
 
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+impl Watch for Tracked {
+    fn after(&mut self, polled: &Polled) {
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            self.busy = None;
+            self.0 = None;
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Full};
+    use crate::hub::http::body::{Watched, full};
+    use http_body_util::BodyExt;
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_only_while_no_response_is_in_flight() {
@@ -115,10 +93,7 @@ mod tests {
         assert_eq!(activity.idle_deadline(limit), Some(start + limit));
 
         let busy = activity.begin();
-        let body = Full::new(Bytes::from_static(b"hello"))
-            .map_err(|never| match never {})
-            .boxed();
-        let mut tracked = Tracked::new(body, busy);
+        let mut tracked = Watched::new(full("hello"), Tracked::new(busy));
         assert_eq!(activity.idle_deadline(limit), None);
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(
@@ -135,10 +110,7 @@ mod tests {
 
         // A body dropped unfinished (the client reset the stream) ends the request too.
         let busy = activity.begin();
-        let body = Full::new(Bytes::from_static(b"x"))
-            .map_err(|never| match never {})
-            .boxed();
-        drop(Tracked::new(body, busy));
+        drop(Watched::new(full("x"), Tracked::new(busy)));
         assert!(activity.idle_deadline(limit).is_some());
     }
 }

@@ -6,12 +6,12 @@
 //! every request does not pay for it again.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::Engine;
+use parking_lot::{Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::BasicAuth;
@@ -69,7 +69,7 @@ pub struct AuthCache {
 
 impl AuthCache {
     fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Instant>> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        self.seen.lock()
     }
 
     /// Whether `header` (the `Authorization` value, if any) carries the proxy's credentials.

@@ -72,88 +72,92 @@ impl HeadInspector {
     /// Feeds bytes the client sent.
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            data = match &mut self.state {
-                State::Raw => return,
-                State::Head(buf) => {
-                    // Skip blank lines between requests, as hyper does.
-                    if buf.is_empty() {
-                        let skip = data
-                            .iter()
-                            .take_while(|b| **b == b'\r' || **b == b'\n')
-                            .count();
-                        data = &data[skip..];
-                        if data.is_empty() {
-                            return;
-                        }
-                    }
-                    let before = buf.len();
-                    buf.extend_from_slice(data);
-                    // Search from a little before the new bytes, so a CRLFCRLF split across
-                    // reads is found.
-                    let from = before.saturating_sub(3);
-                    match find(&buf[from..], b"\r\n\r\n") {
-                        Some(pos) => {
-                            let end = from + pos + 4;
-                            let consumed = end - before;
-                            let head = std::mem::take(buf);
-                            self.judge(&head[..end]);
-                            &data[consumed..]
-                        }
-                        None => {
-                            if buf.len() > self.max_head {
-                                self.state = State::Raw;
-                            }
-                            return;
-                        }
-                    }
+            match self.step(data) {
+                Some(rest) => data = rest,
+                None => return,
+            }
+        }
+    }
+
+    /// Takes what the current state needs from `data`; the bytes after it, or `None` when
+    /// `data` is used up (or inspection has stopped).
+    fn step<'d>(&mut self, data: &'d [u8]) -> Option<&'d [u8]> {
+        match &mut self.state {
+            State::Raw => None,
+            State::Head(_) => self.head(data),
+            State::Body(left) | State::ChunkData(left) => {
+                let n = (*left).min(data.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    self.state = match self.state {
+                        State::Body(_) => State::Head(Vec::new()),
+                        _ => State::ChunkSize(Vec::new()),
+                    };
                 }
-                State::Body(left) => {
-                    let n = (*left).min(data.len() as u64);
-                    *left -= n;
-                    if *left == 0 {
-                        self.state = State::Head(Vec::new());
-                    }
-                    &data[n as usize..]
-                }
-                State::ChunkSize(line) => match take_line(line, data) {
-                    Err(()) => return self.give_up(),
-                    Ok((None, _)) => return,
-                    Ok((Some(text), rest)) => {
-                        let size = text.split(|b| *b == b';').next().unwrap_or_default();
-                        let size = std::str::from_utf8(size)
-                            .ok()
-                            .map(str::trim)
-                            .and_then(|s| u64::from_str_radix(s, 16).ok());
-                        match size {
-                            Some(0) => self.state = State::Trailer(Vec::new()),
-                            // Data plus its trailing CRLF.
-                            Some(n) => self.state = State::ChunkData(n.saturating_add(2)),
-                            None => return self.give_up(),
-                        }
-                        rest
-                    }
-                },
-                State::ChunkData(left) => {
-                    let n = (*left).min(data.len() as u64);
-                    *left -= n;
-                    if *left == 0 {
-                        self.state = State::ChunkSize(Vec::new());
-                    }
-                    &data[n as usize..]
-                }
-                State::Trailer(line) => match take_line(line, data) {
-                    Err(()) => return self.give_up(),
-                    Ok((None, _)) => return,
-                    Ok((Some(text), rest)) => {
-                        if text.is_empty() {
-                            self.state = State::Head(Vec::new());
-                        } else {
-                            self.state = State::Trailer(Vec::new());
-                        }
-                        rest
-                    }
-                },
-            };
+                Some(&data[n as usize..])
+            }
+            State::ChunkSize(_) => {
+                let (text, rest) = self.line(data)?;
+                self.state = after_chunk_size(&text);
+                Some(rest)
+            }
+            State::Trailer(_) => {
+                let (text, rest) = self.line(data)?;
+                // An empty line ends the trailers, and the request.
+                self.state = match text.is_empty() {
+                    true => State::Head(Vec::new()),
+                    false => State::Trailer(Vec::new()),
+                };
+                Some(rest)
+            }
+        }
+    }
+
+    /// Adds `data` to the head being accumulated; judges the head once it is complete.
+    fn head<'d>(&mut self, mut data: &'d [u8]) -> Option<&'d [u8]> {
+        let State::Head(buf) = &mut self.state else {
+            return None;
+        };
+        // Skip blank lines between requests, as hyper does.
+        if buf.is_empty() {
+            let skip = data
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+            data = &data[skip..];
+            if data.is_empty() {
+                return None;
+            }
+        }
+        let before = buf.len();
+        buf.extend_from_slice(data);
+        // Search from a little before the new bytes, so a CRLFCRLF split across reads is found.
+        let from = before.saturating_sub(3);
+        let Some(pos) = find(&buf[from..], b"\r\n\r\n") else {
+            if buf.len() > self.max_head {
+                self.state = State::Raw;
+            }
+            return None;
+        };
+        let end = from + pos + 4;
+        let head = std::mem::take(buf);
+        self.judge(&head[..end]);
+        Some(&data[end - before..])
+    }
+
+    /// A complete chunk-size or trailer line out of `data`, and the bytes after it; `None`
+    /// while the line is incomplete, or when it grew too long (inspection stops).
+    fn line<'d>(&mut self, data: &'d [u8]) -> Option<(Vec<u8>, &'d [u8])> {
+        let (State::ChunkSize(line) | State::Trailer(line)) = &mut self.state else {
+            return None;
+        };
+        match take_line(line, data) {
+            Ok((Some(text), rest)) => Some((text, rest)),
+            Ok((None, _)) => None,
+            Err(()) => {
+                self.give_up();
+                None
+            }
         }
     }
 
@@ -179,6 +183,22 @@ impl HeadInspector {
         let bad = verdict != Verdict::Clean;
         self.verdicts.push_back(verdict);
         self.state = if bad { State::Raw } else { next };
+    }
+}
+
+/// What follows a chunk-size line: that much chunk data and its CRLF, the trailers after the
+/// last (zero) chunk, or the end of inspection for a size that does not parse (hyper refuses
+/// malformed chunked bodies itself).
+fn after_chunk_size(text: &[u8]) -> State {
+    let size = text.split(|b| *b == b';').next().unwrap_or_default();
+    let size = std::str::from_utf8(size)
+        .ok()
+        .map(str::trim)
+        .and_then(|s| u64::from_str_radix(s, 16).ok());
+    match size {
+        Some(0) => State::Trailer(Vec::new()),
+        Some(n) => State::ChunkData(n.saturating_add(2)),
+        None => State::Raw,
     }
 }
 

@@ -1,4 +1,4 @@
-//! A body wrapper that counts the bytes of a proxied request or response into the client's
+//! The [`Watch`] that counts the bytes of a proxied request or response into the client's
 //! meter, keeps the client listed in the hub's table while the body is in flight, and ends the
 //! body with an error when an operator disconnects the client.
 
@@ -7,11 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::upstream::{Body as ProxyBody, BoxError};
+use super::body::{Polled, Watch};
 use crate::hub::clients::ClientGuard;
 use crate::mux::Meter;
 
@@ -24,9 +22,9 @@ pub enum Direction {
     Out,
 }
 
-/// A body whose data frames are counted; see the module docs.
+/// The metering of one body; see the module docs. Wrap a body in it with
+/// [`Watched`](super::body::Watched).
 pub struct Metered {
-    inner: ProxyBody,
     meter: Meter,
     direction: Direction,
     /// Held only to keep the client listed while the body lives.
@@ -35,16 +33,10 @@ pub struct Metered {
 }
 
 impl Metered {
-    /// Wraps `inner`.
-    pub fn new(
-        inner: ProxyBody,
-        meter: Meter,
-        direction: Direction,
-        client: Arc<ClientGuard>,
-    ) -> Self {
+    /// Meters a body going `direction` for `client`.
+    pub fn new(meter: Meter, direction: Direction, client: Arc<ClientGuard>) -> Self {
         let disconnected = Box::pin(client.entry().cancel.clone().cancelled_owned());
         Metered {
-            inner,
             meter,
             direction,
             _client: client,
@@ -53,19 +45,17 @@ impl Metered {
     }
 }
 
-impl Body for Metered {
-    type Data = Bytes;
-    type Error = BoxError;
+impl Watch for Metered {
+    fn before(&mut self, cx: &mut Context<'_>) -> Option<Polled> {
+        self.disconnected
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then(|| Poll::Ready(Some(Err("the client was disconnected by the hub".into()))))
+    }
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.disconnected.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err("the client was disconnected by the hub".into())));
-        }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
+    fn after(&mut self, polled: &Polled) {
+        if let Poll::Ready(Some(Ok(frame))) = polled
             && let Some(data) = frame.data_ref()
         {
             match self.direction {
@@ -73,14 +63,5 @@ impl Body for Metered {
                 Direction::Out => self.meter.add_out(data.len()),
             }
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

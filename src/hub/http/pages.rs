@@ -1,11 +1,12 @@
 //! The small pages the hub answers with itself: unknown host, unreachable or silent target,
-//! bad request, authentication required, body too large, redirect.
+//! bad request, authentication required, body too large, redirect. Text the client sent
+//! (a hostname) is escaped before it goes into a page.
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 
-use super::upstream::Body;
+use super::body::{Body, full};
+use super::upstream::UpstreamError;
+use crate::hub::metrics::{HubMetrics, Rejection};
 
 /// A page with `status`, a title and a sentence; `Connection: close` when `close`.
 pub fn page(status: StatusCode, detail: &str, close: bool) -> Response<Body> {
@@ -38,6 +39,43 @@ pub fn unknown_host(host: &str) -> Response<Body> {
     )
 }
 
+/// 502 for a request no backend of `host` answered: the tunnel could not reach its target, or
+/// the target's answer was not HTTP.
+pub fn bad_gateway(host: &str, e: &UpstreamError) -> Response<Body> {
+    let host = escape(host);
+    let detail = match e {
+        UpstreamError::Refused(_)
+        | UpstreamError::LinkTimeout
+        | UpstreamError::Link(_)
+        | UpstreamError::Gone => {
+            format!("The tunnel for <code>{host}</code> could not reach its service.")
+        }
+        UpstreamError::Http(_) => {
+            format!("The service behind <code>{host}</code> sent no valid response.")
+        }
+    };
+    page(StatusCode::BAD_GATEWAY, &detail, false)
+}
+
+/// 504 for a target that sent no response head within `response_timeout`.
+pub fn gateway_timeout(host: &str) -> Response<Body> {
+    let detail = format!(
+        "The service behind <code>{}</code> did not answer in time.",
+        escape(host)
+    );
+    page(StatusCode::GATEWAY_TIMEOUT, &detail, false)
+}
+
+/// 413 for a request body over its proxy's `max_body`, counted as a bad request.
+pub fn too_large(metrics: &HubMetrics) -> Response<Body> {
+    metrics.reject(Rejection::BadRequest);
+    page(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "The request body is too large.",
+        true,
+    )
+}
+
 /// 401 asking for basic credentials.
 pub fn auth_required() -> Response<Body> {
     let mut response = page(
@@ -65,13 +103,6 @@ pub fn redirect(location: &str) -> Response<Body> {
     response
 }
 
-/// A body holding `text`.
-pub fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
 /// Escapes text for HTML.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -91,6 +122,7 @@ pub fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     #[tokio::test]
     async fn hostnames_are_escaped_in_the_404_page() {

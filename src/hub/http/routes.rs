@@ -5,14 +5,15 @@
 //! every route at once, so new requests only reach tunnels still connected. When the hub *lost*
 //! the session (rather than closing it), a hostname it was the last to serve stays held for its
 //! key name for the hub's `reconnect_grace`: the same key (or a member of the same group) may
-//! claim it, any other is refused with the key name and the time left. One `std::sync::Mutex`,
+//! claim it, any other is refused with the key name and the time left. One `parking_lot::Mutex`,
 //! short critical sections, never held across an `.await`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use uuid::Uuid;
 
 use super::upstream::Pool;
@@ -72,10 +73,6 @@ pub struct HostRoutes {
     next_id: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl HostRoutes {
     /// Claims `host` on `service` for a proxy. Fails with a reason when another tunnel holds
     /// the hostname outside a shared group, or when it is held for another key name.
@@ -95,7 +92,7 @@ impl HostRoutes {
             max_body: spec.max_body,
             pool: Pool::default(),
         });
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         let table = &mut *table;
         let key = (service.to_owned(), host.to_owned());
         match table.routes.get_mut(&key) {
@@ -130,13 +127,13 @@ impl HostRoutes {
     /// Whether a hostname is taken on a service, or held for a lost session's key.
     pub fn is_taken(&self, service: &str, host: &str) -> bool {
         let key = (service.to_owned(), host.to_owned());
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         table.routes.contains_key(&key) || table.held.get(&key, Instant::now()).is_some()
     }
 
     /// The sessions serving `host` on `service` now.
     pub fn sessions(&self, service: &str, host: &str) -> Vec<Arc<TunnelSession>> {
-        let table = lock(&self.table);
+        let table = self.table.lock();
         table
             .routes
             .get(&(service.to_owned(), host.to_owned()))
@@ -145,14 +142,16 @@ impl HostRoutes {
     }
 
     /// The backend to send the next request for `host` to (round-robin within a group).
+    #[cfg(test)]
     pub fn pick(&self, service: &str, host: &str) -> Option<Arc<Backend>> {
         self.pick_untried(service, host, &[])
     }
 
-    /// Like [`pick`](Self::pick), skipping the backends whose ids are in `tried` (those a
-    /// request already failed on): `None` when no other backend serves `host`.
+    /// The backend to send the next request for `host` to (round-robin within a group),
+    /// skipping the backends whose ids are in `tried` (those a request already failed on):
+    /// `None` when no other backend serves `host`.
     pub fn pick_untried(&self, service: &str, host: &str, tried: &[u64]) -> Option<Arc<Backend>> {
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         let route = table
             .routes
             .get_mut(&(service.to_owned(), host.to_owned()))?;
@@ -174,7 +173,7 @@ impl HostRoutes {
     /// without a key name or with a zero `grace` it is freed at once.
     pub fn depart(&self, tunnel_id: &Uuid, key_name: Option<&str>, grace: Duration) {
         let now = Instant::now();
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         let table = &mut *table;
         for (key, route) in &mut table.routes {
             let Some(last) = route
@@ -206,7 +205,8 @@ impl HostRoutes {
     /// The hostname held for `key_name`'s proxy `proxy` on `service`, if a lost session of
     /// that key left one behind: a reconnecting tunnel that lets the hub pick gets it back.
     pub fn held_hostname_of(&self, key_name: &str, service: &str, proxy: &str) -> Option<String> {
-        lock(&self.table)
+        self.table
+            .lock()
             .held
             .find(Instant::now(), |(s, _), r| {
                 s == service && r.key_name == key_name && r.proxy == proxy
@@ -218,7 +218,6 @@ impl HostRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_util::sync::CancellationToken;
 
     fn spec(session: &Arc<TunnelSession>) -> BackendSpec {
         BackendSpec {
@@ -229,19 +228,10 @@ mod tests {
         }
     }
 
-    fn session() -> Arc<TunnelSession> {
-        Arc::new(TunnelSession::new(
-            "t".into(),
-            None,
-            "127.0.0.1:1".parse().unwrap(),
-            &CancellationToken::new(),
-        ))
-    }
-
     #[test]
     fn a_hostname_in_use_cannot_be_taken_by_another_tunnel() {
         let routes = HostRoutes::default();
-        let (a, b) = (session(), session());
+        let (a, b) = (TunnelSession::for_test(None), TunnelSession::for_test(None));
         routes.claim("web", "app.x", None, spec(&a)).unwrap();
         let err = routes.claim("web", "app.x", None, spec(&b)).unwrap_err();
         assert!(err.contains("in use by another tunnel"), "{err}");
@@ -258,7 +248,7 @@ mod tests {
     #[test]
     fn a_group_shares_a_hostname_round_robin_and_survives_a_member_leaving() {
         let routes = HostRoutes::default();
-        let (a, b) = (session(), session());
+        let (a, b) = (TunnelSession::for_test(None), TunnelSession::for_test(None));
         routes.claim("web", "lb.x", Some("g"), spec(&a)).unwrap();
         routes.claim("web", "lb.x", Some("g"), spec(&b)).unwrap();
         let picks: Vec<Uuid> = (0..10)
@@ -284,21 +274,12 @@ mod tests {
         assert!(!routes.is_taken("web", "lb.x"));
     }
 
-    fn keyed(key_name: &str) -> Arc<TunnelSession> {
-        Arc::new(TunnelSession::new(
-            "t".into(),
-            Some(key_name.into()),
-            "127.0.0.1:1".parse().unwrap(),
-            &CancellationToken::new(),
-        ))
-    }
-
     const GRACE: Duration = Duration::from_secs(60);
 
     #[test]
     fn a_lost_sessions_hostname_is_held_for_its_key() {
         let routes = HostRoutes::default();
-        let alice = keyed("alice");
+        let alice = TunnelSession::for_test(Some("alice"));
         routes.claim("web", "app.x", None, spec(&alice)).unwrap();
         routes.depart(&alice.id, Some("alice"), GRACE);
         assert!(
@@ -312,7 +293,12 @@ mod tests {
         );
         assert_eq!(routes.held_hostname_of("bob", "web", "p"), None);
         let err = routes
-            .claim("web", "app.x", None, spec(&keyed("bob")))
+            .claim(
+                "web",
+                "app.x",
+                None,
+                spec(&TunnelSession::for_test(Some("bob"))),
+            )
             .unwrap_err();
         assert!(
             err.starts_with("hostname app.x is reserved for tunnel key `alice`")
@@ -321,24 +307,32 @@ mod tests {
         );
         assert!(
             routes
-                .claim("web", "app.x", None, spec(&session()))
+                .claim("web", "app.x", None, spec(&TunnelSession::for_test(None)))
                 .is_err()
         );
-        let back = keyed("alice");
+        let back = TunnelSession::for_test(Some("alice"));
         routes.claim("web", "app.x", None, spec(&back)).unwrap();
         assert_eq!(routes.pick("web", "app.x").unwrap().session.id, back.id);
         // The hub closing a session (operator, reload) frees its names at once.
         routes.remove_tunnel(&back.id);
         assert!(!routes.is_taken("web", "app.x"));
         routes
-            .claim("web", "app.x", None, spec(&keyed("bob")))
+            .claim(
+                "web",
+                "app.x",
+                None,
+                spec(&TunnelSession::for_test(Some("bob"))),
+            )
             .unwrap();
     }
 
     #[test]
     fn a_held_group_hostname_takes_members_of_its_group_and_a_live_group_holds_nothing() {
         let routes = HostRoutes::default();
-        let (alice, bob) = (keyed("alice"), keyed("bob"));
+        let (alice, bob) = (
+            TunnelSession::for_test(Some("alice")),
+            TunnelSession::for_test(Some("bob")),
+        );
         routes
             .claim("web", "lb.x", Some("g"), spec(&alice))
             .unwrap();
@@ -350,7 +344,7 @@ mod tests {
             "bob still serves it"
         );
         routes.depart(&bob.id, Some("bob"), GRACE);
-        let carol = keyed("carol");
+        let carol = TunnelSession::for_test(Some("carol"));
         assert!(routes.claim("web", "lb.x", None, spec(&carol)).is_err());
         assert!(
             routes
@@ -365,10 +359,10 @@ mod tests {
     #[test]
     fn without_a_key_name_or_a_grace_a_hostname_is_freed_at_once() {
         let routes = HostRoutes::default();
-        let alice = keyed("alice");
+        let alice = TunnelSession::for_test(Some("alice"));
         routes.claim("web", "a.x", None, spec(&alice)).unwrap();
         routes.depart(&alice.id, Some("alice"), Duration::ZERO);
-        let anonymous = session();
+        let anonymous = TunnelSession::for_test(None);
         routes.claim("web", "b.x", None, spec(&anonymous)).unwrap();
         routes.depart(&anonymous.id, None, GRACE);
         assert!(!routes.is_taken("web", "a.x") && !routes.is_taken("web", "b.x"));

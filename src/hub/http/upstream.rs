@@ -13,30 +13,26 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use parking_lot::{Mutex, MutexGuard};
 use thiserror::Error;
 use tracing::debug;
 
+use super::body::{Body, BoxError, Polled};
 use super::routes::Backend;
 use crate::hub::Shared;
 use crate::hub::links::LinkError;
 use crate::mux::LinkStream;
 use crate::protocol::{LinkOpen, LinkRefusal, Transport};
-
-/// Errors carried by request and response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type the hub sends upstream and back to clients.
-pub type Body = BoxBody<Bytes, BoxError>;
 
 /// How long an idle upstream connection is kept.
 pub const IDLE_FOR: Duration = Duration::from_secs(60);
@@ -92,7 +88,7 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        self.idle.lock()
     }
 
     /// An idle connection ready for a request, if any.
@@ -131,7 +127,7 @@ pub(crate) struct Kept {
 
 impl Kept {
     fn lock(&self) -> MutexGuard<'_, Option<(Arc<Backend>, SendRequest<Body>)>> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+        self.slot.lock()
     }
 
     /// Empties `slot`, for its connection to be used or handed on.
@@ -347,7 +343,7 @@ impl Handoff {
 
     /// The body, if nothing has read any of it.
     pub(crate) fn reclaim(self) -> Option<Body> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.slot.lock().take()
     }
 }
 
@@ -363,12 +359,9 @@ impl hyper::body::Body for HandoffBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         if self.body.is_none() {
-            let taken = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let taken = self.slot.lock().take();
             match taken {
                 Some(body) => self.body = Some(body),
                 None => return Poll::Ready(Some(Err("the request body went elsewhere".into()))),
@@ -419,15 +412,10 @@ fn park(shared: &Arc<Shared>, backend: &Arc<Backend>, mut sender: SendRequest<Bo
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::BodyExt;
 
     use super::*;
-
-    fn body(text: &'static str) -> Body {
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed()
-    }
+    use crate::hub::http::body::full as body;
 
     #[tokio::test]
     async fn a_handed_off_body_comes_back_until_it_is_read() {

@@ -131,11 +131,13 @@ impl<K: Eq + Hash + Clone> GraceTable<K> {
     }
 
     /// Number of reservations, expired ones not yet dropped included.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether the table holds nothing.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -25,7 +25,11 @@ user_tree() {
   sysroot=$(rustc --print sysroot)
   registry=${CARGO_HOME:-$HOME/.cargo}/registry
   chmod 0755 "$dir"
-  cp -al "$sysroot" "$dir/toolchain" 2>/dev/null || cp -a "$sysroot" "$dir/toolchain"
+  if ! cp -al "$sysroot" "$dir/toolchain" 2>/dev/null; then
+    # Another file system: hard links fail (perhaps halfway), a copy does not.
+    rm -rf "$dir/toolchain"
+    cp -a "$sysroot" "$dir/toolchain"
+  fi
   mkdir -p "$dir/cargo-home" "$dir/home" "$dir/src"
   if [ -d "$registry" ]; then
     cp -a "$registry" "$dir/cargo-home/registry"

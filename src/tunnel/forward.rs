@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
-use http::Request;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info_span, warn};
@@ -95,52 +94,40 @@ impl LinkWorker {
                 reason = &mut keepalive => return Err(TunnelError::Protocol(reason)),
             };
             let Some(next) = next else { break };
-            let (request, respond) =
+            let (request, mut respond) =
                 next.map_err(|e| TunnelError::Protocol(format!("link connection failed: {e}")))?;
-            let targets = self.targets.clone();
-            let connect_timeout = self.tunnel.config().connect_timeout;
-            let tunnel_id = self.tunnel_id;
-            let status = self.tunnel.status().clone();
-            tokio::spawn(async move {
-                let stream = Stream {
-                    tunnel_id,
-                    connect_timeout,
-                    status: &status,
-                };
-                serve_stream(request, respond, &targets, stream).await;
-            });
+            let head = match LinkOpen::from_headers(request.headers()) {
+                Ok(head) => head,
+                Err(e) => {
+                    warn!(tunnel_id = %self.tunnel_id, error = %e, "hub opened a malformed link stream");
+                    refuse(&mut respond, e.to_string());
+                    continue;
+                }
+            };
+            // A debug span only (an info span per client is a measurable share of the CPU of a
+            // new connection); warnings make theirs when they log.
+            let span = debug_span!("client", proxy = %head.proxy, tunnel_id = %self.tunnel_id, client_id = head.client_id, peer = %head.peer);
+            let stream = Stream {
+                tunnel_id: self.tunnel_id,
+                connect_timeout: self.tunnel.config().connect_timeout,
+                status: self.tunnel.status().clone(),
+                targets: self.targets.clone(),
+            };
+            // The task is the forwarding future itself, made from owned parts: the request
+            // (its headers) is gone before the client's long wait, and nothing is held twice.
+            tokio::spawn(forward(head, request.into_body(), respond, stream).instrument(span));
         }
         Ok(())
     }
 }
 
 /// What serving one stream needs besides the stream.
-struct Stream<'a> {
+struct Stream {
     tunnel_id: Uuid,
     connect_timeout: Duration,
-    status: &'a StatusBoard,
-}
-
-async fn serve_stream(
-    request: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
-    targets: &HashMap<String, String>,
-    stream: Stream<'_>,
-) {
-    let head = match LinkOpen::from_headers(request.headers()) {
-        Ok(head) => head,
-        Err(e) => {
-            warn!(tunnel_id = %stream.tunnel_id, error = %e, "hub opened a malformed link stream");
-            refuse(&mut respond, e.to_string());
-            return;
-        }
-    };
-    // A debug span only (an info span per client is a measurable share of the CPU of a new
-    // connection); warnings make theirs when they log.
-    let span = debug_span!("client", proxy = %head.proxy, tunnel_id = %stream.tunnel_id, client_id = head.client_id, peer = %head.peer);
-    forward(head, request.into_body(), respond, targets, stream)
-        .instrument(span)
-        .await;
+    status: Arc<StatusBoard>,
+    /// Targets by proxy name.
+    targets: Arc<HashMap<String, String>>,
 }
 
 /// Answers a link stream with a refusal: the hub closes its client with `reason`.
@@ -153,11 +140,10 @@ async fn forward(
     head: LinkOpen,
     body: RecvStream,
     mut respond: SendResponse<Bytes>,
-    targets: &HashMap<String, String>,
-    stream: Stream<'_>,
+    stream: Stream,
 ) {
     let warn_span = || info_span!("client", proxy = %head.proxy, tunnel_id = %stream.tunnel_id, client_id = head.client_id, peer = %head.peer);
-    let Some(target) = targets.get(&head.proxy) else {
+    let Some(target) = stream.targets.get(&head.proxy) else {
         warn_span().in_scope(|| warn!("hub asked for an unknown proxy"));
         refuse(
             &mut respond,

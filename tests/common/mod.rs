@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use tunnelize::config::{
@@ -22,7 +23,7 @@ use tunnelize::config::{
 use tunnelize::hub::Hub;
 use tunnelize::protocol::ProxyOutcome;
 use tunnelize::secret::Secret;
-use tunnelize::tls::{Fingerprint, Identity};
+use tunnelize::tls::{Fingerprint, Identity, client_config, server_name};
 use tunnelize::tunnel::{Session, Tunnel};
 
 /// The key every test hub accepts.
@@ -332,6 +333,24 @@ pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
         .unwrap();
     writer.await.unwrap();
     back
+}
+
+/// Starts TLS on `socket` as a client of the test hub whose certificate has `fingerprint`
+/// (the hub's tunnel listener, or its admin API's TLS listener).
+pub async fn tls_over(socket: TcpStream, fingerprint: &Fingerprint) -> TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(
+        client_config(&HubTrust::Fingerprint(fingerprint.0)).unwrap(),
+    );
+    connector
+        .connect(server_name("localhost").unwrap(), socket)
+        .await
+        .unwrap()
+}
+
+/// A TLS connection to the hub's tunnel listener, as a hand-written peer starts one.
+pub async fn tls_to(hub: &TestHub) -> TlsStream<TcpStream> {
+    let socket = TcpStream::connect(hub.addr).await.unwrap();
+    tls_over(socket, &hub.fingerprint).await
 }
 
 /// Writes `data` on an open connection and reads the same back; false if the connection

@@ -353,12 +353,8 @@ async fn every_hub_endpoint_answers_on_both_transports_as_its_openapi_document_s
 
 /// One HTTP/1.1 request over TLS to the admin listener, returning the raw response text.
 async fn raw_tls_request(live: &Live, request: &str) -> String {
-    let trust = HubTrust::Fingerprint(live.hub.fingerprint.0);
-    let connector =
-        tokio_rustls::TlsConnector::from(tunnelize::tls::client_config(&trust).unwrap());
     let socket = TcpStream::connect(live.tls).await.unwrap();
-    let name = tunnelize::tls::server_name("localhost").unwrap();
-    let mut tls = connector.connect(name, socket).await.unwrap();
+    let mut tls = tls_over(socket, &live.hub.fingerprint).await;
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(DEADLINE, tls.read_to_end(&mut response))

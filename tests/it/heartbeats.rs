@@ -14,17 +14,15 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tunnelize::channel::{ChannelError, FramedStream};
-use tunnelize::config::HubTrust;
 use tunnelize::protocol::{
     Channel, Envelope, HEARTBEAT_MISSES, HubMessage, HubPreamble, PROTOCOL_VERSION, Preamble,
     ProxyOutcome, ProxyRequest, TunnelMessage,
 };
 use tunnelize::secret::Secret;
-use tunnelize::tls::{Identity, client_config, server_name};
+use tunnelize::tls::Identity;
 use tunnelize::tunnel::{Tunnel, TunnelError};
 use uuid::Uuid;
 
@@ -36,16 +34,6 @@ async fn fast_heartbeat_hub() -> TestHub {
     let mut config = hub_config(vec![tcp_any("tcp")]);
     config.heartbeat_interval = INTERVAL;
     start_hub_with(config).await
-}
-
-async fn tls_to(hub: &TestHub) -> TlsStream<TcpStream> {
-    let connector =
-        TlsConnector::from(client_config(&HubTrust::Fingerprint(hub.fingerprint.0)).unwrap());
-    let socket = TcpStream::connect(hub.addr).await.unwrap();
-    connector
-        .connect(server_name("localhost").unwrap(), socket)
-        .await
-        .unwrap()
 }
 
 /// Opens a control channel by hand with one `tcp` proxy; returns the channel and the public

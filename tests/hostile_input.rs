@@ -750,21 +750,6 @@ async fn http_get(addr: SocketAddr, host: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// (current, peak) resident memory of this process, in bytes: hub, tunnels, targets and
-/// attackers all live in it.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap()
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// The value of an unlabelled or labelled sample in Prometheus text.
 fn sample(metrics: &str, name: &str) -> u64 {
     metrics

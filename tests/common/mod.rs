@@ -383,6 +383,36 @@ pub fn http_any(name: &str, domain: &str) -> ServiceConfig {
     }
 }
 
+/// `GET /` with `Host: host` on `addr`: the status code and the whole response, if an answer
+/// came within `DEADLINE`.
+pub async fn http_get(addr: SocketAddr, host: &str) -> Option<(u16, String)> {
+    let mut socket = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, socket.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+/// (current, peak) resident memory of this process, in bytes (`VmRSS`, `VmHWM`).
+pub fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 use common::web::start_app;
-use common::{DEADLINE, payload};
+use common::{DEADLINE, http_get, payload};
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, TunnelStatus};
 use tunnelize::tls::Identity;
@@ -336,23 +336,6 @@ fn endless_client(
     })
 }
 
-/// `GET /` with `Host: host` on `addr`: the status code, if an answer came.
-async fn http_status(addr: SocketAddr, host: &str) -> Option<u16> {
-    let mut socket = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(DEADLINE, socket.read_to_end(&mut answer))
-        .await
-        .ok()?
-        .ok()?;
-    String::from_utf8_lossy(&answer)
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// What the hub gave the tunnel daemon in one session.
 #[derive(Debug)]
 struct Live {
@@ -467,7 +450,11 @@ async fn clients_see_a_clean_end_across_hub_restarts_and_the_tunnel_returns_with
         assert_eq!(live.port, s.ports.tcp.to_string(), "round {round}");
         assert_eq!(live.hostname, HOSTNAME, "round {round}");
         previous = Some(live.tunnel_id);
-        assert_eq!(http_status(web, HOSTNAME).await, Some(200), "round {round}");
+        assert_eq!(
+            http_get(web, HOSTNAME).await.map(|(status, _)| status),
+            Some(200),
+            "round {round}"
+        );
 
         let progress: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::default()).collect();
         let clients: Vec<_> = progress
@@ -509,7 +496,10 @@ async fn clients_see_a_clean_end_across_hub_restarts_and_the_tunnel_returns_with
         .unwrap();
     assert_eq!(live.port, s.ports.tcp.to_string());
     assert_eq!(live.hostname, HOSTNAME);
-    assert_eq!(http_status(web, HOSTNAME).await, Some(200));
+    assert_eq!(
+        http_get(web, HOSTNAME).await.map(|(status, _)| status),
+        Some(200)
+    );
     let started = Instant::now();
     let (theirs, ours) = transfer_gibibyte(bulk).await;
     eprintln!("1 GiB through the restarted hub in {:?}", started.elapsed());

@@ -12,17 +12,15 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tunnelize::config::ServiceKind;
 
 const GIB: u64 = 1024 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_gib_upload_streams_with_bounded_memory() {
-    let mut web = http_any("web", "test.local");
-    if let ServiceKind::Http(http) = &mut web.kind {
-        http.response_timeout = Duration::from_secs(300);
-    }
+    let web = http_with("web", "test.local", |http| {
+        http.response_timeout = Duration::from_secs(300)
+    });
     let hub = start_hub(vec![web]).await;
     let app = start_app("sink").await;
     let mut p = proxy("sink", "web", app.addr, None);

@@ -268,10 +268,17 @@ pub async fn start_tunnel(config: TunnelConfig) -> TestTunnel {
     }
 }
 
-/// An echo server that echoes until the client half-closes, then half-closes too.
+/// An echo server on 127.0.0.1:0 that echoes until the client half-closes, then half-closes
+/// too.
 pub async fn start_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    serve_echo(listener);
+    addr
+}
+
+/// Serves echo on `listener` as [`start_echo`] does; aborting the task closes the listener.
+pub fn serve_echo(listener: TcpListener) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let Ok((socket, _)) = listener.accept().await else {
@@ -283,8 +290,16 @@ pub async fn start_echo() -> SocketAddr {
                 let _ = w.shutdown().await;
             });
         }
-    });
-    addr
+    })
+}
+
+/// An admin API on the Unix socket `socket` only, as a config file naming it would set it.
+pub fn admin_on(socket: &std::path::Path) -> AdminConfig {
+    AdminConfig {
+        socket: Some(socket.to_owned()),
+        socket_explicit: true,
+        ..AdminConfig::default()
+    }
 }
 
 /// A port on which nothing listens (bound, then released).
@@ -319,7 +334,11 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Sends `data`, half-closes, and returns everything read back until EOF.
 pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let socket = connect(addr).await;
+    round_trip_on(connect(addr).await, data).await
+}
+
+/// [`round_trip`] on a connection already open.
+pub async fn round_trip_on(socket: TcpStream, data: &[u8]) -> Vec<u8> {
     let (mut r, mut w) = socket.into_split();
     let data = data.to_vec();
     let writer = tokio::spawn(async move {
@@ -353,6 +372,20 @@ pub async fn tls_to(hub: &TestHub) -> TlsStream<TcpStream> {
     tls_over(socket, &hub.fingerprint).await
 }
 
+/// A client connection through an echo proxy that has moved `n` bytes each way and stays open.
+pub async fn echoing_client(addr: SocketAddr, n: usize) -> TcpStream {
+    let mut socket = connect(addr).await;
+    let data = payload(n as u64, n);
+    socket.write_all(&data).await.unwrap();
+    let mut back = vec![0; n];
+    tokio::time::timeout(DEADLINE, socket.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(back, data);
+    socket
+}
+
 /// Writes `data` on an open connection and reads the same back; false if the connection
 /// failed or was closed instead.
 pub async fn echoes(socket: &mut TcpStream, data: &[u8]) -> bool {
@@ -368,18 +401,29 @@ pub async fn echoes(socket: &mut TcpStream, data: &[u8]) -> bool {
 
 /// A plain `http` service on 127.0.0.1:0 for `domain`, with the usual limits.
 pub fn http_any(name: &str, domain: &str) -> ServiceConfig {
+    http_with(name, domain, |_| {})
+}
+
+/// [`http_any`] with its settings changed by `tweak`.
+pub fn http_with(
+    name: &str,
+    domain: &str,
+    tweak: impl FnOnce(&mut tunnelize::config::HttpService),
+) -> ServiceConfig {
+    let mut http = tunnelize::config::HttpService {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        domain: domain.into(),
+        trusted_proxies: vec![],
+        header_timeout: Duration::from_secs(10),
+        response_timeout: Duration::from_secs(30),
+        max_head_size: 64 * 1024,
+        redirect_https: None,
+        certificates: vec![],
+    };
+    tweak(&mut http);
     ServiceConfig {
         name: name.into(),
-        kind: ServiceKind::Http(tunnelize::config::HttpService {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            domain: domain.into(),
-            trusted_proxies: vec![],
-            header_timeout: Duration::from_secs(10),
-            response_timeout: Duration::from_secs(30),
-            max_head_size: 64 * 1024,
-            redirect_https: None,
-            certificates: vec![],
-        }),
+        kind: ServiceKind::Http(http),
     }
 }
 

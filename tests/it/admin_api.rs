@@ -93,20 +93,6 @@ impl Live {
     }
 }
 
-/// A client connection through the echo proxy that has moved `n` bytes each way and stays open.
-async fn echoing_client(addr: SocketAddr, n: usize) -> TcpStream {
-    let mut socket = connect(addr).await;
-    let data = payload(n as u64, n);
-    socket.write_all(&data).await.unwrap();
-    let mut back = vec![0; n];
-    tokio::time::timeout(DEADLINE, socket.read_exact(&mut back))
-        .await
-        .expect("echo in time")
-        .unwrap();
-    assert_eq!(back, data);
-    socket
-}
-
 /// Resolves once the peer closed `socket` (EOF or reset).
 async fn closed_by_peer(socket: &mut TcpStream) {
     let mut buf = [0u8; 64];
@@ -460,11 +446,7 @@ async fn disconnecting_a_tunnel_closes_its_clients_frees_its_port_and_tells_the_
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("hub.sock");
     let mut config = hub_config(services());
-    config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    };
+    config.admin = admin_on(&socket);
     let (hub, _) = start_hub_with_admin(config).await;
     let target = start_echo().await;
     // Run the session by hand, to see the reason it ends with.
@@ -644,11 +626,7 @@ async fn a_tunnel_daemon_reports_its_session_proxies_and_target_health_on_its_so
             proxy("lost", "nope", target, None),
         ],
     );
-    config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    };
+    config.admin = admin_on(&socket);
     let admin_config = config.admin.clone();
     let tunnel = Tunnel::new(config).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -745,11 +723,7 @@ async fn udp_sessions_are_listed_as_clients_with_their_bytes() {
             max_sessions: 16,
         }),
     }]);
-    config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    };
+    config.admin = admin_on(&socket);
     let (hub, _) = start_hub_with_admin(config).await;
     let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let target = echo.local_addr().unwrap();

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -170,15 +169,7 @@ async fn echo_once(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let socket = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("the public port {addr} is gone: {e}"));
-    let (mut r, mut w) = socket.into_split();
-    w.write_all(data).await.unwrap();
-    w.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(DEADLINE, r.read_to_end(&mut back))
-        .await
-        .expect("echo timed out")
-        .unwrap();
-    back
+    round_trip_on(socket, data).await
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use common::*;
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model;
-use tunnelize::config::{AdminConfig, HubConfig, Limits};
+use tunnelize::config::{HubConfig, Limits};
 use tunnelize::protocol::ProxyOutcome;
 use tunnelize::tunnel::{Tunnel, TunnelError};
 
@@ -23,11 +23,7 @@ async fn hub(limits: Limits) -> Limited {
     let socket = dir.path().join("hub.sock");
     let mut config: HubConfig = hub_config(vec![tcp_any("tcp"), tcp_any("other")]);
     config.limits = limits;
-    config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    };
+    config.admin = admin_on(&socket);
     let (hub, _) = start_hub_with_admin(config).await;
     Limited {
         _dir: dir,

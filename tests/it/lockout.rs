@@ -33,11 +33,9 @@ async fn hub(failures: u32, duration: Duration) -> Locked {
     config.lockout_failures = failures;
     config.lockout_duration = duration;
     config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
         listen: Some("127.0.0.1:0".parse().unwrap()),
         key: Some(MONITOR_KEY.into()),
-        ..AdminConfig::default()
+        ..admin_on(&socket)
     };
     let (hub, listeners) = start_hub_with_admin(config).await;
     Locked {

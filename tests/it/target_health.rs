@@ -12,23 +12,7 @@ use tokio::net::TcpListener;
 use common::*;
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, TunnelStatus};
-use tunnelize::config::AdminConfig;
 use tunnelize::tunnel::{Backoff, Tunnel, supervise};
-
-/// An echo target on `listener`; aborting the task closes the listener.
-fn serve_echo(listener: TcpListener) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = socket.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    })
-}
 
 /// The proxy's `target_up` in the status and its `tunnelize_target_up` sample in the metrics.
 async fn health(admin: &AdminClient, proxy: &str) -> (Option<bool>, Option<f64>) {
@@ -79,11 +63,7 @@ async fn target_health_goes_down_when_the_target_stops_and_up_when_it_is_back() 
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("tunnel.sock");
     let mut config = tunnel_config(&hub, vec![proxy("web", "tcp", target, None)]);
-    config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    };
+    config.admin = admin_on(&socket);
     let admin_config = config.admin.clone();
     let tunnel = Tunnel::new(config).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -137,11 +137,7 @@ async fn each_configured_key_admits_its_tunnel_under_its_own_name() {
     });
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("hub.sock");
-    config.admin = tunnelize::config::AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..Default::default()
-    };
+    config.admin = admin_on(&socket);
     let (hub, _) = start_hub_with_admin(config).await;
     let echo = start_echo().await;
     let first = start_tunnel(tunnel_config(&hub, vec![proxy("a", "tcp", echo, None)])).await;

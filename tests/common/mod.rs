@@ -302,6 +302,32 @@ pub fn admin_on(socket: &std::path::Path) -> AdminConfig {
     }
 }
 
+/// Starts `command` with no standard input or output, to be killed when dropped, and hands each
+/// line of its standard error to `keep` as it comes. Returns the child and the task reading its
+/// standard error, which ends when the child closes it. Panics naming `what` if it cannot start.
+pub fn spawn_with_stderr(
+    command: &mut tokio::process::Command,
+    what: &str,
+    mut keep: impl FnMut(String) + Send + 'static,
+) -> (tokio::process::Child, JoinHandle<()>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            keep(line);
+        }
+    });
+    (child, reader)
+}
+
 /// A port on which nothing listens (bound, then released).
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -17,10 +17,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{DEADLINE, KEY, eventually};
+use super::{DEADLINE, KEY, eventually, spawn_with_stderr};
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, ServiceInfo, TunnelInfo, TunnelStatus};
 
@@ -294,26 +293,18 @@ impl Daemon {
             .args(["--log-format", "text", role, "-c"])
             .arg(config)
             .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("the daemon starts");
-        let pid = child.id().unwrap();
+            .env_remove("NOTIFY_SOCKET");
         let log = Arc::new(Mutex::new(Log::default()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock();
-                if log.lines.len() >= LOG_LINES_KEPT {
-                    log.lines.remove(0);
-                    log.dropped += 1;
-                }
-                log.lines.push(line);
+        let (child, _) = spawn_with_stderr(&mut command, "the daemon starts", move |line| {
+            let mut log = sink.lock();
+            if log.lines.len() >= LOG_LINES_KEPT {
+                log.lines.remove(0);
+                log.dropped += 1;
             }
+            log.lines.push(line);
         });
+        let pid = child.id().unwrap();
         Daemon {
             what: format!("{role} (pid {pid})"),
             pid,

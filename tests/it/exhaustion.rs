@@ -6,12 +6,11 @@
 use crate::common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -41,31 +40,25 @@ impl HubProcess {
         let prlimit = which("prlimit").unwrap_or_else(|| {
             panic!("`prlimit` is needed to lower the hub's open-file limit: install util-linux")
         });
-        let mut child = Command::new(prlimit)
-            .arg(format!("--nofile={NOFILE}:{NOFILE}"))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_tunnelize"))
-            .args(["--log-format", "json", "hub", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the hub under prlimit");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
+        let (child, _) = spawn_with_stderr(
+            Command::new(prlimit)
+                .arg(format!("--nofile={NOFILE}:{NOFILE}"))
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_tunnelize"))
+                .args(["--log-format", "json", "hub", "-c"])
+                .arg(config)
+                .env("RUST_LOG", "info")
+                .env_remove("NOTIFY_SOCKET")
+                .env_remove("JOURNAL_STREAM"),
+            "start the hub under prlimit",
+            move |line| {
                 if let Ok(v) = serde_json::from_str(&line) {
                     sink.lock().push(v);
                 }
-            }
-        });
+            },
+        );
         HubProcess { child, log }
     }
 

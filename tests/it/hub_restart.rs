@@ -12,19 +12,18 @@ use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 use common::web::start_app;
-use common::{DEADLINE, http_get, payload};
+use common::{DEADLINE, http_get, payload, spawn_with_stderr};
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, TunnelStatus};
 use tunnelize::tls::Identity;
@@ -78,25 +77,21 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(role: &str, config: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tunnelize"))
-            .args([role, "-c", config.to_str().unwrap()])
-            .env_remove("NOTIFY_SOCKET")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
+        let (child, _) = spawn_with_stderr(
+            Command::new(env!("CARGO_BIN_EXE_tunnelize"))
+                .args([role, "-c", config.to_str().unwrap()])
+                .env_remove("NOTIFY_SOCKET"),
+            "the daemon starts",
+            move |line| {
                 let mut log = sink.lock();
                 if log.len() >= 200 {
                     log.remove(0);
                 }
                 log.push(line);
-            }
-        });
+            },
+        );
         Daemon { child, log }
     }
 

@@ -712,7 +712,6 @@ async fn wait_for_line(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_undeliverable_datagrams_is_logged_at_most_once_per_interval() {
-    use tokio::io::AsyncBufReadExt;
     tunnelize::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     // The hub loads the certificate made here, so the tunnel knows what to pin.
@@ -731,30 +730,22 @@ async fn a_flood_of_undeliverable_datagrams_is_logged_at_most_once_per_interval(
     )
     .unwrap();
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tunnelize"))
-        .args([
-            "--log-format",
-            "text",
-            "hub",
-            "-c",
-            config.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
     let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            if line_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut child, _) = spawn_with_stderr(
+        Command::new(env!("CARGO_BIN_EXE_tunnelize"))
+            .args([
+                "--log-format",
+                "text",
+                "hub",
+                "-c",
+                config.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "info"),
+        "the hub binary starts",
+        move |line| {
+            let _ = line_tx.send(line);
+        },
+    );
     let mut seen = Vec::new();
     let listening = wait_for_line(&mut lines, &mut seen, "hub listening for tunnels").await;
     let hub_address = log_field(&listening, "listen")

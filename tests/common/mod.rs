@@ -412,6 +412,17 @@ pub async fn echoing_client(addr: SocketAddr, n: usize) -> TcpStream {
     socket
 }
 
+/// Asserts that the peer closes `socket` (end of file or a reset) within [`DEADLINE`]; `what`
+/// names the connection in the failure.
+pub async fn closed_by_peer(socket: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(DEADLINE, socket.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => {}
+        Ok(Ok(n)) => panic!("{what}: got {n} bytes instead of a close"),
+        Err(_) => panic!("{what}: still open after {DEADLINE:?}"),
+    }
+}
+
 /// Writes `data` on an open connection and reads the same back; false if the connection
 /// failed or was closed instead.
 pub async fn echoes(socket: &mut TcpStream, data: &[u8]) -> bool {

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use common::netns::{
     Daemon, HUB_IP, HubFiles, Link, TunnelFiles, connected, counted_packets, hub_view, public_port,
 };
-use common::{DEADLINE, echoes, eventually, payload};
+use common::{DEADLINE, closed_by_peer, echoes, eventually, payload};
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, TunnelStatus};
 
@@ -55,16 +55,6 @@ impl Echo {
 
     fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
-    }
-}
-
-/// Asserts that the peer closes `socket` (end of file or a reset) within [`DEADLINE`].
-async fn closed_by_peer(socket: &mut TcpStream, what: &str) {
-    let mut buf = [0u8; 64];
-    match tokio::time::timeout(DEADLINE, socket.read(&mut buf)).await {
-        Ok(Ok(0) | Err(_)) => {}
-        Ok(Ok(n)) => panic!("{what}: got {n} bytes instead of a close"),
-        Err(_) => panic!("{what}: still open after {DEADLINE:?}"),
     }
 }
 

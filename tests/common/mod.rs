@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod pki;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -441,13 +442,10 @@ pub fn http_any(name: &str, domain: &str) -> ServiceConfig {
     http_with(name, domain, |_| {})
 }
 
-/// [`http_any`] with its settings changed by `tweak`.
-pub fn http_with(
-    name: &str,
-    domain: &str,
-    tweak: impl FnOnce(&mut tunnelize::config::HttpService),
-) -> ServiceConfig {
-    let mut http = tunnelize::config::HttpService {
+/// The settings of an `http` or `https` service on 127.0.0.1:0 for `domain`, with the usual
+/// limits and no certificates.
+pub fn http_settings(domain: &str) -> tunnelize::config::HttpService {
+    tunnelize::config::HttpService {
         listen: "127.0.0.1:0".parse().unwrap(),
         domain: domain.into(),
         trusted_proxies: vec![],
@@ -456,7 +454,16 @@ pub fn http_with(
         max_head_size: 64 * 1024,
         redirect_https: None,
         certificates: vec![],
-    };
+    }
+}
+
+/// [`http_any`] with its settings changed by `tweak`.
+pub fn http_with(
+    name: &str,
+    domain: &str,
+    tweak: impl FnOnce(&mut tunnelize::config::HttpService),
+) -> ServiceConfig {
+    let mut http = http_settings(domain);
     tweak(&mut http);
     ServiceConfig {
         name: name.into(),

@@ -492,6 +492,24 @@ impl TunnelFiles {
     }
 }
 
+/// Starts a hub daemon on `hub_ip` (with `hub_top` as extra top-level keys) and a tunnel daemon
+/// to it with one `tcp` proxy per `(name, target)`, inside `link`'s namespaces if given, their
+/// files written in `dir`. Returns the hub, its files, the tunnel and its files.
+pub async fn start_hub_and_tunnel(
+    dir: &Path,
+    hub_ip: &str,
+    hub_top: &str,
+    proxies: &[(&str, SocketAddr)],
+    link: Option<&Link>,
+) -> (Daemon, HubFiles, Daemon, TunnelFiles) {
+    let hub_files = HubFiles::write(dir, hub_ip, hub_top, "");
+    let mut hub = Daemon::start("hub", &hub_files.config, link.map(|l| &l.hub));
+    let hub_addr = hub.hub_address().await;
+    let tunnel_files = TunnelFiles::write(dir, hub_addr, &hub_files.fingerprint, proxies, "");
+    let tunnel = Daemon::start("tunnel", &tunnel_files.config, link.map(|l| &l.tunnel));
+    (hub, hub_files, tunnel, tunnel_files)
+}
+
 /// The tunnel's status once it is connected with every proxy live.
 pub async fn connected(admin: &AdminClient, limit: Duration) -> TunnelStatus {
     eventually("the tunnel to connect", limit, || async {

@@ -501,6 +501,17 @@ pub fn memory() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The value of the sample `series` (a metric name with its labels as printed, such as
+/// `tunnelize_rejected_total{reason="limit"}`) in Prometheus text, if there and a `T`.
+pub fn metric<T: std::str::FromStr>(metrics: &str, series: &str) -> Option<T> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }

@@ -210,6 +210,24 @@ fn count(fates: &[Fate], fate: Fate) -> usize {
     fates.iter().filter(|x| **x == fate).count()
 }
 
+/// One echo of `data` through `public`, if it connects within 2 s and the whole echo is back
+/// within 5 s more (a look for [`eventually`] while the hub is short of files).
+async fn echoed(public: SocketAddr, data: &[u8]) -> Option<()> {
+    let socket = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(public))
+        .await
+        .ok()?
+        .ok()?;
+    let (mut r, mut w) = socket.into_split();
+    w.write_all(data).await.ok()?;
+    w.shutdown().await.ok()?;
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut back))
+        .await
+        .ok()?
+        .ok()?;
+    (back == data).then_some(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_at_its_open_file_limit_sheds_the_flood_keeps_its_listeners_and_recovers() {
     let started = Instant::now();
@@ -302,45 +320,15 @@ async fn a_hub_at_its_open_file_limit_sheds_the_flood_keeps_its_listeners_and_re
     eventually(
         "a client through the tunnel while the flood is held",
         DEADLINE,
-        || {
-            let data = data.clone();
-            async move {
-                let socket =
-                    tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(public))
-                        .await
-                        .ok()?
-                        .ok()?;
-                let (mut r, mut w) = socket.into_split();
-                w.write_all(&data).await.ok()?;
-                w.shutdown().await.ok()?;
-                let mut back = Vec::new();
-                tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut back))
-                    .await
-                    .ok()?
-                    .ok()?;
-                (back == data).then_some(())
-            }
-        },
+        || echoed(public, &data),
     )
     .await;
 
     // Release the flood: the same listeners serve again.
     drop(held);
     hub.assert_alive("after the flood");
-    eventually("a new client on the same tcp port", DEADLINE, || async {
-        let socket = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(public))
-            .await
-            .ok()?
-            .ok()?;
-        let (mut r, mut w) = socket.into_split();
-        w.write_all(b"after").await.ok()?;
-        w.shutdown().await.ok()?;
-        let mut back = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut back))
-            .await
-            .ok()?
-            .ok()?;
-        (back == b"after").then_some(())
+    eventually("a new client on the same tcp port", DEADLINE, || {
+        echoed(public, b"after")
     })
     .await;
     let echo2 = start_echo().await;

@@ -58,11 +58,7 @@ impl Limited {
 
 async fn limit_refusals(admin: &AdminClient) -> f64 {
     let metrics = admin.get_text(model::METRICS).await.unwrap();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tunnelize_rejected_total{reason=\"limit\"} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    metric(&metrics, "tunnelize_rejected_total{reason=\"limit\"}").unwrap()
 }
 
 #[tokio::test]

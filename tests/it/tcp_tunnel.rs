@@ -370,14 +370,10 @@ async fn clients_sending_at_once_to_a_refusing_target_are_each_closed_and_counte
         client.await.unwrap();
     }
     let counted = |metrics: &str| -> Option<u64> {
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("tunnelize_rejected_total{reason=\"target_unreachable\"} ")
-            })?
-            .trim()
-            .parse()
-            .ok()
+        metric(
+            metrics,
+            "tunnelize_rejected_total{reason=\"target_unreachable\"}",
+        )
     };
     eventually("every refused client is counted", DEADLINE, || async {
         counted(&view.metrics()).filter(|&n| n >= CLIENTS)

@@ -785,14 +785,10 @@ async fn a_flood_of_undeliverable_datagrams_is_logged_at_most_once_per_interval(
         DEADLINE,
         || async {
             let metrics = admin.get_text("/metrics").await.ok()?;
-            let refused: u64 = metrics
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("tunnelize_rejected_total{reason=\"target_unreachable\"} ")
-                })?
-                .trim()
-                .parse()
-                .ok()?;
+            let refused: u64 = metric(
+                &metrics,
+                "tunnelize_rejected_total{reason=\"target_unreachable\"}",
+            )?;
             (refused >= CLIENTS as u64).then_some(refused)
         },
     )

@@ -26,7 +26,7 @@ use common::web::start_app;
 use common::*;
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model;
-use tunnelize::config::{AdminConfig, HttpService, HubTrust, ServiceConfig, ServiceKind};
+use tunnelize::config::{AdminConfig, HubTrust, ServiceConfig};
 use tunnelize::protocol::{
     Channel, Envelope, MAX_FRAME_LEN, PROTOCOL_VERSION, Preamble, TunnelMessage, encode_frame,
 };
@@ -721,19 +721,9 @@ async fn keep_attacking(
 // ---------------------------------------------------------------------------------------------
 
 fn http_service() -> ServiceConfig {
-    ServiceConfig {
-        name: "web".into(),
-        kind: ServiceKind::Http(HttpService {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            domain: "test.local".into(),
-            trusted_proxies: vec![],
-            header_timeout: SHORT_DEADLINE,
-            response_timeout: Duration::from_secs(30),
-            max_head_size: 64 * 1024,
-            redirect_https: None,
-            certificates: vec![],
-        }),
-    }
+    http_with("web", "test.local", |http| {
+        http.header_timeout = SHORT_DEADLINE
+    })
 }
 
 /// A request through the http service to the app behind `host`.
@@ -748,21 +738,6 @@ async fn http_get(addr: SocketAddr, host: &str) -> String {
         .expect("an http answer in time")
         .unwrap();
     String::from_utf8_lossy(&answer).into_owned()
-}
-
-/// (current, peak) resident memory of this process, in bytes: hub, tunnels, targets and
-/// attackers all live in it.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap()
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// The value of an unlabelled or labelled sample in Prometheus text.

@@ -12,42 +12,16 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tunnelize::config::{HttpService, ServiceConfig, ServiceKind};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 
-/// (current RSS, peak RSS) of this process, in bytes.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap()
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_gib_upload_streams_with_bounded_memory() {
-    let http = HttpService {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        domain: "test.local".into(),
-        trusted_proxies: vec![],
-        header_timeout: Duration::from_secs(10),
-        response_timeout: Duration::from_secs(300),
-        max_head_size: 64 * 1024,
-        redirect_https: None,
-        certificates: vec![],
-    };
-    let hub = start_hub(vec![ServiceConfig {
-        name: "web".into(),
-        kind: ServiceKind::Http(http),
-    }])
-    .await;
+    let web = http_with("web", "test.local", |http| {
+        http.response_timeout = Duration::from_secs(300)
+    });
+    let hub = start_hub(vec![web]).await;
     let app = start_app("sink").await;
     let mut p = proxy("sink", "web", app.addr, None);
     p.hostname = Some("sink".into());

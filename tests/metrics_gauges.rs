@@ -8,15 +8,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use common::*;
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, TunnelStatus};
-use tunnelize::config::AdminConfig;
 use tunnelize::tunnel::{Backoff, Tunnel, supervise};
 
 /// Clients held open at once in the load step.
@@ -60,28 +55,6 @@ async fn scrape(admin: &AdminClient, who: &str) -> Gauges {
         "{who}: {g:?}"
     );
     g
-}
-
-/// A client through the echo proxy that has echoed `n` bytes and stays open.
-async fn echoing_client(addr: SocketAddr, n: usize) -> TcpStream {
-    let mut socket = connect(addr).await;
-    let data = payload(n as u64, n);
-    socket.write_all(&data).await.unwrap();
-    let mut back = vec![0; n];
-    tokio::time::timeout(DEADLINE, socket.read_exact(&mut back))
-        .await
-        .expect("echo in time")
-        .unwrap();
-    assert_eq!(back, data);
-    socket
-}
-
-fn admin_on(socket: &Path) -> AdminConfig {
-    AdminConfig {
-        socket: Some(socket.to_owned()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    }
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod pki;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use tunnelize::config::{
@@ -22,7 +24,7 @@ use tunnelize::config::{
 use tunnelize::hub::Hub;
 use tunnelize::protocol::ProxyOutcome;
 use tunnelize::secret::Secret;
-use tunnelize::tls::{Fingerprint, Identity};
+use tunnelize::tls::{Fingerprint, Identity, client_config, server_name};
 use tunnelize::tunnel::{Session, Tunnel};
 
 /// The key every test hub accepts.
@@ -267,10 +269,17 @@ pub async fn start_tunnel(config: TunnelConfig) -> TestTunnel {
     }
 }
 
-/// An echo server that echoes until the client half-closes, then half-closes too.
+/// An echo server on 127.0.0.1:0 that echoes until the client half-closes, then half-closes
+/// too.
 pub async fn start_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    serve_echo(listener);
+    addr
+}
+
+/// Serves echo on `listener` as [`start_echo`] does; aborting the task closes the listener.
+pub fn serve_echo(listener: TcpListener) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let Ok((socket, _)) = listener.accept().await else {
@@ -282,8 +291,42 @@ pub async fn start_echo() -> SocketAddr {
                 let _ = w.shutdown().await;
             });
         }
+    })
+}
+
+/// An admin API on the Unix socket `socket` only, as a config file naming it would set it.
+pub fn admin_on(socket: &std::path::Path) -> AdminConfig {
+    AdminConfig {
+        socket: Some(socket.to_owned()),
+        socket_explicit: true,
+        ..AdminConfig::default()
+    }
+}
+
+/// Starts `command` with no standard input or output, to be killed when dropped, and hands each
+/// line of its standard error to `keep` as it comes. Returns the child and the task reading its
+/// standard error, which ends when the child closes it. Panics naming `what` if it cannot start.
+pub fn spawn_with_stderr(
+    command: &mut tokio::process::Command,
+    what: &str,
+    mut keep: impl FnMut(String) + Send + 'static,
+) -> (tokio::process::Child, JoinHandle<()>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            keep(line);
+        }
     });
-    addr
+    (child, reader)
 }
 
 /// A port on which nothing listens (bound, then released).
@@ -318,7 +361,11 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Sends `data`, half-closes, and returns everything read back until EOF.
 pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let socket = connect(addr).await;
+    round_trip_on(connect(addr).await, data).await
+}
+
+/// [`round_trip`] on a connection already open.
+pub async fn round_trip_on(socket: TcpStream, data: &[u8]) -> Vec<u8> {
     let (mut r, mut w) = socket.into_split();
     let data = data.to_vec();
     let writer = tokio::spawn(async move {
@@ -332,6 +379,49 @@ pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
         .unwrap();
     writer.await.unwrap();
     back
+}
+
+/// Starts TLS on `socket` as a client of the test hub whose certificate has `fingerprint`
+/// (the hub's tunnel listener, or its admin API's TLS listener).
+pub async fn tls_over(socket: TcpStream, fingerprint: &Fingerprint) -> TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(
+        client_config(&HubTrust::Fingerprint(fingerprint.0)).unwrap(),
+    );
+    connector
+        .connect(server_name("localhost").unwrap(), socket)
+        .await
+        .unwrap()
+}
+
+/// A TLS connection to the hub's tunnel listener, as a hand-written peer starts one.
+pub async fn tls_to(hub: &TestHub) -> TlsStream<TcpStream> {
+    let socket = TcpStream::connect(hub.addr).await.unwrap();
+    tls_over(socket, &hub.fingerprint).await
+}
+
+/// A client connection through an echo proxy that has moved `n` bytes each way and stays open.
+pub async fn echoing_client(addr: SocketAddr, n: usize) -> TcpStream {
+    let mut socket = connect(addr).await;
+    let data = payload(n as u64, n);
+    socket.write_all(&data).await.unwrap();
+    let mut back = vec![0; n];
+    tokio::time::timeout(DEADLINE, socket.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(back, data);
+    socket
+}
+
+/// Asserts that the peer closes `socket` (end of file or a reset) within [`DEADLINE`]; `what`
+/// names the connection in the failure.
+pub async fn closed_by_peer(socket: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(DEADLINE, socket.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => {}
+        Ok(Ok(n)) => panic!("{what}: got {n} bytes instead of a close"),
+        Err(_) => panic!("{what}: still open after {DEADLINE:?}"),
+    }
 }
 
 /// Writes `data` on an open connection and reads the same back; false if the connection
@@ -349,19 +439,77 @@ pub async fn echoes(socket: &mut TcpStream, data: &[u8]) -> bool {
 
 /// A plain `http` service on 127.0.0.1:0 for `domain`, with the usual limits.
 pub fn http_any(name: &str, domain: &str) -> ServiceConfig {
+    http_with(name, domain, |_| {})
+}
+
+/// The settings of an `http` or `https` service on 127.0.0.1:0 for `domain`, with the usual
+/// limits and no certificates.
+pub fn http_settings(domain: &str) -> tunnelize::config::HttpService {
+    tunnelize::config::HttpService {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        domain: domain.into(),
+        trusted_proxies: vec![],
+        header_timeout: Duration::from_secs(10),
+        response_timeout: Duration::from_secs(30),
+        max_head_size: 64 * 1024,
+        redirect_https: None,
+        certificates: vec![],
+    }
+}
+
+/// [`http_any`] with its settings changed by `tweak`.
+pub fn http_with(
+    name: &str,
+    domain: &str,
+    tweak: impl FnOnce(&mut tunnelize::config::HttpService),
+) -> ServiceConfig {
+    let mut http = http_settings(domain);
+    tweak(&mut http);
     ServiceConfig {
         name: name.into(),
-        kind: ServiceKind::Http(tunnelize::config::HttpService {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            domain: domain.into(),
-            trusted_proxies: vec![],
-            header_timeout: Duration::from_secs(10),
-            response_timeout: Duration::from_secs(30),
-            max_head_size: 64 * 1024,
-            redirect_https: None,
-            certificates: vec![],
-        }),
+        kind: ServiceKind::Http(http),
     }
+}
+
+/// `GET /` with `Host: host` on `addr`: the status code and the whole response, if an answer
+/// came within `DEADLINE`.
+pub async fn http_get(addr: SocketAddr, host: &str) -> Option<(u16, String)> {
+    let mut socket = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, socket.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+/// (current, peak) resident memory of this process, in bytes (`VmRSS`, `VmHWM`).
+pub fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The value of the sample `series` (a metric name with its labels as printed, such as
+/// `tunnelize_rejected_total{reason="limit"}`) in Prometheus text, if there and a `T`.
+pub fn metric<T: std::str::FromStr>(metrics: &str, series: &str) -> Option<T> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {

@@ -17,10 +17,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{DEADLINE, KEY, eventually};
+use super::{DEADLINE, KEY, eventually, spawn_with_stderr};
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, ServiceInfo, TunnelInfo, TunnelStatus};
 
@@ -294,26 +293,18 @@ impl Daemon {
             .args(["--log-format", "text", role, "-c"])
             .arg(config)
             .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("the daemon starts");
-        let pid = child.id().unwrap();
+            .env_remove("NOTIFY_SOCKET");
         let log = Arc::new(Mutex::new(Log::default()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock();
-                if log.lines.len() >= LOG_LINES_KEPT {
-                    log.lines.remove(0);
-                    log.dropped += 1;
-                }
-                log.lines.push(line);
+        let (child, _) = spawn_with_stderr(&mut command, "the daemon starts", move |line| {
+            let mut log = sink.lock();
+            if log.lines.len() >= LOG_LINES_KEPT {
+                log.lines.remove(0);
+                log.dropped += 1;
             }
+            log.lines.push(line);
         });
+        let pid = child.id().unwrap();
         Daemon {
             what: format!("{role} (pid {pid})"),
             pid,
@@ -499,6 +490,24 @@ impl TunnelFiles {
     pub fn admin(&self) -> AdminClient {
         AdminClient::unix(&self.socket).with_timeout(Duration::from_secs(5))
     }
+}
+
+/// Starts a hub daemon on `hub_ip` (with `hub_top` as extra top-level keys) and a tunnel daemon
+/// to it with one `tcp` proxy per `(name, target)`, inside `link`'s namespaces if given, their
+/// files written in `dir`. Returns the hub, its files, the tunnel and its files.
+pub async fn start_hub_and_tunnel(
+    dir: &Path,
+    hub_ip: &str,
+    hub_top: &str,
+    proxies: &[(&str, SocketAddr)],
+    link: Option<&Link>,
+) -> (Daemon, HubFiles, Daemon, TunnelFiles) {
+    let hub_files = HubFiles::write(dir, hub_ip, hub_top, "");
+    let mut hub = Daemon::start("hub", &hub_files.config, link.map(|l| &l.hub));
+    let hub_addr = hub.hub_address().await;
+    let tunnel_files = TunnelFiles::write(dir, hub_addr, &hub_files.fingerprint, proxies, "");
+    let tunnel = Daemon::start("tunnel", &tunnel_files.config, link.map(|l| &l.tunnel));
+    (hub, hub_files, tunnel, tunnel_files)
 }
 
 /// The tunnel's status once it is connected with every proxy live.

@@ -93,32 +93,6 @@ impl Live {
     }
 }
 
-/// A client connection through the echo proxy that has moved `n` bytes each way and stays open.
-async fn echoing_client(addr: SocketAddr, n: usize) -> TcpStream {
-    let mut socket = connect(addr).await;
-    let data = payload(n as u64, n);
-    socket.write_all(&data).await.unwrap();
-    let mut back = vec![0; n];
-    tokio::time::timeout(DEADLINE, socket.read_exact(&mut back))
-        .await
-        .expect("echo in time")
-        .unwrap();
-    assert_eq!(back, data);
-    socket
-}
-
-/// Resolves once the peer closed `socket` (EOF or reset).
-async fn closed_by_peer(socket: &mut TcpStream) {
-    let mut buf = [0u8; 64];
-    let result = tokio::time::timeout(DEADLINE, socket.read(&mut buf))
-        .await
-        .expect("the connection is closed in time");
-    assert!(
-        matches!(result, Ok(0) | Err(_)),
-        "expected a close, got {result:?}"
-    );
-}
-
 // ---- a small JSON Schema check, enough for the schemas of our OpenAPI document ----
 
 fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
@@ -339,7 +313,7 @@ async fn every_hub_endpoint_answers_on_both_transports_as_its_openapi_document_s
     }
     // Once the client leaves it is no longer listed, and its bytes stay in the totals.
     client_socket.shutdown().await.unwrap();
-    closed_by_peer(&mut client_socket).await;
+    closed_by_peer(&mut client_socket, "the client that shut down").await;
     drop(client_socket);
     let admin = live.over_socket();
     eventually("the client to be gone", DEADLINE, || async {
@@ -353,12 +327,8 @@ async fn every_hub_endpoint_answers_on_both_transports_as_its_openapi_document_s
 
 /// One HTTP/1.1 request over TLS to the admin listener, returning the raw response text.
 async fn raw_tls_request(live: &Live, request: &str) -> String {
-    let trust = HubTrust::Fingerprint(live.hub.fingerprint.0);
-    let connector =
-        tokio_rustls::TlsConnector::from(tunnelize::tls::client_config(&trust).unwrap());
     let socket = TcpStream::connect(live.tls).await.unwrap();
-    let name = tunnelize::tls::server_name("localhost").unwrap();
-    let mut tls = connector.connect(name, socket).await.unwrap();
+    let mut tls = tls_over(socket, &live.hub.fingerprint).await;
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(DEADLINE, tls.read_to_end(&mut response))
@@ -444,7 +414,7 @@ async fn disconnecting_a_client_closes_only_that_client() {
     let id = &clients.iter().find(|c| c.peer == first_addr).unwrap().id;
     let answer: Message = admin.delete(&model::client(id)).await.unwrap();
     assert!(answer.message.contains(id.as_str()), "{}", answer.message);
-    closed_by_peer(&mut first).await;
+    closed_by_peer(&mut first, "the disconnected client").await;
     // The other client still echoes.
     second.write_all(b"still here").await.unwrap();
     let mut back = [0u8; 10];
@@ -464,11 +434,7 @@ async fn disconnecting_a_tunnel_closes_its_clients_frees_its_port_and_tells_the_
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("hub.sock");
     let mut config = hub_config(services());
-    config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    };
+    config.admin = admin_on(&socket);
     let (hub, _) = start_hub_with_admin(config).await;
     let target = start_echo().await;
     // Run the session by hand, to see the reason it ends with.
@@ -493,7 +459,7 @@ async fn disconnecting_a_tunnel_closes_its_clients_frees_its_port_and_tells_the_
 
     let output = ctl(&["--socket", path(&socket), "disconnect-tunnel", &id]).await;
     assert_exit(&output, 0);
-    closed_by_peer(&mut client).await;
+    closed_by_peer(&mut client, "the disconnected tunnel's client").await;
     let ended = tokio::time::timeout(DEADLINE, running)
         .await
         .unwrap()
@@ -648,11 +614,7 @@ async fn a_tunnel_daemon_reports_its_session_proxies_and_target_health_on_its_so
             proxy("lost", "nope", target, None),
         ],
     );
-    config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    };
+    config.admin = admin_on(&socket);
     let admin_config = config.admin.clone();
     let tunnel = Tunnel::new(config).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -684,7 +646,7 @@ async fn a_tunnel_daemon_reports_its_session_proxies_and_target_health_on_its_so
     // One client each: the live target is up, the closed one down.
     let _client = echoing_client(SocketAddr::from(([127, 0, 0, 1], port)), 5).await;
     let mut refused = connect(SocketAddr::from(([127, 0, 0, 1], dead_port))).await;
-    closed_by_peer(&mut refused).await;
+    closed_by_peer(&mut refused, "the client of the closed target").await;
     let status: TunnelStatus = eventually("target health", DEADLINE, || async {
         let s: TunnelStatus = admin.get(model::STATUS).await.ok()?;
         let ok = by_name(&s, "echo").target_up == Some(true)
@@ -749,11 +711,7 @@ async fn udp_sessions_are_listed_as_clients_with_their_bytes() {
             max_sessions: 16,
         }),
     }]);
-    config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    };
+    config.admin = admin_on(&socket);
     let (hub, _) = start_hub_with_admin(config).await;
     let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let target = echo.local_addr().unwrap();

@@ -128,6 +128,26 @@ async fn live_tcp_proxy(daemon: &mut Daemon) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// `tunnelize check-config FILE`.
+async fn check_config(file: &Path) -> std::process::Output {
+    Command::new(bin())
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Asserts that a run of the binary exited 0, showing its standard error otherwise.
+#[track_caller]
+fn assert_succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn message(v: &serde_json::Value) -> &str {
     v["fields"]["message"].as_str().unwrap_or("")
 }
@@ -236,17 +256,7 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
             dir.path().join("state").display()
         ),
     );
-    let check = Command::new(bin())
-        .arg("check-config")
-        .arg(&hub_cfg)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_succeeded(&check_config(&hub_cfg).await);
 
     // At info, as packaged: warnings about single requests must carry their ids there too.
     let mut hub = Daemon::spawn_logging(
@@ -290,36 +300,11 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
         ),
     );
     write(dir.path(), "key", &format!("{KEY}\n"));
-    let check = Command::new(bin())
-        .arg("check-config")
-        .arg(&tunnel_cfg)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_succeeded(&check_config(&tunnel_cfg).await);
 
     let mut tunnel = Daemon::tunnel(&tunnel_cfg);
-    let live = tunnel
-        .wait_for("the live tcp proxy", |v| {
-            message(v) == "proxy is live on the hub" && v["fields"]["port"].is_u64()
-        })
-        .await;
-    let port = live["fields"]["port"].as_u64().unwrap() as u16;
-    let mut client = connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
-    let mut buf = [0u8; 8];
-    let read = tokio::time::timeout(
-        DEADLINE,
-        tokio::io::AsyncReadExt::read(&mut client, &mut buf),
-    )
-    .await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "client must be closed: {read:?}"
-    );
+    let mut client = connect(live_tcp_proxy(&mut tunnel).await).await;
+    closed_by_peer(&mut client, "a client of a refusing target").await;
 
     let logged = hub
         .wait_for("the refusal log", |v| {
@@ -383,12 +368,7 @@ async fn check_config_rejects_a_bad_file_with_exit_code_one() {
         "hub.toml",
         "listen = \"127.0.0.1:7700\"\nlisten_typo = 1\n",
     );
-    let out = Command::new(bin())
-        .arg("check-config")
-        .arg(&cfg)
-        .output()
-        .await
-        .unwrap();
+    let out = check_config(&cfg).await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -453,30 +433,8 @@ async fn demo_prints_a_working_curl_line_and_stops_on_ctrl_c() {
 
 #[tokio::test]
 async fn hash_password_prints_a_hash_the_config_accepts() {
-    use tokio::io::AsyncWriteExt;
-    let mut child = Command::new(bin())
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"correct horse\n")
-        .await
-        .unwrap();
-    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_with_input("hash-password", "correct horse\n").await;
+    assert_succeeded(&out);
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains("correct horse"));
@@ -491,24 +449,19 @@ async fn hash_password_prints_a_hash_the_config_accepts() {
              password_hash = \"{hash}\"\n"
         ),
     );
-    let check = Command::new(bin())
-        .arg("check-config")
-        .arg(&cfg)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_succeeded(&check_config(&cfg).await);
 }
 
 /// Runs `tunnelize hash-key` with `input` on standard input.
 async fn hash_key(input: &str) -> std::process::Output {
+    run_with_input("hash-key", input).await
+}
+
+/// Runs `tunnelize SUBCOMMAND` with `input` on standard input, within `DEADLINE`.
+async fn run_with_input(subcommand: &str, input: &str) -> std::process::Output {
     use tokio::io::AsyncWriteExt;
     let mut child = Command::new(bin())
-        .arg("hash-key")
+        .arg(subcommand)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -526,11 +479,7 @@ async fn hash_key(input: &str) -> std::process::Output {
 #[tokio::test]
 async fn hash_key_prints_a_key_hash_the_hub_accepts_that_key_with() {
     let out = hash_key(&format!("{KEY}\n")).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let line = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(line.starts_with("sha256:"), "{line}");
     assert!(!line.contains(KEY));

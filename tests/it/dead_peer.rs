@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use common::netns::{
-    Daemon, HUB_IP, HubFiles, Link, TunnelFiles, connected, counted_packets, hub_view, public_port,
+    Daemon, HUB_IP, Link, connected, counted_packets, hub_view, public_port, start_hub_and_tunnel,
 };
-use common::{DEADLINE, echoes, eventually, payload};
+use common::{DEADLINE, closed_by_peer, echoes, eventually, payload};
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, TunnelStatus};
 
@@ -55,16 +55,6 @@ impl Echo {
 
     fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
-    }
-}
-
-/// Asserts that the peer closes `socket` (end of file or a reset) within [`DEADLINE`].
-async fn closed_by_peer(socket: &mut TcpStream, what: &str) {
-    let mut buf = [0u8; 64];
-    match tokio::time::timeout(DEADLINE, socket.read(&mut buf)).await {
-        Ok(Ok(0) | Err(_)) => {}
-        Ok(Ok(n)) => panic!("{what}: got {n} bytes instead of a close"),
-        Err(_) => panic!("{what}: still open after {DEADLINE:?}"),
     }
 }
 
@@ -125,17 +115,14 @@ struct Loopback {
 async fn loopback() -> Loopback {
     let dir = tempfile::tempdir().unwrap();
     let echo = Echo::serve(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    let hub_files = HubFiles::write(dir.path(), "127.0.0.1", HEARTBEAT, "");
-    let mut hub = Daemon::start("hub", &hub_files.config, None);
-    let hub_addr = hub.hub_address().await;
-    let tunnel_files = TunnelFiles::write(
+    let (hub, hub_files, tunnel, tunnel_files) = start_hub_and_tunnel(
         dir.path(),
-        hub_addr,
-        &hub_files.fingerprint,
+        "127.0.0.1",
+        HEARTBEAT,
         &[("echo", echo.addr)],
-        "",
-    );
-    let tunnel = Daemon::start("tunnel", &tunnel_files.config, None);
+        None,
+    )
+    .await;
     let tunnel_admin = tunnel_files.admin();
     let status = connected(&tunnel_admin, DEADLINE).await;
     let public = SocketAddr::from(([127, 0, 0, 1], public_port(&status, "echo")));
@@ -312,17 +299,14 @@ async fn a_blackholed_network_is_noticed_on_both_sides_and_the_tunnel_returns_wh
     let dir = tempfile::tempdir().unwrap();
     let link = Link::new();
     let echo = Echo::serve(link.tunnel.listen("127.0.0.1:0".parse().unwrap()));
-    let hub_files = HubFiles::write(dir.path(), HUB_IP, HEARTBEAT, "");
-    let mut hub = Daemon::start("hub", &hub_files.config, Some(&link.hub));
-    let hub_addr = hub.hub_address().await;
-    let tunnel_files = TunnelFiles::write(
+    let (mut hub, hub_files, mut tunnel, tunnel_files) = start_hub_and_tunnel(
         dir.path(),
-        hub_addr,
-        &hub_files.fingerprint,
+        HUB_IP,
+        HEARTBEAT,
         &[("echo", echo.addr)],
-        "",
-    );
-    let mut tunnel = Daemon::start("tunnel", &tunnel_files.config, Some(&link.tunnel));
+        Some(&link),
+    )
+    .await;
     let (hub_admin, tunnel_admin) = (hub_files.admin(), tunnel_files.admin());
     let status = connected(&tunnel_admin, DEADLINE).await;
     let old_id = status.tunnel_id.clone().unwrap();

@@ -6,12 +6,11 @@
 use crate::common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -41,31 +40,25 @@ impl HubProcess {
         let prlimit = which("prlimit").unwrap_or_else(|| {
             panic!("`prlimit` is needed to lower the hub's open-file limit: install util-linux")
         });
-        let mut child = Command::new(prlimit)
-            .arg(format!("--nofile={NOFILE}:{NOFILE}"))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_tunnelize"))
-            .args(["--log-format", "json", "hub", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the hub under prlimit");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
+        let (child, _) = spawn_with_stderr(
+            Command::new(prlimit)
+                .arg(format!("--nofile={NOFILE}:{NOFILE}"))
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_tunnelize"))
+                .args(["--log-format", "json", "hub", "-c"])
+                .arg(config)
+                .env("RUST_LOG", "info")
+                .env_remove("NOTIFY_SOCKET")
+                .env_remove("JOURNAL_STREAM"),
+            "start the hub under prlimit",
+            move |line| {
                 if let Ok(v) = serde_json::from_str(&line) {
                     sink.lock().push(v);
                 }
-            }
-        });
+            },
+        );
         HubProcess { child, log }
     }
 
@@ -217,6 +210,24 @@ fn count(fates: &[Fate], fate: Fate) -> usize {
     fates.iter().filter(|x| **x == fate).count()
 }
 
+/// One echo of `data` through `public`, if it connects within 2 s and the whole echo is back
+/// within 5 s more (a look for [`eventually`] while the hub is short of files).
+async fn echoed(public: SocketAddr, data: &[u8]) -> Option<()> {
+    let socket = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(public))
+        .await
+        .ok()?
+        .ok()?;
+    let (mut r, mut w) = socket.into_split();
+    w.write_all(data).await.ok()?;
+    w.shutdown().await.ok()?;
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut back))
+        .await
+        .ok()?
+        .ok()?;
+    (back == data).then_some(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_at_its_open_file_limit_sheds_the_flood_keeps_its_listeners_and_recovers() {
     let started = Instant::now();
@@ -309,45 +320,15 @@ async fn a_hub_at_its_open_file_limit_sheds_the_flood_keeps_its_listeners_and_re
     eventually(
         "a client through the tunnel while the flood is held",
         DEADLINE,
-        || {
-            let data = data.clone();
-            async move {
-                let socket =
-                    tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(public))
-                        .await
-                        .ok()?
-                        .ok()?;
-                let (mut r, mut w) = socket.into_split();
-                w.write_all(&data).await.ok()?;
-                w.shutdown().await.ok()?;
-                let mut back = Vec::new();
-                tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut back))
-                    .await
-                    .ok()?
-                    .ok()?;
-                (back == data).then_some(())
-            }
-        },
+        || echoed(public, &data),
     )
     .await;
 
     // Release the flood: the same listeners serve again.
     drop(held);
     hub.assert_alive("after the flood");
-    eventually("a new client on the same tcp port", DEADLINE, || async {
-        let socket = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(public))
-            .await
-            .ok()?
-            .ok()?;
-        let (mut r, mut w) = socket.into_split();
-        w.write_all(b"after").await.ok()?;
-        w.shutdown().await.ok()?;
-        let mut back = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut back))
-            .await
-            .ok()?
-            .ok()?;
-        (back == b"after").then_some(())
+    eventually("a new client on the same tcp port", DEADLINE, || {
+        echoed(public, b"after")
     })
     .await;
     let echo2 = start_echo().await;

@@ -12,19 +12,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tunnelize::channel::{ChannelError, FramedStream};
-use tunnelize::config::HubTrust;
 use tunnelize::protocol::{
     Channel, Envelope, HEARTBEAT_MISSES, HubMessage, HubPreamble, PROTOCOL_VERSION, Preamble,
     ProxyOutcome, ProxyRequest, TunnelMessage,
 };
 use tunnelize::secret::Secret;
-use tunnelize::tls::{Identity, client_config, server_name};
+use tunnelize::tls::Identity;
 use tunnelize::tunnel::{Tunnel, TunnelError};
 use uuid::Uuid;
 
@@ -36,16 +33,6 @@ async fn fast_heartbeat_hub() -> TestHub {
     let mut config = hub_config(vec![tcp_any("tcp")]);
     config.heartbeat_interval = INTERVAL;
     start_hub_with(config).await
-}
-
-async fn tls_to(hub: &TestHub) -> TlsStream<TcpStream> {
-    let connector =
-        TlsConnector::from(client_config(&HubTrust::Fingerprint(hub.fingerprint.0)).unwrap());
-    let socket = TcpStream::connect(hub.addr).await.unwrap();
-    connector
-        .connect(server_name("localhost").unwrap(), socket)
-        .await
-        .unwrap()
 }
 
 /// Opens a control channel by hand with one `tcp` proxy; returns the channel and the public
@@ -182,15 +169,17 @@ async fn echo_once(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let socket = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("the public port {addr} is gone: {e}"));
-    let (mut r, mut w) = socket.into_split();
-    w.write_all(data).await.unwrap();
-    w.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(DEADLINE, r.read_to_end(&mut back))
-        .await
-        .expect("echo timed out")
-        .unwrap();
-    back
+    round_trip_on(socket, data).await
+}
+
+/// Echoes `len` bytes through `addr` once every `every`, `rounds` times, each round checked.
+async fn echo_at_pace(addr: SocketAddr, every: Duration, rounds: u64, len: usize) {
+    let mut pace = tokio::time::interval(every);
+    for round in 0..rounds {
+        pace.tick().await;
+        let data = payload(round, len);
+        assert_eq!(echo_once(addr, &data).await, data, "round {round}");
+    }
 }
 
 #[tokio::test]
@@ -201,16 +190,8 @@ async fn a_real_tunnel_keeps_its_session_past_several_intervals() {
 
     // Client traffic rides on link connections, never on the control channel, so only the
     // tunnel's own pings keep the session past the hub's silence window.
-    let mut pace = tokio::time::interval(INTERVAL / 2);
-    for round in 0..2 * (HEARTBEAT_MISSES + 2) {
-        pace.tick().await;
-        let data = payload(u64::from(round), 64);
-        assert_eq!(
-            echo_once(tunnel.addr(0), &data).await,
-            data,
-            "round {round}"
-        );
-    }
+    let rounds = 2 * u64::from(HEARTBEAT_MISSES + 2);
+    echo_at_pace(tunnel.addr(0), INTERVAL / 2, rounds, 64).await;
     assert!(
         !tunnel.task.is_finished(),
         "the tunnel's session ended although the hub answers its heartbeats"
@@ -231,16 +212,7 @@ async fn a_sub_second_heartbeat_interval_does_not_drop_healthy_tunnels() {
     let hub = start_hub_with(config).await;
     let echo = start_echo().await;
     let tunnel = start_tunnel(tunnel_config(&hub, vec![proxy("echo", "tcp", echo, None)])).await;
-    let mut pace = tokio::time::interval(Duration::from_millis(250));
-    for round in 0..12u64 {
-        pace.tick().await;
-        let data = payload(round, 32);
-        assert_eq!(
-            echo_once(tunnel.addr(0), &data).await,
-            data,
-            "round {round}"
-        );
-    }
+    echo_at_pace(tunnel.addr(0), Duration::from_millis(250), 12, 32).await;
     assert!(
         !tunnel.task.is_finished(),
         "the hub dropped a tunnel that pinged as told"

@@ -7,14 +7,12 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use base64::Engine;
 use common::web::start_app;
 use common::*;
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const USER: &str = "ann";
@@ -30,27 +28,21 @@ struct Daemon {
 
 impl Daemon {
     fn start(args: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tunnelize"))
-            .args(args)
-            .env("RUST_LOG", "trace")
-            .env_remove("TUNNELIZE_KEY")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("tunnelize runs");
         let log = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
-        let reader = tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
+        let (child, reader) = spawn_with_stderr(
+            Command::new(env!("CARGO_BIN_EXE_tunnelize"))
+                .args(args)
+                .env("RUST_LOG", "trace")
+                .env_remove("TUNNELIZE_KEY")
+                .env_remove("JOURNAL_STREAM"),
+            "tunnelize runs",
+            move |line| {
                 let mut log = sink.lock();
                 log.push_str(&line);
                 log.push('\n');
-            }
-        });
+            },
+        );
         Daemon { child, log, reader }
     }
 

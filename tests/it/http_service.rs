@@ -18,28 +18,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
-use tunnelize::config::{HttpService, ServiceConfig, ServiceKind};
+use tunnelize::config::HttpService;
 use tunnelize::protocol::{BasicAuth, ProxyOutcome};
 
 const DOMAIN: &str = "test.local";
-
-fn http_service(name: &str, tweak: impl FnOnce(&mut HttpService)) -> ServiceConfig {
-    let mut http = HttpService {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        domain: DOMAIN.into(),
-        trusted_proxies: vec![],
-        header_timeout: Duration::from_secs(10),
-        response_timeout: Duration::from_secs(30),
-        max_head_size: 64 * 1024,
-        redirect_https: None,
-        certificates: vec![],
-    };
-    tweak(&mut http);
-    ServiceConfig {
-        name: name.into(),
-        kind: ServiceKind::Http(http),
-    }
-}
 
 fn web_proxy(name: &str, app: &App, hostname: &str) -> tunnelize::config::ProxyConfig {
     let mut p = proxy(name, "web", app.addr, None);
@@ -154,7 +136,7 @@ struct Setup {
 }
 
 async fn setup(tweak: impl FnOnce(&mut HttpService)) -> Setup {
-    let config = hub_config(vec![http_service("web", tweak)]);
+    let config = hub_config(vec![http_with("web", DOMAIN, tweak)]);
     let (hub, _admin, view) = start_hub_full(config).await;
     let web = hub.services["web"];
     Setup { hub, web, view }

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pki::TestCa;
 use common::web::start_app;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -24,40 +24,15 @@ struct Pki {
 }
 
 fn make_pki(dir: &Path) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Distinct subject names: OpenSSL takes a leaf whose subject equals its issuer for
-    // self-signed.
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tunnelize test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let mut certs = Vec::new();
-    for (i, name) in ["a.test.local", "b.test.local", "*.test.local"]
+    let ca = TestCa::new(dir);
+    let certs = ["a.test.local", "b.test.local", "*.test.local"]
         .into_iter()
         .enumerate()
-    {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let files = TlsFiles {
-            cert_file: dir.join(format!("{i}.crt")),
-            key_file: dir.join(format!("{i}.key")),
-        };
-        std::fs::write(&files.cert_file, cert.pem()).unwrap();
-        std::fs::write(&files.key_file, key.serialize_pem()).unwrap();
-        certs.push((files, cert.der().clone()));
-    }
+        .map(|(i, name)| ca.issue(dir, &i.to_string(), name))
+        .collect();
     Pki {
-        ca_file,
-        ca_der: ca.der().clone(),
+        ca_file: ca.file,
+        ca_der: ca.der,
         certs,
     }
 }
@@ -69,14 +44,9 @@ fn web(
     redirect: Option<&str>,
 ) -> ServiceConfig {
     let http = HttpService {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        domain: "test.local".into(),
-        trusted_proxies: vec![],
-        header_timeout: Duration::from_secs(10),
-        response_timeout: Duration::from_secs(30),
-        max_head_size: 64 * 1024,
         redirect_https: redirect.map(str::to_owned),
         certificates,
+        ..http_settings("test.local")
     };
     let kind = if tls {
         ServiceKind::Https(http)

@@ -12,19 +12,18 @@ use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 use common::web::start_app;
-use common::{DEADLINE, payload};
+use common::{DEADLINE, http_get, payload, spawn_with_stderr};
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, TunnelStatus};
 use tunnelize::tls::Identity;
@@ -78,25 +77,21 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(role: &str, config: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tunnelize"))
-            .args([role, "-c", config.to_str().unwrap()])
-            .env_remove("NOTIFY_SOCKET")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
+        let (child, _) = spawn_with_stderr(
+            Command::new(env!("CARGO_BIN_EXE_tunnelize"))
+                .args([role, "-c", config.to_str().unwrap()])
+                .env_remove("NOTIFY_SOCKET"),
+            "the daemon starts",
+            move |line| {
                 let mut log = sink.lock();
                 if log.len() >= 200 {
                     log.remove(0);
                 }
                 log.push(line);
-            }
-        });
+            },
+        );
         Daemon { child, log }
     }
 
@@ -336,23 +331,6 @@ fn endless_client(
     })
 }
 
-/// `GET /` with `Host: host` on `addr`: the status code, if an answer came.
-async fn http_status(addr: SocketAddr, host: &str) -> Option<u16> {
-    let mut socket = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(DEADLINE, socket.read_to_end(&mut answer))
-        .await
-        .ok()?
-        .ok()?;
-    String::from_utf8_lossy(&answer)
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// What the hub gave the tunnel daemon in one session.
 #[derive(Debug)]
 struct Live {
@@ -467,7 +445,11 @@ async fn clients_see_a_clean_end_across_hub_restarts_and_the_tunnel_returns_with
         assert_eq!(live.port, s.ports.tcp.to_string(), "round {round}");
         assert_eq!(live.hostname, HOSTNAME, "round {round}");
         previous = Some(live.tunnel_id);
-        assert_eq!(http_status(web, HOSTNAME).await, Some(200), "round {round}");
+        assert_eq!(
+            http_get(web, HOSTNAME).await.map(|(status, _)| status),
+            Some(200),
+            "round {round}"
+        );
 
         let progress: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::default()).collect();
         let clients: Vec<_> = progress
@@ -509,7 +491,10 @@ async fn clients_see_a_clean_end_across_hub_restarts_and_the_tunnel_returns_with
         .unwrap();
     assert_eq!(live.port, s.ports.tcp.to_string());
     assert_eq!(live.hostname, HOSTNAME);
-    assert_eq!(http_status(web, HOSTNAME).await, Some(200));
+    assert_eq!(
+        http_get(web, HOSTNAME).await.map(|(status, _)| status),
+        Some(200)
+    );
     let started = Instant::now();
     let (theirs, ours) = transfer_gibibyte(bulk).await;
     eprintln!("1 GiB through the restarted hub in {:?}", started.elapsed());

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use common::*;
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model;
-use tunnelize::config::{AdminConfig, HubConfig, Limits};
+use tunnelize::config::{HubConfig, Limits};
 use tunnelize::protocol::ProxyOutcome;
 use tunnelize::tunnel::{Tunnel, TunnelError};
 
@@ -23,11 +23,7 @@ async fn hub(limits: Limits) -> Limited {
     let socket = dir.path().join("hub.sock");
     let mut config: HubConfig = hub_config(vec![tcp_any("tcp"), tcp_any("other")]);
     config.limits = limits;
-    config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    };
+    config.admin = admin_on(&socket);
     let (hub, _) = start_hub_with_admin(config).await;
     Limited {
         _dir: dir,
@@ -36,13 +32,33 @@ async fn hub(limits: Limits) -> Limited {
     }
 }
 
+impl Limited {
+    /// Dials a tunnel with no proxies, as a third party would.
+    async fn dial_a_tunnel(&self) -> Result<tunnelize::tunnel::Session, TunnelError> {
+        Tunnel::new(tunnel_config(&self.hub, vec![]))
+            .unwrap()
+            .connect()
+            .await
+    }
+
+    /// Waits, naming `what`, until the hub admits a tunnel.
+    async fn admits_a_tunnel(&self, what: &str) {
+        eventually(what, DEADLINE, || async { self.dial_a_tunnel().await.ok() }).await;
+    }
+
+    /// Waits, naming `what`, until a tunnel is refused and a limit refusal has been counted.
+    async fn refuses_a_tunnel_and_counts_it(&self, what: &str) {
+        eventually(what, DEADLINE, || async {
+            let refused = self.dial_a_tunnel().await.is_err();
+            (refused && limit_refusals(&self.admin).await >= 1.0).then_some(())
+        })
+        .await;
+    }
+}
+
 async fn limit_refusals(admin: &AdminClient) -> f64 {
     let metrics = admin.get_text(model::METRICS).await.unwrap();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tunnelize_rejected_total{reason=\"limit\"} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    metric(&metrics, "tunnelize_rejected_total{reason=\"limit\"}").unwrap()
 }
 
 #[tokio::test]
@@ -54,11 +70,7 @@ async fn a_tunnel_beyond_the_limit_is_refused_with_the_reason_and_may_come_once_
     .await;
     let first = start_tunnel(tunnel_config(&live.hub, vec![])).await;
     let _second = start_tunnel(tunnel_config(&live.hub, vec![])).await;
-    match Tunnel::new(tunnel_config(&live.hub, vec![]))
-        .unwrap()
-        .connect()
-        .await
-    {
+    match live.dial_a_tunnel().await {
         Err(e @ TunnelError::Refused(_)) => {
             assert!(e.to_string().contains("maximum of 2 tunnels"), "{e}");
             assert!(!e.is_permanent());
@@ -68,14 +80,7 @@ async fn a_tunnel_beyond_the_limit_is_refused_with_the_reason_and_may_come_once_
     }
     assert_eq!(limit_refusals(&live.admin).await, 1.0);
     first.stop.cancel();
-    eventually("a place for another tunnel", DEADLINE, || async {
-        Tunnel::new(tunnel_config(&live.hub, vec![]))
-            .unwrap()
-            .connect()
-            .await
-            .ok()
-    })
-    .await;
+    live.admits_a_tunnel("a place for another tunnel").await;
 }
 
 #[tokio::test]
@@ -152,24 +157,10 @@ async fn handshakes_beyond_the_limit_are_refused_at_once_and_served_again_after(
     .await;
     // A connection that never starts its TLS handshake holds the only permit.
     let silent = TcpStream::connect(live.hub.addr).await.unwrap();
-    eventually("the refusal to be counted", DEADLINE, || async {
-        let refused = Tunnel::new(tunnel_config(&live.hub, vec![]))
-            .unwrap()
-            .connect()
-            .await
-            .is_err();
-        (refused && limit_refusals(&live.admin).await >= 1.0).then_some(())
-    })
-    .await;
+    live.refuses_a_tunnel_and_counts_it("the refusal to be counted")
+        .await;
     drop(silent);
-    eventually("the hub to take tunnels again", DEADLINE, || async {
-        Tunnel::new(tunnel_config(&live.hub, vec![]))
-            .unwrap()
-            .connect()
-            .await
-            .ok()
-    })
-    .await;
+    live.admits_a_tunnel("the hub to take tunnels again").await;
 }
 
 #[tokio::test]
@@ -197,7 +188,6 @@ async fn link_connections_beyond_the_per_tunnel_limit_are_refused_and_the_tunnel
 async fn a_connection_that_sends_its_preamble_but_no_hello_still_holds_its_handshake_permit() {
     use tokio::io::AsyncWriteExt;
     use tunnelize::protocol::{Channel, Preamble};
-    use tunnelize::tls::{client_config, server_name};
 
     let live = hub(Limits {
         handshakes: 1,
@@ -205,44 +195,16 @@ async fn a_connection_that_sends_its_preamble_but_no_hello_still_holds_its_hands
     })
     .await;
     // TLS done and the preamble sent, then silence: still a handshake in progress.
-    let connector = tokio_rustls::TlsConnector::from(
-        client_config(&tunnelize::config::HubTrust::Fingerprint(
-            live.hub.fingerprint.0,
-        ))
-        .unwrap(),
-    );
-    let socket = TcpStream::connect(live.hub.addr).await.unwrap();
-    let mut stalled = connector
-        .connect(server_name("localhost").unwrap(), socket)
-        .await
-        .unwrap();
+    let mut stalled = tls_to(&live.hub).await;
     stalled
         .write_all(&Preamble::new(Channel::Control).encode())
         .await
         .unwrap();
     stalled.flush().await.unwrap();
-    eventually(
-        "a tunnel refused while the hello is outstanding",
-        DEADLINE,
-        || async {
-            let refused = Tunnel::new(tunnel_config(&live.hub, vec![]))
-                .unwrap()
-                .connect()
-                .await
-                .is_err();
-            (refused && limit_refusals(&live.admin).await >= 1.0).then_some(())
-        },
-    )
-    .await;
+    live.refuses_a_tunnel_and_counts_it("a tunnel refused while the hello is outstanding")
+        .await;
     drop(stalled);
-    eventually("the hub to take tunnels again", DEADLINE, || async {
-        Tunnel::new(tunnel_config(&live.hub, vec![]))
-            .unwrap()
-            .connect()
-            .await
-            .ok()
-    })
-    .await;
+    live.admits_a_tunnel("the hub to take tunnels again").await;
 }
 
 /// Sends a hand-rolled hello declaring `proxies` and returns the hub's answer.
@@ -252,15 +214,7 @@ async fn answer_to_hello(
 ) -> tunnelize::protocol::HubMessage {
     use tunnelize::channel::FramedStream;
     use tunnelize::protocol::{Channel, Envelope, HubMessage, Preamble, TunnelMessage};
-    use tunnelize::tls::{client_config, server_name};
-    let connector = tokio_rustls::TlsConnector::from(
-        client_config(&tunnelize::config::HubTrust::Fingerprint(hub.fingerprint.0)).unwrap(),
-    );
-    let socket = TcpStream::connect(hub.addr).await.unwrap();
-    let tls = connector
-        .connect(server_name("localhost").unwrap(), socket)
-        .await
-        .unwrap();
+    let tls = tls_to(hub).await;
     let hello = Envelope {
         id: 1,
         msg: TunnelMessage::Hello {

@@ -13,7 +13,7 @@ use tokio::net::TcpSocket;
 use common::*;
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, LockoutInfo, Message};
-use tunnelize::config::{AdminConfig, HubTrust, TunnelConfig};
+use tunnelize::config::{AdminConfig, TunnelConfig};
 use tunnelize::secret::Secret;
 use tunnelize::tunnel::{Tunnel, TunnelError};
 
@@ -33,11 +33,9 @@ async fn hub(failures: u32, duration: Duration) -> Locked {
     config.lockout_failures = failures;
     config.lockout_duration = duration;
     config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
         listen: Some("127.0.0.1:0".parse().unwrap()),
         key: Some(MONITOR_KEY.into()),
-        ..AdminConfig::default()
+        ..admin_on(&socket)
     };
     let (hub, listeners) = start_hub_with_admin(config).await;
     Locked {
@@ -64,14 +62,10 @@ async fn login(hub: &TestHub, key: &str) -> Result<(), TunnelError> {
 
 /// `GET /v1/system` on the TLS admin listener from `source`; returns the status line and body.
 async fn admin_get(live: &Locked, source: IpAddr, key: &str) -> String {
-    let trust = HubTrust::Fingerprint(live.hub.fingerprint.0);
-    let connector =
-        tokio_rustls::TlsConnector::from(tunnelize::tls::client_config(&trust).unwrap());
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(source, 0)).unwrap();
     let stream = socket.connect(live.tls).await.unwrap();
-    let name = tunnelize::tls::server_name("localhost").unwrap();
-    let mut tls = connector.connect(name, stream).await.unwrap();
+    let mut tls = tls_over(stream, &live.hub.fingerprint).await;
     let request = format!(
         "GET /v1/system HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
          Connection: close\r\n\r\n"

@@ -8,27 +8,13 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 use tunnelize::channel::FramedStream;
-use tunnelize::config::HubTrust;
 use tunnelize::protocol::{
     Channel, Envelope, HubMessage, HubPreamble, PROTOCOL_VERSION, Preamble, RefusalCode,
     TunnelMessage,
 };
 use tunnelize::secret::Secret;
-use tunnelize::tls::{client_config, server_name};
 use uuid::Uuid;
-
-async fn tls_to(hub: &TestHub) -> TlsStream<TcpStream> {
-    let connector =
-        TlsConnector::from(client_config(&HubTrust::Fingerprint(hub.fingerprint.0)).unwrap());
-    let socket = TcpStream::connect(hub.addr).await.unwrap();
-    connector
-        .connect(server_name("localhost").unwrap(), socket)
-        .await
-        .unwrap()
-}
 
 async fn hello_and_answer(
     hub: &TestHub,

@@ -8,10 +8,7 @@ use crate::common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use common::web::start_app;
+use common::web::{App, start_app};
 use common::*;
 use tunnelize::config::{HubConfig, Limits, ProxyConfig, TunnelConfig, TunnelKey};
 use tunnelize::protocol::ProxyOutcome;
@@ -52,6 +49,15 @@ fn site(name: &str, target: SocketAddr, hostname: Option<&str>) -> ProxyConfig {
     }
 }
 
+/// Two proxies: `ssh` on the tcp service to `echo` (on `port`, or one the hub picks) and `site`
+/// as app.test.local to `app`.
+fn ssh_and_site(echo: SocketAddr, app: &App, port: Option<u16>) -> Vec<ProxyConfig> {
+    vec![
+        proxy("ssh", "tcp", echo, port),
+        site("site", app.addr, Some("app")),
+    ]
+}
+
 fn hostname(outcome: &ProxyOutcome) -> String {
     match outcome {
         ProxyOutcome::Accepted {
@@ -66,21 +72,6 @@ fn rejection(outcome: &ProxyOutcome) -> Option<&str> {
         ProxyOutcome::Rejected { reason, .. } => Some(reason),
         ProxyOutcome::Accepted { .. } => None,
     }
-}
-
-/// `GET /` with `Host: host` on `addr`: the status code and the whole response.
-async fn http_get(addr: SocketAddr, host: &str) -> Option<(u16, String)> {
-    let mut socket = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(DEADLINE, socket.read_to_end(&mut answer))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text))
 }
 
 /// Ends a tunnel without a word, as a crash or a broken network would: its connections just
@@ -183,21 +174,10 @@ async fn after_the_grace_another_key_may_take_what_a_lost_tunnel_held() {
     let hub = start_hub_with(two_keys(Duration::from_secs(1))).await;
     let echo = start_echo().await;
     let app = start_app("app").await;
-    let first = start_tunnel(with_key(
-        &hub,
-        ALICE,
-        vec![
-            proxy("ssh", "tcp", echo, None),
-            site("site", app.addr, Some("app")),
-        ],
-    ))
-    .await;
+    let first = start_tunnel(with_key(&hub, ALICE, ssh_and_site(echo, &app, None))).await;
     let port = first.port(0);
     vanish(first).await;
-    let bobs = vec![
-        proxy("ssh", "tcp", echo, Some(port)),
-        site("site", app.addr, Some("app")),
-    ];
+    let bobs = ssh_and_site(echo, &app, Some(port));
     let bob = eventually("the reservation to expire", DEADLINE, || async {
         let bob = start_tunnel(with_key(&hub, BOB, bobs.clone())).await;
         if bob.outcomes.iter().any(|o| rejection(o).is_some()) {
@@ -217,21 +197,10 @@ async fn a_tunnel_the_hub_disconnects_frees_its_port_and_hostname_at_once() {
     let (hub, _admin, view) = start_hub_full(two_keys(Duration::from_secs(60))).await;
     let echo = start_echo().await;
     let app = start_app("app").await;
-    let alice = start_tunnel(with_key(
-        &hub,
-        ALICE,
-        vec![
-            proxy("ssh", "tcp", echo, None),
-            site("site", app.addr, Some("app")),
-        ],
-    ))
-    .await;
+    let alice = start_tunnel(with_key(&hub, ALICE, ssh_and_site(echo, &app, None))).await;
     let port = alice.port(0);
     assert!(view.disconnect_tunnel(&alice.tunnel_id.to_string()));
-    let bobs = vec![
-        proxy("ssh", "tcp", echo, Some(port)),
-        site("site", app.addr, Some("app")),
-    ];
+    let bobs = ssh_and_site(echo, &app, Some(port));
     // Only the closing listener may delay bob; nothing is held for alice.
     let bob = eventually("bob to take the port", DEADLINE, || async {
         let bob = start_tunnel(with_key(&hub, BOB, bobs.clone())).await;
@@ -328,25 +297,9 @@ async fn a_second_tunnel_of_a_key_cannot_take_what_a_live_one_holds() {
     let hub = start_hub_with(two_keys(Duration::from_secs(60))).await;
     let echo = start_echo().await;
     let app = start_app("app").await;
-    let first = start_tunnel(with_key(
-        &hub,
-        ALICE,
-        vec![
-            proxy("ssh", "tcp", echo, None),
-            site("site", app.addr, Some("app")),
-        ],
-    ))
-    .await;
+    let first = start_tunnel(with_key(&hub, ALICE, ssh_and_site(echo, &app, None))).await;
     let port = first.port(0);
-    let second = start_tunnel(with_key(
-        &hub,
-        ALICE,
-        vec![
-            proxy("ssh", "tcp", echo, Some(port)),
-            site("site", app.addr, Some("app")),
-        ],
-    ))
-    .await;
+    let second = start_tunnel(with_key(&hub, ALICE, ssh_and_site(echo, &app, Some(port)))).await;
     let reasons: Vec<&str> = second.outcomes.iter().filter_map(rejection).collect();
     assert_eq!(reasons.len(), 2, "{:?}", second.outcomes);
     assert!(

@@ -66,11 +66,7 @@ async fn clients_left_after_shutdown_timeout_are_closed_and_the_hub_ends() {
         .await
         .expect("the hub ends after shutdown_timeout")
         .unwrap();
-    let mut buf = [0u8; 8];
-    let closed = tokio::time::timeout(DEADLINE, stays.read(&mut buf))
-        .await
-        .expect("the client is closed");
-    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    closed_by_peer(&mut stays, "the client of the stopped hub").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use common::netns::{Daemon, HubFiles, Sha256Stream, TunnelFiles, connected, public_port};
+use common::netns::{Daemon, Sha256Stream, connected, public_port, start_hub_and_tunnel};
 use common::{DEADLINE, payload};
 
 const MIB: u64 = 1024 * 1024;
@@ -102,17 +102,8 @@ async fn a_slow_reader_of_a_one_gib_download_keeps_hub_and_tunnel_memory_bounded
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap();
-    let hub_files = HubFiles::write(dir.path(), "127.0.0.1", "", "");
-    let mut hub = Daemon::start("hub", &hub_files.config, None);
-    let hub_addr = hub.hub_address().await;
-    let tunnel_files = TunnelFiles::write(
-        dir.path(),
-        hub_addr,
-        &hub_files.fingerprint,
-        &[("download", target)],
-        "",
-    );
-    let tunnel = Daemon::start("tunnel", &tunnel_files.config, None);
+    let (hub, _, tunnel, tunnel_files) =
+        start_hub_and_tunnel(dir.path(), "127.0.0.1", "", &[("download", target)], None).await;
     let status = connected(&tunnel_files.admin(), DEADLINE).await;
     let public = SocketAddr::from(([127, 0, 0, 1], public_port(&status, "download")));
 

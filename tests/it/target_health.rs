@@ -6,29 +6,13 @@ use crate::common;
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use common::*;
 use tunnelize::admin::client::AdminClient;
 use tunnelize::admin::model::{self, TunnelStatus};
-use tunnelize::config::AdminConfig;
 use tunnelize::tunnel::{Backoff, Tunnel, supervise};
-
-/// An echo target on `listener`; aborting the task closes the listener.
-fn serve_echo(listener: TcpListener) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = socket.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    })
-}
 
 /// The proxy's `target_up` in the status and its `tunnelize_target_up` sample in the metrics.
 async fn health(admin: &AdminClient, proxy: &str) -> (Option<bool>, Option<f64>) {
@@ -62,11 +46,7 @@ async fn reported(admin: &AdminClient, up: bool) {
 async fn refused(public: SocketAddr) {
     let mut socket = connect(public).await;
     let _ = socket.write_all(b"anyone?").await;
-    let mut buf = [0u8; 16];
-    match tokio::time::timeout(DEADLINE, socket.read(&mut buf)).await {
-        Ok(Ok(0) | Err(_)) => {}
-        other => panic!("a client of a stopped target got {other:?}"),
-    }
+    closed_by_peer(&mut socket, "a client of a stopped target").await;
 }
 
 #[tokio::test]
@@ -79,11 +59,7 @@ async fn target_health_goes_down_when_the_target_stops_and_up_when_it_is_back() 
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("tunnel.sock");
     let mut config = tunnel_config(&hub, vec![proxy("web", "tcp", target, None)]);
-    config.admin = AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..AdminConfig::default()
-    };
+    config.admin = admin_on(&socket);
     let admin_config = config.admin.clone();
     let tunnel = Tunnel::new(config).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -46,14 +46,8 @@ fn https_service(dir: &Path) -> ServiceConfig {
     ServiceConfig {
         name: "secure".into(),
         kind: ServiceKind::Https(HttpService {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            domain: "test.local".into(),
-            trusted_proxies: vec![],
-            header_timeout: Duration::from_secs(10),
-            response_timeout: Duration::from_secs(30),
-            max_head_size: 64 * 1024,
-            redirect_https: None,
             certificates: vec![files],
+            ..http_settings("test.local")
         }),
     }
 }

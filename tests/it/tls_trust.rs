@@ -4,8 +4,8 @@ use crate::common;
 
 use std::path::Path;
 
+use common::pki::TestCa;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tunnelize::config::{HubTrust, TlsFiles};
@@ -15,31 +15,9 @@ use tunnelize::tunnel::{Tunnel, TunnelError};
 
 /// Writes a CA certificate, and a hub certificate for `localhost` signed by it, into `dir`.
 fn make_pki(dir: &Path) -> (TlsFiles, std::path::PathBuf) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Distinct subject names: OpenSSL takes a leaf whose subject equals its issuer for
-    // self-signed.
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tunnelize test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-    let files = TlsFiles {
-        cert_file: dir.join("hub.crt"),
-        key_file: dir.join("hub.key"),
-    };
-    std::fs::write(&files.cert_file, leaf.pem()).unwrap();
-    std::fs::write(&files.key_file, leaf_key.serialize_pem()).unwrap();
-    (files, ca_file)
+    let ca = TestCa::new(dir);
+    let (files, _) = ca.issue(dir, "hub", "localhost");
+    (files, ca.file)
 }
 
 async fn hub_with_files(files: &TlsFiles) -> TestHub {
@@ -137,11 +115,7 @@ async fn each_configured_key_admits_its_tunnel_under_its_own_name() {
     });
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("hub.sock");
-    config.admin = tunnelize::config::AdminConfig {
-        socket: Some(socket.clone()),
-        socket_explicit: true,
-        ..Default::default()
-    };
+    config.admin = admin_on(&socket);
     let (hub, _) = start_hub_with_admin(config).await;
     let echo = start_echo().await;
     let first = start_tunnel(tunnel_config(&hub, vec![proxy("a", "tcp", echo, None)])).await;

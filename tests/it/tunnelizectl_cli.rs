@@ -320,6 +320,13 @@ async fn ctl(args: &[&str]) -> Output {
     ctl_env(args, None).await
 }
 
+/// `tunnelizectl --hub URL --key KEY --fingerprint FINGERPRINT ARGS...`.
+async fn ctl_hub(url: &str, fingerprint: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--hub", url, "--key", KEY, "--fingerprint", fingerprint];
+    all.extend_from_slice(args);
+    ctl(&all).await
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -337,6 +344,16 @@ fn assert_exit(output: &Output, code: i32) {
         stdout(output),
         stderr(output)
     );
+}
+
+/// Asserts that `tunnelizectl` exited with `code` and said `text` on standard error; returns
+/// all it said there.
+#[track_caller]
+fn assert_fails_saying(output: &Output, code: i32, text: &str) -> String {
+    assert_exit(output, code);
+    let err = stderr(output);
+    assert!(err.contains(text), "{err}");
+    err
 }
 
 /// Runs a command against the socket stub, expects success, and returns standard output.
@@ -597,9 +614,7 @@ async fn other_daemon_errors_exit_1_with_the_daemons_message() {
     let stub = socket_stub().await;
     let socket = stub.socket.to_str().unwrap();
     let output = ctl(&["--socket", socket, "list-clients", "broken"]).await;
-    assert_exit(&output, 1);
-    let err = stderr(&output);
-    assert!(err.contains("500"), "{err}");
+    let err = assert_fails_saying(&output, 1, "500");
     assert!(err.contains("the registry is unavailable"), "{err}");
 }
 
@@ -608,21 +623,14 @@ async fn a_missing_or_dead_socket_exits_5_naming_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.sock");
     let output = ctl(&["--socket", missing.to_str().unwrap(), "list-services"]).await;
-    assert_exit(&output, 5);
-    let err = stderr(&output);
-    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    let err = assert_fails_saying(&output, 5, missing.to_str().unwrap());
     assert!(err.contains("no such socket"), "{err}");
 
     // A socket file left by a daemon that stopped.
     let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     let output = ctl(&["--socket", stale.to_str().unwrap(), "sys-info"]).await;
-    assert_exit(&output, 5);
-    assert!(
-        stderr(&output).contains("nothing is listening"),
-        "{}",
-        stderr(&output)
-    );
+    assert_fails_saying(&output, 5, "nothing is listening");
 }
 
 #[tokio::test]
@@ -639,8 +647,7 @@ async fn status_defaults_to_the_tunnel_daemons_socket() {
         );
     } else {
         // As on a test machine: the error names the path that does not exist.
-        assert_exit(&output, 5);
-        assert!(stderr(&output).contains(SOCKET), "{}", stderr(&output));
+        assert_fails_saying(&output, 5, SOCKET);
     }
 }
 
@@ -664,12 +671,7 @@ async fn a_daemon_that_never_answers_exits_5_after_the_timeout() {
         "sys-info",
     ])
     .await;
-    assert_exit(&output, 5);
-    assert!(
-        stderr(&output).contains("no answer within 0.3s"),
-        "{}",
-        stderr(&output)
-    );
+    assert_fails_saying(&output, 5, "no answer within 0.3s");
     held.abort();
 }
 
@@ -732,17 +734,7 @@ async fn over_tls_the_key_and_a_pinned_fingerprint_or_ca_file_give_access() {
     let hub = tls_stub().await;
     let ca = hub.cert_file.to_str().unwrap();
 
-    let output = ctl(&[
-        "--hub",
-        &hub.url,
-        "--key",
-        KEY,
-        "--fingerprint",
-        &hub.fingerprint,
-        "--json",
-        "list-services",
-    ])
-    .await;
+    let output = ctl_hub(&hub.url, &hub.fingerprint, &["--json", "list-services"]).await;
     assert_exit(&output, 0);
     let listed: Vec<ServiceInfo> = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(listed, services());
@@ -754,16 +746,7 @@ async fn over_tls_the_key_and_a_pinned_fingerprint_or_ca_file_give_access() {
 
     // The fingerprint without colons, lower case.
     let bare = hub.fingerprint.replace(':', "").to_lowercase();
-    let output = ctl(&[
-        "--hub",
-        &hub.url,
-        "--key",
-        KEY,
-        "--fingerprint",
-        &bare,
-        "metrics",
-    ])
-    .await;
+    let output = ctl_hub(&hub.url, &bare, &["metrics"]).await;
     assert_exit(&output, 0);
     assert_eq!(stdout(&output), METRICS);
 
@@ -784,9 +767,7 @@ async fn over_tls_a_wrong_or_missing_key_exits_4_without_showing_the_key() {
         "list-services",
     ])
     .await;
-    assert_exit(&output, 4);
-    let err = stderr(&output);
-    assert!(err.contains("401"), "{err}");
+    let err = assert_fails_saying(&output, 4, "401");
     assert!(err.contains("TUNNELIZE_MONITOR_KEY"), "{err}");
     assert!(!err.contains(wrong), "{err}");
 
@@ -798,12 +779,7 @@ async fn over_tls_a_wrong_or_missing_key_exits_4_without_showing_the_key() {
         "sys-info",
     ])
     .await;
-    assert_exit(&output, 4);
-    assert!(
-        stderr(&output).contains("no monitoring key was given"),
-        "{}",
-        stderr(&output)
-    );
+    assert_fails_saying(&output, 4, "no monitoring key was given");
 }
 
 #[tokio::test]
@@ -813,19 +789,8 @@ async fn over_tls_an_untrusted_hub_or_nothing_listening_exits_5() {
         .unwrap()
         .fingerprint()
         .to_string();
-    let output = ctl(&[
-        "--hub",
-        &hub.url,
-        "--key",
-        KEY,
-        "--fingerprint",
-        &other,
-        "sys-info",
-    ])
-    .await;
-    assert_exit(&output, 5);
-    let err = stderr(&output);
-    assert!(err.contains("TLS handshake failed"), "{err}");
+    let output = ctl_hub(&hub.url, &other, &["sys-info"]).await;
+    let err = assert_fails_saying(&output, 5, "TLS handshake failed");
     assert!(err.contains(&hub.fingerprint), "{err}");
     assert!(hub.stub.requests().is_empty());
 
@@ -844,18 +809,8 @@ async fn over_tls_an_untrusted_hub_or_nothing_listening_exits_5() {
         listener.local_addr().unwrap()
     };
     let url = format!("https://127.0.0.1:{}", closed.port());
-    let output = ctl(&[
-        "--hub",
-        &url,
-        "--key",
-        KEY,
-        "--fingerprint",
-        &hub.fingerprint,
-        "sys-info",
-    ])
-    .await;
-    assert_exit(&output, 5);
-    assert!(stderr(&output).contains(&url), "{}", stderr(&output));
+    let output = ctl_hub(&url, &hub.fingerprint, &["sys-info"]).await;
+    assert_fails_saying(&output, 5, &url);
 }
 
 // ---- completions and man pages ----

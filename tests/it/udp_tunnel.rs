@@ -49,31 +49,42 @@ async fn client() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").await.unwrap()
 }
 
-/// Echoes every datagram to its sender, unchanged.
-async fn start_udp_echo() -> SocketAddr {
+/// A UDP target on 127.0.0.1 that answers every datagram with the datagrams
+/// `answers(datagram, sender)` (possibly none), and counts the datagrams it received.
+async fn start_udp_target(
+    answers: impl Fn(&[u8], SocketAddr) -> Vec<Vec<u8>> + Send + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
+    let heard = Arc::new(AtomicUsize::new(0));
+    let count = heard.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
-            let _ = socket.send_to(&buf[..len], peer).await;
+            count.fetch_add(1, Ordering::SeqCst);
+            for answer in answers(&buf[..len], peer) {
+                let _ = socket.send_to(&answer, peer).await;
+            }
         }
     });
-    addr
+    (addr, heard)
+}
+
+/// Echoes every datagram to its sender, unchanged.
+async fn start_udp_echo() -> SocketAddr {
+    start_udp_target(|datagram, _| vec![datagram.to_vec()])
+        .await
+        .0
 }
 
 /// Answers every datagram with the datagram, a space, and the port it came from.
 async fn start_whoami() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
-            let mut answer = buf[..len].to_vec();
-            answer.extend_from_slice(format!(" {}", peer.port()).as_bytes());
-            let _ = socket.send_to(&answer, peer).await;
-        }
-    });
+    let (addr, _) = start_udp_target(|datagram, peer| {
+        let mut answer = datagram.to_vec();
+        answer.extend_from_slice(format!(" {}", peer.port()).as_bytes());
+        vec![answer]
+    })
+    .await;
     addr
 }
 
@@ -194,13 +205,21 @@ async fn an_idle_session_expires_and_a_later_datagram_opens_a_new_one() {
     );
 }
 
-#[tokio::test]
-async fn a_new_client_beyond_max_sessions_evicts_the_session_idle_longest() {
-    let (_hub, tunnel) = udp_tunnel(start_whoami().await, Duration::from_secs(60), 2).await;
+/// A tunnel to a whoami target that keeps at most two sessions, and three clients `[a, b, c]`
+/// of its public address: both sessions are taken, `a`'s then `b`'s (their ports on the tunnel
+/// returned), and `c` has sent nothing yet.
+async fn two_sessions_of_two() -> (TestHub, TestTunnel, SocketAddr, [UdpSocket; 3], [u16; 2]) {
+    let (hub, tunnel) = udp_tunnel(start_whoami().await, Duration::from_secs(60), 2).await;
     let to = tunnel.addr(0);
     let (a, b, c) = (client().await, client().await, client().await);
     let port_a = seen_port(&a, to, "a1").await;
     let port_b = seen_port(&b, to, "b1").await;
+    (hub, tunnel, to, [a, b, c], [port_a, port_b])
+}
+
+#[tokio::test]
+async fn a_new_client_beyond_max_sessions_evicts_the_session_idle_longest() {
+    let (_hub, _tunnel, to, [a, b, c], [port_a, port_b]) = two_sessions_of_two().await;
     seen_port(&c, to, "c1").await;
     // `a` was idle longest: its session, and the tunnel's socket for it, are gone.
     let _held = wait_until_udp_port_closed(port_a).await;
@@ -469,11 +488,7 @@ async fn a_udp_service_with_a_port_range_gives_ports_inside_it_only() {
 
 #[tokio::test]
 async fn eviction_picks_the_session_idle_longest_not_the_oldest() {
-    let (_hub, tunnel) = udp_tunnel(start_whoami().await, Duration::from_secs(60), 2).await;
-    let to = tunnel.addr(0);
-    let (a, b, c) = (client().await, client().await, client().await);
-    let port_a = seen_port(&a, to, "a1").await;
-    let port_b = seen_port(&b, to, "b1").await;
+    let (_hub, _tunnel, to, [a, b, c], [port_a, port_b]) = two_sessions_of_two().await;
     // `a` is the oldest session, but now `b` is the one idle longest.
     assert_eq!(seen_port(&a, to, "a2").await, port_a, "a keeps its session");
     seen_port(&c, to, "c1").await;
@@ -502,17 +517,7 @@ fn closed_udp_port() -> SocketAddr {
 
 /// A target that reads every datagram and answers none; counts what it read.
 async fn start_udp_sink() -> (SocketAddr, Arc<AtomicUsize>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let heard = Arc::new(AtomicUsize::new(0));
-    let count = heard.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        while socket.recv_from(&mut buf).await.is_ok() {
-            count.fetch_add(1, Ordering::SeqCst);
-        }
-    });
-    (addr, heard)
+    start_udp_target(|_, _| vec![]).await
 }
 
 /// How long a "nothing arrives" check listens.
@@ -591,20 +596,7 @@ type Replies = fn(&[u8]) -> Vec<Vec<u8>>;
 /// A target that answers each datagram with `replies(datagram)`. Counts the datagrams it
 /// received.
 async fn start_replier(replies: Replies) -> (SocketAddr, Arc<AtomicUsize>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let heard = Arc::new(AtomicUsize::new(0));
-    let count = heard.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
-            count.fetch_add(1, Ordering::SeqCst);
-            for reply in replies(&buf[..len]) {
-                let _ = socket.send_to(&reply, peer).await;
-            }
-        }
-    });
-    (addr, heard)
+    start_udp_target(move |datagram, _| replies(datagram)).await
 }
 
 /// At most the first 10 bytes of the datagram.
@@ -712,7 +704,6 @@ async fn wait_for_line(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_undeliverable_datagrams_is_logged_at_most_once_per_interval() {
-    use tokio::io::AsyncBufReadExt;
     tunnelize::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     // The hub loads the certificate made here, so the tunnel knows what to pin.
@@ -731,30 +722,22 @@ async fn a_flood_of_undeliverable_datagrams_is_logged_at_most_once_per_interval(
     )
     .unwrap();
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tunnelize"))
-        .args([
-            "--log-format",
-            "text",
-            "hub",
-            "-c",
-            config.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
     let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            if line_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut child, _) = spawn_with_stderr(
+        Command::new(env!("CARGO_BIN_EXE_tunnelize"))
+            .args([
+                "--log-format",
+                "text",
+                "hub",
+                "-c",
+                config.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "info"),
+        "the hub binary starts",
+        move |line| {
+            let _ = line_tx.send(line);
+        },
+    );
     let mut seen = Vec::new();
     let listening = wait_for_line(&mut lines, &mut seen, "hub listening for tunnels").await;
     let hub_address = log_field(&listening, "listen")
@@ -802,14 +785,10 @@ async fn a_flood_of_undeliverable_datagrams_is_logged_at_most_once_per_interval(
         DEADLINE,
         || async {
             let metrics = admin.get_text("/metrics").await.ok()?;
-            let refused: u64 = metrics
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("tunnelize_rejected_total{reason=\"target_unreachable\"} ")
-                })?
-                .trim()
-                .parse()
-                .ok()?;
+            let refused: u64 = metric(
+                &metrics,
+                "tunnelize_rejected_total{reason=\"target_unreachable\"}",
+            )?;
             (refused >= CLIENTS as u64).then_some(refused)
         },
     )

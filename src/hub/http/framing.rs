@@ -7,6 +7,8 @@
 //! request head, judges it, and skips its body by the same framing rules, producing one
 //! [`Verdict`] per request in the order hyper will hand the requests over. The request handler
 //! pops the verdict for each request and answers 400 (closing the connection) when it is bad.
+//! Line ends are CRLF only (RFC 9112 section 2.2 lets a server take a bare LF; hyper does, a
+//! target behind the hub may not): a head with a bare LF is refused as well.
 //!
 //! After a request that asks for an upgrade (or a CONNECT), the rest of the connection is not
 //! HTTP any more and inspection stops; the handler closes the connection if the upgrade is
@@ -133,13 +135,19 @@ impl HeadInspector {
         buf.extend_from_slice(data);
         // Search from a little before the new bytes, so a CRLFCRLF split across reads is found.
         let from = before.saturating_sub(3);
-        let Some(pos) = find(&buf[from..], b"\r\n\r\n") else {
+        let end = find(&buf[from..], b"\r\n\r\n").map(|pos| from + pos + 4);
+        // hyper takes a bare LF as a line end; a head that uses one is refused here, since this
+        // reading (CRLF only) would otherwise never find its end and stop inspecting.
+        if bare_lf(buf, before, end.unwrap_or(buf.len())) {
+            self.refuse("a line of the request head ends in a bare LF");
+            return None;
+        }
+        let Some(end) = end else {
             if buf.len() > self.max_head {
                 self.state = State::Raw;
             }
             return None;
         };
-        let end = from + pos + 4;
         let head = std::mem::take(buf);
         self.judge(&head[..end]);
         Some(&data[end - before..])
@@ -159,6 +167,17 @@ impl HeadInspector {
                 None
             }
         }
+    }
+
+    /// Judges the request whose head is being read as ambiguous; nothing after it is read.
+    fn refuse(&mut self, reason: &'static str) {
+        if self.verdicts.len() < MAX_PENDING {
+            self.verdicts.push_back(Verdict::Ambiguous(reason));
+        } else {
+            self.verdicts
+                .push_back(Verdict::Ambiguous("too many pipelined requests"));
+        }
+        self.state = State::Raw;
     }
 
     fn give_up(&mut self) {
@@ -291,6 +310,11 @@ fn take_line<'d>(line: &mut Vec<u8>, data: &'d [u8]) -> Result<(Option<Vec<u8>>,
     }
 }
 
+/// Whether `buf[from..to]` holds an LF not preceded by a CR (the byte before `from` counts).
+fn bare_lf(buf: &[u8], from: usize, to: usize) -> bool {
+    (from..to).any(|i| buf[i] == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -358,6 +382,39 @@ mod tests {
                 String::from_utf8_lossy(case)
             );
         }
+    }
+
+    #[test]
+    fn a_head_with_a_bare_lf_line_end_is_ambiguous_at_any_split() {
+        let heads: [&[u8]; 3] = [
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\n\r\n",
+        ];
+        for head in heads {
+            for split in 0..=head.len() {
+                assert_eq!(
+                    verdicts(head, split),
+                    [Verdict::Ambiguous(
+                        "a line of the request head ends in a bare LF"
+                    )],
+                    "{:?} split at {split}",
+                    String::from_utf8_lossy(head)
+                );
+            }
+        }
+        // A clean request before it keeps its verdict; a bare LF in a body is not a head's.
+        let mut stream = GET.to_vec();
+        stream.extend_from_slice(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\na\nb");
+        stream.extend_from_slice(b"GET /x HTTP/1.1\nHost: a\n\n");
+        assert_eq!(
+            verdicts(&stream, 7),
+            [
+                Verdict::Clean,
+                Verdict::Clean,
+                Verdict::Ambiguous("a line of the request head ends in a bare LF")
+            ]
+        );
     }
 
     #[test]

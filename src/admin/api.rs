@@ -103,10 +103,35 @@ pub fn router(daemon: Daemon, reload: Option<tokio::sync::mpsc::Sender<ReloadReq
 /// --init-from`). Failures answer 401 with `WWW-Authenticate` and are counted.
 pub fn with_key(router: Router, hub: HubView, key: StoredKey) -> Router {
     let guard = Arc::new(KeyGuard { hub, key });
-    router.layer(middleware::from_fn(move |req: Request, next: Next| {
-        let guard = guard.clone();
-        async move { guard.check(req, next).await }
-    }))
+    router
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let guard = guard.clone();
+            async move { guard.check(req, next).await }
+        }))
+        // Outermost, so the guard's own refusals carry the headers too.
+        .layer(middleware::from_fn(secure_headers))
+}
+
+/// What every answer of the TLS listener says to a browser that reaches it: HTTPS only from
+/// now on, take the content type as given, never in a frame, load nothing, keep nothing.
+const SECURE_HEADERS: [(header::HeaderName, &str); 5] = [
+    (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    (header::CACHE_CONTROL, "no-store"),
+];
+
+async fn secure_headers(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    for (name, value) in SECURE_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// The peer of a TLS admin connection, put in each request's extensions by the server.

@@ -339,6 +339,39 @@ async fn raw_tls_request(live: &Live, request: &str) -> String {
 }
 
 #[tokio::test]
+async fn every_answer_of_the_tls_listener_carries_the_browser_security_headers() {
+    let live = live().await;
+    let answers = [
+        format!(
+            "GET /v1/system HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {MONITOR_KEY}\r\n\
+             Connection: close\r\n\r\n"
+        ),
+        "GET /v1/system HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_owned(),
+        format!(
+            "GET /v1/no-such-path HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {MONITOR_KEY}\r\n\
+             Connection: close\r\n\r\n"
+        ),
+    ];
+    let mut statuses = Vec::new();
+    for request in &answers {
+        let response = raw_tls_request(&live, request).await;
+        let lower = response.to_ascii_lowercase();
+        let head = lower.split("\r\n\r\n").next().unwrap_or_default();
+        for line in [
+            "strict-transport-security: max-age=31536000",
+            "x-content-type-options: nosniff",
+            "x-frame-options: deny",
+            "content-security-policy: default-src 'none'; frame-ancestors 'none'",
+            "cache-control: no-store",
+        ] {
+            assert!(head.contains(line), "{line:?} missing from:\n{response}");
+        }
+        statuses.push(response.get(9..12).unwrap_or_default().to_owned());
+    }
+    assert_eq!(statuses, ["200", "401", "404"], "the answers checked");
+}
+
+#[tokio::test]
 async fn the_tls_listener_wants_the_monitoring_key_and_a_tunnel_key_only_lists_services() {
     let live = live().await;
     let wrong = "wrong-key-that-must-never-be-echoed";

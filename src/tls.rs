@@ -74,6 +74,8 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// The crypto provider every configuration uses. Servers choose the cipher suite from its list,
+/// strongest first (`ignore_client_order`), rather than the client's favourite.
 fn provider() -> Arc<CryptoProvider> {
     install_crypto_provider();
     CryptoProvider::get_default()
@@ -225,10 +227,11 @@ impl Identity {
 
     /// A rustls server configuration presenting this identity.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let config = ServerConfig::builder_with_provider(provider())
+        let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.ignore_client_order = true;
         Ok(Arc::new(config))
     }
 }
@@ -438,6 +441,39 @@ impl ServerCertVerifier for PinnedCertVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_server_picks_the_cipher_suite_strongest_first_whatever_the_clients_order() {
+        use rustls::crypto::ring::cipher_suite;
+        let identity = Identity::generate(&["localhost"]).unwrap();
+        // A client that prefers AES-128 to AES-256.
+        let mut weaker_first = (*provider()).clone();
+        weaker_first.cipher_suites = vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ];
+        let verifier = PinnedCertVerifier {
+            pin: identity.fingerprint(),
+            provider: provider(),
+        };
+        let client = ClientConfig::builder_with_provider(Arc::new(weaker_first))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config().unwrap());
+        let server = tokio::spawn(async move { acceptor.accept(b).await.map(|_| ()) });
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tls = connector
+            .connect(server_name("localhost").unwrap(), a)
+            .await
+            .unwrap();
+        let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384));
+        server.await.unwrap().unwrap();
+    }
 
     #[test]
     fn fingerprint_prints_as_colon_separated_hex() {

@@ -113,5 +113,7 @@ pub fn acceptor(certificates: &[TlsFiles]) -> Result<TlsAcceptor, TlsError> {
             fallback,
         }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's order of cipher suites (strongest first), not the client's.
+    config.ignore_client_order = true;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

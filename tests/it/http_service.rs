@@ -387,10 +387,20 @@ async fn smuggling_payloads_get_400_and_never_reach_the_target() {
     let s = setup(|_| {}).await;
     let app = start_app("a").await;
     let _t = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("a", &app, "app")])).await;
-    let payloads: [&[u8]; 7] = [
+    let payloads: [&[u8]; 14] = [
         // Line ends of a bare LF, which hyper takes and the target may read differently.
         b"GET / HTTP/1.1\nHost: app.test.local\n\n",
         b"GET / HTTP/1.1\r\nHost: app.test.local\nX-After: 1\r\n\r\n",
+        // A chunk size over 64 bits, and one that is not hex (RFC 9112 section 7.1).
+        b"POST / HTTP/1.1\r\nHost: app.test.local\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFF1\r\nx\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: app.test.local\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
+        b"POST / HTTP/1.1\r\nHost: app.test.local\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nx\r\n0\r\n\r\n",
+        // A bare CR (section 2.2), whitespace before the colon (section 5.1), whitespace
+        // before the first header (section 2.2), as nginx refuses them.
+        b"GET / HTTP/1.1\r\nHost: app.test.local\rX-After: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : app.test.local\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: app.test.local\r\nX-Tab\t: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\n Host: app.test.local\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: app.test.local\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
         b"POST / HTTP/1.1\r\nHost: app.test.local\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\nG",
         b"POST / HTTP/1.1\r\nHost: app.test.local\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
@@ -415,9 +425,48 @@ async fn smuggling_payloads_get_400_and_never_reach_the_target() {
         "nothing may reach the target: {:?}",
         app.requests()
     );
+    assert_eq!(app.connections(), 0, "not even a connection to the target");
     // The same connection shape without the ambiguity works.
     let (status, _) = curl(s.web, "http://app.test.local/ok", &[]).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_later_chunk_size_that_overflows_gets_400_and_a_close_not_502() {
+    let s = setup(|_| {}).await;
+    let app = start_app("a").await;
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("a", &app, "app")])).await;
+    let mut client = TcpStream::connect(s.web).await.unwrap();
+    let head =
+        b"POST /upload HTTP/1.1\r\nHost: app.test.local\r\nTransfer-Encoding: chunked\r\n\r\n";
+    client.write_all(head).await.unwrap();
+    client.write_all(b"5\r\nhello\r\n").await.unwrap();
+    // Once the request is with the target, a chunk size over 64 bits.
+    eventually("the request reached the target", DEADLINE, || async {
+        (app.requests() == ["POST /upload"]).then_some(())
+    })
+    .await;
+    client
+        .write_all(b"FFFFFFFFFFFFFFFFF1\r\nx\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, client.read_to_end(&mut out))
+        .await
+        .expect("the hub closes the connection")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("chunked framing is invalid"), "{out}");
+    eventually("the 400 counted as a bad request", DEADLINE, || async {
+        (bad_requests(&s.view) == 1).then_some(())
+    })
+    .await;
+    // The target saw the first chunk, then its request cut short.
+    eventually("the target saw the upload end", DEADLINE, || async {
+        (app.uploads() == [5]).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, LengthLimitError};
 use tracing::{Instrument, Span, debug_span, info_span, warn};
 use uuid::Uuid;
 
-use super::body::{self, Body, Watched};
+use super::body::{self, Body, MalformedBody, Watched};
 use super::headers::upstream_request;
 use super::metered::{Direction, Metered};
 use super::relay::{Relay, finish};
@@ -209,7 +209,14 @@ async fn forward(
             client,
         }),
         Ok(Err(SendError::Unsent(e))) => Forwarded::Unsent(e),
-        Ok(Err(SendError::Failed(e))) if body_limit_hit(&e) => {
+        Ok(Err(SendError::Failed(e))) if body::caused_by::<MalformedBody>(&e) => {
+            // A chunk after the first did not decode; the target has not answered.
+            warn_span().in_scope(|| warn!(error = %e, "refused a request with bad body framing"));
+            front.shared.metrics.reject(Rejection::BadRequest);
+            let detail = "The request body's chunked framing is invalid.";
+            Forwarded::Page(pages::page(StatusCode::BAD_REQUEST, detail, true))
+        }
+        Ok(Err(SendError::Failed(e))) if body::caused_by::<LengthLimitError>(&e) => {
             // The target has not answered, so the client can still be told why.
             warn_span().in_scope(|| warn!(limit = backend.max_body, "request body over max_body"));
             Forwarded::Page(pages::too_large(&front.shared.metrics))
@@ -233,17 +240,4 @@ fn connection_lost(e: &UpstreamError) -> bool {
         UpstreamError::Refused(_) => false,
         UpstreamError::Http(e) => !(e.is_parse() || e.is_user() || e.is_timeout()),
     }
-}
-
-/// Whether the request body went over the proxy's `max_body` (the `Limited` of
-/// [`upstream_request`] ended it).
-fn body_limit_hit(e: &UpstreamError) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if c.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
 }

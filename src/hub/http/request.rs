@@ -2,7 +2,10 @@
 //! here, then [`forward_with_retry`] routes and sends it. Validation refuses what the hub will
 //! not forward (ambiguous framing, several Host headers, CONNECT, no valid host), answers the
 //! redirect of an http service to https, and takes the request apart into a [`ClientRequest`].
-//! It reads no body and opens nothing upstream.
+//! It opens nothing upstream, and reads no body but the first chunk of a chunked one
+//! ([`read_first_chunk`]): a chunk size that overflows or does not parse is refused with 400
+//! before the target sees a byte. (A later chunk that fails is answered with 400 as well, if
+//! the target has not answered yet: [`super::forward`].)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +18,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use tracing::warn;
 
-use super::body::Body;
+use super::body::{self, Body, MalformedBody};
 use super::forward::forward_with_retry;
 use super::framing::Verdict;
 use super::upstream::Kept;
@@ -52,10 +55,49 @@ pub(super) async fn handle(
     verdict: Verdict,
     kept: Option<Arc<Kept>>,
 ) -> Result<Response<Body>, Infallible> {
-    match validate(&front, req, peer, verdict) {
+    let request = match validate(&front, req, peer, verdict) {
+        Ok(request) => request,
+        Err(page) => return Ok(page),
+    };
+    match read_first_chunk(&front, request).await {
         Ok(request) => Ok(forward_with_retry(&front, request, kept.as_deref()).await),
         Err(page) => Ok(page),
     }
+}
+
+/// For a chunked HTTP/1.1 request, reads the first frame of its body (hyper decodes the first
+/// chunk-size line for it) and puts it back in front of the rest; 400 and a close when the
+/// framing is bad, or when the client never sends it (the client socket's `idle_timeout`
+/// bounds the wait). Other requests pass as they are.
+async fn read_first_chunk(
+    front: &Frontend,
+    mut request: ClientRequest,
+) -> Result<ClientRequest, Response<Body>> {
+    let chunked = request.head.version < http::Version::HTTP_2
+        && request.head.headers.contains_key(header::TRANSFER_ENCODING);
+    if !chunked || request.upgrade {
+        return Ok(request);
+    }
+    let Some(mut client_body) = request.body.take() else {
+        return Ok(request);
+    };
+    request.body = Some(match client_body.frame().await {
+        Some(Ok(frame)) => body::prepend(frame, client_body),
+        None => body::empty(),
+        Some(Err(e)) => {
+            let malformed = body::caused_by::<MalformedBody>(&*e);
+            if malformed {
+                front.shared.metrics.reject(Rejection::BadRequest);
+            }
+            warn!(peer = %request.peer, error = %e, "refused a request whose body could not be read");
+            let detail = match malformed {
+                true => "The request body's chunked framing is invalid.",
+                false => "The request body could not be read.",
+            };
+            return Err(pages::page(StatusCode::BAD_REQUEST, detail, true));
+        }
+    });
+    Ok(request)
 }
 
 /// The request taken apart, or the page the hub answers instead.
@@ -115,7 +157,7 @@ fn take_apart(mut req: Request<Incoming>, host: String, peer: SocketAddr) -> Cli
         host,
         peer,
         head,
-        body: Some(body.map_err(Into::into).boxed()),
+        body: Some(body.map_err(body::client_body_error).boxed()),
         presented,
         declared,
         upgrade,

@@ -62,9 +62,14 @@ impl HubView {
         }
     }
 
-    /// `Err(time left)` while `ip` is locked out.
+    /// `Err(time left)` while `ip` is locked out; the caller refuses the request, and it is
+    /// counted (`tunnelize_lockout_refusals_total`).
     pub fn locked_out(&self, ip: std::net::IpAddr) -> Result<(), std::time::Duration> {
-        self.shared.lockouts.check(ip)
+        let locked = self.shared.lockouts.check(ip);
+        if locked.is_err() {
+            self.shared.metrics.refuse_locked_out();
+        }
+        locked
     }
 
     /// A successful login from `ip`.
@@ -325,6 +330,16 @@ impl HubView {
             "Addresses locked out after repeated failures.",
         )
         .sample("tunnelize_lockouts_total", &[], load(&m.lockouts))
+        .family(
+            "tunnelize_lockout_refusals_total",
+            Kind::Counter,
+            "Logins and admin requests refused because their address is locked out.",
+        )
+        .sample(
+            "tunnelize_lockout_refusals_total",
+            &[],
+            load(&m.lockout_refusals),
+        )
         .family(
             "tunnelize_rejected_total",
             Kind::Counter,

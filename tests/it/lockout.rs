@@ -95,9 +95,17 @@ async fn sixth_login_from_the_same_address_is_refused_even_with_the_right_key() 
         assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     }
     match login(&live.hub, KEY).await {
-        Err(TunnelError::Refused(message)) => {
+        Err(TunnelError::LockedOut {
+            message,
+            retry_after,
+        }) => {
             assert!(message.contains("locked out"), "{message}");
             assert!(message.contains("retry in 29m"), "{message}");
+            let announced = retry_after.expect("the refusal announces when the lockout ends");
+            assert!(
+                announced > Duration::from_secs(1790) && announced <= Duration::from_secs(1800),
+                "{announced:?}"
+            );
         }
         Err(other) => panic!("expected a lockout refusal, got {other}"),
         Ok(()) => panic!("a locked-out address logged in"),
@@ -161,7 +169,7 @@ async fn a_lockout_ends_after_its_configured_duration() {
     }
     assert!(matches!(
         login(&live.hub, KEY).await,
-        Err(TunnelError::Refused(_))
+        Err(TunnelError::LockedOut { .. })
     ));
     eventually("the lockout to end", DEADLINE, || async {
         login(&live.hub, KEY).await.ok()

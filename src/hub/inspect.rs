@@ -62,14 +62,15 @@ impl HubView {
         }
     }
 
-    /// `Err(time left)` while `ip` is locked out; the caller refuses the request, and it is
-    /// counted (`tunnelize_lockout_refusals_total`).
+    /// `Err(time left)` while `ip` is locked out.
     pub fn locked_out(&self, ip: std::net::IpAddr) -> Result<(), std::time::Duration> {
-        let locked = self.shared.lockouts.check(ip);
-        if locked.is_err() {
-            self.shared.metrics.refuse_locked_out();
-        }
-        locked
+        self.shared.lockouts.check(ip)
+    }
+
+    /// Counts a request refused because its address is locked out
+    /// (`tunnelize_lockout_refusals_total`).
+    pub fn count_lockout_refusal(&self) {
+        self.shared.metrics.refuse_locked_out();
     }
 
     /// A successful login from `ip`.

@@ -149,6 +149,7 @@ impl KeyGuard {
         if let Some(ip) = ip
             && let Err(left) = self.hub.locked_out(ip)
         {
+            self.hub.count_lockout_refusal();
             let mut response = message(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(

@@ -156,7 +156,8 @@ pub struct ClientInfo {
 /// A tunnel daemon's own view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TunnelStatus {
-    /// `connected` or `connecting`.
+    /// `connected`, `connecting`, or `locked_out` (the hub refuses this address after
+    /// repeated failed logins until `retry_at`).
     pub state: String,
     /// The hub address.
     pub hub: String,
@@ -168,6 +169,9 @@ pub struct TunnelStatus {
     /// The last error, when connecting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When `locked_out`: when the next attempt is due (RFC 3339), once the lockout is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
     /// Each proxy's state.
     pub proxies: Vec<TunnelProxyStatus>,
 }

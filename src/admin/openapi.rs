@@ -177,11 +177,12 @@ fn tunnel_status() -> Value {
     object(
         &["state", "hub", "since", "proxies"],
         json!({
-            "state": one_of(&["connected", "connecting"]),
+            "state": one_of(&["connected", "connecting", "locked_out"]),
             "hub": string(),
             "tunnel_id": string(),
             "since": date_time(),
             "last_error": string(),
+            "retry_at": date_time(),
             "proxies": list_of("TunnelProxyStatus")
         }),
     )

@@ -177,8 +177,12 @@ pub fn lockouts(entries: &[LockoutInfo]) -> String {
 
 /// `status`: the tunnel daemon's state, then one line per proxy.
 pub fn status(status: &TunnelStatus) -> String {
+    let state = match (status.state.as_str(), &status.retry_at) {
+        ("locked_out", Some(at)) => format!("locked out by the hub until {at}"),
+        _ => status.state.clone(),
+    };
     let mut out = fields(&[
-        ("state", status.state.clone()),
+        ("state", state),
         ("hub", status.hub.clone()),
         ("tunnel id", or_dash(status.tunnel_id.as_ref())),
         ("since", status.since.clone()),
@@ -239,6 +243,37 @@ mod tests {
         assert!(lines[0].starts_with("NAME"), "{text}");
         assert!(lines[1].contains("example.com"), "{text}");
         assert!(lines[1].ends_with("2.0 KiB  1.2 MiB"), "{text}");
+    }
+
+    #[test]
+    fn a_locked_out_tunnel_says_until_when() {
+        let status = TunnelStatus {
+            state: "locked_out".into(),
+            hub: "hub.example:7000".into(),
+            tunnel_id: None,
+            since: "2027-01-15T07:30:00Z".into(),
+            last_error: Some("the hub refused the tunnel: locked out".into()),
+            retry_at: Some("2027-01-15T08:00:00Z".into()),
+            proxies: vec![],
+        };
+        let text = super::status(&status);
+        assert!(
+            text.lines()
+                .next()
+                .is_some_and(|l| l.ends_with("locked out by the hub until 2027-01-15T08:00:00Z")),
+            "{text}"
+        );
+        let connecting = super::status(&TunnelStatus {
+            state: "connecting".into(),
+            retry_at: None,
+            ..status
+        });
+        assert!(
+            connecting
+                .lines()
+                .next()
+                .is_some_and(|l| l.ends_with("connecting"))
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! 1. **hello** ([`read_hello`]): the first frame, within `handshake_timeout`, must be a
 //!    `hello`; once it is in, the connection stops counting against `[limits] handshakes`.
 //! 2. **authenticate** ([`authenticate`]): the lockout table first (a locked-out address is
-//!    refused even with a valid key), then the key, compared in constant time.
+//!    refused even with a valid key, with `retry_after_secs`, and counted; nothing else is
+//!    done for it), then the key, compared in constant time.
 //! 3. **admit** ([`admit`]): the registry takes the session within `[limits] tunnels`; then the
 //!    key is checked once more, against a reload that raced the handshake.
 //! 4. **claim** ([`claims`]): a port or hostname per proxy, up to `[limits] proxies_per_tunnel`.
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Shared;
-use super::lockout::retry_in;
+use super::lockout::{self, retry_in};
 use super::metrics::Rejection;
 use super::registry::{TunnelLimit, TunnelSession};
 use crate::channel::{ChannelError, FramedStream};
@@ -182,11 +183,11 @@ fn authenticate(
     key: Option<&Secret>,
 ) -> Result<Option<String>, Refusal> {
     if let Err(left) = shared.lockouts.check(peer.ip()) {
-        let retry = retry_in(left);
-        warn!(%peer, tunnel_name = %name, %retry, "refusing a locked-out address");
-        let message =
-            format!("this address is locked out after repeated failed logins; retry in {retry}");
-        return Err(Refusal::new(RefusalCode::LockedOut, message));
+        if shared.metrics.refuse_locked_out() {
+            let retry = retry_in(left);
+            warn!(%peer, tunnel_name = %name, %retry, "refusing a locked-out address (logged at most every 10s)");
+        }
+        return Err(lockout::refusal(left));
     }
     match match_key(shared, key) {
         Ok(key_name) => {

@@ -67,6 +67,12 @@ impl HubView {
         self.shared.lockouts.check(ip)
     }
 
+    /// Counts a request refused because its address is locked out
+    /// (`tunnelize_lockout_refusals_total`).
+    pub fn count_lockout_refusal(&self) {
+        self.shared.metrics.refuse_locked_out();
+    }
+
     /// A successful login from `ip`.
     pub fn login_succeeded(&self, ip: std::net::IpAddr) {
         self.shared.lockouts.succeed(ip);
@@ -325,6 +331,16 @@ impl HubView {
             "Addresses locked out after repeated failures.",
         )
         .sample("tunnelize_lockouts_total", &[], load(&m.lockouts))
+        .family(
+            "tunnelize_lockout_refusals_total",
+            Kind::Counter,
+            "Logins and admin requests refused because their address is locked out.",
+        )
+        .sample(
+            "tunnelize_lockout_refusals_total",
+            &[],
+            load(&m.lockout_refusals),
+        )
         .family(
             "tunnelize_rejected_total",
             Kind::Counter,

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use super::control::{accepted_preamble, first_frame};
 use super::metrics::Rejection;
 use super::registry::TunnelSession;
-use super::{Shared, refuse};
+use super::{Shared, lockout};
 use crate::channel::FramedStream;
 use crate::mux;
 use crate::protocol::session::Refusal;
@@ -184,8 +184,12 @@ pub(super) async fn serve_link<S>(
     // The slot is held for as long as the connection is served.
     let (session, _slot) = match checked {
         Ok(admitted) => admitted,
-        Err(Refusal { code, message }) => {
-            return refuse(&mut framed, &accepted_preamble(), hello_id, code, &message).await;
+        Err(refusal) => {
+            let refused = refusal.answer(hello_id);
+            let _ = framed
+                .write_preamble_and(&accepted_preamble(), &[&refused])
+                .await;
+            return;
         }
     };
     let tunnel_id = session.id;
@@ -223,12 +227,11 @@ fn check_token(
     let valid = session
         .as_ref()
         .is_some_and(|s| s.link_token.matches(token.expose()));
-    if !valid && shared.lockouts.check(peer.ip()).is_err() {
-        warn!(%peer, %tunnel_id, "link connection refused: the address is locked out");
-        return Err(Refusal::new(
-            RefusalCode::LockedOut,
-            "this address is locked out after repeated failed logins",
-        ));
+    if !valid && let Err(left) = shared.lockouts.check(peer.ip()) {
+        if shared.metrics.refuse_locked_out() {
+            warn!(%peer, %tunnel_id, "link connection refused: the address is locked out (logged at most every 10s)");
+        }
+        return Err(lockout::refusal(left));
     }
     // A wrong token for a live session is a failed login; an unknown session is not (a tunnel
     // whose session just ended redials with its old one).

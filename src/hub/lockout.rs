@@ -1,7 +1,7 @@
 //! The login lockout table: failed logins per source address (tunnel control and link
 //! connections, the TLS admin listener). `max_failures` failures in a row lock the address out
-//! for `duration`; while locked, even the right key is refused, with the time to retry. A
-//! success clears the address's count. Other addresses are unaffected.
+//! for `duration`; while locked, even the right key is refused, with the time to retry
+//! ([`refusal`]). A success clears the address's count. Other addresses are unaffected.
 //!
 //! The table is bounded: when it is full the entry seen longest ago is evicted, so a flood of
 //! addresses costs at most `capacity` entries. One `parking_lot::Mutex`, held for a map
@@ -11,6 +11,8 @@ use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
+
+use crate::protocol::session::Refusal;
 
 /// Entries the table holds at most.
 pub const DEFAULT_CAPACITY: usize = 65_536;
@@ -139,6 +141,16 @@ impl LockoutTable {
     }
 }
 
+/// The refusal of a login from an address locked out for `left` more: the retry time as
+/// `retry_after_secs` for the tunnel, and in the message for people.
+pub fn refusal(left: Duration) -> Refusal {
+    let message = format!(
+        "this address is locked out after repeated failed logins; retry in {}",
+        retry_in(left)
+    );
+    Refusal::locked_out(left, message)
+}
+
 /// "in 29m 59s" for people.
 pub fn retry_in(left: Duration) -> String {
     let secs = left.as_secs().max(1);
@@ -207,6 +219,17 @@ mod tests {
         assert_eq!(addresses.len(), 3);
         assert!(!addresses.contains(&ip(2)), "{addresses:?}");
         assert!(addresses.contains(&ip(1)) && addresses.contains(&ip(4)));
+    }
+
+    #[test]
+    fn the_refusal_carries_the_retry_time_as_a_field_and_in_its_message() {
+        let refused = refusal(Duration::from_millis(1_799_400));
+        assert_eq!(refused.retry_after_secs, Some(1800));
+        assert!(
+            refused.message.contains("retry in 29m 59s"),
+            "{}",
+            refused.message
+        );
     }
 
     #[test]

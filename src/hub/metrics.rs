@@ -1,5 +1,5 @@
 //! Counters the hub keeps for its Prometheus endpoint that the registry cannot derive: failed
-//! logins, refused connections by reason, and how long link streams take to set up. Plain
+//! logins, lockouts and the attempts they refused, refused connections by reason, and how long link streams take to set up. Plain
 //! atomics, bounded in size (a fixed set of reasons, fixed histogram buckets).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -132,6 +132,9 @@ pub struct HubMetrics {
     pub auth_failures: AtomicU64,
     /// Addresses locked out after repeated failures.
     pub lockouts: AtomicU64,
+    /// Logins and admin requests refused because their address is locked out.
+    pub lockout_refusals: AtomicU64,
+    lockout_log: LogGate,
     rejections: [AtomicU64; Rejection::ALL.len()],
     /// Time from a client's arrival to its tunnel's answer on the link stream.
     pub link_setup: Histogram,
@@ -164,6 +167,14 @@ impl HubMetrics {
     pub fn reject_handshake(&self) -> bool {
         self.reject(Rejection::Handshake);
         self.handshake_log.due()
+    }
+
+    /// Counts a login or admin request refused because its address is locked out; true when
+    /// it should also be logged (at most once per [`LIMIT_LOG_INTERVAL`]: a tunnel that does
+    /// not wait out its lockout must not flood the journal).
+    pub fn refuse_locked_out(&self) -> bool {
+        self.lockout_refusals.fetch_add(1, Ordering::Relaxed);
+        self.lockout_log.due()
     }
 
     /// Counts a failed login.
@@ -201,6 +212,14 @@ mod tests {
         assert!(!m.reject_at_limit());
         assert!(!m.reject_at_limit());
         assert!(m.rejections().contains(&(Rejection::Limit, 3)));
+    }
+
+    #[test]
+    fn lockout_refusals_are_all_counted_but_logged_at_most_once_per_interval() {
+        let m = HubMetrics::default();
+        assert!(m.refuse_locked_out(), "the first one is logged");
+        assert!(!m.refuse_locked_out());
+        assert_eq!(m.lockout_refusals.load(Ordering::Relaxed), 2);
     }
 
     #[test]

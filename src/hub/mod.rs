@@ -50,7 +50,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::channel::FramedStream;
 use crate::config::{HubConfig, ServiceKind};
-use crate::protocol::{Channel, Envelope, HubMessage, HubPreamble, PROTOCOL_VERSION, RefusalCode};
+use crate::protocol::{Channel, HubPreamble, PROTOCOL_VERSION};
 use crate::tls::{Fingerprint, Identity, TlsError};
 pub use registry::Registry;
 
@@ -367,24 +367,4 @@ async fn serve_connection(
         Channel::Control => control::serve_control(shared, framed, peer, shutdown, handshake).await,
         Channel::Link => links::serve_link(shared, framed, peer, handshake).await,
     }
-}
-
-/// Answers a connection's first message with a refusal; the caller closes the connection next.
-pub(crate) async fn refuse<S>(
-    framed: &mut FramedStream<S>,
-    preamble: &[u8],
-    id: u64,
-    code: RefusalCode,
-    message: &str,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let msg = Envelope {
-        id,
-        msg: HubMessage::Refused {
-            code,
-            message: message.to_owned(),
-        },
-    };
-    let _ = framed.write_preamble_and(preamble, &[&msg]).await;
 }

@@ -103,6 +103,10 @@ pub enum HubMessage {
         code: RefusalCode,
         /// Human-readable explanation, safe to print.
         message: String,
+        /// With `locked_out`: seconds until the lockout ends, rounded up; the tunnel makes no
+        /// attempt before then. Absent otherwise, and from hubs older than the field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_secs: Option<u64>,
     },
     /// Heartbeat answer, carrying the `Ping`'s id.
     Pong,
@@ -150,8 +154,8 @@ pub enum RefusalCode {
     Limit,
     /// The hub is shutting down.
     ShuttingDown,
-    /// The peer's address is locked out after repeated failed logins; the message says when
-    /// to retry.
+    /// The peer's address is locked out after repeated failed logins; `retry_after_secs`
+    /// says when to retry (and the message, for people).
     LockedOut,
 }
 
@@ -196,6 +200,52 @@ mod tests {
             7,
             "the docs say seven fields"
         );
+    }
+
+    /// docs/protocol.md describes every field of a refusal, the optional `retry_after_secs`
+    /// included.
+    #[test]
+    fn the_protocol_document_names_every_field_of_a_refusal() {
+        let doc = include_str!("../../docs/protocol.md");
+        let refused = HubMessage::Refused {
+            code: RefusalCode::LockedOut,
+            message: "m".into(),
+            retry_after_secs: Some(3),
+        };
+        let json = serde_json::to_value(&refused).unwrap();
+        let fields = json.as_object().unwrap().keys();
+        for field in fields.filter(|f| *f != "type") {
+            assert!(
+                doc.contains(&format!("`{field}`")),
+                "docs/protocol.md lacks `{field}`"
+            );
+        }
+        assert_eq!(json.as_object().unwrap().len(), 4, "type and three fields");
+        assert!(doc.contains("`locked_out`"));
+    }
+
+    /// A hub without `retry_after_secs` is understood, and a refusal without one is sent as
+    /// before: peers older than the field see the same frame.
+    #[test]
+    fn a_refusal_without_a_retry_time_is_the_frame_older_peers_know() {
+        let old = r#"{"type":"refused","code":"locked_out","message":"retry in 29m 59s"}"#;
+        let decoded: HubMessage = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            decoded,
+            HubMessage::Refused {
+                code: RefusalCode::LockedOut,
+                message: "retry in 29m 59s".into(),
+                retry_after_secs: None,
+            }
+        );
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), old);
+        let new = HubMessage::Refused {
+            code: RefusalCode::LockedOut,
+            message: "m".into(),
+            retry_after_secs: Some(1799),
+        };
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["retry_after_secs"], 1799);
     }
 
     fn round_trip<M>(msg: M)
@@ -282,8 +332,14 @@ mod tests {
             round_trip(HubMessage::Refused {
                 code,
                 message: "no".into(),
+                retry_after_secs: None,
             });
         }
+        round_trip(HubMessage::Refused {
+            code: RefusalCode::LockedOut,
+            message: "locked out".into(),
+            retry_after_secs: Some(1800),
+        });
         round_trip(HubMessage::Pong);
         round_trip(HubMessage::Ping);
         round_trip(HubMessage::Goodbye {

@@ -47,6 +47,8 @@ pub struct Refusal {
     pub code: RefusalCode,
     /// What the tunnel prints: why, and what would help.
     pub message: String,
+    /// For a lockout: whole seconds until it ends, rounded up (`retry_after_secs`).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl Refusal {
@@ -55,6 +57,19 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// A `locked_out` refusal for a lockout that ends in `left`: the retry time is announced
+    /// in whole seconds, rounded up (at least 1), so a tunnel that waits it out never comes
+    /// back before the lockout is over.
+    pub fn locked_out(left: Duration, message: impl Into<String>) -> Self {
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        Refusal {
+            code: RefusalCode::LockedOut,
+            message: message.into(),
+            retry_after_secs: Some(secs.max(1)),
         }
     }
 
@@ -65,6 +80,7 @@ impl Refusal {
             msg: HubMessage::Refused {
                 code: self.code,
                 message: self.message,
+                retry_after_secs: self.retry_after_secs,
             },
         }
     }
@@ -418,6 +434,7 @@ mod tests {
                     msg: HubMessage::Refused {
                         code: RefusalCode::BadRequest,
                         message: "expected a hello".into(),
+                        retry_after_secs: None,
                     },
                 }
             );
@@ -436,6 +453,30 @@ mod tests {
         let text = end.to_string();
         assert!(text.starts_with("protocol error: unexpected message Hello"));
         assert!(!text.contains("\"k\""), "the key never shows: {text}");
+    }
+
+    #[test]
+    fn a_lockout_refusal_announces_whole_seconds_rounded_up() {
+        for (left, secs) in [
+            (Duration::from_millis(2300), 3),
+            (Duration::from_secs(3), 3),
+            (Duration::from_millis(1), 1),
+            (Duration::ZERO, 1),
+            (Duration::from_secs(1800), 1800),
+        ] {
+            let refusal = Refusal::locked_out(left, "locked");
+            assert_eq!(refusal.code, RefusalCode::LockedOut);
+            assert_eq!(refusal.retry_after_secs, Some(secs), "{left:?}");
+            let frame = refusal.answer(9);
+            assert!(matches!(
+                frame.msg,
+                HubMessage::Refused { retry_after_secs: Some(s), .. } if s == secs
+            ));
+        }
+        assert_eq!(
+            Refusal::new(RefusalCode::Limit, "full").retry_after_secs,
+            None
+        );
     }
 
     #[test]

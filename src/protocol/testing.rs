@@ -146,8 +146,13 @@ pub(crate) fn hub_message() -> impl Strategy<Value = HubMessage> {
                 }
             }),
         Just(HubMessage::LinkAccepted),
-        (refusal_code(), text(80))
-            .prop_map(|(code, message)| HubMessage::Refused { code, message }),
+        (refusal_code(), text(80), any::<Option<u64>>()).prop_map(
+            |(code, message, retry_after_secs)| HubMessage::Refused {
+                code,
+                message,
+                retry_after_secs
+            }
+        ),
         Just(HubMessage::Pong),
         Just(HubMessage::Ping),
         text(80).prop_map(|reason| HubMessage::Goodbye { reason }),

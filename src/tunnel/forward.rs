@@ -55,16 +55,19 @@ impl LinkWorker {
                 () = self.stop.cancelled() => return,
                 r = self.serve_one() => r,
             };
+            let mut delay = Duration::ZERO;
             match outcome {
                 Ok(()) => attempt = 0,
                 Err(e) => {
                     debug!(tunnel_id = %self.tunnel_id, error = %e, "link connection failed");
                     attempt = attempt.saturating_add(1);
+                    // A lockout the hub announced is waited out whole.
+                    delay = e.retry_after().map_or(Duration::ZERO, super::lockout_wait);
                 }
             }
             tokio::select! {
                 () = self.stop.cancelled() => return,
-                () = tokio::time::sleep(backoff.delay(attempt)) => {}
+                () = tokio::time::sleep(delay.max(backoff.delay(attempt))) => {}
             }
         }
     }

@@ -6,7 +6,8 @@
 //! session alive with heartbeats while link connections ([`forward`]) serve streams.
 //! [`supervise`] wraps both in the reconnect loop the daemon uses: every attempt registers all
 //! the configured proxies again, and the waits between attempts follow [`Backoff`] (the
-//! `[reconnect]` table).
+//! `[reconnect]` table), except after a lockout the hub announced, which is waited out whole
+//! ([`lockout_wait`]).
 
 pub mod bootstrap;
 pub(crate) mod forward;
@@ -16,7 +17,7 @@ pub(crate) mod udp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use thiserror::Error;
 use tokio::net::TcpStream;
@@ -76,6 +77,15 @@ pub enum TunnelError {
     /// The hub refused for another reason.
     #[error("the hub refused the tunnel: {0}")]
     Refused(String),
+    /// The hub refused because this address is locked out after repeated failed logins.
+    #[error("the hub refused the tunnel: {message}")]
+    LockedOut {
+        /// The hub's explanation, safe to print.
+        message: String,
+        /// How long until the lockout ends, as the hub announced it (`None` from hubs that
+        /// announce none: then the usual backoff applies).
+        retry_after: Option<Duration>,
+    },
     /// The control channel failed.
     #[error("control channel: {0}")]
     Channel(#[from] ChannelError),
@@ -98,6 +108,14 @@ impl TunnelError {
             // (hub restarting) is worth a retry.
             TunnelError::Handshake { rejected, .. } => *rejected,
             _ => false,
+        }
+    }
+
+    /// How long the hub said to wait before trying again, if it did (a lockout).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TunnelError::LockedOut { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -227,7 +245,16 @@ impl Tunnel {
             HubMessage::Refused {
                 code: RefusalCode::AuthFailed,
                 message,
+                ..
             } => Err(TunnelError::AuthFailed(message)),
+            HubMessage::Refused {
+                code: RefusalCode::LockedOut,
+                message,
+                retry_after_secs,
+            } => Err(TunnelError::LockedOut {
+                message,
+                retry_after: retry_after_secs.map(Duration::from_secs),
+            }),
             HubMessage::Refused { message, .. } => Err(TunnelError::Refused(message)),
             msg => Ok((framed, msg)),
         }
@@ -429,10 +456,7 @@ impl From<Reconnect> for Backoff {
 impl Backoff {
     /// Delay before retry number `attempt` (0-based): exponential with full jitter.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let mut seed = [0u8; 8];
-        let _ = getrandom::fill(&mut seed);
-        let unit = (u64::from_le_bytes(seed) >> 11) as f64 / (1u64 << 53) as f64;
-        self.bound(attempt).mul_f64(unit)
+        self.bound(attempt).mul_f64(random_unit())
     }
 
     /// The largest delay before retry number `attempt`: `initial * 2^attempt`, at most `max`.
@@ -441,6 +465,37 @@ impl Backoff {
             .saturating_mul(1u32 << attempt.min(16))
             .min(self.max)
     }
+}
+
+/// A random number in `[0, 1)`.
+fn random_unit() -> f64 {
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    (u64::from_le_bytes(seed) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The longest lockout a tunnel waits out: the longest `lockout_duration` a hub takes. A
+/// longer announcement (a hub of a later version, or a broken one) is taken as this.
+pub const MAX_LOCKOUT_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Jitter added to a lockout's wait is at most a tenth of it, within these bounds: enough that
+/// the tunnels behind one address do not all come back in the same instant, small next to
+/// the lockout itself.
+const LOCKOUT_JITTER: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
+
+/// The wait before the next attempt after the hub announced a lockout ending in `announced`:
+/// never less than announced (up to [`MAX_LOCKOUT_WAIT`]), plus a jitter of at most a tenth of
+/// it (within [`LOCKOUT_JITTER`]).
+pub fn lockout_wait(announced: Duration) -> Duration {
+    lockout_wait_with(announced, random_unit())
+}
+
+/// [`lockout_wait`] with the jitter's random number `unit` (in `[0, 1)`) given.
+fn lockout_wait_with(announced: Duration, unit: f64) -> Duration {
+    let announced = announced.min(MAX_LOCKOUT_WAIT);
+    let (least, most) = LOCKOUT_JITTER;
+    let bound = (announced / 10).clamp(least, most);
+    announced + bound.mul_f64(unit.clamp(0.0, 1.0))
 }
 
 /// Where [`supervise`] is in its backoff sequence.
@@ -513,19 +568,42 @@ pub async fn supervise(
             }
             Err(e) => e,
         };
-        tunnel.status.connecting(Some(error.to_string()));
-        crate::daemon::notify::status(&format!(
-            "reconnecting to {}: {error}",
-            tunnel.config.hub_address
-        ));
-        let delay = retries.next_delay(&backoff);
-        warn!(error = %error, retry_in = ?delay, "lost the hub; reconnecting");
+        let delay = plan_retry(&tunnel, &mut retries, &backoff, &error);
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
         debug!(attempt = retries.attempt, "reconnecting");
     }
+}
+
+/// Records why the last attempt failed (status board, service manager, log) and returns how
+/// long to wait before the next one. A lockout the hub announced is waited out whole, and
+/// logged once with the time of the next attempt; anything else waits the next backoff delay.
+fn plan_retry(
+    tunnel: &Tunnel,
+    retries: &mut Retries,
+    backoff: &Backoff,
+    error: &TunnelError,
+) -> Duration {
+    let hub = &tunnel.config.hub_address;
+    if let Some(announced) = error.retry_after() {
+        let wait = lockout_wait(announced);
+        let now = SystemTime::now();
+        let until = now.checked_add(wait).unwrap_or(now);
+        let retry_at = crate::hub::inspect::rfc3339(until);
+        tunnel.status.locked_out(error.to_string(), until);
+        crate::daemon::notify::status(&format!(
+            "locked out by the hub at {hub} until {retry_at}: {error}"
+        ));
+        warn!(error = %error, %retry_at, "the hub locked this address out; the next attempt waits until the lockout ends");
+        return wait;
+    }
+    tunnel.status.connecting(Some(error.to_string()));
+    crate::daemon::notify::status(&format!("reconnecting to {hub}: {error}"));
+    let delay = retries.next_delay(backoff);
+    warn!(error = %error, retry_in = ?delay, "lost the hub; reconnecting");
+    delay
 }
 
 #[cfg(test)]
@@ -555,6 +633,59 @@ mod tests {
                 .count();
             assert!((20..=180).contains(&low), "{low} of 200 in the lower half");
         }
+    }
+
+    #[test]
+    fn a_lockout_wait_is_never_shorter_than_announced_and_its_jitter_is_bounded() {
+        for secs in [1, 3, 60, 1800, 86_400] {
+            let announced = Duration::from_secs(secs);
+            let most = (announced / 10).clamp(LOCKOUT_JITTER.0, LOCKOUT_JITTER.1);
+            assert_eq!(lockout_wait_with(announced, 0.0), announced);
+            assert!(lockout_wait_with(announced, 0.999_999) <= announced + most);
+            for _ in 0..200 {
+                let wait = lockout_wait(announced);
+                assert!(wait >= announced, "{wait:?} < {announced:?}");
+                assert!(wait <= announced + most, "{wait:?} for {announced:?}");
+            }
+        }
+        // A tenth, within the bounds: 300 ms for 3 s, 30 s at most for 30 minutes.
+        let three = Duration::from_secs(3);
+        assert_eq!(
+            lockout_wait_with(three, 1.0),
+            three + Duration::from_millis(300)
+        );
+        let half_hour = Duration::from_secs(1800);
+        assert_eq!(
+            lockout_wait_with(half_hour, 1.0),
+            half_hour + Duration::from_secs(30)
+        );
+        // Jitter spreads the tunnels of one address: not all at the same instant.
+        let waits: std::collections::HashSet<Duration> =
+            (0..20).map(|_| lockout_wait(three)).collect();
+        assert!(waits.len() > 1, "{waits:?}");
+    }
+
+    #[test]
+    fn an_announcement_past_the_longest_lockout_is_taken_as_the_longest() {
+        let wait = lockout_wait_with(Duration::from_secs(u64::MAX), 0.5);
+        assert!(wait >= MAX_LOCKOUT_WAIT && wait <= MAX_LOCKOUT_WAIT + LOCKOUT_JITTER.1);
+    }
+
+    #[test]
+    fn only_a_lockout_with_an_announced_time_asks_for_a_wait() {
+        let locked = TunnelError::LockedOut {
+            message: "locked".into(),
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        assert_eq!(locked.retry_after(), Some(Duration::from_secs(3)));
+        assert!(!locked.is_permanent(), "a lockout ends: worth waiting for");
+        let old_hub = TunnelError::LockedOut {
+            message: "locked".into(),
+            retry_after: None,
+        };
+        assert_eq!(old_hub.retry_after(), None, "the usual backoff applies");
+        assert_eq!(TunnelError::Refused("full".into()).retry_after(), None);
+        assert_eq!(TunnelError::AuthFailed("no".into()).retry_after(), None);
     }
 
     #[test]

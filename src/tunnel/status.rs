@@ -1,5 +1,5 @@
-//! A tunnel daemon's own view of itself, for its admin socket: whether it is connected, the
-//! hub's answer for each proxy, and whether each proxy's target accepted its last connection.
+//! A tunnel daemon's own view of itself, for its admin socket: whether it is connected (or
+//! locked out by the hub, and until when), the hub's answer for each proxy, and whether each proxy's target accepted its last connection.
 //!
 //! The reconnect loop and the link workers write here; the admin API reads snapshots. One
 //! `parking_lot::Mutex`, held only to copy or update a few fields. It holds one entry per
@@ -23,8 +23,29 @@ struct Board {
     tunnel_id: Option<Uuid>,
     since: SystemTime,
     last_error: Option<String>,
+    /// While the hub has this address locked out: when the next attempt is due.
+    retry_at: Option<SystemTime>,
     proxies: Vec<TunnelProxyStatus>,
     reconnects: u64,
+}
+
+impl Board {
+    /// The session is down (or not up yet), for `error`; every proxy is pending again.
+    fn down(&mut self, error: Option<String>) {
+        if self.connected {
+            self.reconnects += 1;
+            self.since = SystemTime::now();
+        }
+        self.connected = false;
+        self.tunnel_id = None;
+        self.last_error = error;
+        self.retry_at = None;
+        for p in &mut self.proxies {
+            p.state = "pending".into();
+            p.public = None;
+            p.reason = None;
+        }
+    }
 }
 
 /// The tunnel's state, shared by its tasks.
@@ -62,6 +83,7 @@ impl StatusBoard {
                 tunnel_id: None,
                 since: now,
                 last_error: None,
+                retry_at: None,
                 proxies: pending_proxies(config),
                 reconnects: 0,
             }),
@@ -77,6 +99,7 @@ impl StatusBoard {
         b.tunnel_id = None;
         b.since = SystemTime::now();
         b.last_error = None;
+        b.retry_at = None;
         b.proxies = pending_proxies(config);
     }
 
@@ -96,6 +119,7 @@ impl StatusBoard {
         b.tunnel_id = Some(tunnel_id);
         b.since = SystemTime::now();
         b.last_error = None;
+        b.retry_at = None;
         for outcome in outcomes {
             let (name, state, public, reason) = match outcome {
                 ProxyOutcome::Accepted {
@@ -120,19 +144,15 @@ impl StatusBoard {
 
     /// The session is down (or not up yet); `error` says why.
     pub fn connecting(&self, error: Option<String>) {
+        self.lock().down(error);
+    }
+
+    /// The hub refused the tunnel with `error` because this address is locked out; the next
+    /// attempt is at `retry_at`.
+    pub fn locked_out(&self, error: String, retry_at: SystemTime) {
         let mut b = self.lock();
-        if b.connected {
-            b.reconnects += 1;
-            b.since = SystemTime::now();
-        }
-        b.connected = false;
-        b.tunnel_id = None;
-        b.last_error = error;
-        for p in &mut b.proxies {
-            p.state = "pending".into();
-            p.public = None;
-            p.reason = None;
-        }
+        b.down(Some(error));
+        b.retry_at = Some(retry_at);
     }
 
     /// Records whether `proxy`'s target accepted a connection.
@@ -145,17 +165,18 @@ impl StatusBoard {
     /// A copy of the current state.
     pub fn snapshot(&self) -> TunnelStatus {
         let b = self.lock();
+        let state = match (b.connected, b.retry_at) {
+            (true, _) => "connected",
+            (false, Some(_)) => "locked_out",
+            (false, None) => "connecting",
+        };
         TunnelStatus {
-            state: if b.connected {
-                "connected"
-            } else {
-                "connecting"
-            }
-            .into(),
+            state: state.into(),
             hub: b.hub.clone(),
             tunnel_id: b.tunnel_id.map(|id| id.to_string()),
             since: rfc3339(b.since),
             last_error: b.last_error.clone(),
+            retry_at: b.retry_at.map(rfc3339),
             proxies: b.proxies.clone(),
         }
     }
@@ -199,5 +220,51 @@ impl StatusBoard {
         }
         text.process();
         text.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AdminConfig, HubTrust, ProxyConfig};
+    use std::time::Duration;
+
+    fn board() -> StatusBoard {
+        StatusBoard::new(&TunnelConfig {
+            hub_address: "hub.example:7000".into(),
+            hub_server_name: "hub.example".into(),
+            hub_trust: HubTrust::Fingerprint([7; 32]),
+            key: None,
+            links: 1,
+            connect_timeout: Duration::from_secs(5),
+            proxies: vec![ProxyConfig {
+                name: "web".into(),
+                service: "tcp".into(),
+                target: "127.0.0.1:80".into(),
+                ..ProxyConfig::default()
+            }],
+            admin: AdminConfig::disabled(),
+            reconnect: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_lockout_shows_until_when_and_the_next_outcome_clears_it() {
+        let status = board();
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        status.locked_out("locked out; retry in 30m".into(), until);
+        let seen = status.snapshot();
+        assert_eq!(seen.state, "locked_out");
+        assert_eq!(seen.retry_at.as_deref(), Some("2027-01-15T08:00:00Z"));
+        assert_eq!(seen.last_error.as_deref(), Some("locked out; retry in 30m"));
+
+        status.connecting(Some("connection refused".into()));
+        let seen = status.snapshot();
+        assert_eq!((seen.state.as_str(), seen.retry_at), ("connecting", None));
+
+        status.locked_out("locked".into(), until);
+        status.connected(Uuid::nil(), &[]);
+        let seen = status.snapshot();
+        assert_eq!((seen.state.as_str(), seen.retry_at), ("connected", None));
     }
 }

@@ -269,7 +269,7 @@ async fn a_hello_whose_answer_could_not_fit_a_frame_is_refused_and_a_large_one_t
     };
     // 1500 proxies fit in the hello's frame, but their outcomes would not fit the welcome's.
     match answer_to_hello(&live.hub, many(1500)).await {
-        HubMessage::Refused { code, message } => {
+        HubMessage::Refused { code, message, .. } => {
             assert_eq!(code, RefusalCode::Limit);
             assert!(message.contains("1500 proxies"), "{message}");
         }

@@ -115,6 +115,7 @@ fn status() -> TunnelStatus {
         tunnel_id: Some(TUNNEL_ID.into()),
         since: "2026-11-23T01:02:03Z".into(),
         last_error: None,
+        retry_at: None,
         proxies: vec![TunnelProxyStatus {
             name: "site".into(),
             service: "web".into(),

@@ -101,7 +101,20 @@ pub async fn start_hub_with_admin(
 /// Starts a hub on 127.0.0.1:0 with a fresh certificate for `localhost`, its admin API as
 /// `config.admin` says, and returns a view of its state too.
 pub async fn start_hub_full(
+    config: HubConfig,
+) -> (
+    TestHub,
+    tunnelize::admin::AdminListeners,
+    tunnelize::hub::inspect::HubView,
+) {
+    start_hub_presenting(config, &Identity::generate(&["localhost"]).unwrap()).await
+}
+
+/// [`start_hub_full`] with `identity` as the certificate of the tunnel listener and of the
+/// TLS admin listener.
+pub async fn start_hub_presenting(
     mut config: HubConfig,
+    identity: &Identity,
 ) -> (
     TestHub,
     tunnelize::admin::AdminListeners,
@@ -112,9 +125,8 @@ pub async fn start_hub_full(
     let addr = listener.local_addr().unwrap();
     config.listen = addr;
     let admin = config.admin.clone();
-    let identity = Identity::generate(&["localhost"]).unwrap();
     let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
-    let hub = Hub::new(config, &identity).await.unwrap();
+    let hub = Hub::new(config, identity).await.unwrap();
     let services = names
         .into_iter()
         .filter_map(|n| Some((n.clone(), hub.service_addr(&n)?)))
@@ -122,7 +134,7 @@ pub async fn start_hub_full(
     let fingerprint = hub.fingerprint();
     let stop = CancellationToken::new();
     let view = hub.view();
-    let listeners = tunnelize::admin::serve_hub(hub.view(), &admin, &identity, None, &stop)
+    let listeners = tunnelize::admin::serve_hub(hub.view(), &admin, identity, None, &stop)
         .await
         .expect("admin API starts");
     let task = tokio::spawn(hub.run(listener, stop.clone()));

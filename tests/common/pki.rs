@@ -2,10 +2,13 @@
 //! written as the `cert_file`/`key_file` pair a service's `certificates` names.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls_pki_types::CertificateDer;
 use tunnelize::config::TlsFiles;
+
+const DAY: u64 = 24 * 60 * 60;
 
 /// A fresh CA whose certificate is in `file`.
 pub struct TestCa {
@@ -36,13 +39,17 @@ impl TestCa {
     }
 
     /// Signs a certificate for `name` (also its common name) and writes it and its key to
-    /// `dir/STEM.crt` and `dir/STEM.key`.
+    /// `dir/STEM.crt` and `dir/STEM.key`. It is valid from a day ago for 90 days, as a public
+    /// CA's are (rcgen's default, 1975 to 4096, is a finding of TLS scanners).
     pub fn issue(&self, dir: &Path, stem: &str, name: &str) -> (TlsFiles, CertificateDer<'static>) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(DAY)).into();
+        params.not_after = (now + Duration::from_secs(90 * DAY)).into();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let files = TlsFiles {
             cert_file: dir.join(format!("{stem}.crt")),

@@ -12,7 +12,8 @@
 //!   has been in flight for `idle_timeout` ([`activity`]).
 //! - **per-request handling**, inside the connection's task (hyper polls each request's
 //!   future; no task per request): [`request`] validates it (400 ambiguous framing or several
-//!   Host headers, 405 CONNECT, the redirect to https), [`route`] picks a backend of its
+//!   Host headers, 405 CONNECT, the redirect to https) and reads the first chunk of a chunked
+//!   body ahead (400 for a chunk size that does not decode), [`route`] picks a backend of its
 //!   hostname ([`routes`]) and admits the client (401 basic auth ([`auth`]), 413 declared body
 //!   too large, 503 at the client limit), and [`forward`] sends it and retries: a request that
 //!   never went out, or an idempotent one without a body whose connection was lost before a
@@ -31,7 +32,8 @@
 //! proxies), strips hop-by-hop headers and the credentials it checked ([`headers`]), streams
 //! and meters bodies both ways ([`body`], [`metered`]), and answers itself with small pages
 //! ([`pages`]): 404 unknown host, 502 unreachable target, 504 silent target, 413 body too
-//! large while streaming before the target answered, 431 head too large (hyper). No span is
+//! large while streaming before the target answered, 400 a later chunk that does not decode
+//! before the target answered, 431 head too large (hyper). No span is
 //! made per request at info level: a warning makes its own span when it logs.
 
 mod activity;

@@ -541,3 +541,13 @@ pub fn example_hub_toml_with_a_key() -> (String, std::path::PathBuf) {
     let on = format!("[[keys]]\nname = \"alice\"\nkey = \"{KEY}\"\n");
     (text.replace(block, &on), path)
 }
+
+/// Runs the built `tunnelizectl` against the API socket `socket` with `args`, within DEADLINE.
+pub async fn ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunnelizectl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output();
+    tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap()
+}

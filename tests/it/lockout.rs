@@ -140,22 +140,9 @@ async fn sixth_login_from_the_same_address_is_refused_even_with_the_right_key() 
         metrics.contains("tunnelize_lockout_refusals_total 2\n"),
         "{metrics}"
     );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunnelizectl"))
-        .args(["--socket", live.socket.to_str().unwrap(), "list-lockouts"])
-        .output()
-        .await
-        .unwrap();
+    let out = ctl(&live.socket, &["list-lockouts"]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1"));
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunnelizectl"))
-        .args([
-            "--socket",
-            live.socket.to_str().unwrap(),
-            "unlock",
-            "127.0.0.1",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = ctl(&live.socket, &["unlock", "127.0.0.1"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -269,11 +256,7 @@ async fn a_locked_out_tunnel_makes_one_attempt_per_announced_retry_time_then_con
             .is_some_and(|e| e.contains("locked out")),
         "{status:?}"
     );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunnelizectl"))
-        .args(["--socket", tunnel.socket.to_str().unwrap(), "status"])
-        .output()
-        .await
-        .unwrap();
+    let out = ctl(&tunnel.socket, &["status"]).await;
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
         shown.contains(&format!("locked out by the hub until {retry_at}")),

@@ -167,15 +167,6 @@ fn hub_file(dir: &std::path::Path, services: &str) -> String {
 const TCP: &str = "[services.tcp]\nkind = \"tcp\"\nlisten = \"127.0.0.1\"\nports = \"0\"\n";
 const MORE: &str = "[services.more]\nkind = \"tcp\"\nlisten = \"127.0.0.1\"\nports = \"0\"\n";
 
-async fn ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunnelizectl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output();
-    tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap()
-}
-
 async fn service_names(socket: &std::path::Path) -> Option<Vec<String>> {
     let out = ctl(socket, &["--json", "list-services"]).await;
     let services: Vec<tunnelize::admin::model::ServiceInfo> =

@@ -3,15 +3,14 @@
 //! connection's task, and the connection's end (a stopping hub, a removed service, an idle h2
 //! connection).
 //!
-//! HTTP/1.1 bytes are shown to a [`HeadInspector`] as they are read ([`HeadWatch`]), so each
-//! request arrives with the strict parser's [`Verdict`]. An HTTP/1.1 connection keeps its
+//! HTTP/1.1 bytes are shown to a [`HeadInspector`] as they are read ([`HeadGate`], which also
+//! hands hyper each request head whole), so each request arrives with the strict parser's
+//! [`Verdict`]. An HTTP/1.1 connection keeps its
 //! upstream connection between requests ([`Kept`]); h2 requests run at once and use the pool.
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -26,9 +25,9 @@ use super::Frontend;
 use super::activity::{Activity, Tracked};
 use super::body::Watched;
 use super::framing::{HeadInspector, Verdict};
+use super::gate::HeadGate;
 use super::request::handle;
 use super::upstream::Kept;
-use crate::hub::idle::{IoWatch, WatchedIo};
 use crate::hub::metrics::Rejection;
 
 /// A client connection as the servers take it: the socket, or TLS over it.
@@ -44,6 +43,10 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Serves HTTP/1.1 on one client connection. When `stop` fires (the hub is stopping, or a
 /// reload removed the service) an idle keep-alive connection is closed at once and a busy one
 /// after its current response, which says `Connection: close`.
+///
+/// hyper starts only once the first request head is whole: until then the connection holds
+/// its socket, this small task and the bytes sent so far (an idle or slowloris client costs
+/// little more than a TCP one). The first head gets `header_timeout`, as hyper gives the next.
 pub(super) async fn serve_http1(
     front: Arc<Frontend>,
     io: impl ClientIo,
@@ -51,7 +54,30 @@ pub(super) async fn serve_http1(
     stop: CancellationToken,
 ) {
     let inspector = Arc::new(Mutex::new(HeadInspector::new(front.config.max_head_size)));
-    let io = WatchedIo::watched(io, HeadWatch(inspector.clone()));
+    let mut io = HeadGate::new(io, inspector.clone());
+    let limit = front.config.header_timeout;
+    let first = tokio::select! {
+        first = tokio::time::timeout(limit, io.first_head()) => first,
+        () = stop.cancelled() => return,
+    };
+    match first {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return,
+        Ok(Err(e)) => return debug!(error = %e, "http connection ended before a request"),
+        Err(_) => return debug!(timeout = ?limit, "no whole request head in time; closing"),
+    }
+    // Boxed: the waiting above holds none of hyper's state.
+    Box::pin(run_http1(front, io, peer, inspector, stop)).await;
+}
+
+/// hyper's HTTP/1.1 server on a connection whose first head is held in its [`HeadGate`].
+async fn run_http1(
+    front: Arc<Frontend>,
+    io: HeadGate<impl ClientIo>,
+    peer: SocketAddr,
+    inspector: Arc<Mutex<HeadInspector>>,
+    stop: CancellationToken,
+) {
     let handler = front.clone();
     let kept = Arc::new(Kept::default());
     let requests_kept = kept.clone();
@@ -156,21 +182,4 @@ fn is_idle(activity: &Activity, limit: Duration) -> bool {
     activity
         .idle_deadline(limit)
         .is_some_and(|at| at <= tokio::time::Instant::now())
-}
-
-/// Shows every byte read from an HTTP/1.1 client to its connection's [`HeadInspector`].
-struct HeadWatch(Arc<Mutex<HeadInspector>>);
-
-impl IoWatch for HeadWatch {
-    fn read(
-        &mut self,
-        _cx: &mut Context<'_>,
-        polled: Poll<io::Result<()>>,
-        fresh: &[u8],
-    ) -> Poll<io::Result<()>> {
-        if let Poll::Ready(Ok(())) = polled {
-            self.0.lock().feed(fresh);
-        }
-        polled
-    }
 }

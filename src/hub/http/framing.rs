@@ -52,6 +52,8 @@ pub struct HeadInspector {
     state: State,
     max_head: usize,
     verdicts: VecDeque<Verdict>,
+    /// Heads judged so far (every verdict given, good or bad).
+    judged: u64,
 }
 
 impl HeadInspector {
@@ -62,7 +64,19 @@ impl HeadInspector {
             state: State::Head(Vec::new()),
             max_head,
             verdicts: VecDeque::new(),
+            judged: 0,
         }
+    }
+
+    /// Whether the bytes read next belong to a request head not yet complete (the connection
+    /// waits for a head, or is in the middle of one).
+    pub fn awaiting_head(&self) -> bool {
+        matches!(self.state, State::Head(_))
+    }
+
+    /// How many heads have been judged so far.
+    pub fn judged(&self) -> u64 {
+        self.judged
     }
 
     /// The verdict for the next request hyper hands over. `Clean` when inspection had stopped
@@ -143,7 +157,9 @@ impl HeadInspector {
             return None;
         }
         let Some(end) = end else {
-            if buf.len() > self.max_head {
+            // Past the limit, or already unparsable: hyper answers it (431, 400) once it has
+            // the bytes, so there is nothing to wait for.
+            if buf.len() > self.max_head || unparsable(buf) {
                 self.state = State::Raw;
             }
             return None;
@@ -171,6 +187,7 @@ impl HeadInspector {
 
     /// Judges the request whose head is being read as ambiguous; nothing after it is read.
     fn refuse(&mut self, reason: &'static str) {
+        self.judged += 1;
         if self.verdicts.len() < MAX_PENDING {
             self.verdicts.push_back(Verdict::Ambiguous(reason));
         } else {
@@ -186,6 +203,7 @@ impl HeadInspector {
     }
 
     fn judge(&mut self, head: &[u8]) {
+        self.judged += 1;
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         let (verdict, next) = match req.parse(head) {
@@ -203,6 +221,12 @@ impl HeadInspector {
         self.verdicts.push_back(verdict);
         self.state = if bad { State::Raw } else { next };
     }
+}
+
+/// Whether the start of a request head already fails to parse (hyper would answer 400 now).
+fn unparsable(partial: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    httparse::Request::new(&mut headers).parse(partial).is_err()
 }
 
 /// What follows a chunk-size line: that much chunk data and its CRLF, the trailers after the
@@ -349,6 +373,28 @@ mod tests {
                 "split {split}"
             );
         }
+    }
+
+    #[test]
+    fn a_partial_head_is_awaited_while_it_parses_and_given_up_once_it_cannot() {
+        for partial in [&b"GE"[..], b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaa"] {
+            let mut inspector = HeadInspector::new(1024);
+            inspector.feed(partial);
+            assert!(inspector.awaiting_head(), "{partial:?}");
+        }
+        for garbage in [
+            &b"\x01\x02 GARBAGE"[..],
+            b"GET / HTTP/1.1\r\nBad Name: v\r\n",
+            b"\x16\x03\x01",
+        ] {
+            let mut inspector = HeadInspector::new(1024);
+            inspector.feed(garbage);
+            assert!(!inspector.awaiting_head(), "{garbage:?}");
+            assert_eq!(inspector.next_verdict(), Verdict::Clean, "hyper refuses it");
+        }
+        let mut inspector = HeadInspector::new(16);
+        inspector.feed(b"GET / HTTP/1.1\r\nX-Long: aaaa");
+        assert!(!inspector.awaiting_head(), "past max_head");
     }
 
     #[test]

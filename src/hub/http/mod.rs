@@ -43,6 +43,7 @@ mod connection;
 mod expose;
 mod forward;
 pub mod framing;
+mod gate;
 mod headers;
 pub(crate) mod metered;
 pub(crate) mod pages;

@@ -81,9 +81,21 @@ async fn serve_connection(
     let _ = socket.set_nodelay(true);
     // Every wait on the client (body, keep-alive, upgraded bytes) ends after idle_timeout.
     let socket = IdleIo::new(socket, front.shared.config.idle_timeout);
-    let Some(acceptor) = acceptor else {
-        return serve_http1(front, socket, peer, stop).await;
-    };
+    match acceptor {
+        None => serve_http1(front, socket, peer, stop).await,
+        // Boxed: a plain connection's task holds none of the TLS and h2 state.
+        Some(acceptor) => Box::pin(serve_tls(front, socket, peer, acceptor, stop)).await,
+    }
+}
+
+/// An https client connection: the TLS handshake, then h2 or HTTP/1.1 by ALPN.
+async fn serve_tls(
+    front: Arc<Frontend>,
+    socket: IdleIo<TcpStream>,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    stop: CancellationToken,
+) {
     let limit = front.config.header_timeout;
     let tls = match tokio::time::timeout(limit, acceptor.accept(socket)).await {
         Ok(Ok(tls)) => tls,

@@ -21,6 +21,11 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `max_head_size` in bytes; larger request heads get 431.
 pub const DEFAULT_MAX_HEAD_SIZE: usize = 64 * 1024;
+/// Default `body_read_ahead` in bytes: how much of a request body arrives before the hub
+/// opens the upstream connection for it.
+pub const DEFAULT_BODY_READ_AHEAD: usize = 0;
+/// The largest `body_read_ahead`: it is held per connection while a body trickles in.
+const MAX_BODY_READ_AHEAD: usize = 1024 * 1024;
 /// hyper cannot buffer less than this.
 const MIN_HEAD_SIZE: usize = 8 * 1024;
 
@@ -41,6 +46,10 @@ pub struct HttpService {
     pub response_timeout: Duration,
     /// `max_head_size` (default 65536): largest request head in bytes (431 beyond).
     pub max_head_size: usize,
+    /// `body_read_ahead` (default 0, at most 1 MiB): bytes of a request body the hub reads
+    /// before it opens the upstream connection (the whole body if shorter; 0 streams bodies
+    /// to the target from their first byte).
+    pub body_read_ahead: usize,
     /// `redirect_https` (http only): name of an `https` service to redirect every request to.
     pub redirect_https: Option<String>,
     /// `[[services.NAME.certificates]]` (https only, at least one): certificate chains, each
@@ -65,6 +74,7 @@ pub(super) struct RawHttpKeys<'a> {
     pub header_timeout: Option<&'a Spanned<Value>>,
     pub response_timeout: Option<&'a Spanned<Value>>,
     pub max_head_size: Option<&'a Spanned<i64>>,
+    pub body_read_ahead: Option<&'a Spanned<i64>>,
     pub redirect_https: Option<&'a Spanned<String>>,
     pub certificates: Option<&'a Spanned<Vec<RawCertificate>>>,
 }
@@ -86,6 +96,8 @@ pub(super) fn http_service(
     })?;
     let what = format!("`max_head_size` in {table}");
     let max_head_size = src.check_opt(raw.max_head_size, &what, |size| head_size(*size))?;
+    let what = format!("`body_read_ahead` in {table}");
+    let body_read_ahead = src.check_opt(raw.body_read_ahead, &what, |size| read_ahead(*size))?;
     let redirect_https = check_redirect(src, raw.redirect_https, table, tls)?;
     let certificates = check_certificates(src, name, raw.certificates, table, tls)?;
     let duration = |value: Option<&Spanned<Value>>, key: &str, default| {
@@ -108,6 +120,7 @@ pub(super) fn http_service(
                 DEFAULT_RESPONSE_TIMEOUT,
             )?,
             max_head_size: max_head_size.unwrap_or(DEFAULT_MAX_HEAD_SIZE),
+            body_read_ahead: body_read_ahead.unwrap_or(DEFAULT_BODY_READ_AHEAD),
             redirect_https,
             certificates,
         },
@@ -171,6 +184,19 @@ fn head_size(size: i64) -> Result<usize, String> {
         .filter(|n| (MIN_HEAD_SIZE..=1024 * 1024).contains(n))
         .ok_or_else(|| {
             format!("use {MIN_HEAD_SIZE} to 1048576 bytes (default {DEFAULT_MAX_HEAD_SIZE})")
+        })
+}
+
+/// `body_read_ahead`: 0 to [`MAX_BODY_READ_AHEAD`] bytes.
+fn read_ahead(size: i64) -> Result<usize, String> {
+    usize::try_from(size)
+        .ok()
+        .filter(|n| *n <= MAX_BODY_READ_AHEAD)
+        .ok_or_else(|| {
+            format!(
+                "use 0 to {MAX_BODY_READ_AHEAD} bytes (default {DEFAULT_BODY_READ_AHEAD}; 0 \
+                 sends a body on from its first byte)"
+            )
         })
 }
 

@@ -97,6 +97,7 @@ pub(super) struct RawService {
     header_timeout: Option<Spanned<Value>>,
     response_timeout: Option<Spanned<Value>>,
     max_head_size: Option<Spanned<i64>>,
+    body_read_ahead: Option<Spanned<i64>>,
     redirect_https: Option<Spanned<String>>,
     certificates: Option<Spanned<Vec<RawCertificate>>>,
     session_timeout: Option<Spanned<Value>>,
@@ -127,6 +128,10 @@ impl RawService {
                 self.max_head_size.as_ref().map(Spanned::span),
             ),
             (
+                "body_read_ahead",
+                self.body_read_ahead.as_ref().map(Spanned::span),
+            ),
+            (
                 "redirect_https",
                 self.redirect_https.as_ref().map(Spanned::span),
             ),
@@ -153,6 +158,7 @@ impl RawService {
             header_timeout: self.header_timeout.as_ref(),
             response_timeout: self.response_timeout.as_ref(),
             max_head_size: self.max_head_size.as_ref(),
+            body_read_ahead: self.body_read_ahead.as_ref(),
             redirect_https: self.redirect_https.as_ref(),
             certificates: self.certificates.as_ref(),
         }
@@ -173,6 +179,7 @@ const HTTP_KEYS: &[&str] = &[
     "header_timeout",
     "response_timeout",
     "max_head_size",
+    "body_read_ahead",
     "redirect_https",
     "certificates",
 ];

@@ -27,6 +27,40 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// Gives `head` a buffer of its own: hyper's header values and URI are slices of the
+/// connection's 8 KiB read buffer, which they would keep alive (and make hyper allocate
+/// another) for as long as the request waits on its body or its target. One allocation the
+/// size of the values; a value that will not re-parse (none should) keeps its old bytes.
+pub(super) fn own_head(head: &mut http::request::Parts) {
+    let uri = head.uri.path_and_query().map(|p| p.as_str());
+    let total = uri.map_or(0, str::len) + head.headers.values().map(|v| v.len()).sum::<usize>();
+    let mut own = bytes::BytesMut::with_capacity(total);
+    for value in head.headers.values() {
+        own.extend_from_slice(value.as_bytes());
+    }
+    let start_of_uri = own.len();
+    if let Some(uri) = uri {
+        own.extend_from_slice(uri.as_bytes());
+    }
+    let mut own = own.freeze();
+    for value in head.headers.values_mut() {
+        let bytes = own.split_to(value.len());
+        if let Ok(mut copy) = HeaderValue::from_maybe_shared(bytes) {
+            copy.set_sensitive(value.is_sensitive());
+            *value = copy;
+        }
+    }
+    debug_assert_eq!(own.len(), total - start_of_uri);
+    // Only an origin-form URI (what HTTP/1.1 clients send) is rebuilt; h2's authority form
+    // comes from hyper's own small allocations.
+    if head.uri.scheme().is_none()
+        && head.uri.authority().is_none()
+        && let Ok(uri) = Uri::from_maybe_shared(own)
+    {
+        head.uri = uri;
+    }
+}
+
 /// Removes hop-by-hop headers, including any the Connection header names.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

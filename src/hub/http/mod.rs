@@ -37,6 +37,7 @@
 //! made per request at info level: a warning makes its own span when it logs.
 
 mod activity;
+mod ahead;
 pub mod auth;
 pub(crate) mod body;
 mod connection;

@@ -2,10 +2,11 @@
 //! here, then [`forward_with_retry`] routes and sends it. Validation refuses what the hub will
 //! not forward (ambiguous framing, several Host headers, CONNECT, no valid host), answers the
 //! redirect of an http service to https, and takes the request apart into a [`ClientRequest`].
-//! It opens nothing upstream, and reads no body but the first chunk of a chunked one
-//! ([`read_first_chunk`]): a chunk size that overflows or does not parse is refused with 400
-//! before the target sees a byte. (A later chunk that fails is answered with 400 as well, if
-//! the target has not answered yet: [`super::forward`].)
+//! It opens nothing upstream; it reads the start of the body ([`read_ahead`]: the whole body
+//! when it is short, and at least the first chunk of a chunked one, so a chunk size that
+//! overflows or does not parse is refused with 400 before the target sees a byte). A later
+//! chunk that fails is answered with 400 as well, if the target has not answered yet:
+//! [`super::forward`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,9 +19,11 @@ use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use tracing::warn;
 
+use super::ahead;
 use super::body::{self, Body, MalformedBody};
 use super::forward::forward_with_retry;
 use super::framing::Verdict;
+use super::headers;
 use super::upstream::Kept;
 use super::{Frontend, pages};
 use crate::hub::metrics::Rejection;
@@ -59,32 +62,38 @@ pub(super) async fn handle(
         Ok(request) => request,
         Err(page) => return Ok(page),
     };
-    match read_first_chunk(&front, request).await {
-        Ok(request) => Ok(forward_with_retry(&front, request, kept.as_deref()).await),
+    match read_ahead(&front, request).await {
+        // Boxed: hyper holds this future for the connection's life, and a body that trickles
+        // in waits above with no forwarding state.
+        Ok(request) => Ok(Box::pin(forward_with_retry(&front, request, kept.as_deref())).await),
         Err(page) => Ok(page),
     }
 }
 
-/// For a chunked HTTP/1.1 request, reads the first frame of its body (hyper decodes the first
-/// chunk-size line for it) and puts it back in front of the rest; 400 and a close when the
-/// framing is bad, or when the client never sends it (the client socket's `idle_timeout`
-/// bounds the wait). Other requests pass as they are.
-async fn read_first_chunk(
+/// Reads the start of the body before anything goes upstream ([`ahead`](mod@super::ahead)):
+/// the whole body if it is shorter than `body_read_ahead`, and for a chunked HTTP/1.1 body at
+/// least its first chunk (so a chunk size that overflows or does not parse is refused here).
+/// 400 and a close when the body fails meanwhile (bad framing, or a client that never sends
+/// it: the client socket's `idle_timeout` bounds every wait). Upgrades pass as they are.
+async fn read_ahead(
     front: &Frontend,
     mut request: ClientRequest,
 ) -> Result<ClientRequest, Response<Body>> {
-    let chunked = request.head.version < http::Version::HTTP_2
-        && request.head.headers.contains_key(header::TRANSFER_ENCODING);
-    if !chunked || request.upgrade {
+    if request.upgrade || request.bodyless {
         return Ok(request);
     }
-    let Some(mut client_body) = request.body.take() else {
+    let Some(client_body) = request.body.take() else {
         return Ok(request);
     };
-    request.body = Some(match client_body.frame().await {
-        Some(Ok(frame)) => body::prepend(frame, client_body),
-        None => body::empty(),
-        Some(Err(e)) => {
+    let chunked = request.head.version < http::Version::HTTP_2
+        && request.head.headers.contains_key(header::TRANSFER_ENCODING);
+    let limit = front.config.body_read_ahead;
+    match ahead::read_ahead(client_body, limit, chunked).await {
+        Ok(read) => {
+            request.body = Some(read);
+            Ok(request)
+        }
+        Err(e) => {
             let malformed = body::caused_by::<MalformedBody>(&*e);
             if malformed {
                 front.shared.metrics.reject(Rejection::BadRequest);
@@ -94,10 +103,9 @@ async fn read_first_chunk(
                 true => "The request body's chunked framing is invalid.",
                 false => "The request body could not be read.",
             };
-            return Err(pages::page(StatusCode::BAD_REQUEST, detail, true));
+            Err(pages::page(StatusCode::BAD_REQUEST, detail, true))
         }
-    });
-    Ok(request)
+    }
 }
 
 /// The request taken apart, or the page the hub answers instead.
@@ -142,6 +150,7 @@ fn take_apart(mut req: Request<Incoming>, host: String, peer: SocketAddr) -> Cli
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut head, body) = req.into_parts();
     head.extensions = http::Extensions::new();
+    headers::own_head(&mut head);
     let presented = head
         .headers
         .get(header::AUTHORIZATION)

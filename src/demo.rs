@@ -169,7 +169,7 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
                     header_timeout: Duration::from_secs(10),
                     response_timeout: Duration::from_secs(60),
                     max_head_size: 64 * 1024,
-                    body_read_ahead: 0,
+                    body_read_ahead: 8192,
                     redirect_https: None,
                     certificates: vec![],
                 }),

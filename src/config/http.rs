@@ -23,7 +23,7 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_HEAD_SIZE: usize = 64 * 1024;
 /// Default `body_read_ahead` in bytes: how much of a request body arrives before the hub
 /// opens the upstream connection for it.
-pub const DEFAULT_BODY_READ_AHEAD: usize = 0;
+pub const DEFAULT_BODY_READ_AHEAD: usize = 8192;
 /// The largest `body_read_ahead`: it is held per connection while a body trickles in.
 const MAX_BODY_READ_AHEAD: usize = 1024 * 1024;
 /// hyper cannot buffer less than this.
@@ -46,9 +46,10 @@ pub struct HttpService {
     pub response_timeout: Duration,
     /// `max_head_size` (default 65536): largest request head in bytes (431 beyond).
     pub max_head_size: usize,
-    /// `body_read_ahead` (default 0, at most 1 MiB): bytes of a request body the hub reads
+    /// `body_read_ahead` (default 8192, at most 1 MiB): bytes of a request body the hub reads
     /// before it opens the upstream connection (the whole body if shorter; 0 streams bodies
-    /// to the target from their first byte).
+    /// to the target from their first byte, for clients that wait for an answer before they
+    /// send the rest of a body).
     pub body_read_ahead: usize,
     /// `redirect_https` (http only): name of an `https` service to redirect every request to.
     pub redirect_https: Option<String>,

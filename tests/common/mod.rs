@@ -464,7 +464,7 @@ pub fn http_settings(domain: &str) -> tunnelize::config::HttpService {
         header_timeout: Duration::from_secs(10),
         response_timeout: Duration::from_secs(30),
         max_head_size: 64 * 1024,
-        body_read_ahead: 0,
+        body_read_ahead: 8192,
         redirect_https: None,
         certificates: vec![],
     }

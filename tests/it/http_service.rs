@@ -433,7 +433,8 @@ async fn smuggling_payloads_get_400_and_never_reach_the_target() {
 
 #[tokio::test]
 async fn a_later_chunk_size_that_overflows_gets_400_and_a_close_not_502() {
-    let s = setup(|_| {}).await;
+    // Streams the body as it comes (no read-ahead), as a duplex client needs.
+    let s = setup(|h| h.body_read_ahead = 0).await;
     let app = start_app("a").await;
     let _t = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("a", &app, "app")])).await;
     let mut client = TcpStream::connect(s.web).await.unwrap();
@@ -527,7 +528,8 @@ fn chunked_upload(path: &str, n: usize) -> (Vec<u8>, Vec<u8>) {
 
 #[tokio::test]
 async fn a_chunked_body_over_max_body_gets_413_and_the_target_no_more_than_max_body() {
-    let s = setup(|_| {}).await;
+    // Streams the body as it comes (no read-ahead), as a duplex client needs.
+    let s = setup(|h| h.body_read_ahead = 0).await;
     let app = start_app("a").await;
     let mut limited = web_proxy("a", &app, "small");
     limited.max_body = Some(1000);
@@ -562,7 +564,8 @@ async fn a_chunked_body_over_max_body_gets_413_and_the_target_no_more_than_max_b
 
 #[tokio::test]
 async fn over_max_body_after_the_target_answered_the_connection_is_cut() {
-    let s = setup(|_| {}).await;
+    // Streams the body as it comes (no read-ahead), as a duplex client needs.
+    let s = setup(|h| h.body_read_ahead = 0).await;
     let app = start_app("a").await;
     let mut limited = web_proxy("a", &app, "small");
     limited.max_body = Some(1000);
@@ -617,6 +620,45 @@ async fn over_max_body_after_the_target_answered_the_connection_is_cut() {
     })
     .await;
     assert!(uploads[0] <= 1000, "the target got {uploads:?} bytes");
+}
+
+#[tokio::test]
+async fn by_default_a_small_body_reaches_the_target_only_once_whole() {
+    let s = setup(|_| {}).await;
+    let app = start_app("a").await;
+    let mut limited = web_proxy("a", &app, "small");
+    limited.max_body = Some(1000);
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![limited])).await;
+
+    // A body trickled in: its first 505 bytes wait at the hub while another request passes.
+    let (head, chunks) = chunked_upload("/upload", 2);
+    let mut slow = TcpStream::connect(s.web).await.unwrap();
+    slow.write_all(&head).await.unwrap();
+    slow.write_all(&chunks[..505]).await.unwrap();
+    let (status, _) = curl(s.web, "http://small.test.local/probe", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(app.requests(), ["GET /probe"], "the target saw the slow upload early");
+    // Once whole it goes upstream in full.
+    slow.write_all(&chunks[505..]).await.unwrap();
+    slow.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, slow.read_to_end(&mut out))
+        .await
+        .expect("the hub answers and closes")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("1000"), "{out}");
+
+    // Over max_body within the read-ahead: 413, and the target never sees the request.
+    let (mut request, chunks) = chunked_upload("/upload", 10);
+    request.extend_from_slice(&chunks);
+    request.extend_from_slice(b"0\r\n\r\n");
+    let out = raw_exchange(s.web, &request).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    let (status, _) = curl(s.web, "http://small.test.local/after", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(app.requests(), ["GET /probe", "POST /upload", "GET /after"]);
+    assert_eq!(app.uploads(), [1000]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! The start of a request body, read before anything goes upstream ([`read_ahead`]).
 //!
-//! With `body_read_ahead` set (default 0: off), a request with a body opens its upstream
+//! With `body_read_ahead` set (default 8192; 0 turns it off), a request with a body opens its upstream
 //! connection (a link stream to the tunnel and an HTTP/1.1 client on it) only once the body
 //! is whole or that many bytes of it have arrived. A client that trickles its body in then holds the bytes it sent and its own
 //! connection, not an upstream one (about 15 KiB more), and a target never waits on a slow

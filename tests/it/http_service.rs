@@ -273,6 +273,49 @@ async fn a_refusing_target_gives_502_and_a_silent_one_504() {
     assert!(body.contains("did not answer in time"), "{body}");
 }
 
+/// A target that reads a request head and answers it in HTTP/1.0, closing after the body.
+async fn start_http10_target() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match socket.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let answer = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold server";
+                let _ = socket.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_http10_target_is_answered_to_the_client_in_http11() {
+    let s = setup(|_| {}).await;
+    let old = start_http10_target().await;
+    let mut proxy = proxy("old", "web", old, None);
+    proxy.hostname = Some("old".into());
+    let _t = start_tunnel(tunnel_config(&s.hub, vec![proxy])).await;
+    let out = raw_exchange(
+        s.web,
+        b"GET / HTTP/1.1\r\nHost: old.test.local\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\r\n\r\nA\r\nold server\r\n0\r\n\r\n"), "{out}");
+    // A 1.0 client is answered in 1.0.
+    let out = raw_exchange(s.web, b"GET / HTTP/1.0\r\nHost: old.test.local\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert!(out.ends_with("old server"), "{out}");
+}
+
 #[tokio::test]
 async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
     let s = setup(|_| {}).await;

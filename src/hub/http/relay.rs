@@ -47,6 +47,9 @@ pub(super) fn finish(
     } = relay;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The hub speaks HTTP/1.1 to its clients whatever the target spoke (RFC 9110 6.2);
+    // hyper answers a 1.0 client in 1.0 itself.
+    parts.version = http::Version::HTTP_11;
     if upgrade {
         // The upgrade was refused: whatever the client sends next was not inspected as HTTP.
         parts

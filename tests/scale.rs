@@ -98,24 +98,7 @@ async fn start_python_echo(dir: &std::path::Path) -> PythonEcho {
 /// Fails clearly unless this machine lets the test hold its clients: enough open files for
 /// this process (raised to the hard limit) and enough local ports.
 fn require_room() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
-    let needed = (CLIENTS + 1_000) as u64;
-    assert!(
-        limit.rlim_cur >= needed,
-        "this test needs {needed} open files per process (ulimit -n); the limit here is {}",
-        limit.rlim_cur
-    );
+    common::require_open_files((CLIENTS + 1_000) as u64);
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
     let ports: Vec<usize> = range
         .split_whitespace()

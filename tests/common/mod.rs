@@ -552,3 +552,25 @@ pub async fn ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Outpu
         .output();
     tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap()
 }
+
+/// Raises this process's open-file limit to its hard limit; fails clearly unless that allows
+/// `needed` files.
+pub fn require_open_files(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= needed,
+        "this test needs {needed} open files per process (ulimit -n); the limit here is {}",
+        limit.rlim_cur
+    );
+}

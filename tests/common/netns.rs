@@ -330,6 +330,25 @@ impl Daemon {
         .await
     }
 
+    /// A log line containing `what`, anywhere in the log kept (for lines whose order against
+    /// others is not fixed, such as each service's "serving" line); the cursor stays.
+    pub async fn any_line_with(&mut self, what: &str) -> String {
+        let awaited = format!("{} to log {what:?}", self.what);
+        eventually(&awaited, DEADLINE, || {
+            let found = self
+                .log
+                .lock()
+                .lines
+                .iter()
+                .find(|l| l.contains(what))
+                .cloned();
+            std::future::ready(
+                found.ok_or_else(|| format!("not yet; its last lines:\n{}", self.tail())),
+            )
+        })
+        .await
+    }
+
     /// The first log line after the last one found that contains `what`, or the log's tail;
     /// panics if the process has exited.
     fn next_line_with(&mut self, what: &str) -> Result<String, String> {

@@ -309,7 +309,10 @@ async fn an_http10_target_is_answered_to_the_client_in_http11() {
     )
     .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(out.contains("\r\n\r\nA\r\nold server\r\n0\r\n\r\n"), "{out}");
+    assert!(
+        out.contains("\r\n\r\nA\r\nold server\r\n0\r\n\r\n"),
+        "{out}"
+    );
     // A 1.0 client is answered in 1.0.
     let out = raw_exchange(s.web, b"GET / HTTP/1.0\r\nHost: old.test.local\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
@@ -680,7 +683,11 @@ async fn by_default_a_small_body_reaches_the_target_only_once_whole() {
     slow.write_all(&chunks[..505]).await.unwrap();
     let (status, _) = curl(s.web, "http://small.test.local/probe", &[]).await;
     assert_eq!(status, 200);
-    assert_eq!(app.requests(), ["GET /probe"], "the target saw the slow upload early");
+    assert_eq!(
+        app.requests(),
+        ["GET /probe"],
+        "the target saw the slow upload early"
+    );
     // Once whole it goes upstream in full.
     slow.write_all(&chunks[505..]).await.unwrap();
     slow.write_all(b"0\r\n\r\n").await.unwrap();
@@ -690,7 +697,10 @@ async fn by_default_a_small_body_reaches_the_target_only_once_whole() {
         .expect("the hub answers and closes")
         .unwrap();
     let out = String::from_utf8_lossy(&out);
-    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("1000"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("1000"),
+        "{out}"
+    );
 
     // Over max_body within the read-ahead: 413, and the target never sees the request.
     let (mut request, chunks) = chunked_upload("/upload", 10);

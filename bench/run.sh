@@ -57,7 +57,7 @@ elif [ $QUICK = 1 ]; then
 else
   IPERF_SECS=5 WRK_SECS=5 LAT_SECS=5 CONN_SECS=5 HOLD_READY_SECS=30
 fi
-WRK_CONNS=64 LAT_RATE=1000 CONN_CONCURRENCY=32 HOLDER_MAX=5000
+WRK_CONNS=64 LAT_RATE=1000 CONN_CONCURRENCY=32 HOLDER_MAX=5000 SLOW_COUNT=1000
 # Idle means settled: tunnelize's daemons give back their start-up code 2 s after their first
 # session (src/daemon/pages.rs). Every system waits this long after starting before its idle
 # RSS, and before the base of each idle-client run, is sampled.
@@ -323,6 +323,30 @@ hold_run() {
   sleep 2
 }
 
+# slow_run KIND TAG: RSS of the system before and while SLOW_COUNT HTTP clients of its http
+# service have sent part of a request (KIND: loris, a head unfinished; body, a head and 100 B
+# of a 1 MB body) and then nothing.
+slow_run() {
+  local kind=$1 tag=$2 f n
+  # One request first: the code of the http path is then faulted in, not counted per client.
+  curl -s -o /dev/null --max-time 10 -H "Host: bench.bench.test" "http://127.0.0.1:$P_HTTPSVC/" || true
+  sleep 1
+  record "rss_base_${tag}_kib" "$(rss_kib)"
+  f="$WORK/logs/slow-$SYS-r$ROUND-$tag.out"
+  start_bg "slow-$SYS-r$ROUND-$tag" timeout $((HOLD_READY_SECS + 120)) "$LOADGEN" slow \
+    --addr "127.0.0.1:$P_HTTPSVC" --host bench.bench.test --kind "$kind" --count "$SLOW_COUNT" \
+    --ready-timeout-secs "$HOLD_READY_SECS" --hold-secs 90
+  wait_for_line "$f" '^ramp_secs' $((HOLD_READY_SECS + 15)) || true
+  n=$(awk '/^established/ {print $2}' "$f")
+  # The hub reads what they sent as it comes; two seconds is plenty on loopback.
+  sleep 2
+  record "rss_${tag}_kib" "$(rss_kib)"
+  record "held_${tag}" "${n:-0}"
+  log "  $SLOW_COUNT slow clients ($kind): ${n:-0} held, RSS $(($(rss_kib) / 1024)) MiB"
+  stop_pid "$LAST_PID"
+  sleep 1
+}
+
 # ---------------------------------------------------------------- local targets
 start_targets() {
   T_BASE=$("$LOADGEN" free-ports --count 3)
@@ -437,7 +461,8 @@ target = "127.0.0.1:$T_ECHO"
 port = $((base + 2))
 EOF
   case " $features " in *" http "*)
-    printf '\n[services.web]\nkind = "http"\nlisten = "127.0.0.1:%s"\ndomain = "bench.test"\n' \
+    # header_timeout: the slow-client run's slowloris clients must be held while measured.
+    printf '\n[services.web]\nkind = "http"\nlisten = "127.0.0.1:%s"\ndomain = "bench.test"\nheader_timeout = "2m"\n' \
       $((base + 3)) >>"$dir/hub.toml"
     printf '\n[[proxies]]\nname = "web"\nservice = "web"\ntarget = "127.0.0.1:%s"\nhostname = "bench"\n' \
       "$T_NGINX" >>"$dir/tunnel.toml.in" ;;
@@ -637,6 +662,20 @@ measure_system() {
       hold_run "$count" "$tag"
     else
       log "  $SYS did not restart for the idle-client run"
+    fi
+    stop_system
+  done
+  # Slow HTTP clients, each kind on freshly started processes: tunnelize's http service only.
+  [ "$SYS" = tunnelize ] || return 0
+  local kind
+  for kind in loris body; do
+    tag=slow$kind
+    if start_system && [ -n "$P_HTTPSVC" ]; then
+      sleep "$SETTLE_SECS"
+      slow_run "$kind" "$tag"
+    else
+      record "held_$tag" "NA:no http service"
+      log "  $SYS has no http service for the slow-client run"
     fi
     stop_system
   done

@@ -1,5 +1,5 @@
 //! Traffic tools: a TCP echo target, a fixed-rate latency client, a connect-rate client, an
-//! idle-connection holder, a connection churner (for the soak), a readiness probe and a
+//! idle-connection holder, a slow-HTTP-client holder, a connection churner (for the soak), a readiness probe and a
 //! free-port finder.
 //!
 //! Each prints `name value` lines on stdout for `run.sh` to record. Every loop ends by a count
@@ -193,32 +193,88 @@ pub fn hold(
     ready_timeout_secs: u64,
     hold_secs: u64,
 ) -> io::Result<()> {
-    runtime(1)?.block_on(async move {
-        let begin = Instant::now();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(ready_timeout_secs);
-        let mut opening = JoinSet::new();
-        let mut held = Vec::with_capacity(count);
-        let (mut launched, mut failed) = (0usize, 0usize);
-        while launched < count || !opening.is_empty() {
-            while launched < count && opening.len() < concurrency.max(1) {
-                opening.spawn(tokio::time::timeout_at(deadline, open_verified(addr)));
-                launched += 1;
-            }
-            match opening.join_next().await {
-                Some(Ok(Ok(Ok(stream)))) => held.push(stream),
-                Some(_) => failed += 1,
-                None => break,
-            }
+    let plan = Plan {
+        count,
+        concurrency,
+        ready_timeout_secs,
+        hold_secs,
+    };
+    runtime(1)?.block_on(hold_opened(plan, move || open_verified(addr)))
+}
+
+/// What a slow client has sent when it stops: part of a head, or a head and part of a body.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Slowness {
+    /// A request line and one header, no end of head (slowloris).
+    Loris,
+    /// A whole head announcing 1 MB, then 100 bytes of it.
+    Body,
+}
+
+/// Opens `count` HTTP clients to `addr` for `host` that send part of a request (`slowness`)
+/// and then nothing, prints how many are up, and holds them for `hold_secs`.
+pub fn slow(addr: SocketAddr, host: String, slowness: Slowness, plan: Plan) -> io::Result<()> {
+    let sent = match slowness {
+        Slowness::Loris => format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-Slow: a\r\n"),
+        Slowness::Body => format!(
+            "POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000\r\n\r\n{}",
+            "x".repeat(100)
+        ),
+    };
+    let sent: Arc<[u8]> = sent.into_bytes().into();
+    runtime(1)?.block_on(hold_opened(plan, move || {
+        let sent = sent.clone();
+        async move {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream.write_all(&sent).await?;
+            Ok(stream)
         }
-        let ramp = begin.elapsed().as_secs_f64();
-        println!("established {}", held.len());
-        println!("failed {failed}");
-        println!("ramp_secs {ramp:.2}");
-        io::stdout().flush()?;
-        tokio::time::sleep(Duration::from_secs(hold_secs)).await;
-        drop(held);
-        Ok(())
-    })
+    }))
+}
+
+/// How many connections to open and hold, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub count: usize,
+    /// Connections being opened at once.
+    pub concurrency: usize,
+    /// Give up opening connections after this many seconds.
+    pub ready_timeout_secs: u64,
+    /// Hold them this long, then exit.
+    pub hold_secs: u64,
+}
+
+/// Opens `plan.count` connections with `open`, prints `established`, `failed` and
+/// `ramp_secs`, then holds what opened for `plan.hold_secs`.
+async fn hold_opened<F, Fut>(plan: Plan, open: F) -> io::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = io::Result<TcpStream>> + Send + 'static,
+{
+    let begin = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(plan.ready_timeout_secs);
+    let mut opening = JoinSet::new();
+    let mut held = Vec::with_capacity(plan.count);
+    let (mut launched, mut failed) = (0usize, 0usize);
+    while launched < plan.count || !opening.is_empty() {
+        while launched < plan.count && opening.len() < plan.concurrency.max(1) {
+            opening.spawn(tokio::time::timeout_at(deadline, open()));
+            launched += 1;
+        }
+        match opening.join_next().await {
+            Some(Ok(Ok(Ok(stream)))) => held.push(stream),
+            Some(_) => failed += 1,
+            None => break,
+        }
+    }
+    let ramp = begin.elapsed().as_secs_f64();
+    println!("established {}", held.len());
+    println!("failed {failed}");
+    println!("ramp_secs {ramp:.2}");
+    io::stdout().flush()?;
+    tokio::time::sleep(Duration::from_secs(plan.hold_secs)).await;
+    drop(held);
+    Ok(())
 }
 
 /// Returns once `addr` echoes a byte back; fails after `timeout_secs`.

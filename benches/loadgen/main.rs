@@ -4,7 +4,8 @@
 //! run by `cargo test`. Run it as `cargo bench --bench loadgen -- <subcommand> ...` or through
 //! the built binary (`cargo bench --bench loadgen --no-run` prints its path).
 //!
-//! - `load`: traffic tools (echo target, fixed-rate latency, connect rate, idle holder, probe).
+//! - `load`: traffic tools (echo target, fixed-rate latency, connect rate, idle holder, slow
+//!   HTTP clients, probe).
 //! - `iperf`: reads the figures `run.sh` needs out of `iperf3 -J` output.
 //! - `report`: medians, ratios and targets from the raw measurements; markdown and JSON.
 //! - `soak`: the growth table of a soak run (`run.sh --soak`); markdown, JSON and CSV.
@@ -75,6 +76,28 @@ enum Command {
     Hold {
         #[arg(long)]
         addr: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        /// Connections being opened at once.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// Give up opening connections after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        ready_timeout_secs: u64,
+        /// Hold the connections this long, then exit.
+        #[arg(long, default_value_t = 120)]
+        hold_secs: u64,
+    },
+    /// Opens COUNT HTTP clients that send part of a request and then nothing (slowloris, or a
+    /// head and the start of a body), reports, then holds them.
+    Slow {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Host header of the requests.
+        #[arg(long)]
+        host: String,
+        #[arg(long, value_enum)]
+        kind: load::Slowness,
         #[arg(long)]
         count: usize,
         /// Connections being opened at once.
@@ -187,6 +210,25 @@ fn main() -> ExitCode {
             ready_timeout_secs,
             hold_secs,
         } => load::hold(addr, count, concurrency, ready_timeout_secs, hold_secs),
+        Command::Slow {
+            addr,
+            host,
+            kind,
+            count,
+            concurrency,
+            ready_timeout_secs,
+            hold_secs,
+        } => load::slow(
+            addr,
+            host,
+            kind,
+            load::Plan {
+                count,
+                concurrency,
+                ready_timeout_secs,
+                hold_secs,
+            },
+        ),
         Command::Churn {
             addr,
             rate,

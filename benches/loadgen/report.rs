@@ -175,6 +175,18 @@ const FIGURES: &[Figure] = &[
         Better::Neither,
     ),
     fig(
+        "per_client_slowloris_kib",
+        "RSS per slowloris client (1,000 holding part of a head), KiB",
+        1,
+        Better::Lower,
+    ),
+    fig(
+        "per_client_slowbody_kib",
+        "RSS per slow-body client (1,000 holding a head and 100 B of a body), KiB",
+        1,
+        Better::Lower,
+    ),
+    fig(
         "cpu_s_per_gib",
         "CPU s per GiB moved (iperf3 TCP runs)",
         2,
@@ -361,7 +373,7 @@ fn derive(values: &mut BTreeMap<String, Measure>) {
             values.insert(mib.into(), Measure::Num(v / 1024.0));
         }
     }
-    for n in ["1k", "10k"] {
+    for n in ["1k", "10k", "slowloris", "slowbody"] {
         let with = get(values, &format!("rss_{n}_kib"));
         let base = get(values, &format!("rss_base_{n}_kib"));
         let held = get(values, &format!("held_{n}"));
@@ -514,6 +526,18 @@ fn targets(m: &Medians) -> Vec<Target> {
     out.push(limit(
         "RSS per idle client, 10,000 held",
         "per_client_10k_kib",
+        "KiB",
+        16.0,
+    ));
+    out.push(limit(
+        "RSS per slowloris client, 1,000 held",
+        "per_client_slowloris_kib",
+        "KiB",
+        16.0,
+    ));
+    out.push(limit(
+        "RSS per slow-body client, 1,000 held",
+        "per_client_slowbody_kib",
         "KiB",
         16.0,
     ));
@@ -758,6 +782,9 @@ mod tests {
             "tunnelize\t1\trss_base_10k_kib\t10240",
             "tunnelize\t1\trss_10k_kib\t90000",
             "tunnelize\t1\theld_10k\t0",
+            "tunnelize\t1\trss_base_slowbody_kib\t10240",
+            "tunnelize\t1\trss_slowbody_kib\t24576",
+            "tunnelize\t1\theld_slowbody\t1024",
             "tunnelize\t1\tcpu_s_tcp_1_up\t1",
             "tunnelize\t1\tcpu_s_tcp_1_down\t1",
             "tunnelize\t1\tcpu_s_tcp_8_up\t1",
@@ -774,6 +801,7 @@ mod tests {
         assert_eq!(get("per_client_1k_kib"), Some(8.0));
         // No client held: no per-client figure rather than a division by zero.
         assert_eq!(get("per_client_10k_kib"), None);
+        assert_eq!(get("per_client_slowbody_kib"), Some(14.0));
         assert_eq!(get("cpu_s_per_gib"), Some(3.0));
     }
 

@@ -6,8 +6,9 @@
 //! [`HeadInspector`], and holds the bytes in a buffer the size of the partial head; once the
 //! inspector has the head's end (or stops inspecting: the head is too long, or is refused),
 //! hyper gets everything held in one read. Bodies and upgraded bytes pass straight through.
-//! The waits stay hyper's and the socket's: hyper's `header_read_timeout` runs while the
-//! gate holds, and the idle deadline below it bounds every read.
+//! The waits are bounded outside the gate: the first head by `header_timeout` in
+//! [`super::connection`] (hyper is not running yet), later heads by hyper's
+//! `header_read_timeout`, and every read by the idle deadline below it.
 
 use std::io;
 use std::pin::Pin;

@@ -326,7 +326,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
     handshake: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let _ = socket.set_nodelay(true);
+    crate::mux::tune_socket(&socket);
     let limit = shared.config.handshake_timeout;
     let tls = match tokio::time::timeout(limit, acceptor.accept(socket)).await {
         Ok(Ok(tls)) => tls,

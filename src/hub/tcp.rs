@@ -133,7 +133,7 @@ async fn relay(
     client: &ClientGuard,
 ) {
     let (peer, client_id) = (client.entry().peer, client.entry().id);
-    let _ = socket.set_nodelay(true);
+    crate::mux::tune_socket(&socket);
     let wait = shared.config.link_timeout;
     let head = LinkOpen {
         proxy,

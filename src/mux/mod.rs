@@ -28,11 +28,17 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
-/// Per-stream flow-control window: enough for one stream to reach full loopback speed.
-pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-/// Per-connection flow-control window, shared by every stream of a link connection. It also
-/// bounds what slow readers can make the receiving side buffer per link connection.
-pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Per-stream flow-control window: the most a stream has in flight or held unread, so what a
+/// client or target that does not read costs each daemon (issue 26, docs/protocol.md). 4 MiB
+/// let four stalled readers take a link's 16 MiB connection window and stall every other
+/// client of the tunnel; at 256 KiB one stream still moves 256 KiB per round trip
+/// (loopback: full speed; 20 ms: about 100 Mbit/s).
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// Per-connection flow-control window: larger than every stream's window together
+/// ([`MAX_STREAMS_PER_LINK`] x [`STREAM_WINDOW`] is 4 GiB; 1 GiB is 4,096 stalled streams), so
+/// streams that do not read never take the window the others need. Memory is bounded per
+/// stream by [`STREAM_WINDOW`], not by this.
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024 * 1024;
 /// Largest HTTP/2 frame either side accepts. h2 flushes the connection after every DATA frame,
 /// so each frame is a write to the socket: 64 KiB frames (a whole socket read) cut those writes
 /// by four against 16 KiB and measured 15-30% less CPU per GiB (docs/benchmarks.md).
@@ -44,6 +50,24 @@ pub const MAX_SEND_BUFFER: usize = 400 * 1024;
 pub const MAX_STREAMS_PER_LINK: u32 = 16 * 1024;
 /// Bytes read from a socket at a time.
 const CHUNK: usize = 64 * 1024;
+
+/// Most unsent bytes a socket's kernel send queue holds (`TCP_NOTSENT_LOWAT`). Without it the
+/// kernel grows a send buffer to 4 MiB of bytes not even sent yet for a peer that reads slowly
+/// (a client, a target, or a link in front of HTTP/2's scheduling); with it, writes wait here,
+/// where flow control holds them back, and a slow peer costs the kernel little more than what
+/// is in flight to it. Two of the daemons' 64 KiB reads: fast peers keep full speed.
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Sets up a TCP socket the daemons move bytes on: no Nagle delay, and at most
+/// [`NOTSENT_LOWAT`] unsent bytes queued in the kernel. Best effort: a socket the kernel will
+/// not tune still works.
+pub fn tune_socket(socket: &TcpStream) {
+    let _ = socket.set_nodelay(true);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = socket2::SockRef::from(socket).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+    }
+}
 
 /// HTTP/2 client settings for the hub side of a link connection.
 pub fn hub_builder() -> h2::client::Builder {

@@ -210,7 +210,7 @@ async fn splice(
     mut respond: SendResponse<Bytes>,
     target: &str,
 ) {
-    let _ = socket.set_nodelay(true);
+    crate::mux::tune_socket(&socket);
     let send = match respond.send_response(LinkRefusal::accepted_response(), false) {
         Ok(send) => send,
         Err(e) => {

@@ -195,7 +195,7 @@ impl Tunnel {
                 });
             }
         };
-        let _ = socket.set_nodelay(true);
+        crate::mux::tune_socket(&socket);
         let server_name = tls::server_name(&self.config.hub_server_name)?;
         match tokio::time::timeout(
             HANDSHAKE_TIMEOUT,

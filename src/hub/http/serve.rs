@@ -78,7 +78,7 @@ async fn serve_connection(
     acceptor: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
-    let _ = socket.set_nodelay(true);
+    crate::mux::tune_socket(&socket);
     // Every wait on the client (body, keep-alive, upgraded bytes) ends after idle_timeout.
     let socket = IdleIo::new(socket, front.shared.config.idle_timeout);
     match acceptor {

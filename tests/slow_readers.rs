@@ -126,9 +126,12 @@ fn sip(readers: Vec<TcpStream>) -> JoinSet<()> {
     for mut reader in readers {
         sipping.spawn(async move {
             let mut buf = [0u8; SIP];
+            // The pace of a slow reader (the load under test), not a wait for anything.
+            let mut pace = tokio::time::interval(Duration::from_secs(1));
+            pace.tick().await;
             // Bounded: the test ends long before (the set is aborted when dropped).
             for _ in 0..3_600 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                pace.tick().await;
                 if !matches!(reader.read(&mut buf).await, Ok(n) if n > 0) {
                     return;
                 }

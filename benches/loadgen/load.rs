@@ -184,21 +184,10 @@ async fn open_verified(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Opens `count` verified connections (`concurrency` at a time, giving up after
-/// `ready_timeout_secs`), prints how many are up, then keeps them idle for `hold_secs`.
-pub fn hold(
-    addr: SocketAddr,
-    count: usize,
-    concurrency: usize,
-    ready_timeout_secs: u64,
-    hold_secs: u64,
-) -> io::Result<()> {
-    let plan = Plan {
-        count,
-        concurrency,
-        ready_timeout_secs,
-        hold_secs,
-    };
+/// Opens `plan.count` verified connections (`plan.concurrency` at a time, giving up after
+/// `plan.ready_timeout_secs`), prints how many are up, then keeps them idle for
+/// `plan.hold_secs`.
+pub fn hold(addr: SocketAddr, plan: Plan) -> io::Result<()> {
     runtime(1)?.block_on(hold_opened(plan, move || open_verified(addr)))
 }
 
@@ -232,15 +221,19 @@ pub fn slow(addr: SocketAddr, host: String, slowness: Slowness, plan: Plan) -> i
     }))
 }
 
-/// How many connections to open and hold, and for how long.
-#[derive(Clone, Copy, Debug)]
+/// How many connections to open and hold, and for how long (the `hold` and `slow` options).
+#[derive(Clone, Copy, Debug, clap::Args)]
 pub struct Plan {
+    #[arg(long)]
     pub count: usize,
     /// Connections being opened at once.
+    #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
     /// Give up opening connections after this many seconds.
+    #[arg(long, default_value_t = 30)]
     pub ready_timeout_secs: u64,
-    /// Hold them this long, then exit.
+    /// Hold the connections this long, then exit.
+    #[arg(long, default_value_t = 120)]
     pub hold_secs: u64,
 }
 

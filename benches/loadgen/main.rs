@@ -76,17 +76,8 @@ enum Command {
     Hold {
         #[arg(long)]
         addr: SocketAddr,
-        #[arg(long)]
-        count: usize,
-        /// Connections being opened at once.
-        #[arg(long, default_value_t = 128)]
-        concurrency: usize,
-        /// Give up opening connections after this many seconds.
-        #[arg(long, default_value_t = 30)]
-        ready_timeout_secs: u64,
-        /// Hold the connections this long, then exit.
-        #[arg(long, default_value_t = 120)]
-        hold_secs: u64,
+        #[command(flatten)]
+        plan: load::Plan,
     },
     /// Opens COUNT HTTP clients that send part of a request and then nothing (slowloris, or a
     /// head and the start of a body), reports, then holds them.
@@ -98,17 +89,8 @@ enum Command {
         host: String,
         #[arg(long, value_enum)]
         kind: load::Slowness,
-        #[arg(long)]
-        count: usize,
-        /// Connections being opened at once.
-        #[arg(long, default_value_t = 128)]
-        concurrency: usize,
-        /// Give up opening connections after this many seconds.
-        #[arg(long, default_value_t = 30)]
-        ready_timeout_secs: u64,
-        /// Hold the connections this long, then exit.
-        #[arg(long, default_value_t = 120)]
-        hold_secs: u64,
+        #[command(flatten)]
+        plan: load::Plan,
     },
     /// Short-lived clients at a fixed rate, ending in turn cleanly, by drop, by reset, without
     /// reading, or without sending (the soak's connection churn).
@@ -203,32 +185,13 @@ fn main() -> ExitCode {
             concurrency,
             max_total,
         } => load::connect_rate(addr, secs, concurrency, max_total),
-        Command::Hold {
-            addr,
-            count,
-            concurrency,
-            ready_timeout_secs,
-            hold_secs,
-        } => load::hold(addr, count, concurrency, ready_timeout_secs, hold_secs),
+        Command::Hold { addr, plan } => load::hold(addr, plan),
         Command::Slow {
             addr,
             host,
             kind,
-            count,
-            concurrency,
-            ready_timeout_secs,
-            hold_secs,
-        } => load::slow(
-            addr,
-            host,
-            kind,
-            load::Plan {
-                count,
-                concurrency,
-                ready_timeout_secs,
-                hold_secs,
-            },
-        ),
+            plan,
+        } => load::slow(addr, host, kind, plan),
         Command::Churn {
             addr,
             rate,

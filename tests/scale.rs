@@ -266,7 +266,9 @@ impl Pair {
 
 async fn start_pair(dir: &std::path::Path, target: SocketAddr) -> Pair {
     let limits = format!(
-        "[limits]\nclients_per_tunnel = {}\nclients_per_service = {}\n",
+        "[limits]\nclients_per_tunnel = {}\nclients_per_service = {}\n\
+         connections_per_address = {}\n",
+        2 * CLIENTS,
         2 * CLIENTS,
         2 * CLIENTS
     );

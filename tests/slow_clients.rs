@@ -102,7 +102,8 @@ async fn open(web: SocketAddr, n: usize, first: &'static [u8]) -> Vec<TcpStream>
         let permit = gate.clone().acquire_owned().await.unwrap();
         opening.spawn(async move {
             let _permit = permit;
-            let mut socket = TcpStream::connect(web)
+            let mut socket = common::spread_socket()
+                .connect(web)
                 .await
                 .unwrap_or_else(|e| panic!("slow client {index}: connect: {e}"));
             socket.write_all(first).await.unwrap();

@@ -3,6 +3,9 @@
 //! reads nothing) leave every request to another proxy of the same tunnel answered within its
 //! deadline, and cost the hub and the tunnel at most [`PER_CLIENT_BOUND`] of memory each.
 //!
+//! The slow clients come from 127.0.0.2 onward, 200 to an address (`common::spread_socket`),
+//! under the hub's default `connections_per_address`.
+//!
 //! The probes start once every slow client's stream is under way (each has had its first
 //! bytes, or its target has taken its first bytes), so the links carry their load throughout.
 
@@ -88,7 +91,7 @@ async fn echo_target() -> SocketAddr {
 
 /// A client whose receive buffer is as small as the kernel allows.
 async fn small_window_client(addr: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
+    let socket = common::spread_socket();
     socket.set_recv_buffer_size(4096).unwrap();
     tokio::time::timeout(DEADLINE, socket.connect(addr))
         .await
@@ -265,7 +268,7 @@ async fn a_target_that_reads_nothing_does_not_stall_another_proxy() {
     // Their send buffers are small, or the test's own sockets alone would take the kernel's
     // TCP memory (`tcp_mem`) and stall every socket on the machine.
     let writers = open_all(|_| async move {
-        let socket = TcpSocket::new_v4().unwrap();
+        let socket = common::spread_socket();
         socket.set_send_buffer_size(16 * 1024).unwrap();
         tokio::time::timeout(DEADLINE, socket.connect(slow))
             .await

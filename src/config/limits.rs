@@ -27,6 +27,10 @@ pub struct Limits {
     /// `links_per_tunnel` (default 16, the most a tunnel's `links` asks for): link connections
     /// one tunnel may hold, counted from its link hello; more are refused.
     pub links_per_tunnel: usize,
+    /// `connections_per_address` (default 256): public connections (tcp proxies, http/https
+    /// services) open at once from one client address (an IPv6 client by its /64); more are
+    /// closed at accept.
+    pub connections_per_address: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +42,7 @@ impl Default for Limits {
             clients_per_service: 16_000,
             handshakes: 256,
             links_per_tunnel: 16,
+            connections_per_address: 256,
         }
     }
 }
@@ -52,6 +57,7 @@ pub(super) struct RawLimits {
     clients_per_service: Option<Spanned<i64>>,
     handshakes: Option<Spanned<i64>>,
     links_per_tunnel: Option<Spanned<i64>>,
+    connections_per_address: Option<Spanned<i64>>,
 }
 
 /// Checks `[limits]`: every value a whole number from 1 to 1,000,000.
@@ -91,6 +97,11 @@ pub(super) fn check_limits(
             &raw.links_per_tunnel,
             "links_per_tunnel",
             defaults.links_per_tunnel,
+        )?,
+        connections_per_address: value(
+            &raw.connections_per_address,
+            "connections_per_address",
+            defaults.connections_per_address,
         )?,
     })
 }

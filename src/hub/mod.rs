@@ -30,6 +30,7 @@ pub mod inspect;
 pub(crate) mod links;
 pub(crate) mod lockout;
 pub(crate) mod metrics;
+pub(crate) mod per_address;
 mod ports;
 pub(crate) mod registry;
 pub(crate) mod reload;
@@ -111,6 +112,8 @@ pub(crate) struct Shared {
     handshakes: Arc<tokio::sync::Semaphore>,
     /// The reserve descriptor and lock of every accept loop of this hub (`hub::accept`).
     pub accepts: Arc<accept::Acceptor>,
+    /// Public connections open per client address (`[limits] connections_per_address`).
+    pub addresses: Arc<per_address::PerAddress>,
     /// When the hub started.
     pub started: std::time::SystemTime,
 }
@@ -128,6 +131,34 @@ impl Shared {
                 .lockouts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(address = %ip, ?duration, "address locked out after repeated failed logins");
+        }
+    }
+
+    /// Accepts the next public client connection on `listener` (`what` names it in logs)
+    /// within `[limits] connections_per_address`: a connection from an address that has its
+    /// maximum open already is closed at once, counted and logged (at most every 10 s), and
+    /// the next one accepted. The slot is the connection's place; drop it when it closes.
+    pub async fn accept_client(
+        &self,
+        listener: &TcpListener,
+        what: &'static str,
+    ) -> std::io::Result<(TcpStream, SocketAddr, per_address::AddressSlot)> {
+        loop {
+            let (socket, peer) = self.accepts.accept(listener, what).await?;
+            let limit = self.current().limits.connections_per_address;
+            match self.addresses.take(peer.ip(), limit) {
+                Some(slot) => return Ok((socket, peer, slot)),
+                None => {
+                    if self.metrics.reject_at_limit() {
+                        warn!(
+                            %peer,
+                            "client refused: its address has {limit} connections open \
+                             ([limits] connections_per_address; logged at most every 10s, \
+                             counted in tunnelize_rejected_total)"
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -205,6 +236,7 @@ impl Hub {
             lockouts,
             handshakes: Arc::new(tokio::sync::Semaphore::new(config_handshakes)),
             accepts: Arc::default(),
+            addresses: Arc::default(),
             started: std::time::SystemTime::now(),
         };
         Ok(Hub {

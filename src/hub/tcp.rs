@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 use super::Shared;
 use super::clients::ClientGuard;
 use super::metrics::Rejection;
+use super::per_address::AddressSlot;
 use super::ports::ServicePorts;
 use super::registry::TunnelSession;
 use crate::config::TcpService;
@@ -63,8 +64,8 @@ async fn accept_clients(
                 () = session.cancel.cancelled() => break,
                 // The hub is stopping: no new clients; live ones drain on their own tasks.
                 () = shared.stop.cancelled() => break,
-                accepted = shared.accepts.accept(&listener, "tcp proxy") => match accepted {
-                    Ok((socket, peer)) => {
+                accepted = shared.accept_client(&listener, "tcp proxy") => match accepted {
+                    Ok((socket, peer, place)) => {
                         let limits = shared.current().limits;
                         let client = match shared.registry.try_open_client(&session, &service, &proxy, peer, &limits) {
                             Ok(client) => client,
@@ -76,7 +77,7 @@ async fn accept_clients(
                             }
                         };
                         let client_id = client.entry().id;
-                        let task = serve_client(shared.clone(), session.clone(), service.clone(), proxy.clone(), socket, client);
+                        let task = serve_client(shared.clone(), session.clone(), service.clone(), proxy.clone(), socket, (client, place));
                         // A debug span only: an info span per client cost 4% of the hub's CPU
                         // at 6,000 new connections a second. Warnings make theirs when they
                         // log (`client_span`).
@@ -105,7 +106,7 @@ async fn serve_client(
     service: Arc<str>,
     proxy: String,
     socket: TcpStream,
-    client: ClientGuard,
+    (client, _place): (ClientGuard, AddressSlot),
 ) {
     tokio::select! {
         () = relay(&shared, &session, &service, proxy, socket, &client) => {}

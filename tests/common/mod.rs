@@ -371,6 +371,25 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
     .await
 }
 
+/// Clients given one source address by [`spread_socket`].
+pub const PER_SOURCE: usize = 200;
+
+/// A client socket bound to a source address of its own among 127.0.0.2 onward, [`PER_SOURCE`]
+/// sockets to each in the order asked for (across the test binary), so that a test's
+/// thousand clients stay under the hub's `[limits] connections_per_address` (256 by default)
+/// as clients from many addresses would.
+pub fn spread_socket() -> tokio::net::TcpSocket {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) / PER_SOURCE;
+    // 127.0.0.2 onward; 127.255.255.255 is never reached by a test's few thousand clients.
+    let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 0, 2)) + n as u32);
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(SocketAddr::from((ip, 0)))
+        .unwrap_or_else(|e| panic!("binding a client socket to {ip}: {e}"));
+    socket
+}
+
 /// Sends `data`, half-closes, and returns everything read back until EOF.
 pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     round_trip_on(connect(addr).await, data).await

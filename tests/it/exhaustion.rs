@@ -238,6 +238,7 @@ async fn a_hub_at_its_open_file_limit_sheds_the_flood_keeps_its_listeners_and_re
         format!(
             "listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\nhandshake_timeout = \"2s\"\n\
              lockout_failures = 1000\n\
+             [limits]\nconnections_per_address = 100000\n\
              [admin]\nsocket = \"\"\n\
              [[keys]]\nname = \"t\"\nkey = \"{KEY}\"\n\
              [services.tcp]\nkind = \"tcp\"\nlisten = \"127.0.0.1\"\nports = \"0\"\n\

@@ -289,3 +289,79 @@ async fn a_hello_whose_answer_could_not_fit_a_frame_is_refused_and_a_large_one_t
         other => panic!("expected a welcome, got {other:?}"),
     }
 }
+
+/// A connection to `addr` from the source address `from` (any of 127.0.0.0/8).
+async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    tokio::time::timeout(DEADLINE, socket.connect(addr))
+        .await
+        .expect("the hub accepts in time")
+        .unwrap()
+}
+
+/// Whether `socket` (an http client connection) gets any answer to a request.
+async fn http_answers(socket: &mut TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = b"GET / HTTP/1.1\r\nHost: nobody.test.local\r\nConnection: close\r\n\r\n";
+    if socket.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    matches!(
+        tokio::time::timeout(DEADLINE, socket.read_to_end(&mut answer)).await,
+        Ok(Ok(_))
+    ) && answer.starts_with(b"HTTP/1.1 ")
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_address_limit_are_closed_and_other_addresses_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hub.sock");
+    let mut config = hub_config(vec![tcp_any("tcp"), http_any("web", "test.local")]);
+    config.limits = Limits {
+        connections_per_address: 2,
+        ..Limits::default()
+    };
+    config.admin = admin_on(&socket);
+    let (hub, _listeners) = start_hub_with_admin(config).await;
+    let admin = AdminClient::unix(&socket);
+    let echo = start_echo().await;
+    let tunnel = start_tunnel(tunnel_config(&hub, vec![proxy("e", "tcp", echo, None)])).await;
+    let (tcp, web) = (tunnel.addr(0), hub.services["web"]);
+
+    // Two connections from 127.0.0.1, one to each service: its limit, across services.
+    let mut first = connect_from([127, 0, 0, 1], tcp).await;
+    assert!(echoes(&mut first, b"one").await);
+    let mut second = connect_from([127, 0, 0, 1], web).await;
+    assert!(http_answers(&mut second).await);
+    // The http connection has closed (Connection: close); hold another in its place.
+    let _held = eventually(
+        "the answered http connection to be gone",
+        DEADLINE,
+        || async {
+            let mut held = connect_from([127, 0, 0, 1], tcp).await;
+            echoes(&mut held, b"two").await.then_some(held)
+        },
+    )
+    .await;
+    // A third from the same address is closed at accept, by either service.
+    let mut over_tcp = connect_from([127, 0, 0, 1], tcp).await;
+    assert!(!echoes(&mut over_tcp, b"x").await);
+    let mut over_web = connect_from([127, 0, 0, 1], web).await;
+    assert!(!http_answers(&mut over_web).await);
+    assert!(limit_refusals(&admin).await >= 2.0);
+    // Other addresses are counted apart.
+    let mut other = connect_from([127, 0, 0, 2], tcp).await;
+    assert!(echoes(&mut other, b"other").await);
+    let mut other_web = connect_from([127, 0, 0, 3], web).await;
+    assert!(http_answers(&mut other_web).await);
+    // The connections held still flow; one closing makes room for the address.
+    assert!(echoes(&mut first, b"still").await);
+    drop(first);
+    eventually("room for the address again", DEADLINE, || async {
+        let mut again = connect_from([127, 0, 0, 1], tcp).await;
+        echoes(&mut again, b"again").await.then_some(())
+    })
+    .await;
+}

@@ -52,13 +52,17 @@ async fn accept_loop(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = front.shared.accepts.accept(&listener, "http service") => match accepted {
-                Ok((socket, peer)) => {
+            accepted = front.shared.accept_client(&listener, "http service") => match accepted {
+                Ok((socket, peer, place)) => {
                     // The certificates in force now (a reload may have renewed them).
                     let acceptor = acceptor.read().clone();
+                    let serve = serve_connection(front.clone(), socket, peer, acceptor, shutdown.clone());
                     front.shared.tasks.spawn(
-                        serve_connection(front.clone(), socket, peer, acceptor, shutdown.clone())
-                            .instrument(info_span!("connection", %peer)),
+                        async move {
+                            serve.await;
+                            drop(place);
+                        }
+                        .instrument(info_span!("connection", %peer)),
                     );
                 }
                 Err(e) => {

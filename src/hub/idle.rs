@@ -1,5 +1,5 @@
 //! An I/O adapter that fails a connection which moves no byte, in either direction, for a
-//! given time ([`IdleIo`]): the deadline for every read and write that waits on a peer of the
+//! given time, or whose peer takes no byte written to it for that time ([`IdleIo`]): the deadline for every read and write that waits on a peer of the
 //! http/https services (request bodies, keep-alive connections, upgraded connections), on top
 //! of the protocol's own deadlines (header read timeout, response timeout).
 //!
@@ -60,15 +60,22 @@ impl<S> IdleIo<S> {
             IdleDeadline {
                 limit,
                 deadline: Box::pin(tokio::time::sleep(limit)),
+                write_stall: None,
             },
         )
     }
 }
 
-/// The [`IoWatch`] of an [`IdleIo`]: the time without progress it allows, and when it ends.
+/// The [`IoWatch`] of an [`IdleIo`]: the time without progress it allows, and when it ends;
+/// and the write deadline: a peer that takes no byte written to it for that time fails the
+/// write even while it keeps sending (its bytes keep the connection from being idle), so a
+/// client that never reads cannot hold what the hub would send it for longer.
 pub struct IdleDeadline {
     limit: Duration,
     deadline: Pin<Box<Sleep>>,
+    /// Since when a write has waited for room, armed by the first write that had to wait and
+    /// dropped by the next that wrote: only a connection with a full socket holds one.
+    write_stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl IdleDeadline {
@@ -114,6 +121,22 @@ impl IoWatch for IdleDeadline {
         cx: &mut Context<'_>,
         polled: Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
+        match &polled {
+            Poll::Ready(Ok(n)) if *n > 0 => self.write_stall = None,
+            Poll::Pending => {
+                let limit = self.limit;
+                let stall = self
+                    .write_stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer took no byte for {limit:?}"),
+                    )));
+                }
+            }
+            _ => {}
+        }
         self.settle(cx, polled, |n| *n > 0)
     }
 }
@@ -185,5 +208,41 @@ mod tests {
         let mut byte = [0u8; 1];
         let err = io.read_exact(&mut byte).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_takes_nothing_fails_the_write_after_the_limit_though_it_sends() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(near, Duration::from_secs(10));
+        // Fill the pipe: the peer takes nothing from here on.
+        io.write_all(&[b'w'; 64]).await.unwrap();
+        let mut write = std::pin::pin!(io.write_all(b"more"));
+        // The peer keeps sending; each of its bytes would keep an idle deadline alive.
+        for _ in 0..3 {
+            let waited = tokio::time::timeout(Duration::from_secs(3), &mut write).await;
+            assert!(waited.is_err(), "the write ended early: {waited:?}");
+            far.write_all(b"x").await.unwrap();
+        }
+        // 9 s waited; the write fails once 10 s have passed since it first had to wait.
+        let err = write.await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("took no byte"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_takes_bytes_in_time_keeps_its_writes_going() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(near, Duration::from_secs(10));
+        let mut buf = [0u8; 64];
+        // Each write waits 6 s for room, under the limit each time, for 30 s in all.
+        for _ in 0..5 {
+            io.write_all(&[b'w'; 64]).await.unwrap();
+            let mut write = std::pin::pin!(io.write_all(b"m"));
+            let waited = tokio::time::timeout(Duration::from_secs(6), &mut write).await;
+            assert!(waited.is_err(), "the pipe was not full: {waited:?}");
+            far.read_exact(&mut buf).await.unwrap();
+            write.await.unwrap();
+            far.read_exact(&mut buf[..1]).await.unwrap();
+        }
     }
 }

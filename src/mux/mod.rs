@@ -152,7 +152,8 @@ impl Meter {
 ///
 /// Returns when the socket's reader hit end-of-file and the stream's body ended; an error on
 /// either side resets the stream and drops the socket. With `idle` set, a connection that moves
-/// no byte in either direction for that long is closed the same way. Bytes read from the socket
+/// no byte in either direction for that long is closed the same way, and so is one whose peer
+/// takes no byte written to it for that long (even while it sends). Bytes read from the socket
 /// count as "in" on `meter`, bytes written to it as "out".
 pub async fn splice(
     socket: TcpStream,
@@ -197,9 +198,9 @@ pub async fn splice_early(
         match sent {
             Some(sent) => Ok((
                 sent,
-                stream_to_socket(recv, writer, &activity, meter).await?,
+                stream_to_socket(recv, writer, &activity, idle, meter).await?,
             )),
-            None => tokio::try_join!(up, stream_to_socket(recv, writer, &activity, meter)),
+            None => tokio::try_join!(up, stream_to_socket(recv, writer, &activity, idle, meter)),
         }
     };
     let result = match idle {
@@ -334,12 +335,13 @@ async fn stream_to_socket(
     mut recv: RecvStream,
     mut writer: OwnedWriteHalf,
     activity: &Activity,
+    idle: Option<Duration>,
     meter: &Meter,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     while let Some(chunk) = recv.data().await {
         let chunk = chunk.map_err(h2_to_io)?;
-        writer.write_all(&chunk).await?;
+        write_within(&writer, &chunk, idle).await?;
         activity.touch();
         meter.add_out(chunk.len());
         total += chunk.len() as u64;
@@ -350,6 +352,38 @@ async fn stream_to_socket(
     }
     writer.shutdown().await?;
     Ok(total)
+}
+
+/// Writes all of `data` to `writer`, failing with [`io::ErrorKind::TimedOut`] once the peer
+/// has taken no byte for `limit`: the write deadline of a spliced socket. A peer that reads
+/// nothing is closed after `limit` even while it keeps sending (which keeps the connection
+/// from being idle), so it holds its stream's window no longer than that. The deadline's timer
+/// is armed only when the socket is full.
+async fn write_within(
+    writer: &OwnedWriteHalf,
+    mut data: &[u8],
+    limit: Option<Duration>,
+) -> io::Result<()> {
+    while !data.is_empty() {
+        match writer.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match limit {
+                None => writer.writable().await?,
+                Some(limit) => match tokio::time::timeout(limit, writer.writable()).await {
+                    Ok(ready) => ready?,
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("the peer took no byte for {limit:?}"),
+                        ));
+                    }
+                },
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Maps an HTTP/2 error to an I/O error, keeping "the peer reset the stream" recognisable.

@@ -721,7 +721,8 @@ async fn slow_header_clients_are_dropped_and_do_not_block_others() {
     let _t = start_tunnel(tunnel_config(&s.hub, vec![web_proxy("a", &app, "app")])).await;
     let mut slow = Vec::new();
     for _ in 0..1000 {
-        let mut c = TcpStream::connect(s.web).await.unwrap();
+        // From 200 addresses each (under connections_per_address), as an attack from several.
+        let mut c = spread_socket().connect(s.web).await.unwrap();
         c.write_all(b"GET / HTTP/1.1\r\nHost: app.test.local\r\nX-Slow: ")
             .await
             .unwrap();

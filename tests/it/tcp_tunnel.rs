@@ -428,3 +428,60 @@ async fn an_idle_client_is_closed_after_the_idle_timeout() {
     // The proxy itself keeps working for new clients.
     assert_eq!(round_trip(tunnel.addr(0), b"fresh").await, b"fresh");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_no_byte_is_closed_after_the_idle_timeout_though_it_keeps_sending() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut config = hub_config(vec![tcp_any("tcp")]);
+    config.idle_timeout = Duration::from_millis(500);
+    let hub = start_hub_with(config).await;
+    // A target that sends without end, and notes when its client is gone.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    let gone = Arc::new(AtomicBool::new(false));
+    let gone_target = gone.clone();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let block = vec![b'd'; 64 * 1024];
+        // Bounded: the client goes (or the test fails) long before 1 TiB.
+        for _ in 0..(1u64 << 24) {
+            if socket.write_all(&block).await.is_err() {
+                break;
+            }
+        }
+        gone_target.store(true, Ordering::Relaxed);
+    });
+    let tunnel = start_tunnel(tunnel_config(&hub, vec![proxy("d", "tcp", target, None)])).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(tunnel.addr(0)).await.unwrap();
+    // The client reads nothing, but sends a byte every 100 ms: never idle, yet it takes no
+    // byte, so the hub must close it once its socket has been full for the idle timeout.
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !gone.load(Ordering::Relaxed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client that takes nothing was not closed within {DEADLINE:?}"
+        );
+        pace.tick().await;
+        if client.write_all(b"k").await.is_err() {
+            // The hub reset it; the target learns of it next.
+            break;
+        }
+    }
+    eventually(
+        "the target to learn its client is gone",
+        DEADLINE,
+        || async { gone.load(Ordering::Relaxed).then_some(()) },
+    )
+    .await;
+    // Other clients of the proxy are served.
+    assert!(
+        tokio::time::timeout(DEADLINE, connect(tunnel.addr(0)))
+            .await
+            .is_ok()
+    );
+}

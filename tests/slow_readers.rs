@@ -1,7 +1,9 @@
 //! One tunnel's slow clients must not stall its other clients (issue 26): with the built hub
 //! and tunnel, 1,000 clients of one proxy that read a few bytes a second (or a target that
 //! reads nothing) leave every request to another proxy of the same tunnel answered within its
-//! deadline, and cost the hub and the tunnel at most [`PER_CLIENT_BOUND`] of memory each.
+//! deadline, and cost the hub and the tunnel at most [`PER_CLIENT_BOUND`] of memory each
+//! ([`PER_HTTP_CLIENT_BOUND`] for slow readers of an http response on one hostname, with
+//! requests for another).
 //!
 //! The slow clients come from 127.0.0.2 onward, 200 to an address (`common::spread_socket`),
 //! under the hub's default `connections_per_address`.
@@ -20,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
-use common::netns::{Daemon, connected, public_port, start_hub_and_tunnel};
+use common::netns::{Daemon, HubFiles, TunnelFiles, connected, public_port, start_hub_and_tunnel};
 use common::{DEADLINE, eventually};
 
 /// Slow clients in each test.
@@ -35,6 +37,11 @@ const PROBE_LIMIT: Duration = Duration::from_secs(5);
 /// stream's flow-control window (256 KiB: in flight, or held unread), one 64 KiB socket read
 /// waiting for window, and 32 KiB for the state of its connection and stream.
 const PER_CLIENT_BOUND: u64 = (256 + 64 + 32) * 1024;
+/// The same for a slow reader of an http response: its stream's window, one 64 KiB frame
+/// of it taken from the link, the upstream connection's 16 KiB read buffer, the client
+/// connection's write buffer (`max_head_size`, 64 KiB by default) and 64 KiB for the state
+/// of its connection, request and stream.
+const PER_HTTP_CLIENT_BOUND: u64 = (256 + 64 + 16 + 64 + 64) * 1024;
 /// What each slow reader takes at a time.
 const SIP: usize = 16;
 /// Bytes the endless target sends a client at most (a bound on its loop, never reached).
@@ -57,6 +64,37 @@ async fn endless_target() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             tokio::spawn(async move {
+                let block = vec![b'z'; 64 * 1024];
+                let mut sent = 0u64;
+                while sent < ENDLESS && socket.write_all(&block).await.is_ok() {
+                    sent += block.len() as u64;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An http target that answers every request on a connection with an endless body, sent as
+/// fast as the client takes it.
+async fn endless_http_target() -> SocketAddr {
+    let listener = small_buffer_listener();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+                    match socket.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {ENDLESS}\r\n\r\n");
+                if socket.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
                 let block = vec![b'z'; 64 * 1024];
                 let mut sent = 0u64;
                 while sent < ENDLESS && socket.write_all(&block).await.is_ok() {
@@ -167,14 +205,47 @@ async fn probe_all(addr: SocketAddr) -> Vec<String> {
     failed
 }
 
-/// Each daemon's memory growth over `before`, checked against `SLOW` clients' bound.
-fn check_memory(daemons: [(&Daemon, u64); 2]) {
+/// `PROBES` requests for `http://app.test.local/` on `web`, one after another; returns those
+/// that missed [`PROBE_LIMIT`] or were not answered 200, with why.
+async fn probe_all_http(web: SocketAddr) -> Vec<String> {
+    let mut failed = Vec::new();
+    for index in 0..PROBES {
+        let exchange = async {
+            let mut socket = TcpStream::connect(web).await?;
+            socket
+                .write_all(
+                    format!(
+                        "GET /probe-{index} HTTP/1.1\r\nHost: app.test.local\r\n\
+                         Connection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+            let mut answer = Vec::new();
+            socket.read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        match tokio::time::timeout(PROBE_LIMIT, exchange).await {
+            Ok(Ok(answer)) if answer.starts_with(b"HTTP/1.1 200") => {}
+            Ok(Ok(answer)) => failed.push(format!(
+                "probe {index}: {:?}",
+                String::from_utf8_lossy(&answer[..answer.len().min(80)])
+            )),
+            Ok(Err(e)) => failed.push(format!("probe {index}: {e}")),
+            Err(_) => failed.push(format!("probe {index}: no answer within {PROBE_LIMIT:?}")),
+        }
+    }
+    failed
+}
+
+/// Each daemon's memory growth over `before`, checked against `SLOW` clients' `bound` each.
+fn check_memory(daemons: [(&Daemon, u64); 2], bound: u64) {
     let mut report = Vec::new();
     let mut over = false;
     for (daemon, before) in daemons {
         let now = daemon.rss();
         let each = now.saturating_sub(before) / SLOW as u64;
-        over |= each > PER_CLIENT_BOUND;
+        over |= each > bound;
         report.push(format!(
             "{}: {:.1} -> {:.1} MiB, {:.1} KiB per slow client",
             daemon.what,
@@ -186,7 +257,7 @@ fn check_memory(daemons: [(&Daemon, u64); 2]) {
     println!("{}", report.join("; "));
     assert!(
         !over,
-        "{}; the bound is {PER_CLIENT_BOUND} B per slow client",
+        "{}; the bound is {bound} B per slow client",
         report.join("; ")
     );
 }
@@ -255,7 +326,7 @@ async fn a_thousand_slow_readers_of_one_proxy_do_not_stall_another() {
         hub.tail(),
         tunnel.tail()
     );
-    check_memory([(&hub, idle.0), (&tunnel, idle.1)]);
+    check_memory([(&hub, idle.0), (&tunnel, idle.1)], PER_CLIENT_BOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,6 +375,82 @@ async fn a_target_that_reads_nothing_does_not_stall_another_proxy() {
         hub.tail(),
         tunnel.tail()
     );
-    check_memory([(&hub, idle.0), (&tunnel, idle.1)]);
+    check_memory([(&hub, idle.0), (&tunnel, idle.1)], PER_CLIENT_BOUND);
     writing.abort_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_slow_readers_of_one_hostname_do_not_stall_another() {
+    common::require_open_files((2 * SLOW + 500) as u64);
+    let dir = tempfile::tempdir().unwrap();
+    let big = endless_http_target().await;
+    let app = common::web::start_app("app").await;
+    let web = "[services.web]\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n\
+               domain = \"test.local\"\n";
+    let hub_files = HubFiles::write(dir.path(), "127.0.0.1", "", web);
+    let mut hub = Daemon::start("hub", &hub_files.config, None);
+    let hub_addr = hub.hub_address().await;
+    let line = hub.any_line_with("serving http").await;
+    let web: SocketAddr = line[line.find(" listen=").unwrap() + " listen=".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tunnel_files = TunnelFiles::write(dir.path(), hub_addr, &hub_files.fingerprint, &[], "");
+    let mut text = std::fs::read_to_string(&tunnel_files.config).unwrap();
+    for (name, target) in [("big", big), ("app", app.addr)] {
+        text.push_str(&format!(
+            "[[proxies]]\nname = \"{name}\"\nservice = \"web\"\nhostname = \"{name}\"\n\
+             target = \"{target}\"\n"
+        ));
+    }
+    std::fs::write(&tunnel_files.config, text).unwrap();
+    let tunnel = Daemon::start("tunnel", &tunnel_files.config, None);
+    connected(&tunnel_files.admin(), DEADLINE).await;
+    assert!(
+        probe_all_http(web).await.is_empty(),
+        "the app answers before the load"
+    );
+    let idle = (hub.rss(), tunnel.rss());
+    let opened = open_all(|_| async move {
+        let mut socket = small_window_client(web).await;
+        let request = b"GET /big HTTP/1.1\r\nHost: big.test.local\r\n\r\n";
+        let mut first = [0u8; 1];
+        let started = async {
+            socket.write_all(request).await?;
+            socket.read_exact(&mut first).await
+        };
+        match tokio::time::timeout(DEADLINE, started).await {
+            Ok(Ok(_)) => Ok(socket),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no first byte in time".to_string()),
+        }
+    })
+    .await;
+    let (readers, failed): (Vec<_>, Vec<_>) = opened.into_iter().partition(Result::is_ok);
+    assert!(
+        failed.is_empty(),
+        "{} of {SLOW} slow readers had no first bytes: {:?}\nhub:\n{}\ntunnel:\n{}",
+        failed.len(),
+        failed
+            .into_iter()
+            .filter_map(Result::err)
+            .take(3)
+            .collect::<Vec<_>>(),
+        hub.tail(),
+        tunnel.tail()
+    );
+    let readers = readers.into_iter().filter_map(Result::ok).collect();
+    let _sipping = sip(readers);
+    let failed = probe_all_http(web).await;
+    assert!(
+        failed.is_empty(),
+        "{} of {PROBES} probes failed with {SLOW} slow readers of another hostname: {failed:?}\n\
+         hub:\n{}\ntunnel:\n{}",
+        failed.len(),
+        hub.tail(),
+        tunnel.tail()
+    );
+    check_memory([(&hub, idle.0), (&tunnel, idle.1)], PER_HTTP_CLIENT_BOUND);
 }

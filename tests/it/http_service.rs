@@ -275,10 +275,18 @@ async fn a_refusing_target_gives_502_and_a_silent_one_504() {
 
 /// A target that reads a request head and answers it in HTTP/1.0, closing after the body.
 async fn start_http10_target() -> SocketAddr {
+    start_raw_target(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold server".to_vec())
+        .await
+}
+
+/// A target that reads a request head and answers it with `answer`, then closes.
+async fn start_raw_target(answer: Vec<u8>) -> SocketAddr {
+    let answer: std::sync::Arc<[u8]> = answer.into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
@@ -288,8 +296,7 @@ async fn start_http10_target() -> SocketAddr {
                         _ => return,
                     }
                 }
-                let answer = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold server";
-                let _ = socket.write_all(answer).await;
+                let _ = socket.write_all(&answer).await;
             });
         }
     });
@@ -317,6 +324,47 @@ async fn an_http10_target_is_answered_to_the_client_in_http11() {
     let out = raw_exchange(s.web, b"GET / HTTP/1.0\r\nHost: old.test.local\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
     assert!(out.ends_with("old server"), "{out}");
+}
+
+#[tokio::test]
+async fn a_response_head_over_16_kib_is_a_502_and_one_under_it_passes() {
+    let s = setup(|_| {}).await;
+    let head_of = |cookie: usize| {
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: c={}\r\n\r\nok",
+            "v".repeat(cookie)
+        );
+        answer.into_bytes()
+    };
+    let big = start_raw_target(head_of(20 * 1024)).await;
+    let fits = start_raw_target(head_of(12 * 1024)).await;
+    let mut proxies = vec![
+        proxy("big", "web", big, None),
+        proxy("fits", "web", fits, None),
+    ];
+    proxies[0].hostname = Some("big".into());
+    proxies[1].hostname = Some("fits".into());
+    let _t = start_tunnel(tunnel_config(&s.hub, proxies)).await;
+    let ask = |host: &str| {
+        format!("GET / HTTP/1.1\r\nHost: {host}.test.local\r\nConnection: close\r\n\r\n")
+    };
+    let out = raw_exchange(s.web, ask("big").as_bytes()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 502"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+    let out = raw_exchange(s.web, ask("fits").as_bytes()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+    assert!(
+        out.ends_with("\r\n\r\nok"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
 }
 
 #[tokio::test]

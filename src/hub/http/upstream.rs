@@ -225,7 +225,10 @@ async fn connect(
     LinkRefusal::check_response(response.status(), response.headers())
         .map_err(|refusal| UpstreamError::Refused(refusal.reason))?;
     let io = TokioIo::new(LinkStream::new(send, response.into_body()));
-    let (sender, connection) = http1::Builder::new().handshake(io).await?;
+    let (sender, connection) = http1::Builder::new()
+        .max_buf_size(UPSTREAM_BUFFER)
+        .handshake(io)
+        .await?;
     shared.tasks.spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
             debug!(error = %e, "upstream connection ended with an error");
@@ -233,6 +236,12 @@ async fn connect(
     });
     Ok(sender)
 }
+
+/// Most an upstream connection reads ahead of what its client has taken (hyper's read
+/// buffer; its default is 400 KiB): with the link stream's window, what a client that reads
+/// slowly holds at the hub (docs/protocol.md, "Slow readers and fairness"). A target's
+/// response head must fit (nginx's proxy_buffer_size is 4 or 8 KiB by default).
+const UPSTREAM_BUFFER: usize = 16 * 1024;
 
 /// A connection ready for one request: the one the client connection kept, else an idle
 /// pooled one, else a new one. Upgrades always get a new connection. Failing here leaves the

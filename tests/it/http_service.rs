@@ -330,11 +330,11 @@ async fn an_http10_target_is_answered_to_the_client_in_http11() {
 async fn a_response_head_over_16_kib_is_a_502_and_one_under_it_passes() {
     let s = setup(|_| {}).await;
     let head_of = |cookie: usize| {
-        let mut answer = format!(
+        format!(
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: c={}\r\n\r\nok",
             "v".repeat(cookie)
-        );
-        answer.into_bytes()
+        )
+        .into_bytes()
     };
     let big = start_raw_target(head_of(20 * 1024)).await;
     let fits = start_raw_target(head_of(12 * 1024)).await;

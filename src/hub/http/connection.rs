@@ -97,8 +97,7 @@ async fn run_http1(
         .header_read_timeout(front.config.header_timeout)
         // A hard limit on the head: the buffer limit alone lets one read overshoot it.
         .max_header_size(front.config.max_head_size)
-        .max_buf_size(front.config.max_head_size)
-        .writev(false);
+        .max_buf_size(front.config.max_head_size);
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

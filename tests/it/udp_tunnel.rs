@@ -2,7 +2,8 @@
 //! (dnsmasq, installed by `.ci/run`), datagram boundaries up to the largest UDP payload,
 //! per-client sessions, idle expiry, eviction of the session idle longest, port ranges, silence
 //! when a port cannot forward or its tunnel has left, never more datagrams to a client than its
-//! target sent, and (from the hub daemon's stderr) rate-limited drop logs.
+//! target sent, (from the hub daemon's stderr) rate-limited drop logs, and a flood to a target
+//! or from clients that read nothing leaving the tunnel's other proxies answering (issue 26).
 
 use crate::common;
 
@@ -1043,4 +1044,92 @@ async fn two_hundred_parallel_dns_queries_through_a_tunnel_are_all_answered_corr
         "{} queries failed: {failures:?}",
         failures.len()
     );
+}
+
+/// Clients flooding a udp proxy whose target reads nothing.
+const FLOODERS: usize = 200;
+/// Datagrams each flooder sends at most (a bound on its loop; the test stops it first).
+const FLOOD_MAX: usize = 100_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_targets_and_clients_that_read_nothing_do_not_stall_the_tunnels_other_proxies() {
+    let hub = start_hub(vec![
+        udp_any("udp", Duration::from_secs(60), 1024),
+        tcp_any("tcp"),
+    ])
+    .await;
+    // Bound, never read: its receive queue fills and the kernel drops the rest.
+    let deaf = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo = start_udp_echo().await;
+    let tcp_echo = start_echo().await;
+    let tunnel = start_tunnel(tunnel_config(
+        &hub,
+        vec![
+            proxy("deaf", "udp", deaf.local_addr().unwrap(), None),
+            proxy("echo", "udp", echo, None),
+            proxy("app", "tcp", tcp_echo, None),
+            proxy("mirror", "udp", start_udp_echo().await, None),
+        ],
+    ))
+    .await;
+    let (deaf_proxy, udp_echo, app) = (tunnel.addr(0), tunnel.addr(1), tunnel.addr(2));
+    let mirror = tunnel.addr(3);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    // Half flood the deaf target; half flood an echo and never read what comes back.
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|i| {
+            let flooded = if i % 2 == 0 { deaf_proxy } else { mirror };
+            let (stop, sent) = (stop.clone(), sent.clone());
+            tokio::spawn(async move {
+                let socket = client().await;
+                let datagram = [b'f'; 1200];
+                for _ in 0..FLOOD_MAX {
+                    if stop.load(Ordering::Relaxed)
+                        || socket.send_to(&datagram, flooded).await.is_err()
+                    {
+                        return;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    eventually("the flood to be under way", DEADLINE, || async {
+        let n = sent.load(Ordering::Relaxed);
+        (n >= FLOODERS * 100)
+            .then_some(())
+            .ok_or(format!("{n} sent"))
+    })
+    .await;
+    let before = sent.load(Ordering::Relaxed);
+    // Meanwhile every tcp request and udp question to the other proxies is answered.
+    for i in 0..40u64 {
+        let data = payload(i, 1024);
+        let round_trip = async {
+            let mut socket = tokio::net::TcpStream::connect(app).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut socket, &data).await?;
+            let mut back = vec![0u8; data.len()];
+            tokio::io::AsyncReadExt::read_exact(&mut socket, &mut back).await?;
+            Ok::<_, std::io::Error>(back)
+        };
+        let back = tokio::time::timeout(Duration::from_secs(5), round_trip)
+            .await
+            .unwrap_or_else(|_| panic!("tcp probe {i} unanswered within 5 s during the flood"))
+            .unwrap();
+        assert_eq!(back, data);
+        let question = format!("question {i}");
+        assert_eq!(
+            ask(&client().await, udp_echo, question.as_bytes()).await,
+            question.as_bytes()
+        );
+    }
+    let during = sent.load(Ordering::Relaxed) - before;
+    assert!(during > 0, "the flood went on while the probes ran");
+    println!("{during} datagrams flooded the deaf target and the unread echo during the probes");
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.await.unwrap();
+    }
 }

@@ -49,10 +49,14 @@ pub mod tunnel;
 pub mod exit {
     /// Success.
     pub const OK: i32 = 0;
-    /// A failure (bad configuration, lost hub, ...).
+    /// A failure a restart may cure (a port in use, a lost hub, ...).
     pub const FAILURE: i32 = 1;
     /// Bad command-line usage.
     pub const USAGE: i32 = 2;
     /// The hub refused the tunnel's key.
     pub const AUTH_FAILED: i32 = 4;
+    /// The configuration is at fault (`EX_CONFIG` of sysexits.h): the file, or a file it names,
+    /// is missing, unreadable or invalid. Restarting cannot help, so the units say
+    /// `RestartPreventExitStatus=78`.
+    pub const CONFIG: i32 = 78;
 }

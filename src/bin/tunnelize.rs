@@ -86,6 +86,19 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Make a running hub or tunnel re-read its configuration file and wait for its answer
+    /// (the units' `ExecReload=`). Exits 0 when the daemon took the file; 78 when the file is
+    /// invalid (checked here first: the daemon keeps the configuration it runs); 1 when the
+    /// daemon refused it or could not be asked.
+    Reload {
+        /// The daemon's configuration file (the one it was started with).
+        #[arg(short, long, value_name = "PATH")]
+        config: PathBuf,
+        /// The daemon's process id (`$MAINPID`): sent SIGHUP when the file turns its admin
+        /// socket off, as the answer cannot be waited for then.
+        #[arg(long, value_name = "PID")]
+        pid: Option<i32>,
+    },
     /// Run a hub, a tunnel and a sample local service on loopback, and print a working curl line.
     Demo,
     /// Hash a password for a proxy's `basic_auth.password_hash` (argon2id). Reads the password
@@ -189,7 +202,9 @@ fn main() -> ExitCode {
     install_crypto_provider();
     tune_allocator();
     let default_level = match cli.command {
-        Command::Demo | Command::HashPassword | Command::Man { .. } => "warn",
+        Command::Demo | Command::HashPassword | Command::Man { .. } | Command::Reload { .. } => {
+            "warn"
+        }
         _ => "info",
     };
     init_logging(cli.log_format, default_level);
@@ -213,6 +228,7 @@ fn main() -> ExitCode {
                 ..
             } => run_tunnel(&config, service.zip(port)).await,
             Command::CheckConfig { file } => check_config(&file),
+            Command::Reload { config, pid } => reload(&config, pid).await,
             Command::Demo => report(run_demo().await),
             Command::HashPassword => report(hash_password()),
             Command::HashKey => report(hash_key()),
@@ -246,9 +262,29 @@ fn report(result: Result<()>) -> i32 {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("error: {e:#}");
-            exit::FAILURE
+            failure_code(&e)
         }
     }
+}
+
+/// The exit status for `e`: [`exit::CONFIG`] when the configuration is at fault (its file, the
+/// TLS files it names, or a rule such as "no tunnel key"), which a restart cannot cure; else
+/// [`exit::FAILURE`].
+fn failure_code(e: &anyhow::Error) -> i32 {
+    use tunnelize::hub::HubError;
+    let config = e.chain().any(|cause| {
+        cause.is::<tunnelize::config::ConfigError>()
+            || cause.is::<tunnelize::tls::TlsError>()
+            || matches!(
+                cause.downcast_ref::<HubError>(),
+                Some(HubError::Config(_) | HubError::Tls(_))
+            )
+            || matches!(
+                cause.downcast_ref::<TunnelError>(),
+                Some(TunnelError::Tls(_))
+            )
+    });
+    if config { exit::CONFIG } else { exit::FAILURE }
 }
 
 fn check_config(file: &Path) -> i32 {
@@ -272,6 +308,63 @@ fn check_config(file: &Path) -> i32 {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// `tunnelize reload`: checks `file`, then asks the daemon through the admin socket the file
+/// names and prints its answer (or signals `pid` when the socket is off).
+async fn reload(file: &Path, pid: Option<i32>) -> i32 {
+    let socket = match load_any(file) {
+        Ok(AnyConfig::Hub(c)) => c.admin.socket,
+        Ok(AnyConfig::Tunnel(c)) => c.admin.socket,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!(
+                "the running daemon keeps the configuration it had; fix the file and reload again"
+            );
+            return exit::CONFIG;
+        }
+    };
+    let Some(socket) = socket else {
+        return match pid {
+            Some(pid) if pid > 0 => {
+                // SAFETY: kill(2) with a process id and a signal number; no memory involved.
+                if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
+                    println!(
+                        "{}: the admin socket is off ([admin] socket = \"\"): sent SIGHUP to {pid}; \
+                         the daemon logs whether it took the file",
+                        file.display()
+                    );
+                    exit::OK
+                } else {
+                    let e = std::io::Error::last_os_error();
+                    eprintln!("error: cannot signal process {pid}: {e}");
+                    exit::FAILURE
+                }
+            }
+            _ => {
+                eprintln!(
+                    "error: {} turns the admin socket off ([admin] socket = \"\"), so the daemon \
+                     cannot be asked; pass its process id with --pid",
+                    file.display()
+                );
+                exit::USAGE
+            }
+        };
+    };
+    let api = tunnelize::admin::client::AdminClient::unix(&socket);
+    match api
+        .post::<tunnelize::admin::model::Message>(tunnelize::admin::model::RELOAD)
+        .await
+    {
+        Ok(answer) => {
+            println!("{}", answer.message);
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: reloading through {}: {e}", socket.display());
             exit::FAILURE
         }
     }

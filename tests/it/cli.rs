@@ -360,6 +360,146 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
     assert_client_span(&logged, "web");
 }
 
+/// Runs `tunnelize ARGS` to its end (bounded by `DEADLINE`).
+async fn run_to_end(args: &[&str]) -> std::process::Output {
+    let run = Command::new(bin()).args(args).kill_on_drop(true).output();
+    tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("tunnelize exits")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_daemon_whose_configuration_is_at_fault_exits_78_and_a_busy_port_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state = state.display();
+    let cases = [
+        (
+            "a key unknown",
+            "hub",
+            "listen = \"127.0.0.1:0\"\nlisten_typo = 1\n",
+        ),
+        (
+            "no [[keys]]",
+            "hub",
+            &*format!("listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\n"),
+        ),
+        (
+            "a missing certificate",
+            "hub",
+            &*format!(
+                "listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\n\
+                 [tls]\ncert_file = \"/nonexistent/hub.crt\"\nkey_file = \"/nonexistent/hub.key\"\n\
+                 [[keys]]\nname = \"k\"\nkey = \"0123456789abcdef0123\"\n"
+            ),
+        ),
+        (
+            "a bad hub address",
+            "tunnel",
+            "hub_address = \"\"\nkey = \"0123456789abcdef0123\"\n",
+        ),
+    ];
+    for (what, daemon, text) in cases {
+        let file = write(dir.path(), "case.toml", text);
+        let out = run_to_end(&[daemon, "-c", file.to_str().unwrap()]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{what}: {stderr}");
+        assert!(stderr.contains("error:"), "{what}: says why: {stderr}");
+    }
+    let missing = dir.path().join("missing.toml");
+    let out = run_to_end(&["hub", "-c", missing.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(78), "a missing file");
+    // A port in use may free itself: that failure is a plain 1, which systemd retries.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let file = write(
+        dir.path(),
+        "busy.toml",
+        &format!(
+            "listen = \"{}\"\nstate_dir = \"{state}\"\n\
+             [[keys]]\nname = \"k\"\nkey = \"0123456789abcdef0123\"\n",
+            busy.local_addr().unwrap()
+        ),
+    );
+    let out = run_to_end(&["hub", "-c", file.to_str().unwrap()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a busy port: {stderr}");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+}
+
+#[tokio::test]
+async fn reload_waits_for_the_daemons_answer_and_fails_for_a_file_it_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hub.sock");
+    let good = format!(
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\
+         [admin]\nsocket = \"{}\"\n\
+         [[keys]]\nname = \"ci\"\nkey = \"{KEY}\"\n",
+        dir.path().join("state").display(),
+        socket.display()
+    );
+    let file = write(dir.path(), "hub.toml", &good);
+    let path = file.to_str().unwrap();
+    let mut hub = Daemon::spawn(&["--log-format", "json", "hub", "-c", path]);
+    hub.wait_for("the hub listening", |v| {
+        message(v) == "hub listening for tunnels"
+    })
+    .await;
+    let out = run_to_end(&["reload", "-c", path]).await;
+    assert_succeeded(&out);
+    assert!(!out.stdout.is_empty(), "prints the daemon's answer");
+
+    // A file that does not parse: 78, with file and line, and the daemon is not asked.
+    std::fs::write(&file, format!("{good}bogus_key = 1\n")).unwrap();
+    let out = run_to_end(&["reload", "-c", path]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("hub.toml:"),
+        "names file and line: {stderr}"
+    );
+    assert!(stderr.contains("keeps the configuration"), "{stderr}");
+
+    // A valid file the daemon refuses (a new service on a port in use): 1, with its reason.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "{good}[services.web]\nkind = \"http\"\nlisten = \"{busy}\"\n\
+             domain = \"test.local\"\n"
+        ),
+    )
+    .unwrap();
+    let out = run_to_end(&["reload", "-c", path]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refused") && stderr.contains(&busy.to_string()),
+        "{stderr}"
+    );
+
+    // The daemon kept running: the good file reloads again.
+    std::fs::write(&file, &good).unwrap();
+    assert_succeeded(&run_to_end(&["reload", "-c", path]).await);
+
+    // With the socket turned off in the file, --pid signals the daemon instead.
+    let no_socket = good.replace(
+        &format!("socket = \"{}\"", socket.display()),
+        "socket = \"\"",
+    );
+    std::fs::write(&file, &no_socket).unwrap();
+    let out = run_to_end(&["reload", "-c", path]).await;
+    assert_eq!(out.status.code(), Some(2), "no socket and no --pid");
+    let pid = hub.child.id().unwrap().to_string();
+    let out = run_to_end(&["reload", "-c", path, "--pid", &pid]).await;
+    assert_succeeded(&out);
+    hub.seen_or_wait_for("the SIGHUP reload", |v| {
+        message(v).contains("SIGHUP received")
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn check_config_rejects_a_bad_file_with_exit_code_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -212,10 +212,21 @@ fn each_unit_runs_usr_bin_tunnelize_with_its_subcommand_and_config_file() {
             ["/usr/bin/tunnelize", subcommand, "-c", config],
             "{file}: ExecStart="
         );
+        let reload: Vec<&str> = unit
+            .expect("Service", "ExecReload")
+            .split_whitespace()
+            .collect();
         assert_eq!(
-            unit.expect("Service", "ExecReload"),
-            "/bin/kill -HUP $MAINPID",
-            "{file}: `systemctl reload` sends SIGHUP"
+            reload,
+            [
+                "/usr/bin/tunnelize",
+                "reload",
+                "-c",
+                config,
+                "--pid",
+                "$MAINPID"
+            ],
+            "{file}: `systemctl reload` waits for the daemon's answer and fails when it refuses"
         );
         assert_eq!(unit.expect("Service", "Restart"), "on-failure", "{file}");
         assert_eq!(unit.expect("Service", "RestartSec"), "2s", "{file}");
@@ -306,6 +317,26 @@ fn tunnel_units_do_not_restart_after_the_hub_refuses_the_key() {
                 unit.name
             );
         }
+    }
+}
+
+#[test]
+fn no_unit_restarts_after_a_configuration_error() {
+    // The status that the daemons exit with when their configuration is at fault.
+    assert_eq!(tunnelize::exit::CONFIG, 78);
+    for unit in units() {
+        let prevented = unit.words("Service", "RestartPreventExitStatus");
+        assert!(
+            prevented.contains(&"78"),
+            "{}: a configuration error must end in `failed`, not restart forever",
+            unit.name
+        );
+        assert_eq!(
+            unit.words("Service", "Restart"),
+            ["on-failure"],
+            "{}: a crash still restarts",
+            unit.name
+        );
     }
 }
 

@@ -107,6 +107,11 @@ C=$(cursor)
 check_not "systemctl start tunnelize-hub fails with the shipped hub.toml" systemctl start $HUB
 journal_since "$C" -u $HUB -o cat >"$J"
 check "the journal says why (no [[keys]])" contains '\[\[keys\]\]' 
+# A configuration error exits 78 (RestartPreventExitStatus=78): the unit is failed at once,
+# not `activating (auto-restart)` as a restart would leave it.
+check "it ends failed, exit status 78, with no restart scheduled" \
+  has_props $HUB ActiveState=failed Result=exit-code ExecMainStatus=78 NRestarts=0
+check "systemctl status shows the error" sh -c "systemctl status --no-pager -n 20 $HUB | grep -F '[[keys]]'"
 systemctl stop $HUB
 systemctl reset-failed $HUB 2>/dev/null
 
@@ -141,6 +146,14 @@ hub_identity() {
 }
 check "it runs as user tunnelize with only CAP_NET_BIND_SERVICE" hub_identity
 check "the watchdog is armed (WatchdogUSec=30s)" has_props $HUB WatchdogUSec=30s
+# A crash is not a configuration error: systemd starts the hub again.
+CRASHED=$(prop $HUB MainPID)
+kill -KILL "$CRASHED"
+restarted() {
+  has_props $HUB ActiveState=active SubState=running NRestarts=1 >/dev/null &&
+    [ "$(prop $HUB MainPID)" != "$CRASHED" ]
+}
+check "a hub killed by SIGKILL is restarted (NRestarts=1, a new process)" poll 30 restarted
 journal_since "$C" -u $HUB -o json >"$J"
 FP=$(grep -o '"FINGERPRINT":"[^"]*"' "$J" | head -n 1 | cut -d'"' -f4)
 : >"$LOG"
@@ -182,7 +195,7 @@ check "the new service is live after the reload" \
   poll 20 sh -c 'runuser -u alice -- tunnelizectl list-services | grep -qw web'
 check "the same process keeps running" has_props $HUB MainPID="$PID" ActiveState=active SubState=running
 journal_since "$C" -u $HUB -o cat >"$J"
-check "the journal shows the reload" contains 'SIGHUP received; reloading'
+check "the journal shows the reload and what it changed" contains 'reloaded: [0-9]* services (1 added'
 # The port the kernel gave the new http service, as the hub reports it.
 web_listen() {
   # Pretty-printed JSON: one line per object, then the object named web.
@@ -194,11 +207,34 @@ check "the hub reports where the new service listens ($WEB)" sh -c "case '$WEB' 
 cp $CONF/hub.toml /tmp/hub.toml.good
 echo 'this is not toml' >>$CONF/hub.toml
 C=$(cursor)
-systemctl reload $HUB
-refused() { journal_since "$C" -u $HUB -o cat | grep -q 'reload refused'; }
-check "a broken file is refused and logged" poll 20 refused
-check "while the hub keeps running" has_props $HUB MainPID="$PID" ActiveState=active
+check_not "systemctl reload with a broken file fails (ExecReload= waits for the answer)" systemctl reload $HUB
+journal_since "$C" -u $HUB -o cat >"$J"
+check "the journal says what is wrong, where" contains 'hub.toml:[0-9]'
+check "while the hub keeps running" has_props $HUB MainPID="$PID" ActiveState=active SubState=running
+check "and serving its services" sh -c 'runuser -u alice -- tunnelizectl list-services | grep -qw web'
+# A file that parses but that the hub refuses: a new service on a port in use (the hub's own).
 cp /tmp/hub.toml.good $CONF/hub.toml
+cat >>$CONF/hub.toml <<EOF
+
+[services.clash]
+kind = "http"
+listen = "$HUB_ADDR"
+domain = "clash.test"
+EOF
+C=$(cursor)
+check_not "systemctl reload fails when the hub refuses the file" systemctl reload $HUB
+journal_since "$C" -u $HUB -o cat >"$J"
+check "the journal has the hub's reason" contains 'refused'
+check "the hub keeps running" has_props $HUB MainPID="$PID" ActiveState=active SubState=running
+cp /tmp/hub.toml.good $CONF/hub.toml
+
+echo "== a tunnel@ instance without its file ends failed, not restarting"
+check_not "systemctl start tunnelize-tunnel@nofile fails" systemctl start tunnelize-tunnel@nofile
+check "it ends failed, exit status 78, with no restart scheduled" \
+  has_props tunnelize-tunnel@nofile ActiveState=failed ExecMainStatus=78 NRestarts=0
+check "systemctl status names the missing file" \
+  sh -c "systemctl status --no-pager -n 20 tunnelize-tunnel@nofile | grep -F tunnel-nofile.toml"
+systemctl reset-failed tunnelize-tunnel@nofile 2>/dev/null
 
 echo "== tunnelize-tunnel@demo forwards through the hub"
 mkdir -p /srv/www

@@ -109,6 +109,14 @@ impl StoredKey {
         Ok(StoredKey { digest })
     }
 
+    /// A new random key: 32 bytes from the operating system's generator, as 64 hex digits
+    /// (what `tunnelize gen-key` writes).
+    pub fn generate() -> Result<Secret, getrandom::Error> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)?;
+        Ok(Secret::new(hex::encode(bytes)))
+    }
+
     /// The `key_hash` line for `key`: `sha256:` and the hex digest.
     pub fn hash_line(key: &Secret) -> String {
         format!("{KEY_HASH_PREFIX}{}", hex::encode(digest(key.expose())))

@@ -108,6 +108,14 @@ enum Command {
     /// need not hold the key itself. Reads the key from the terminal without echo, or the first
     /// line of standard input when piped.
     HashKey,
+    /// Make a random tunnel or monitoring key (32 bytes from the system's generator, as 64 hex
+    /// digits). With FILE it is written there, mode 0640 and group `tunnelize` (when that group
+    /// exists), never over an existing file, and its `key_hash` line is printed; without, the
+    /// key is printed.
+    GenKey {
+        /// Where to write the key; refused when it exists.
+        file: Option<PathBuf>,
+    },
     /// Write man pages (tunnelize.1 and one per command) into a directory (for packagers).
     #[command(hide = true)]
     Man {
@@ -202,9 +210,11 @@ fn main() -> ExitCode {
     install_crypto_provider();
     tune_allocator();
     let default_level = match cli.command {
-        Command::Demo | Command::HashPassword | Command::Man { .. } | Command::Reload { .. } => {
-            "warn"
-        }
+        Command::Demo
+        | Command::HashPassword
+        | Command::Man { .. }
+        | Command::Reload { .. }
+        | Command::GenKey { .. } => "warn",
         _ => "info",
     };
     init_logging(cli.log_format, default_level);
@@ -232,6 +242,7 @@ fn main() -> ExitCode {
             Command::Demo => report(run_demo().await),
             Command::HashPassword => report(hash_password()),
             Command::HashKey => report(hash_key()),
+            Command::GenKey { file } => report(gen_key(file.as_deref())),
             Command::Man { dir } => report(
                 tunnelize::daemon::write_man_pages(<Cli as clap::CommandFactory>::command(), &dir)
                     .map(|written| {
@@ -601,6 +612,85 @@ fn hash_key() -> Result<()> {
         "put it in the hub's config as `key_hash = \"{line}\"` (in [[keys]] or [admin]), in place of `key`, `key_file` or `key_env`"
     );
     Ok(())
+}
+
+/// The group key files are given to, so the daemons (which run in it) can read them.
+const KEY_GROUP: &str = "tunnelize";
+
+fn gen_key(file: Option<&Path>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use tunnelize::secret::StoredKey;
+
+    let key = StoredKey::generate()
+        .map_err(|e| anyhow::anyhow!("reading the system's random number generator: {e}"))?;
+    let line = format!("key_hash = \"{}\"", StoredKey::hash_line(&key));
+    let Some(file) = file else {
+        println!("{}", key.expose());
+        eprintln!("for the hub's config, in place of the key itself: {line}");
+        return Ok(());
+    };
+    // Created with O_EXCL: an existing key is never replaced.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(file)
+        .with_context(|| match file.exists() {
+            true => format!(
+                "{} exists; remove it first to replace its key",
+                file.display()
+            ),
+            false => format!("cannot create {}", file.display()),
+        })?;
+    let group = give_to_key_group(&out);
+    out.write_all(format!("{}\n", key.expose()).as_bytes())
+        .and_then(|()| out.sync_all())
+        .with_context(|| format!("writing {}", file.display()))?;
+    // The umask may have narrowed the mode asked for at creation.
+    std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+        .with_context(|| format!("setting the mode of {}", file.display()))?;
+    println!("{line}");
+    match group {
+        Ok(true) => eprintln!(
+            "wrote {} (mode 0640, group {KEY_GROUP}); the line above is its hash, for the hub's \
+             [[keys]] or [admin] in place of key_file",
+            file.display()
+        ),
+        Ok(false) => eprintln!(
+            "wrote {} (mode 0640); there is no group {KEY_GROUP} here, so give it to the group the \
+             daemon runs as: chgrp GROUP {}",
+            file.display(),
+            file.display()
+        ),
+        Err(e) => eprintln!(
+            "wrote {} (mode 0640) but could not give it to group {KEY_GROUP} ({e}); as root: \
+             chgrp {KEY_GROUP} {}",
+            file.display(),
+            file.display()
+        ),
+    }
+    Ok(())
+}
+
+/// Gives `file` to [`KEY_GROUP`]: `Ok(false)` when the group does not exist.
+fn give_to_key_group(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let name = std::ffi::CString::new(KEY_GROUP).map_err(std::io::Error::other)?;
+    // SAFETY: getgrnam with a NUL-terminated name; the entry is read at once, before any other
+    // call that could reuse its static storage.
+    let gid = unsafe {
+        let entry = libc::getgrnam(name.as_ptr());
+        if entry.is_null() {
+            return Ok(false);
+        }
+        (*entry).gr_gid
+    };
+    // SAFETY: fchown on a descriptor this function borrows; -1 (as uid_t) keeps the owner.
+    if unsafe { libc::fchown(file.as_raw_fd(), libc::uid_t::MAX, gid) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(true)
 }
 
 fn hash_password() -> Result<()> {

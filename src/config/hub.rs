@@ -369,7 +369,7 @@ fn check_key(
             span,
             format!(
                 "[[keys]] `{name}` has the same key as `{}`; every tunnel needs its own key \
-                 (generate one with `openssl rand -hex 32`)",
+                 (generate one with `tunnelize gen-key`)",
                 twin.name
             ),
         ));

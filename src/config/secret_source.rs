@@ -177,7 +177,7 @@ fn read_key_env(
             var.span(),
             format!(
                 "environment variable `{name}` (named by `key_env`{place}) is not valid UTF-8; \
-                 generate a key with `openssl rand -hex 32`"
+                 generate a key with `tunnelize gen-key`"
             ),
         )),
     }

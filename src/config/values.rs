@@ -316,7 +316,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 /// Checks a tunnel key's value: not empty, no surrounding whitespace, no control characters,
 /// and at least `min_len` characters. Messages never include the value.
 pub(crate) fn check_secret(key: &str, min_len: usize) -> Result<(), String> {
-    const HINT: &str = "generate one with `openssl rand -hex 32`";
+    const HINT: &str = "generate one with `tunnelize gen-key`";
     if key.is_empty() {
         return Err(format!("the key is empty; {HINT}"));
     }

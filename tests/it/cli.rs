@@ -501,6 +501,55 @@ async fn reload_waits_for_the_daemons_answer_and_fails_for_a_file_it_would_refus
 }
 
 #[tokio::test]
+async fn gen_key_writes_a_private_random_key_never_over_another_and_prints_its_hash() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.key");
+    let path = file.to_str().unwrap();
+    let out = run_to_end(&["gen-key", path]).await;
+    assert_succeeded(&out);
+    let key = std::fs::read_to_string(&file).unwrap();
+    let key = key.strip_suffix('\n').expect("one line");
+    assert!(
+        key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "64 hex digits: {key:?}"
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "readable by owner and group only");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = tunnelize::secret::StoredKey::hash_line(&tunnelize::secret::Secret::new(key));
+    assert_eq!(stdout.trim(), format!("key_hash = \"{line}\""));
+    assert!(
+        !stdout.contains(key),
+        "the key is not printed when written to a file"
+    );
+    // The config accepts the key as a key_file, and its hash as a key_hash.
+    for keys in [
+        format!("key_file = \"{path}\""),
+        format!("key_hash = \"{line}\""),
+    ] {
+        let cfg = write(
+            dir.path(),
+            "hub.toml",
+            &format!("listen = \"127.0.0.1:0\"\n[[keys]]\nname = \"t\"\n{keys}\n"),
+        );
+        assert_succeeded(&check_config(&cfg).await);
+    }
+    // A second run never replaces the key.
+    let out = run_to_end(&["gen-key", path]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{key}\n"));
+    // Without a file it prints a new key each time.
+    let printed = |out: std::process::Output| String::from_utf8(out.stdout).unwrap();
+    let one = printed(run_to_end(&["gen-key"]).await);
+    let two = printed(run_to_end(&["gen-key"]).await);
+    assert_eq!(one.trim().len(), 64);
+    assert_ne!(one, two);
+    assert_ne!(one.trim(), key);
+}
+
+#[tokio::test]
 async fn check_config_rejects_a_bad_file_with_exit_code_one() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(

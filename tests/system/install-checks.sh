@@ -69,6 +69,15 @@ has_props() {
   done
   return $ok
 }
+# listen_port PID: the port of PID's listening TCP socket, from /proc/net/tcp.
+listen_port() {
+  local inode hex
+  for inode in $(ls -l /proc/$1/fd 2>/dev/null | sed -n 's/.*socket:\[\([0-9]*\)\].*/\1/p'); do
+    hex=$(awk -v ino="$inode" '$4 == "0A" && $10 == ino { split($2, a, ":"); print a[2] }' /proc/net/tcp)
+    [ -n "$hex" ] && { printf '%d\n' "0x$hex"; return 0; }
+  done
+  return 1
+}
 mode_owner() { [ "$(stat -c '%a %U %G' "$1")" = "$2" ] || { stat -c '%n: %a %U %G, wanted '"$2" "$1"; false; }; }
 as_alice() { runuser -u alice -- "$@"; }
 # contains PATTERN: the journal excerpt in $J has a matching line (else shows the excerpt).
@@ -81,6 +90,8 @@ CONF=/etc/tunnelize
 echo "== install ($(basename "$DEB"))"
 check "apt-get installs the package, resolving its dependencies" \
   apt-get install -y --no-install-recommends "$DEB"
+check "it recommends ca-certificates (a tunnel's default trust needs the system's roots)" \
+  sh -c "dpkg-query -W -f '\${Recommends}' tunnelize | grep -qw ca-certificates"
 check "dpkg lists it as installed" sh -c "dpkg-query -W -f '\${Status}' tunnelize | grep -qx 'install ok installed'"
 check "the binaries run" sh -c 'tunnelize --version && tunnelizectl --version'
 check "systemd knows the units (postinst ran daemon-reload)" \
@@ -117,8 +128,13 @@ systemctl reset-failed $HUB 2>/dev/null
 
 echo "== a configured hub starts through sd_notify"
 install -d -m 0750 -g tunnelize $CONF/keys
-KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-(umask 027 && echo "$KEY" >$CONF/keys/demo.key) && chgrp tunnelize $CONF/keys/demo.key
+# As hub.toml's instructions say, with no openssl on the path (minimal Debian has none).
+check "tunnelize gen-key writes a key, with no openssl to call" \
+  env PATH=/nonexistent /usr/bin/tunnelize gen-key $CONF/keys/demo.key
+check "the key file is 0640 root:tunnelize" mode_owner $CONF/keys/demo.key "640 root tunnelize"
+check_not "gen-key never writes over a key" tunnelize gen-key $CONF/keys/demo.key
+KEY=$(cat $CONF/keys/demo.key)
+check "the key is 64 hex digits" sh -c "echo '$KEY' | grep -qxE '[0-9a-f]{64}'"
 cat >>$CONF/hub.toml <<'EOF'
 
 # Added by the install test.
@@ -212,13 +228,17 @@ journal_since "$C" -u $HUB -o cat >"$J"
 check "the journal says what is wrong, where" contains 'hub.toml:[0-9]'
 check "while the hub keeps running" has_props $HUB MainPID="$PID" ActiveState=active SubState=running
 check "and serving its services" sh -c 'runuser -u alice -- tunnelizectl list-services | grep -qw web'
-# A file that parses but that the hub refuses: a new service on a port in use (the hub's own).
+# A file that parses but that the hub refuses: a new service on a port another process holds.
+mkdir -p /srv/busy
+systemd-run -q --unit=install-test-busy busybox httpd -f -p 127.0.0.1:0 -h /srv/busy
+busy_port() { listen_port "$(prop install-test-busy MainPID)"; }
+poll 20 busy_port >/dev/null 2>&1
 cp /tmp/hub.toml.good $CONF/hub.toml
 cat >>$CONF/hub.toml <<EOF
 
 [services.clash]
 kind = "http"
-listen = "$HUB_ADDR"
+listen = "127.0.0.1:$(busy_port)"
 domain = "clash.test"
 EOF
 C=$(cursor)
@@ -226,6 +246,7 @@ check_not "systemctl reload fails when the hub refuses the file" systemctl reloa
 journal_since "$C" -u $HUB -o cat >"$J"
 check "the journal has the hub's reason" contains 'refused'
 check "the hub keeps running" has_props $HUB MainPID="$PID" ActiveState=active SubState=running
+systemctl stop install-test-busy
 cp /tmp/hub.toml.good $CONF/hub.toml
 
 echo "== a tunnel@ instance without its file ends failed, not restarting"
@@ -240,15 +261,6 @@ echo "== tunnelize-tunnel@demo forwards through the hub"
 mkdir -p /srv/www
 BODY="hello from the install test $KEY"
 echo "$BODY" >/srv/www/index.html
-# listen_port PID: the port of PID's listening TCP socket, from /proc/net/tcp.
-listen_port() {
-  local inode hex
-  for inode in $(ls -l /proc/$1/fd 2>/dev/null | sed -n 's/.*socket:\[\([0-9]*\)\].*/\1/p'); do
-    hex=$(awk -v ino="$inode" '$4 == "0A" && $10 == ino { split($2, a, ":"); print a[2] }' /proc/net/tcp)
-    [ -n "$hex" ] && { printf '%d\n' "0x$hex"; return 0; }
-  done
-  return 1
-}
 systemd-run -q --unit=install-test-target busybox httpd -f -p 127.0.0.1:0 -h /srv/www
 target_port() { listen_port "$(prop install-test-target MainPID)"; }
 poll 20 target_port >/dev/null 2>&1

@@ -331,8 +331,19 @@ pub(crate) fn check_secret(key: &str, min_len: usize) -> Result<(), String> {
             "the key is shorter than {min_len} characters; {HINT}"
         ));
     }
+    if key.starts_with(PLACEHOLDER) {
+        return Err(
+            "the key is still the placeholder of the shipped file; put the real key there \
+             (the hub's operator makes one with `tunnelize gen-key`)"
+                .to_string(),
+        );
+    }
     Ok(())
 }
+
+/// How the example files' placeholder keys begin (`key = "REPLACE-with-..."`): a key that
+/// begins so was never filled in.
+const PLACEHOLDER: &str = "REPLACE-";
 
 #[cfg(test)]
 mod tests {
@@ -518,6 +529,8 @@ mod tests {
     fn secrets_must_be_long_and_clean_and_are_never_echoed() {
         assert!(check_secret("0123456789abcdef", MIN_HUB_KEY_LEN).is_ok());
         assert!(check_secret("short-key", 1).is_ok());
+        let placeholder = check_secret("REPLACE-with-this-tunnel's-key-from-the-hub", 16);
+        assert!(placeholder.unwrap_err().contains("placeholder"));
         for bad in [
             "",
             "short-key",

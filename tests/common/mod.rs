@@ -562,6 +562,16 @@ pub fn example_hub_toml_with_a_key() -> (String, std::path::PathBuf) {
     (text.replace(block, &on), path)
 }
 
+/// The example tunnel.toml with its placeholder key replaced by [`KEY`] (the file refuses to
+/// load as shipped), and the path it is read from.
+pub fn example_tunnel_toml_with_a_key() -> (String, std::path::PathBuf) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/tunnelize/tunnel.toml");
+    let text = std::fs::read_to_string(&path).expect("etc/tunnelize/tunnel.toml");
+    let placeholder = "key = \"REPLACE-with-this-tunnel's-key-from-the-hub\"";
+    assert!(text.contains(placeholder), "the example's placeholder key");
+    (text.replace(placeholder, &format!("key = \"{KEY}\"")), path)
+}
+
 /// Runs the built `tunnelizectl` against the API socket `socket` with `args`, within DEADLINE.
 pub async fn ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunnelizectl"))

@@ -488,7 +488,8 @@ fn hub_default_admin_socket_is_inside_the_runtime_directory_its_unit_creates() {
 
 #[test]
 fn tunnel_default_status_socket_is_inside_the_runtime_directory_its_units_create() {
-    let tunnel = TunnelConfig::load(&project().join("etc/tunnelize/tunnel.toml"))
+    let (text, origin) = crate::common::example_tunnel_toml_with_a_key();
+    let tunnel = TunnelConfig::parse(&text, &origin)
         .unwrap_or_else(|e| panic!("etc/tunnelize/tunnel.toml: {e}"));
     let socket = tunnel
         .admin

@@ -110,6 +110,9 @@ check "/run/tunnelize is 0750 tunnelize:tunnelize" mode_owner /run/tunnelize "75
 check "the conffiles are registered with dpkg" \
   sh -c "dpkg-query -W -f '\${Conffiles}' tunnelize | grep -q ' /etc/tunnelize/hub.toml ' &&
     dpkg-query -W -f '\${Conffiles}' tunnelize | grep -q ' /etc/tunnelize/tunnel.toml '"
+check_not "check-config refuses the shipped tunnel.toml until its placeholder key is replaced" \
+  tunnelize check-config $CONF/tunnel.toml
+check "and says so" sh -c "tunnelize check-config $CONF/tunnel.toml 2>&1 | grep -q placeholder"
 check "nothing is started or enabled by the install" \
   sh -c '! systemctl is-active -q tunnelize-hub; [ "$(systemctl is-enabled tunnelize-hub)" = disabled ]'
 

@@ -90,23 +90,57 @@ pub fn tunnels(service: &str, tunnels: &[TunnelInfo]) -> String {
     if tunnels.is_empty() {
         return format!("no tunnels on service `{service}`\n");
     }
-    let mut table = Table::new(&[
-        ("ID", Align::Left),
-        ("NAME", Align::Left),
-        ("KEY", Align::Left),
-        ("PEER", Align::Left),
-        ("SINCE", Align::Left),
-        ("PROXIES", Align::Left),
-    ]);
+    let mut table = Table::new(&TUNNEL_COLUMNS);
     for t in tunnels {
-        table.push(vec![
-            t.id.clone(),
-            t.name.clone(),
-            or_dash(t.key_name.as_ref()),
-            t.peer.clone(),
-            t.since.clone(),
-            proxies(&t.proxies),
-        ]);
+        table.push(tunnel_row(t));
+    }
+    table.render()
+}
+
+/// `list-tunnels` without a service: every service's tunnels, with a SERVICE column (a tunnel
+/// with proxies on two services is listed under each).
+pub fn every_service_tunnels(by_service: &[(String, Vec<TunnelInfo>)]) -> String {
+    if by_service.iter().all(|(_, tunnels)| tunnels.is_empty()) {
+        return "no tunnels on any service\n".into();
+    }
+    by_service_table(&TUNNEL_COLUMNS, by_service, tunnel_row)
+}
+
+const TUNNEL_COLUMNS: [(&str, Align); 6] = [
+    ("ID", Align::Left),
+    ("NAME", Align::Left),
+    ("KEY", Align::Left),
+    ("PEER", Align::Left),
+    ("SINCE", Align::Left),
+    ("PROXIES", Align::Left),
+];
+
+fn tunnel_row(t: &TunnelInfo) -> Vec<String> {
+    vec![
+        t.id.clone(),
+        t.name.clone(),
+        or_dash(t.key_name.as_ref()),
+        t.peer.clone(),
+        t.since.clone(),
+        proxies(&t.proxies),
+    ]
+}
+
+/// A table of `columns` with a SERVICE column first: one row per item of each service.
+fn by_service_table<T>(
+    columns: &[(&'static str, Align)],
+    by_service: &[(String, Vec<T>)],
+    row: fn(&T) -> Vec<String>,
+) -> String {
+    let mut all = vec![("SERVICE", Align::Left)];
+    all.extend_from_slice(columns);
+    let mut table = Table::new(&all);
+    for (service, items) in by_service {
+        for item in items {
+            let mut cells = vec![service.clone()];
+            cells.extend(row(item));
+            table.push(cells);
+        }
     }
     table.render()
 }
@@ -132,27 +166,41 @@ pub fn clients(service: &str, clients: &[ClientInfo]) -> String {
     if clients.is_empty() {
         return format!("no clients on service `{service}`\n");
     }
-    let mut table = Table::new(&[
-        ("ID", Align::Right),
-        ("TUNNEL", Align::Left),
-        ("PROXY", Align::Left),
-        ("PEER", Align::Left),
-        ("IN", Align::Right),
-        ("OUT", Align::Right),
-        ("SINCE", Align::Left),
-    ]);
+    let mut table = Table::new(&CLIENT_COLUMNS);
     for c in clients {
-        table.push(vec![
-            c.id.clone(),
-            c.tunnel_id.clone(),
-            c.proxy.clone(),
-            c.peer.clone(),
-            bytes(c.bytes_in),
-            bytes(c.bytes_out),
-            c.since.clone(),
-        ]);
+        table.push(client_row(c));
     }
     table.render()
+}
+
+/// `list-clients` without a service: every service's clients, with a SERVICE column.
+pub fn every_service_clients(by_service: &[(String, Vec<ClientInfo>)]) -> String {
+    if by_service.iter().all(|(_, clients)| clients.is_empty()) {
+        return "no clients on any service\n".into();
+    }
+    by_service_table(&CLIENT_COLUMNS, by_service, client_row)
+}
+
+const CLIENT_COLUMNS: [(&str, Align); 7] = [
+    ("ID", Align::Right),
+    ("TUNNEL", Align::Left),
+    ("PROXY", Align::Left),
+    ("PEER", Align::Left),
+    ("IN", Align::Right),
+    ("OUT", Align::Right),
+    ("SINCE", Align::Left),
+];
+
+fn client_row(c: &ClientInfo) -> Vec<String> {
+    vec![
+        c.id.clone(),
+        c.tunnel_id.clone(),
+        c.proxy.clone(),
+        c.peer.clone(),
+        bytes(c.bytes_in),
+        bytes(c.bytes_out),
+        c.since.clone(),
+    ]
 }
 
 /// `list-lockouts`.

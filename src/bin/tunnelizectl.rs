@@ -109,15 +109,17 @@ enum Command {
         /// The service's name (`[services.NAME]` in hub.toml).
         name: String,
     },
-    /// List the tunnels connected to a service, with their proxies' public ports or hostnames.
+    /// List the tunnels connected to a service (or to every service), with their proxies'
+    /// public ports or hostnames.
     ListTunnels {
-        /// The service's name.
-        service: String,
+        /// The service's name; every service when left out.
+        service: Option<String>,
     },
-    /// List the clients connected to a service: which tunnel serves each, peer, bytes, since.
+    /// List the clients connected to a service (or to every service): which tunnel serves
+    /// each, peer, bytes, since.
     ListClients {
-        /// The service's name.
-        service: String,
+        /// The service's name; every service when left out.
+        service: Option<String>,
     },
     /// Disconnect a tunnel: its clients close, its ports and hostnames are freed.
     DisconnectTunnel {
@@ -244,18 +246,40 @@ async fn run(command: &Command, api: &AdminClient, json: bool) -> Result<String,
             let path = model::service(&path_segment(name));
             show(api, &path, json, view::service).await
         }
-        Command::ListTunnels { service } => {
+        Command::ListTunnels {
+            service: Some(service),
+        } => {
             let path = model::service_tunnels(&path_segment(service));
             show(api, &path, json, |t: &Vec<TunnelInfo>| {
                 view::tunnels(service, t)
             })
             .await
         }
-        Command::ListClients { service } => {
+        Command::ListTunnels { service: None } => {
+            show_every_service(
+                api,
+                model::service_tunnels,
+                json,
+                view::every_service_tunnels,
+            )
+            .await
+        }
+        Command::ListClients {
+            service: Some(service),
+        } => {
             let path = model::service_clients(&path_segment(service));
             show(api, &path, json, |c: &Vec<ClientInfo>| {
                 view::clients(service, c)
             })
+            .await
+        }
+        Command::ListClients { service: None } => {
+            show_every_service(
+                api,
+                model::service_clients,
+                json,
+                view::every_service_clients,
+            )
             .await
         }
         Command::DisconnectTunnel { id } => {
@@ -293,6 +317,33 @@ async fn show<T: DeserializeOwned>(
     } else {
         Ok(render(&api.get::<T>(path).await?))
     }
+}
+
+/// `GET path_of(SERVICE)` for every service of the hub, in its order: with `--json` one object
+/// of the documents by service name, else `render`ed for people.
+async fn show_every_service<T: DeserializeOwned>(
+    api: &AdminClient,
+    path_of: fn(&str) -> String,
+    json: bool,
+    render: impl FnOnce(&[(String, T)]) -> String,
+) -> Result<String, AdminError> {
+    let services: Vec<model::ServiceInfo> = api.get(model::SERVICES).await?;
+    if json {
+        let mut all = serde_json::Map::new();
+        for service in services {
+            let document = api
+                .get::<Value>(&path_of(&path_segment(&service.name)))
+                .await?;
+            all.insert(service.name, document);
+        }
+        return Ok(pretty(&Value::Object(all)));
+    }
+    let mut all = Vec::with_capacity(services.len());
+    for service in services {
+        let document = api.get::<T>(&path_of(&path_segment(&service.name))).await?;
+        all.push((service.name, document));
+    }
+    Ok(render(&all))
 }
 
 /// The answer to an action: the raw document with `--json`, else its message.
@@ -334,10 +385,10 @@ fn fail_in(command: &Command, e: &AdminError) -> ExitCode {
             AdminError::NotFound { .. },
         ) => "; see `tunnelizectl list-services` for the services",
         (Command::DisconnectTunnel { .. }, AdminError::NotFound { .. }) => {
-            "; see `tunnelizectl list-tunnels SERVICE` for the tunnels"
+            "; see `tunnelizectl list-tunnels` for the tunnels"
         }
         (Command::DisconnectClient { .. }, AdminError::NotFound { .. }) => {
-            "; see `tunnelizectl list-clients SERVICE` for the clients"
+            "; see `tunnelizectl list-clients` for the clients"
         }
         (Command::Unlock { .. }, AdminError::NotFound { .. }) => {
             "; see `tunnelizectl list-lockouts` for the addresses"

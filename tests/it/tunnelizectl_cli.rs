@@ -190,6 +190,12 @@ impl Stub {
             (Method::GET, p) if p == model::service("web") => json(ok, &services()[0]),
             (Method::GET, p) if p == model::service_tunnels("web") => json(ok, &tunnels()),
             (Method::GET, p) if p == model::service_clients("web") => json(ok, &clients()),
+            (Method::GET, p) if p == model::service_tunnels("ssh") => {
+                json(ok, &Vec::<TunnelInfo>::new())
+            }
+            (Method::GET, p) if p == model::service_clients("ssh") => {
+                json(ok, &Vec::<ClientInfo>::new())
+            }
             (Method::GET, p) if p == model::service_clients("broken") => json(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &message("the registry is unavailable"),
@@ -471,6 +477,30 @@ async fn listings_print_aligned_tables_with_readable_figures() {
             "2026-11-23T01:05:00Z"
         ]
     );
+
+    // Without a service: every service's, with the service in a column of its own.
+    let text = table(&stub, &["list-tunnels"]).await;
+    assert_eq!(row(&text, "SERVICE")[..2], ["SERVICE", "ID"], "{text}");
+    assert_eq!(
+        row(&text, TUNNEL_ID)[..3],
+        ["web", TUNNEL_ID, "laptop"],
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 2, "ssh has no tunnels:\n{text}");
+    let text = table(&stub, &["list-clients"]).await;
+    assert_eq!(
+        row(&text, "198.51.100.9"),
+        [
+            "web",
+            CLIENT_ID,
+            TUNNEL_ID,
+            "site",
+            "198.51.100.9:40000",
+            "512 B",
+            "3.0 MiB",
+            "2026-11-23T01:05:00Z"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -558,6 +588,16 @@ async fn json_output_is_the_daemons_documents() {
         document::<Vec<ClientInfo>>(&stub, &["list-clients", "web"]).await,
         clients()
     );
+    let every =
+        document::<std::collections::BTreeMap<String, Vec<TunnelInfo>>>(&stub, &["list-tunnels"])
+            .await;
+    assert_eq!(every["web"], tunnels());
+    assert_eq!(every["ssh"], []);
+    let every =
+        document::<std::collections::BTreeMap<String, Vec<ClientInfo>>>(&stub, &["list-clients"])
+            .await;
+    assert_eq!(every["web"], clients());
+    assert_eq!(every.len(), 2);
     assert_eq!(document::<TunnelStatus>(&stub, &["status"]).await, status());
     assert_eq!(
         document::<Message>(&stub, &["disconnect-tunnel", TUNNEL_ID]).await,
@@ -586,8 +626,14 @@ async fn unknown_services_tunnels_and_clients_exit_3_with_a_hint() {
         (&["get-service", "nope"][..], "list-services"),
         (&["list-tunnels", "nope"], "list-services"),
         (&["list-clients", "nope"], "list-services"),
-        (&["disconnect-tunnel", "nope"], "list-tunnels SERVICE"),
-        (&["disconnect-client", "999"], "list-clients SERVICE"),
+        (
+            &["disconnect-tunnel", "nope"],
+            "`tunnelizectl list-tunnels` for",
+        ),
+        (
+            &["disconnect-client", "999"],
+            "`tunnelizectl list-clients` for",
+        ),
     ] {
         let output = ctl(&[&["--socket", socket], args].concat()).await;
         assert_exit(&output, 3);

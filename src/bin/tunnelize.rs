@@ -299,6 +299,7 @@ fn failure_code(e: &anyhow::Error) -> i32 {
 }
 
 fn check_config(file: &Path) -> i32 {
+    warn_if_the_daemons_cannot_read(file);
     match load_any(file) {
         Ok(AnyConfig::Hub(c)) => {
             println!(
@@ -378,6 +379,27 @@ async fn reload(file: &Path, pid: Option<i32>) -> i32 {
             eprintln!("error: reloading through {}: {e}", socket.display());
             exit::FAILURE
         }
+    }
+}
+
+/// Run as root, `check-config` reads any file; the daemons run as [`DAEMON_USER`]. Warns (on
+/// stderr) when that user exists and could not read `file`, with the fix.
+///
+/// [`DAEMON_USER`]: tunnelize::daemon::account::DAEMON_USER
+fn warn_if_the_daemons_cannot_read(file: &Path) {
+    use tunnelize::daemon::account::{Account, DAEMON_USER};
+    if Account::current().user != "root" {
+        return;
+    }
+    let Some(daemon) = Account::named(DAEMON_USER) else {
+        return;
+    };
+    if daemon.may_read(file) == Some(false) {
+        let (group, path) = (&daemon.group, file.display());
+        eprintln!(
+            "warning: {path}: user {DAEMON_USER} (group {group}), which the daemons run as, \
+             may not read this file; as root: chgrp {group} {path} && chmod 0640 {path}"
+        );
     }
 }
 

@@ -54,14 +54,25 @@ impl fmt::Display for Location {
     }
 }
 
+/// What to do about a config file that could not be read: for a permission problem, who this
+/// process runs as and the command that lets that group read the file.
+fn read_hint(path: &Path, cause: &io::Error) -> String {
+    if cause.kind() != io::ErrorKind::PermissionDenied {
+        return "check the path".into();
+    }
+    let me = crate::daemon::account::Account::current();
+    let (user, group, path) = (&me.user, &me.group, path.display());
+    format!(
+        "this process runs as user {user} (group {group}), which may not read it; \
+         as root: chgrp {group} {path} && chmod 0640 {path}"
+    )
+}
+
 /// Why a hub or tunnel configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file itself could not be read.
-    #[error(
-        "{}: cannot read the config file: {cause}; check the path and that this user may read it",
-        path.display()
-    )]
+    #[error("{}: cannot read the config file: {cause}; {}", path.display(), read_hint(path, cause))]
     Read {
         /// The config file.
         path: PathBuf,
@@ -100,6 +111,32 @@ impl ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_this_process_may_not_read_names_its_user_and_group_and_the_fix() {
+        let me = crate::daemon::account::Account::current();
+        let err = ConfigError::Read {
+            path: "/etc/tunnelize/tunnel-office.toml".into(),
+            cause: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("runs as user {} (group {})", me.user, me.group)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "chgrp {} /etc/tunnelize/tunnel-office.toml && chmod 0640",
+                me.group
+            )),
+            "{text}"
+        );
+        let missing = ConfigError::Read {
+            path: "/nowhere.toml".into(),
+            cause: io::Error::from(io::ErrorKind::NotFound),
+        };
+        assert!(missing.to_string().ends_with("check the path"), "{missing}");
+    }
 
     #[test]
     fn positions_are_one_based_and_count_characters() {

@@ -1,7 +1,8 @@
-//! Process concerns shared by the daemons: logging setup (stderr text or JSON, or the systemd
+//! Process concerns shared by the daemons: the accounts files are read as ([`account`]), logging setup (stderr text or JSON, or the systemd
 //! journal with structured fields), service-manager notifications ([`notify`]), and the
 //! process's memory ([`pages`]). Nothing here knows about tunnels or hubs.
 
+pub mod account;
 pub mod notify;
 pub mod pages;
 

@@ -289,6 +289,18 @@ hostname = "demo"
 EOF
 chgrp tunnelize $CONF/tunnel-demo.toml && chmod 0640 $CONF/tunnel-demo.toml
 check "tunnelize check-config accepts tunnel-demo.toml" tunnelize check-config $CONF/tunnel-demo.toml
+# A copy made by root is root:root 0640: the daemon, user tunnelize, may not read it.
+cp $CONF/tunnel-demo.toml $CONF/tunnel-copied.toml
+check "check-config, run as root, warns that the daemons' user may not read the copy" \
+  sh -c "tunnelize check-config $CONF/tunnel-copied.toml 2>&1 | tee /dev/stderr |
+    grep -F 'user tunnelize (group tunnelize), which the daemons run as, may not read this file'"
+check_not "systemctl start tunnelize-tunnel@copied fails" systemctl start tunnelize-tunnel@copied
+check "it ends failed with exit status 78" has_props tunnelize-tunnel@copied ActiveState=failed ExecMainStatus=78
+check "systemctl status names the user it runs as and the fix" \
+  sh -c "systemctl status --no-pager -l -n 20 tunnelize-tunnel@copied | tee /dev/stderr |
+    grep -F 'runs as user tunnelize (group tunnelize)' | grep -qF 'chgrp tunnelize $CONF/tunnel-copied.toml'"
+rm $CONF/tunnel-copied.toml
+systemctl reset-failed tunnelize-tunnel@copied 2>/dev/null
 C=$(cursor)
 check "systemctl start tunnelize-tunnel@demo succeeds" systemctl start $TUNNEL
 check "the tunnel is active (running), Type=notify" has_props $TUNNEL Type=notify ActiveState=active SubState=running

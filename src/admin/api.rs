@@ -13,7 +13,9 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, middleware};
+use axum::{Extension, Json, middleware};
+
+use tracing::info;
 
 use super::model::{self, Message};
 use super::openapi;
@@ -134,9 +136,63 @@ async fn secure_headers(req: Request, next: Next) -> Response {
     response
 }
 
-/// The peer of a TLS admin connection, put in each request's extensions by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub std::net::SocketAddr);
+/// Who sent a request, put in each request's extensions by the server: the process on the
+/// admin socket (by its credentials, which the kernel vouches for) or the peer of a TLS
+/// connection. Every action (disconnect, unlock, reload) is logged with it.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A process on the Unix socket.
+    Socket {
+        /// Its user id.
+        uid: u32,
+        /// Its user's name (the id when it has none).
+        user: String,
+        /// Its process id, when the kernel says.
+        pid: Option<i32>,
+    },
+    /// A client of the TLS listener (which presented the monitoring key).
+    Tls(std::net::SocketAddr),
+}
+
+impl Caller {
+    /// The caller on the admin socket whose credentials are `cred`.
+    pub fn socket(cred: &tokio::net::unix::UCred) -> Caller {
+        let uid = cred.uid();
+        Caller::Socket {
+            uid,
+            user: crate::daemon::account::user_name(uid),
+            pid: cred.pid(),
+        }
+    }
+
+    /// The TLS peer's address, for lockouts.
+    fn tls_peer(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Caller::Tls(peer) => Some(*peer),
+            Caller::Socket { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Socket { uid, user, pid } => {
+                write!(f, "user {user} (uid {uid}")?;
+                if let Some(pid) = pid {
+                    write!(f, ", pid {pid}")?;
+                }
+                write!(f, ") on the admin socket")
+            }
+            Caller::Tls(peer) => write!(f, "{peer} over TLS with the monitoring key"),
+        }
+    }
+}
+
+/// The caller of a request, or "an unknown caller" (a router served without one, as in tests).
+fn caller_of(caller: Option<&Extension<Caller>>) -> String {
+    caller.map_or_else(|| "an unknown caller".to_owned(), |c| c.0.to_string())
+}
 
 struct KeyGuard {
     hub: HubView,
@@ -145,7 +201,11 @@ struct KeyGuard {
 
 impl KeyGuard {
     async fn check(&self, req: Request, next: Next) -> Response {
-        let ip = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        let ip = req
+            .extensions()
+            .get::<Caller>()
+            .and_then(Caller::tls_peer)
+            .map(|p| p.ip());
         if let Some(ip) = ip
             && let Err(left) = self.hub.locked_out(ip)
         {
@@ -220,7 +280,9 @@ async fn system(State(api): State<Api>) -> Response {
     }
 }
 
-async fn reload_config(State(api): State<Api>) -> Response {
+async fn reload_config(State(api): State<Api>, caller: Option<Extension<Caller>>) -> Response {
+    let caller = caller_of(caller.as_ref());
+    info!(%caller, "reload requested by {caller}");
     let Some(requests) = &api.reload else {
         return message(
             StatusCode::NOT_IMPLEMENTED,
@@ -282,9 +344,15 @@ async fn clients(State(api): State<Api>, Path(name): Path<String>) -> Response {
     }
 }
 
-async fn disconnect_tunnel(State(api): State<Api>, Path(id): Path<String>) -> Response {
+async fn disconnect_tunnel(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    caller: Option<Extension<Caller>>,
+) -> Response {
     match hub(&api) {
         Some(hub) if hub.disconnect_tunnel(&id) => {
+            let caller = caller_of(caller.as_ref());
+            info!(tunnel_id = %id, %caller, "tunnel {id} disconnected at the request of {caller}");
             message(StatusCode::OK, format!("tunnel {id} disconnected"))
         }
         _ => not_found(
@@ -294,9 +362,15 @@ async fn disconnect_tunnel(State(api): State<Api>, Path(id): Path<String>) -> Re
     }
 }
 
-async fn disconnect_client(State(api): State<Api>, Path(id): Path<String>) -> Response {
+async fn disconnect_client(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    caller: Option<Extension<Caller>>,
+) -> Response {
     match hub(&api) {
         Some(hub) if hub.disconnect_client(&id) => {
+            let caller = caller_of(caller.as_ref());
+            info!(client_id = %id, %caller, "client {id} disconnected at the request of {caller}");
             message(StatusCode::OK, format!("client {id} disconnected"))
         }
         _ => not_found(
@@ -313,9 +387,17 @@ async fn lockouts(State(api): State<Api>) -> Response {
     }
 }
 
-async fn unlock(State(api): State<Api>, Path(address): Path<String>) -> Response {
+async fn unlock(
+    State(api): State<Api>,
+    Path(address): Path<String>,
+    caller: Option<Extension<Caller>>,
+) -> Response {
     match hub(&api) {
-        Some(hub) if hub.unlock(&address) => message(StatusCode::OK, format!("{address} unlocked")),
+        Some(hub) if hub.unlock(&address) => {
+            let caller = caller_of(caller.as_ref());
+            info!(%address, %caller, "lockout of {address} lifted at the request of {caller}");
+            message(StatusCode::OK, format!("{address} unlocked"))
+        }
         _ => not_found(
             &format!("no lockout entry for `{address}`"),
             "list them with `tunnelizectl list-lockouts`",

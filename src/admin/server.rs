@@ -127,14 +127,54 @@ pub async fn serve_socket(
     router: Router,
     shutdown: CancellationToken,
 ) {
-    info!(socket = %path.display(), "admin API listening");
-    let stop = shutdown.clone();
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        warn!(socket = %path.display(), error = %e, "admin socket failed");
+    info!(socket = %path.display(), "admin API listening on {}", path.display());
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let socket = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    warn!(socket = %path.display(), error = %e, "accepting on the admin socket failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // The kernel's word for who connected: every action is logged with it.
+        let caller = match socket.peer_cred() {
+            Ok(cred) => super::api::Caller::socket(&cred),
+            Err(e) => {
+                debug!(error = %e, "no credentials for an admin socket connection; closed");
+                continue;
+            }
+        };
+        let (router, stop) = (router.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(caller.clone());
+                let mut router = router.clone();
+                async move { router.call(req).await }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(TLS_DEADLINE)
+                .serve_connection(TokioIo::new(socket), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                r = connection.as_mut() => if let Err(e) = r {
+                    debug!(error = %e, "admin socket connection ended with an error");
+                },
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
     }
+    connections.close();
+    // Requests in flight finish (a reload's answer, say); bounded by their own deadlines.
+    let _ = tokio::time::timeout(TLS_DEADLINE, connections.wait()).await;
     let _ = std::fs::remove_file(&path);
 }
 
@@ -147,7 +187,7 @@ pub async fn serve_tls(
     shutdown: CancellationToken,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, "admin API listening (TLS, monitoring key required)");
+        info!(listen = %addr, "admin API listening (TLS, monitoring key required) on {addr}");
     }
     let slots = Arc::new(Semaphore::new(MAX_TLS_CONNECTIONS));
     loop {
@@ -178,7 +218,7 @@ pub async fn serve_tls(
                 Err(_) => return debug!(%peer, "admin TLS handshake timed out"),
             };
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(super::api::PeerAddr(peer));
+                req.extensions_mut().insert(super::api::Caller::Tls(peer));
                 let mut router = router.clone();
                 async move { router.call(req).await }
             });

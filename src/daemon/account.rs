@@ -117,7 +117,8 @@ impl Account {
     }
 }
 
-fn user_name(uid: u32) -> String {
+/// The name of user `uid`, or the number when it has none.
+pub fn user_name(uid: u32) -> String {
     // SAFETY: getpwuid returns a pointer to static storage or null; the name is copied out
     // at once.
     unsafe {

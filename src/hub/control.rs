@@ -83,7 +83,8 @@ pub(super) async fn serve_control<S>(
     async {
         let outcomes = claims::claim_all(&shared, &session, &proxies, limits).await;
         let key = session.key_name.as_deref().unwrap_or("-");
-        info!(%peer, key, proxies = outcomes.len(), "tunnel connected");
+        let proxies = outcomes.len();
+        info!(%peer, key, proxies, "tunnel connected from {peer} with key {key}, {proxies} proxies");
         let welcome_frame = Welcome {
             tunnel_id: session.id,
             link_token: session.link_token.clone(),
@@ -413,8 +414,12 @@ fn depart(shared: &Shared, session: &TunnelSession, reason: &str) {
     shared.registry.depart(session, reason, grace);
     let key = session.key_name.as_deref().unwrap_or("-");
     if grace.is_zero() || session.key_name.is_none() {
-        info!(%reason, key, "tunnel disconnected");
+        info!(%reason, key, "tunnel disconnected (key {key}): {reason}");
     } else {
-        info!(%reason, key, ?grace, "tunnel lost; its ports and hostnames are held for its key");
+        let grace = humantime::format_duration(grace);
+        info!(
+            %reason, key, %grace,
+            "tunnel lost ({reason}); its ports and hostnames are held for key {key} for {grace}"
+        );
     }
 }

@@ -297,7 +297,7 @@ async fn serve_registered<S>(
 {
     let tunnel_id = session.id;
     let link_id = session.links.add(handle);
-    info!(%peer, %tunnel_id, link_id, "link connection up");
+    info!(%peer, %tunnel_id, link_id, "link connection {link_id} up from {peer}");
     let pings = connection.ping_pong();
     let interval = shared.config.heartbeat_interval;
     tokio::select! {

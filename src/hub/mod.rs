@@ -130,7 +130,8 @@ impl Shared {
             self.metrics
                 .lockouts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            warn!(address = %ip, ?duration, "address locked out after repeated failed logins");
+            let duration = humantime::format_duration(duration);
+            warn!(address = %ip, %duration, "address {ip} locked out for {duration} after repeated failed logins");
         }
     }
 
@@ -280,7 +281,11 @@ impl Hub {
 
         match listener.local_addr() {
             Ok(addr) => {
-                info!(listen = %addr, fingerprint = %self.fingerprint, "hub listening for tunnels")
+                let fingerprint = self.fingerprint;
+                info!(
+                    listen = %addr, %fingerprint,
+                    "hub listening for tunnels on {addr}, certificate SHA-256 {fingerprint}"
+                )
             }
             Err(e) => warn!(error = %e, "hub listening for tunnels on an unknown address"),
         }
@@ -335,7 +340,11 @@ impl Hub {
         if clients.is_empty() {
             return;
         }
-        info!(clients = clients.len(), timeout = ?limit, "stopping: no new clients; waiting for the connected ones");
+        let (connected, timeout) = (clients.len(), humantime::format_duration(limit));
+        info!(
+            clients = connected, %timeout,
+            "stopping: no new clients; waiting up to {timeout} for the {connected} connected ones"
+        );
         let deadline = tokio::time::Instant::now() + limit;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         while !clients.is_empty() && tokio::time::Instant::now() < deadline {

@@ -55,10 +55,11 @@ async fn accept_clients(
     proxy: String,
 ) {
     let local = listener.local_addr().ok();
+    let listen = local.map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
     let span = info_span!("proxy", %service, tunnel_id = %session.id, %proxy);
     let service: Arc<str> = service.into();
     async {
-        info!(listen = ?local, "serving tcp proxy");
+        info!(%listen, "serving tcp proxy {proxy} on {listen}");
         loop {
             tokio::select! {
                 () = session.cancel.cancelled() => break,
@@ -94,7 +95,7 @@ async fn accept_clients(
         if let Some(addr) = local {
             shared.registry.release_port(&(addr.ip(), addr.port()), session.id);
         }
-        info!(listen = ?local, "tcp proxy closed");
+        info!(%listen, "tcp proxy {proxy} closed on {listen}");
     }
     .instrument(span)
     .await;

@@ -337,11 +337,13 @@ impl Session {
                     port,
                     hostname,
                 } => match (port, hostname) {
-                    (Some(port), _) => info!(proxy = %name, port, "proxy is live on the hub"),
-                    (None, Some(host)) => {
-                        info!(proxy = %name, hostname = %host, "proxy is live on the hub")
+                    (Some(port), _) => {
+                        info!(proxy = %name, port, "proxy is live on the hub: {name} on port {port}")
                     }
-                    (None, None) => info!(proxy = %name, "proxy is live on the hub"),
+                    (None, Some(host)) => {
+                        info!(proxy = %name, hostname = %host, "proxy is live on the hub: {name} at {host}")
+                    }
+                    (None, None) => info!(proxy = %name, "proxy is live on the hub: {name}"),
                 },
                 ProxyOutcome::Rejected { name, reason } => {
                     warn!(proxy = %name, %reason, "proxy rejected by the hub")
@@ -538,7 +540,8 @@ pub async fn supervise(
         let error = match result {
             Ok(session) => {
                 let (started, heartbeat) = (Instant::now(), session.heartbeat());
-                info!(tunnel_id = %session.tunnel_id(), hub = %tunnel.config.hub_address, "connected to the hub");
+                let (tunnel_id, hub) = (session.tunnel_id(), &tunnel.config.hub_address);
+                info!(%tunnel_id, %hub, "connected to the hub at {hub} as tunnel {tunnel_id}");
                 session.log_proxies();
                 crate::daemon::pages::session_up();
                 tunnel
@@ -602,7 +605,8 @@ fn plan_retry(
     tunnel.status.connecting(Some(error.to_string()));
     crate::daemon::notify::status(&format!("reconnecting to {hub}: {error}"));
     let delay = retries.next_delay(backoff);
-    warn!(error = %error, retry_in = ?delay, "lost the hub; reconnecting");
+    let retry_in = humantime::format_duration(delay);
+    warn!(error = %error, %retry_in, "lost the hub ({error}); reconnecting in {retry_in}");
     delay
 }
 

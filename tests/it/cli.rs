@@ -121,7 +121,7 @@ fn assert_client_span(logged: &serde_json::Value, service: &str) {
 async fn live_tcp_proxy(daemon: &mut Daemon) -> std::net::SocketAddr {
     let live = daemon
         .seen_or_wait_for("the live tcp proxy", |v| {
-            message(v) == "proxy is live on the hub" && v["fields"]["port"].is_u64()
+            message(v).starts_with("proxy is live on the hub") && v["fields"]["port"].is_u64()
         })
         .await;
     let port = live["fields"]["port"].as_u64().expect("port field") as u16;
@@ -271,7 +271,7 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
     );
     let listening = hub
         .wait_for("the hub listening", |v| {
-            message(v) == "hub listening for tunnels"
+            message(v).starts_with("hub listening for tunnels on ")
         })
         .await;
     let addr = listening["fields"]["listen"]
@@ -324,12 +324,14 @@ async fn hub_binary_serves_a_tunnel_binary_and_logs_a_refusing_target_with_ids()
     // A request through the http service that its tunnel cannot serve: a 502, and a warning
     // naming the service, tunnel, client and host.
     let web = hub
-        .seen_or_wait_for("the http service", |v| message(v) == "serving http")
+        .seen_or_wait_for("the http service", |v| {
+            message(v).starts_with("serving http on ")
+        })
         .await;
     let web: std::net::SocketAddr = web["fields"]["listen"].as_str().unwrap().parse().unwrap();
     tunnel
         .seen_or_wait_for("the live http proxy", |v| {
-            message(v) == "proxy is live on the hub" && v["fields"]["proxy"] == "deadweb"
+            message(v).starts_with("proxy is live on the hub") && v["fields"]["proxy"] == "deadweb"
         })
         .await;
     let mut client = connect(web).await;
@@ -442,12 +444,25 @@ async fn reload_waits_for_the_daemons_answer_and_fails_for_a_file_it_would_refus
     let path = file.to_str().unwrap();
     let mut hub = Daemon::spawn(&["--log-format", "json", "hub", "-c", path]);
     hub.wait_for("the hub listening", |v| {
-        message(v) == "hub listening for tunnels"
+        message(v).starts_with("hub listening for tunnels on ")
     })
     .await;
     let out = run_to_end(&["reload", "-c", path]).await;
     assert_succeeded(&out);
     assert!(!out.stdout.is_empty(), "prints the daemon's answer");
+    // The hub logs who asked, by the credentials the kernel gives for the socket's peer.
+    // SAFETY: no pointers.
+    let uid = unsafe { libc::geteuid() };
+    let asked = hub
+        .seen_or_wait_for("the reload's caller", |v| {
+            message(v).starts_with("reload requested by user ")
+        })
+        .await;
+    assert!(
+        message(&asked).contains(&format!("(uid {uid}, pid "))
+            && message(&asked).ends_with(" on the admin socket"),
+        "{asked}"
+    );
 
     // A file that does not parse: 78, with file and line, and the daemon is not asked.
     std::fs::write(&file, format!("{good}bogus_key = 1\n")).unwrap();

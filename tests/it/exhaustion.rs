@@ -62,13 +62,17 @@ impl HubProcess {
         HubProcess { child, log }
     }
 
-    /// The first log event whose message is `message`.
+    /// The first log event whose message starts with `message`.
     async fn event(&self, message: &str) -> serde_json::Value {
         eventually(&format!("the hub to log {message:?}"), DEADLINE, || async {
             self.log
                 .lock()
                 .iter()
-                .find(|v| v["fields"]["message"] == message)
+                .find(|v| {
+                    v["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with(message))
+                })
                 .cloned()
         })
         .await

@@ -335,6 +335,30 @@ for field in SERVICE TUNNEL_ID; do
 done
 journal_since "$C" -u $TUNNEL -o json >"$J"
 check "the tunnel's entries are in its own unit's journal" grep -q '"SYSLOG_IDENTIFIER":"tunnelize"' "$J"
+# Plain lines (journalctl -o cat, syslog forwarding) carry the facts, not only the fields.
+journal_since "$C" -u $HUB -o cat >"$J"
+check "the hub's line for the tunnel names its peer and key" \
+  contains 'tunnel connected from 127\.0\.0\.1:[0-9]* with key demo'
+check "the hub's line for the tcp proxy names its address and port" \
+  contains "serving tcp proxy demo-tcp on 0\.0\.0\.0:$TCP_PORT"
+journal_since "$C" -u $TUNNEL -o cat >"$J"
+check "the tunnel's line names the proxy and its public port" \
+  contains "proxy is live on the hub: demo-tcp on port $TCP_PORT"
+no_debug_values() { ! journalctl -q --no-pager -u $HUB -u $TUNNEL -o json | grep -E '":"(Some|Ok|Err)\('; }
+check "no journal field holds Rust debug output (Some(...))" no_debug_values
+# An operator's action is in the journal with who asked.
+exec 3<>/dev/tcp/127.0.0.1/$TCP_PORT
+client_id() {
+  as_alice tunnelizectl --json list-clients ssh | tr -d '\n' | grep -o '"id": *"[0-9]*"' | head -n 1 | grep -o '[0-9][0-9]*'
+}
+poll 20 client_id >/dev/null
+CLIENT=$(client_id)
+C3=$(cursor)
+check "alice disconnects client $CLIENT" as_alice tunnelizectl disconnect-client "$CLIENT"
+exec 3<&-
+journal_since "$C3" -u $HUB -o cat >"$J"
+check "the journal says who asked: user alice on the admin socket" \
+  contains "client $CLIENT disconnected at the request of user alice (uid $(id -u alice), pid [0-9]*) on the admin socket"
 # A client the tunnel cannot serve (its target is down) is logged with the client's id.
 systemctl stop install-test-target
 C2=$(cursor)

@@ -223,8 +223,10 @@ async fn forward(
         }
         Ok(Err(SendError::Failed(e))) => Forwarded::Lost(e),
         Err(_) => {
-            let timeout = front.config.response_timeout;
-            warn_span().in_scope(|| warn!(?timeout, "gateway timeout"));
+            let timeout = humantime::format_duration(front.config.response_timeout);
+            warn_span().in_scope(|| {
+                warn!(%timeout, "gateway timeout: the target sent no response head within {timeout}")
+            });
             front.shared.metrics.reject(Rejection::TargetUnreachable);
             Forwarded::Page(pages::gateway_timeout(host))
         }

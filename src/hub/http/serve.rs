@@ -47,7 +47,8 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, tls = front.tls, "serving http");
+        let scheme = if front.tls { "https" } else { "http" };
+        info!(listen = %addr, tls = front.tls, "serving {scheme} on {addr}");
     }
     loop {
         tokio::select! {

@@ -143,7 +143,8 @@ impl DropLog {
 async fn serve_proxy(proxy: Arc<Proxy>) {
     let span = info_span!("proxy", service = %proxy.service, tunnel_id = %proxy.session.id, proxy = %proxy.name);
     async {
-        info!(listen = %proxy.local, "serving udp proxy");
+        let listen = proxy.local;
+        info!(%listen, "serving udp proxy {} on {listen}", proxy.name);
         let mut tasks: JoinSet<(SocketAddr, u64)> = JoinSet::new();
         receive(&proxy, &mut tasks).await;
         close(proxy, tasks).await;
@@ -203,7 +204,7 @@ async fn close(proxy: Arc<Proxy>, mut tasks: JoinSet<(SocketAddr, u64)>) {
     shared
         .registry
         .release(Transport::Udp, &(local.ip(), local.port()), tunnel_id);
-    info!(listen = %local, dropped, "udp proxy closed");
+    info!(listen = %local, dropped, "udp proxy closed on {local} ({dropped} datagrams dropped)");
 }
 
 /// Hands the datagram of `len` bytes just received into `buffer` to its client's session,

@@ -452,10 +452,18 @@ fn units_sharing_run_tunnelize_keep_it_when_one_of_them_stops() {
             "{}",
             unit.name
         );
+        // It holds only the admin sockets (0660, group tunnelize-admin), which that group's
+        // members must reach.
         assert_eq!(
             unit.get("Service", "RuntimeDirectoryMode"),
-            Some("0750"),
+            Some("0755"),
             "{}",
+            unit.name
+        );
+        assert_eq!(
+            unit.words("Service", "SupplementaryGroups"),
+            ["tunnelize-admin"],
+            "{}: may give its socket to the operators' group",
             unit.name
         );
         assert_eq!(
@@ -557,6 +565,13 @@ fn sysusers_declares_the_tunnelize_system_user_and_group_the_units_run_as() {
             && f.get(1).map(String::as_str) == Some("tunnelize")
     });
     assert!(group || id == "-", "group tunnelize is declared");
+    assert!(
+        lines.iter().any(|f| {
+            f.first().map(String::as_str) == Some("g")
+                && f.get(1).map(String::as_str) == Some("tunnelize-admin")
+        }),
+        "group tunnelize-admin (the operators', for the admin sockets) is declared"
+    );
     for unit in units() {
         assert_eq!(
             unit.get("Service", "User"),
@@ -579,15 +594,15 @@ fn tmpfiles_creates_the_runtime_and_state_directories_for_group_tunnelize() {
     let hub = Unit::load("tunnelize-hub.service");
     let runtime = format!("/run/{}", hub.expect("Service", "RuntimeDirectory"));
     let state = format!("/var/lib/{}", hub.expect("Service", "StateDirectory"));
-    for path in [runtime.as_str(), state.as_str()] {
+    for (path, mode) in [(runtime.as_str(), "0755"), (state.as_str(), "0750")] {
         let line = lines
             .iter()
             .find(|f| f.get(1).map(String::as_str) == Some(path))
             .unwrap_or_else(|| panic!("systemd/tunnelize.tmpfiles does not create {path}"));
         assert_eq!(
             line[..line.len().min(5)],
-            ["d", path, "0750", "tunnelize", "tunnelize"],
-            "{path}: a directory, 0750, owned by tunnelize:tunnelize"
+            ["d", path, mode, "tunnelize", "tunnelize"],
+            "{path}: a directory, {mode}, owned by tunnelize:tunnelize"
         );
     }
     assert_eq!(hub.get("Service", "StateDirectoryMode"), Some("0750"));

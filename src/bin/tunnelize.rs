@@ -479,7 +479,8 @@ async fn run_hub(path: &Path) -> Result<()> {
     info!(%fingerprint, "hub certificate, SHA-256 fingerprint {fingerprint}");
     let listen = config.listen;
     let admin = config.admin.clone();
-    let hub = Hub::new(config, &identity).await?;
+    let mut hub = Hub::new(config, &identity).await?;
+    hub.keep_holds_across_restarts().await;
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!(
             "cannot listen on {listen} (set `listen` in {} to a free address)",

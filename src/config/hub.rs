@@ -82,8 +82,9 @@ pub struct HubConfig {
     pub shutdown_timeout: Duration,
     /// `reconnect_grace` (default `60s`; `"0s"` turns it off): how long the ports and
     /// hostnames of a tunnel the hub lost stay held for its key name, so that its tunnel gets
-    /// them back when it reconnects and no other key takes them meanwhile. Kept in memory: a
-    /// hub restart forgets them.
+    /// them back when it reconnects and no other key takes them meanwhile. A daemon that stops
+    /// holds its live tunnels' claims the same way across its restart (`state_dir/held.json`,
+    /// `hub::registry::persist`).
     pub reconnect_grace: Duration,
 }
 

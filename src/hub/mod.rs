@@ -181,6 +181,8 @@ pub struct Hub {
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
     services: Vec<BoundService>,
+    /// Whether the ports and hostnames held for keys are kept in `state_dir` across restarts.
+    keep_holds: bool,
 }
 
 impl Hub {
@@ -244,7 +246,17 @@ impl Hub {
             shared: Arc::new(shared),
             fingerprint: identity.fingerprint(),
             services,
+            keep_holds: false,
         })
+    }
+
+    /// Keeps the ports and hostnames held for tunnel keys across restarts, in `state_dir`
+    /// (`registry::persist`): holds again what the last run left there, and writes the file
+    /// when this run stops. The daemon does; hubs that share a temporary `state_dir` (tests,
+    /// the demo) must not.
+    pub async fn keep_holds_across_restarts(&mut self) {
+        restore_holds(&self.shared).await;
+        self.keep_holds = true;
     }
 
     /// The bound address of an http/https service.
@@ -320,6 +332,9 @@ impl Hub {
         drop(listener);
         self.shared.stop.cancel();
         self.drain().await;
+        if self.keep_holds {
+            save_holds(&self.shared).await;
+        }
         self.shared.sessions_root.cancel();
         self.shared.tasks.close();
         if tokio::time::timeout(STOP_GRACE, self.shared.tasks.wait())
@@ -329,6 +344,48 @@ impl Hub {
             warn!("some connections did not finish within {STOP_GRACE:?}; dropping them");
         }
         info!("hub stopped");
+    }
+}
+
+/// Holds again the ports and hostnames the last run of the hub left held for keys
+/// (`registry::persist`); a file it cannot use is logged and ignored.
+async fn restore_holds(shared: &Shared) {
+    match registry::persist::load(&shared.config.state_dir).await {
+        Ok(holds) if holds.ports.is_empty() && holds.hosts.is_empty() => {}
+        Ok(holds) => {
+            let (ports, hosts) = (holds.ports.len(), holds.hosts.len());
+            shared.registry.restore_holds(holds.ports);
+            shared.hosts.restore_holds(holds.hosts);
+            info!(
+                ports,
+                hostnames = hosts,
+                "holding {ports} ports and {hosts} hostnames for the keys whose tunnels had them before the restart"
+            );
+        }
+        Err(e) => warn!(error = %e, "the claims held before the restart are lost: {e}"),
+    }
+}
+
+/// Writes what the hub holds for keys, and what its live tunnels hold, for the next start;
+/// nothing when `reconnect_grace` is off.
+async fn save_holds(shared: &Shared) {
+    let grace = shared.current().reconnect_grace;
+    if grace.is_zero() {
+        return;
+    }
+    let holds = registry::persist::Holds {
+        ports: shared.registry.holds_for_restart(grace),
+        hosts: shared.hosts.holds_for_restart(grace),
+    };
+    match registry::persist::save(&shared.config.state_dir, &holds).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            held = n,
+            "kept {n} ports and hostnames for their keys' tunnels across the restart (state_dir)"
+        ),
+        Err(e) => {
+            warn!(error = %e, "could not keep the tunnels' ports and hostnames for the next start: {e}")
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! `reconnect_grace` ([`grace`]), so that key gets them back and no other can take them meanwhile.
 
 pub mod grace;
+pub mod persist;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -324,6 +325,45 @@ impl Registry {
         };
         session.close(reason);
         present
+    }
+
+    /// What a restart must keep for each key: the ports of live sessions that have a key name,
+    /// as reservations for `grace` from now, and the ports already held.
+    pub fn holds_for_restart(&self, grace: Duration) -> Vec<((Transport, PortKey), Reservation)> {
+        let now = Instant::now();
+        let state = self.state.lock();
+        let mut holds = state.held.live(now);
+        for session in state.tunnels.values() {
+            let Some(key_name) = &session.key_name else {
+                continue;
+            };
+            for proxy in session.proxies() {
+                let Some(port) = proxy.claim else { continue };
+                if state.ports.get(&port) == Some(&session.id) {
+                    holds.push((
+                        port,
+                        Reservation {
+                            key_name: key_name.clone(),
+                            tunnel_id: session.id,
+                            service: proxy.service.clone(),
+                            proxy: proxy.name.clone(),
+                            group: None,
+                            until: now + grace,
+                        },
+                    ));
+                }
+            }
+        }
+        holds
+    }
+
+    /// Holds ports a previous run of the hub left held (`holds_for_restart`).
+    pub fn restore_holds(&self, holds: Vec<((Transport, PortKey), Reservation)>) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        for (port, reservation) in holds {
+            state.held.hold(port, reservation, now);
+        }
     }
 
     /// Who a port of `transport` is held for, if a lost session left it behind.

@@ -346,15 +346,22 @@ async fn tunnel_live(
     tunnel: &Daemon,
     previous: Option<&str>,
 ) -> Result<Live, String> {
+    live(&connected_anew(status_socket, tunnel, previous).await)
+}
+
+/// The tunnel daemon's status once it is connected in a session other than `previous`.
+async fn connected_anew(
+    status_socket: &Path,
+    tunnel: &Daemon,
+    previous: Option<&str>,
+) -> TunnelStatus {
     let admin = AdminClient::unix(status_socket).with_timeout(Duration::from_secs(5));
-    // Done waiting once the tunnel is connected in a new session: `Ok` with what the hub gave
-    // its proxies, or `Err` if it rejected one.
     common::eventually("the tunnel to come back", DEADLINE, || async {
         match admin.get::<TunnelStatus>(model::STATUS).await {
             Ok(status)
                 if status.state == "connected" && status.tunnel_id.as_deref() != previous =>
             {
-                Ok(live(&status))
+                Ok(status)
             }
             seen => Err(format!("{seen:?}; it logged:\n{}", tunnel.log())),
         }
@@ -507,4 +514,87 @@ async fn clients_see_a_clean_end_across_hub_restarts_and_the_tunnel_returns_with
     assert_eq!(s.tunnel.wait().await.code(), Some(0), "{}", s.tunnel.log());
     s.hub.signal("TERM");
     s.hub.wait().await;
+}
+
+/// What the hub gave each proxy of a connected tunnel (port or hostname), by name.
+fn publics(status: &TunnelStatus) -> Vec<(String, Option<String>)> {
+    let mut all: Vec<_> = status
+        .proxies
+        .iter()
+        .map(|p| (p.name.clone(), p.public.clone()))
+        .collect();
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn a_port_and_a_hostname_the_hub_chose_come_back_after_it_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports().await;
+    let (identity, _) = Identity::load_or_generate(&dir.path().join("state")).unwrap();
+    let pin = identity.fingerprint().to_string();
+    // The hub picks both: any free port for `roam`, a generated hostname for `drift`.
+    let hub_config = dir.path().join("hub.toml");
+    std::fs::write(
+        &hub_config,
+        hub_toml(dir.path(), ports).replace(&format!("ports = \"{}\"", ports.tcp), "ports = \"0\""),
+    )
+    .unwrap();
+    let target = start_target().await;
+    let app = start_app("drifting").await;
+    let tunnel_config = dir.path().join("tunnel.toml");
+    let status_socket = dir.path().join("tunnel.sock");
+    std::fs::write(
+        &tunnel_config,
+        format!(
+            "hub_address = \"127.0.0.1:{hub}\"\nhub_server_name = \"localhost\"\n\
+             hub_cert_sha256 = \"{pin}\"\nkey = \"{KEY}\"\n\
+             [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n\
+             [admin]\nsocket = \"{socket}\"\n\
+             [[proxies]]\nname = \"roam\"\nservice = \"tcp\"\ntarget = \"{target}\"\n\
+             [[proxies]]\nname = \"drift\"\nservice = \"web\"\ntarget = \"{app}\"\n",
+            hub = ports.hub,
+            socket = status_socket.display(),
+            app = app.addr,
+        ),
+    )
+    .unwrap();
+    let mut hub = restart_hub(&hub_config, ports).await;
+    let mut tunnel = Daemon::spawn("tunnel", &tunnel_config);
+    let before = connected_anew(&status_socket, &tunnel, None).await;
+    let given = publics(&before);
+    assert!(
+        given.iter().all(|(_, public)| public.is_some()),
+        "both proxies are live: {before:?}"
+    );
+
+    // A clean stop (systemctl restart): the hub keeps them for the key in state_dir.
+    hub.signal("TERM");
+    assert_eq!(hub.wait().await.code(), Some(0), "{}", hub.log());
+    let held = dir.path().join("state").join("held.json");
+    assert!(
+        held.exists(),
+        "the hub wrote {}: {}",
+        held.display(),
+        hub.log()
+    );
+    hub = restart_hub(&hub_config, ports).await;
+    let after = connected_anew(&status_socket, &tunnel, before.tunnel_id.as_deref()).await;
+    assert_eq!(
+        publics(&after),
+        given,
+        "the same port and hostname after the restart; the hub logged:\n{}",
+        hub.log()
+    );
+    assert!(
+        hub.log().contains("holding 1 ports and 1 hostnames"),
+        "{}",
+        hub.log()
+    );
+    assert!(!held.exists(), "read once, then removed");
+
+    tunnel.signal("TERM");
+    tunnel.wait().await;
+    hub.signal("TERM");
+    hub.wait().await;
 }

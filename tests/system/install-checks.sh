@@ -324,6 +324,25 @@ check "tunnelizectl status on the instance's socket says connected" \
   sh -c 'runuser -u alice -- tunnelizectl status --socket /run/tunnelize/tunnel-demo.sock | tee /dev/stderr | grep -qi connected'
 check "the hub lists the tunnel" sh -c "runuser -u alice -- tunnelizectl list-tunnels ssh | grep -qw '$TCP_PORT'"
 
+echo "== ports survive a hub restart"
+tunnel_session() {
+  runuser -u alice -- tunnelizectl --json status --socket /run/tunnelize/tunnel-demo.sock |
+    tr -d '\n' | grep -o '"tunnel_id": *"[^"]*"' | cut -d'"' -f4
+}
+OLD_SESSION=$(tunnel_session)
+check "systemctl restart tunnelize-hub succeeds" systemctl restart $HUB
+check "the restarted hub has read what the old one kept (state_dir/held.json) and removed it" \
+  sh -c '! [ -e /var/lib/tunnelize/held.json ]'
+back_with_its_port() {
+  local session
+  session=$(tunnel_session)
+  [ -n "$session" ] && [ "$session" != "$OLD_SESSION" ] && [ "$(tcp_port)" = "$TCP_PORT" ]
+}
+check "the tunnel is back in a new session with the same public port ($TCP_PORT)" poll 60 back_with_its_port
+check "and the port forwards" poll 20 curl -fsS http://127.0.0.1:$TCP_PORT/
+journal_since "$C" -u $HUB -o cat >"$J"
+check "the restarted hub says it held the tunnel's port and hostname" contains 'holding [0-9]* ports and [0-9]* hostnames'
+
 echo "== structured journal entries"
 journal_since "$C" -u $HUB -o json >"$J"
 check "hub entries carry SYSLOG_IDENTIFIER=tunnelize, PRIORITY and CODE_FILE" \

@@ -202,6 +202,46 @@ impl HostRoutes {
         table.routes.retain(|_, route| !route.backends.is_empty());
     }
 
+    /// What a restart must keep for each key: the hostnames of live sessions that have a key
+    /// name, as reservations for `grace` from now, and the hostnames already held; by
+    /// (service, hostname).
+    pub fn holds_for_restart(&self, grace: Duration) -> Vec<((String, String), Reservation)> {
+        let now = Instant::now();
+        let table = self.table.lock();
+        let mut holds = table.held.live(now);
+        for (key, route) in &table.routes {
+            // A shared hostname goes to the key of its first backend, as a departure would
+            // leave it to its last.
+            let Some(backend) = route.backends.iter().find(|b| b.session.key_name.is_some()) else {
+                continue;
+            };
+            let Some(key_name) = backend.session.key_name.clone() else {
+                continue;
+            };
+            holds.push((
+                key.clone(),
+                Reservation {
+                    key_name,
+                    tunnel_id: backend.session.id,
+                    service: key.0.clone(),
+                    proxy: backend.proxy.clone(),
+                    group: route.group.clone(),
+                    until: now + grace,
+                },
+            ));
+        }
+        holds
+    }
+
+    /// Holds hostnames a previous run of the hub left held (`holds_for_restart`).
+    pub fn restore_holds(&self, holds: Vec<((String, String), Reservation)>) {
+        let now = Instant::now();
+        let mut table = self.table.lock();
+        for (key, reservation) in holds {
+            table.held.hold(key, reservation, now);
+        }
+    }
+
     /// The hostname held for `key_name`'s proxy `proxy` on `service`, if a lost session of
     /// that key left one behind: a reconnecting tunnel that lets the hub pick gets it back.
     pub fn held_hostname_of(&self, key_name: &str, service: &str, proxy: &str) -> Option<String> {

@@ -4,7 +4,8 @@
 //!
 //! A [`GraceTable`] is bounded: entries expire, and a full table drops the entry that was held
 //! first. It is plain data behind its owner's lock (the registry's for ports, the host routes'
-//! for hostnames) and does no I/O. It lives in memory only: a hub restart forgets it.
+//! for hostnames) and does no I/O. A hub that stops writes what it holds, and what its live
+//! tunnels hold, to its `state_dir` for the next start ([`super::persist`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -128,6 +129,15 @@ impl<K: Eq + Hash + Clone> GraceTable<K> {
             .iter()
             .find(|(k, r)| r.is_live(now) && wanted(k, r))
             .map(|(k, r)| (k.clone(), r.clone()))
+    }
+
+    /// Every live reservation at `now`, with its key.
+    pub fn live(&self, now: Instant) -> Vec<(K, Reservation)> {
+        self.entries
+            .iter()
+            .filter(|(_, r)| r.is_live(now))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
     }
 
     /// Number of reservations, expired ones not yet dropped included.

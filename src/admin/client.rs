@@ -482,7 +482,7 @@ fn socket_unreachable(socket: &Path, e: &io::Error) -> AdminError {
         return AdminError::Unauthorized {
             daemon,
             reason: "permission denied".into(),
-            hint: "run as root or as a member of the socket's group (`tunnelize` by default)"
+            hint: "run as root or as a member of the socket's group (`tunnelize-admin` as the packages set it up: `usermod -aG tunnelize-admin USER`)"
                 .into(),
         };
     }

@@ -3,7 +3,7 @@
 //! reads nothing) leave every request to another proxy of the same tunnel answered within its
 //! deadline, and cost the hub and the tunnel at most [`PER_CLIENT_BOUND`] of memory each
 //! ([`PER_HTTP_CLIENT_BOUND`] for slow readers of an http response on one hostname, with
-//! requests for another).
+//! requests for another; [`PER_HTTPS_CLIENT_BOUND`] over https).
 //!
 //! The slow clients come from 127.0.0.2 onward, 200 to an address (`common::spread_socket`),
 //! under the hub's default `connections_per_address`.
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
@@ -42,6 +42,9 @@ const PER_CLIENT_BOUND: u64 = (256 + 64 + 32) * 1024;
 /// connection's write buffer (`max_head_size`, 64 KiB by default) and 64 KiB for the state
 /// of its connection, request and stream.
 const PER_HTTP_CLIENT_BOUND: u64 = (256 + 64 + 16 + 64 + 64) * 1024;
+/// The same over https, and the TLS connection's buffers: rustls's unsent TLS records (64 KiB,
+/// its default buffer limit) and a 16 KiB record each way.
+const PER_HTTPS_CLIENT_BOUND: u64 = PER_HTTP_CLIENT_BOUND + (64 + 32) * 1024;
 /// What each slow reader takes at a time.
 const SIP: usize = 16;
 /// Bytes the endless target sends a client at most (a bound on its loop, never reached).
@@ -162,7 +165,7 @@ where
 }
 
 /// Keeps each reader reading [`SIP`] bytes a second until the set is dropped.
-fn sip(readers: Vec<TcpStream>) -> JoinSet<()> {
+fn sip<R: AsyncRead + Unpin + Send + 'static>(readers: Vec<R>) -> JoinSet<()> {
     let mut sipping = JoinSet::new();
     for mut reader in readers {
         sipping.spawn(async move {
@@ -198,39 +201,6 @@ async fn probe_all(addr: SocketAddr) -> Vec<String> {
         match tokio::time::timeout(PROBE_LIMIT, round_trip).await {
             Ok(Ok(back)) if back == data => {}
             Ok(Ok(_)) => failed.push(format!("probe {index}: wrong bytes back")),
-            Ok(Err(e)) => failed.push(format!("probe {index}: {e}")),
-            Err(_) => failed.push(format!("probe {index}: no answer within {PROBE_LIMIT:?}")),
-        }
-    }
-    failed
-}
-
-/// `PROBES` requests for `http://app.test.local/` on `web`, one after another; returns those
-/// that missed [`PROBE_LIMIT`] or were not answered 200, with why.
-async fn probe_all_http(web: SocketAddr) -> Vec<String> {
-    let mut failed = Vec::new();
-    for index in 0..PROBES {
-        let exchange = async {
-            let mut socket = TcpStream::connect(web).await?;
-            socket
-                .write_all(
-                    format!(
-                        "GET /probe-{index} HTTP/1.1\r\nHost: app.test.local\r\n\
-                         Connection: close\r\n\r\n"
-                    )
-                    .as_bytes(),
-                )
-                .await?;
-            let mut answer = Vec::new();
-            socket.read_to_end(&mut answer).await?;
-            Ok::<_, std::io::Error>(answer)
-        };
-        match tokio::time::timeout(PROBE_LIMIT, exchange).await {
-            Ok(Ok(answer)) if answer.starts_with(b"HTTP/1.1 200") => {}
-            Ok(Ok(answer)) => failed.push(format!(
-                "probe {index}: {:?}",
-                String::from_utf8_lossy(&answer[..answer.len().min(80)])
-            )),
             Ok(Err(e)) => failed.push(format!("probe {index}: {e}")),
             Err(_) => failed.push(format!("probe {index}: no answer within {PROBE_LIMIT:?}")),
         }
@@ -379,24 +349,111 @@ async fn a_target_that_reads_nothing_does_not_stall_another_proxy() {
     writing.abort_all();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_slow_readers_of_one_hostname_do_not_stall_another() {
+/// A client connection to the http or https service: the socket, or TLS over it.
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for S {}
+
+/// The hub's http service, or its https one with a client trusting the test CA.
+#[derive(Clone)]
+struct Web {
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Web {
+    /// `socket`, with TLS for `host` when the service is https (HTTP/1.1 by ALPN).
+    async fn over(&self, socket: TcpStream, host: &str) -> std::io::Result<Box<dyn ClientStream>> {
+        match &self.tls {
+            None => Ok(Box::new(socket)),
+            Some(connector) => {
+                let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(std::io::Error::other)?;
+                Ok(Box::new(connector.connect(name, socket).await?))
+            }
+        }
+    }
+}
+
+/// `PROBES` requests for `https?://app.test.local/` on `web`, one after another; returns
+/// those that missed [`PROBE_LIMIT`] or were not answered 200, with why.
+async fn probe_all_web(web: &Web) -> Vec<String> {
+    let mut failed = Vec::new();
+    for index in 0..PROBES {
+        let exchange = async {
+            let socket = TcpStream::connect(web.addr).await?;
+            let mut stream = web.over(socket, "app.test.local").await?;
+            stream
+                .write_all(
+                    format!(
+                        "GET /probe-{index} HTTP/1.1\r\nHost: app.test.local\r\n\
+                         Connection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+            let mut answer = Vec::new();
+            // A TLS peer that closes without close_notify still gave the whole answer.
+            let _ = stream.read_to_end(&mut answer).await;
+            Ok::<_, std::io::Error>(answer)
+        };
+        match tokio::time::timeout(PROBE_LIMIT, exchange).await {
+            Ok(Ok(answer)) if answer.starts_with(b"HTTP/1.1 200") => {}
+            Ok(Ok(answer)) => failed.push(format!(
+                "probe {index}: {:?}",
+                String::from_utf8_lossy(&answer[..answer.len().min(80)])
+            )),
+            Ok(Err(e)) => failed.push(format!("probe {index}: {e}")),
+            Err(_) => failed.push(format!("probe {index}: no answer within {PROBE_LIMIT:?}")),
+        }
+    }
+    failed
+}
+
+/// 1,000 slow readers of `big.test.local` on the hub's http (or, with `tls`, https) service,
+/// and 40 requests for `app.test.local` meanwhile; each daemon's memory within `bound`.
+async fn slow_readers_of_a_hostname(tls: bool, bound: u64) {
     common::require_open_files((2 * SLOW + 500) as u64);
     let dir = tempfile::tempdir().unwrap();
     let big = endless_http_target().await;
     let app = common::web::start_app("app").await;
-    let web = "[services.web]\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n\
-               domain = \"test.local\"\n";
-    let hub_files = HubFiles::write(dir.path(), "127.0.0.1", "", web);
+    let (kind, certificates, connector) = if tls {
+        let ca = common::pki::TestCa::new(dir.path());
+        let (files, _) = ca.issue(dir.path(), "web", "*.test.local");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der.clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let certificates = format!(
+            "[[services.web.certificates]]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            files.cert_file.display(),
+            files.key_file.display()
+        );
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        ("https", certificates, Some(connector))
+    } else {
+        ("http", String::new(), None)
+    };
+    let web = format!(
+        "[services.web]\nkind = \"{kind}\"\nlisten = \"127.0.0.1:0\"\n\
+         domain = \"test.local\"\n{certificates}"
+    );
+    let hub_files = HubFiles::write(dir.path(), "127.0.0.1", "", &web);
     let mut hub = Daemon::start("hub", &hub_files.config, None);
     let hub_addr = hub.hub_address().await;
-    let line = hub.any_line_with("serving http").await;
-    let web: SocketAddr = line[line.find(" listen=").unwrap() + " listen=".len()..]
+    let line = hub.any_line_with(&format!("serving {kind} on ")).await;
+    let addr: SocketAddr = line[line.find(" listen=").unwrap() + " listen=".len()..]
         .split_whitespace()
         .next()
         .unwrap()
         .parse()
         .unwrap();
+    let web = Web {
+        addr,
+        tls: connector,
+    };
     let tunnel_files = TunnelFiles::write(dir.path(), hub_addr, &hub_files.fingerprint, &[], "");
     let mut text = std::fs::read_to_string(&tunnel_files.config).unwrap();
     for (name, target) in [("big", big), ("app", app.addr)] {
@@ -409,22 +466,28 @@ async fn a_thousand_slow_readers_of_one_hostname_do_not_stall_another() {
     let tunnel = Daemon::start("tunnel", &tunnel_files.config, None);
     connected(&tunnel_files.admin(), DEADLINE).await;
     assert!(
-        probe_all_http(web).await.is_empty(),
+        probe_all_web(&web).await.is_empty(),
         "the app answers before the load"
     );
     let idle = (hub.rss(), tunnel.rss());
-    let opened = open_all(|_| async move {
-        let mut socket = small_window_client(web).await;
-        let request = b"GET /big HTTP/1.1\r\nHost: big.test.local\r\n\r\n";
-        let mut first = [0u8; 1];
-        let started = async {
-            socket.write_all(request).await?;
-            socket.read_exact(&mut first).await
-        };
-        match tokio::time::timeout(DEADLINE, started).await {
-            Ok(Ok(_)) => Ok(socket),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no first byte in time".to_string()),
+    let opened = open_all(|_| {
+        let web = web.clone();
+        async move {
+            let started = async {
+                let socket = small_window_client(web.addr).await;
+                let mut stream = web.over(socket, "big.test.local").await?;
+                stream
+                    .write_all(b"GET /big HTTP/1.1\r\nHost: big.test.local\r\n\r\n")
+                    .await?;
+                let mut first = [0u8; 1];
+                stream.read_exact(&mut first).await?;
+                Ok::<_, std::io::Error>(stream)
+            };
+            match tokio::time::timeout(DEADLINE, started).await {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no first byte in time".to_string()),
+            }
         }
     })
     .await;
@@ -443,14 +506,24 @@ async fn a_thousand_slow_readers_of_one_hostname_do_not_stall_another() {
     );
     let readers = readers.into_iter().filter_map(Result::ok).collect();
     let _sipping = sip(readers);
-    let failed = probe_all_http(web).await;
+    let failed = probe_all_web(&web).await;
     assert!(
         failed.is_empty(),
-        "{} of {PROBES} probes failed with {SLOW} slow readers of another hostname: {failed:?}\n\
-         hub:\n{}\ntunnel:\n{}",
+        "{} of {PROBES} probes failed with {SLOW} slow readers of another hostname ({kind}): \
+         {failed:?}\nhub:\n{}\ntunnel:\n{}",
         failed.len(),
         hub.tail(),
         tunnel.tail()
     );
-    check_memory([(&hub, idle.0), (&tunnel, idle.1)], PER_HTTP_CLIENT_BOUND);
+    check_memory([(&hub, idle.0), (&tunnel, idle.1)], bound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_slow_readers_of_one_hostname_do_not_stall_another() {
+    slow_readers_of_a_hostname(false, PER_HTTP_CLIENT_BOUND).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_slow_readers_of_one_https_hostname_do_not_stall_another() {
+    slow_readers_of_a_hostname(true, PER_HTTPS_CLIENT_BOUND).await;
 }

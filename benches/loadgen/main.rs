@@ -43,22 +43,13 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         max_secs: u64,
     },
-    /// Small requests on one connection at a fixed rate; prints p50/p90/p99/max in microseconds.
+    /// Small requests on one connection at a fixed rate; prints p50/p90/p99/max in microseconds
+    /// and the round trips that failed (no answer within 5 s).
     Latency {
         #[arg(long)]
         addr: SocketAddr,
-        /// Requests per second.
-        #[arg(long, default_value_t = 1000.0)]
-        rate: f64,
-        /// Measured seconds (after the warm-up).
-        #[arg(long, default_value_t = 5.0)]
-        secs: f64,
-        /// Seconds of requests sent first and not measured.
-        #[arg(long, default_value_t = 0.5)]
-        warmup_secs: f64,
-        /// Request (and echoed response) size in bytes.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
+        #[command(flatten)]
+        pace: load::Pace,
     },
     /// New connections per second: connect, 1-byte echo, close, from concurrent workers.
     ConnectRate {
@@ -172,13 +163,7 @@ fn main() -> ExitCode {
     };
     let result = match command {
         Command::Echo { listen, max_secs } => load::echo(listen, max_secs),
-        Command::Latency {
-            addr,
-            rate,
-            secs,
-            warmup_secs,
-            size,
-        } => load::latency(addr, rate, secs, warmup_secs, size),
+        Command::Latency { addr, pace } => load::latency(addr, pace),
         Command::ConnectRate {
             addr,
             secs,

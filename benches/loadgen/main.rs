@@ -6,6 +6,8 @@
 //!
 //! - `load`: traffic tools (echo target, fixed-rate latency, connect rate, idle holder, slow
 //!   HTTP clients, probe).
+//! - `readers`: the slow-reader load (an endless download and its slow readers, held while the
+//!   latency client measures another address).
 //! - `iperf`: reads the figures `run.sh` needs out of `iperf3 -J` output.
 //! - `report`: medians, ratios and targets from the raw measurements; markdown and JSON.
 //! - `soak`: the growth table of a soak run (`run.sh --soak`); markdown, JSON and CSV.
@@ -17,6 +19,7 @@
 
 mod iperf;
 mod load;
+mod readers;
 mod report;
 mod soak;
 
@@ -82,6 +85,29 @@ enum Command {
         kind: load::Slowness,
         #[command(flatten)]
         plan: load::Plan,
+    },
+    /// TCP server that sends every client bytes as fast as it reads them (16 KiB send buffers).
+    Endless {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Exit after this many seconds whatever happens.
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
+    /// Opens COUNT slow readers of the endless download at ADDR (4 KiB receive buffers, 16 B
+    /// read a second, spread over several source addresses), then measures the latency
+    /// client's round trips to the echo at PROBE while they read; reports, then holds them.
+    SlowReaders {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        probe: SocketAddr,
+        #[command(flatten)]
+        sources: readers::Sources,
+        #[command(flatten)]
+        plan: load::Plan,
+        #[command(flatten)]
+        pace: load::Pace,
     },
     /// Short-lived clients at a fixed rate, ending in turn cleanly, by drop, by reset, without
     /// reading, or without sending (the soak's connection churn).
@@ -177,6 +203,14 @@ fn main() -> ExitCode {
             kind,
             plan,
         } => load::slow(addr, host, kind, plan),
+        Command::Endless { listen, max_secs } => readers::endless(listen, max_secs),
+        Command::SlowReaders {
+            addr,
+            probe,
+            sources,
+            plan,
+            pace,
+        } => readers::slow_readers(addr, probe, sources, plan, pace),
         Command::Churn {
             addr,
             rate,

@@ -141,16 +141,18 @@ async fn open_reader(addr: SocketAddr, source: Ipv4Addr) -> io::Result<TcpStream
 }
 
 /// Keeps each reader reading [`SIP`] bytes every [`SIP_EVERY`], `sips` times at most, until
-/// the set is dropped; counts in `dropped` those whose connection ends first.
+/// the set is dropped; counts in `dropped` those whose connection ends first. Their reads are
+/// spread over the interval, not all at the same instant.
 fn sip(readers: Vec<TcpStream>, sips: u64, dropped: Arc<AtomicU64>) -> JoinSet<()> {
     let mut sipping = JoinSet::new();
-    for mut reader in readers {
+    let (start, count) = (tokio::time::Instant::now(), readers.len().max(1));
+    for (index, mut reader) in readers.into_iter().enumerate() {
         let dropped = dropped.clone();
+        let first = start + SIP_EVERY.mul_f64(index as f64 / count as f64);
         sipping.spawn(async move {
             let mut buf = [0u8; SIP];
             // The pace of a slow reader (the load under test), not a wait for anything.
-            let mut pace = tokio::time::interval(SIP_EVERY);
-            pace.tick().await;
+            let mut pace = tokio::time::interval_at(first, SIP_EVERY);
             for _ in 0..sips {
                 pace.tick().await;
                 if !matches!(reader.read(&mut buf).await, Ok(n) if n > 0) {

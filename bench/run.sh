@@ -58,6 +58,9 @@ else
   IPERF_SECS=5 WRK_SECS=5 LAT_SECS=5 CONN_SECS=5 HOLD_READY_SECS=30
 fi
 WRK_CONNS=64 LAT_RATE=1000 CONN_CONCURRENCY=32 HOLDER_MAX=5000 SLOW_COUNT=1000
+# The slow-reader run (the latency client while SLOW_COUNT clients of another proxy read an
+# endless download 16 B a second) is measured for these systems; the others' rows stay empty.
+SLOWREAD_SYSTEMS="direct tunnelize"
 # Idle means settled: tunnelize's daemons give back their start-up code 2 s after their first
 # session (src/daemon/pages.rs). Every system waits this long after starting before its idle
 # RSS, and before the base of each idle-client run, is sampled.
@@ -347,10 +350,58 @@ slow_run() {
   sleep 1
 }
 
+# slowread_run: the latency client (as latency_run) on the echo proxy while SLOW_COUNT clients
+# of the endless proxy read 16 B a second each (`loadgen slow-readers`: 4 KiB receive buffers,
+# from 127.0.0.2-127.0.0.9, counted once they have their first byte); and the system's RSS
+# before and while they read. The probe figures are n/a unless every reader was held.
+slowread_run() {
+  local f=$WORK/logs/slowread-$SYS-r$ROUND.out err=$WORK/logs/slowread-$SYS-r$ROUND.err
+  local secs=$((HOLD_READY_SECS + LAT_SECS * 2 + 30)) deadline left fd pid n k v dropped
+  [ ${#SYS_PIDS[@]} -gt 0 ] && record rss_base_slowread_kib "$(rss_kib)"
+  # Its lines are read as they come, with blocking reads: wait_for_line's polling forks a grep
+  # 20 times a second, and on this 2-core machine those forks showed in the probe's p99
+  # (1.3-1.6 ms against 0.5-0.75 ms without them, in runs of the tool by hand).
+  exec {fd}< <(exec timeout $((secs + 120)) "$LOADGEN" slow-readers \
+    --addr "127.0.0.1:$P_ENDLESS" --probe "127.0.0.1:$P_ECHO" --count "$SLOW_COUNT" \
+    --ready-timeout-secs "$HOLD_READY_SECS" --hold-secs 90 --rate "$LAT_RATE" --secs "$LAT_SECS" \
+    2>"$err" </dev/null)
+  pid=$!
+  ALL_PIDS+=("$pid")
+  : >"$f"
+  deadline=$((SECONDS + secs))
+  while left=$((deadline - SECONDS)) && [ "$left" -gt 0 ] && read -r -t "$left" -u "$fd" k v; do
+    printf '%s %s\n' "$k" "$v" >>"$f"
+    [ "$k" = dropped ] && break
+  done
+  if ! grep -q '^dropped' "$f"; then
+    record slowread_probe_p50_us "NA:slow-readers did not finish"
+    log "  slow readers: no result: $(tail -c 300 "$err" 2>/dev/null | tr '\n' ' ')"
+    stop_pid "$pid"; exec {fd}<&-; return
+  fi
+  n=$(awk '/^established/ {print $2}' "$f")
+  dropped=$(awk '/^dropped/ {print $2}' "$f")
+  if [ ${#SYS_PIDS[@]} -gt 0 ]; then
+    record rss_slowread_kib "$(rss_kib)"
+    record held_slowread "${n:-0}"
+  fi
+  if [ "${n:-0}" -ge "$SLOW_COUNT" ]; then
+    record_lines slowread_ <"$f"
+  else
+    grep -v '^probe_' "$f" | record_lines slowread_
+    for k in p50_us p99_us failed; do
+      record "slowread_probe_$k" "NA:only ${n:-0} of $SLOW_COUNT slow readers held"
+    done
+  fi
+  [ "${dropped:-0}" = 0 ] || NOTES+=("$SYS, round $ROUND: $dropped of ${n:-0} slow readers lost their connection during the probe")
+  log "  $SLOW_COUNT slow readers: ${n:-0} held; probe $(grep '^probe_' "$f" | tr '\n' ' ')${SYS_PIDS:+RSS $(($(rss_kib) / 1024)) MiB}"
+  stop_pid "$pid"
+  exec {fd}<&-
+}
+
 # ---------------------------------------------------------------- local targets
 start_targets() {
-  T_BASE=$("$LOADGEN" free-ports --count 3)
-  T_IPERF=$T_BASE T_NGINX=$((T_BASE + 1)) T_ECHO=$((T_BASE + 2))
+  T_BASE=$("$LOADGEN" free-ports --count 4)
+  T_IPERF=$T_BASE T_NGINX=$((T_BASE + 1)) T_ECHO=$((T_BASE + 2)) T_ENDLESS=$((T_BASE + 3))
   mkdir -p "$WORK/www" "$WORK/nginx"
   head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/www/1k.bin"
   chmod -R a+rX "$WORK"
@@ -385,8 +436,10 @@ EOF
   nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
   start_bg nginx "$nginx_bin" -e "$WORK/logs/nginx-error.log" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx"
   start_bg echo "$LOADGEN" echo --listen "127.0.0.1:$T_ECHO" --max-secs 7200
+  start_bg endless "$LOADGEN" endless --listen "127.0.0.1:$T_ENDLESS" --max-secs 7200
   wait_listening "$T_NGINX" || { echo "run.sh: nginx did not start (see $WORK/logs)" >&2; exit 1; }
   wait_listening "$T_ECHO" || { echo "run.sh: echo target did not start" >&2; exit 1; }
+  wait_listening "$T_ENDLESS" || { echo "run.sh: endless target did not start" >&2; exit 1; }
   curl -fsS -o /dev/null "http://127.0.0.1:$T_NGINX/1k.bin" || { echo "run.sh: nginx does not serve 1k.bin" >&2; exit 1; }
 }
 
@@ -410,10 +463,11 @@ make_certs() {
 
 # ---------------------------------------------------------------- systems under test
 # Each start_* sets P_IPERF, P_HTTP, P_ECHO (public ports of the forwards to iperf3, nginx and
-# the echo target), P_HTTPSVC and P_UDP (empty when the system has none) and SYS_PIDS.
+# the echo target), P_HTTPSVC, P_UDP and P_ENDLESS (the endless target, for the slow-reader run;
+# empty when the system has none) and SYS_PIDS.
 
 start_direct() {
-  P_IPERF=$T_IPERF P_HTTP=$T_NGINX P_ECHO=$T_ECHO P_HTTPSVC=$T_NGINX P_UDP=$T_IPERF
+  P_IPERF=$T_IPERF P_HTTP=$T_NGINX P_ECHO=$T_ECHO P_HTTPSVC=$T_NGINX P_UDP=$T_IPERF P_ENDLESS=$T_ENDLESS
   SYS_PIDS=()
 }
 
@@ -467,6 +521,12 @@ EOF
     printf '\n[[proxies]]\nname = "web"\nservice = "web"\ntarget = "127.0.0.1:%s"\nhostname = "bench"\n' \
       "$T_NGINX" >>"$dir/tunnel.toml.in" ;;
   esac
+  if [ "$TZ_ENDLESS" = 1 ]; then
+    # The slow-reader run: the endless target behind a proxy of its own, on a port the OS picks.
+    printf '\n[services.readers]\nkind = "tcp"\nlisten = "127.0.0.1"\nports = "0"\n' >>"$dir/hub.toml"
+    printf '\n[[proxies]]\nname = "endless"\nservice = "readers"\ntarget = "127.0.0.1:%s"\n' \
+      "$T_ENDLESS" >>"$dir/tunnel.toml.in"
+  fi
   TZ_UDP_PORT=$base
   if [ $SOAK = 1 ]; then
     # The soak runs UDP alongside the TCP bursts, so UDP gets its own iperf3 server, whose
@@ -513,6 +573,14 @@ tz_try() {
     stop_pid "$tunnel"; stop_pid "$hub"; return 1
   fi
   P_IPERF=$base P_HTTP=$((base + 1)) P_ECHO=$((base + 2)) P_HTTPSVC="" P_UDP=""
+  if [ "$TZ_ENDLESS" = 1 ]; then
+    local live=$WORK/logs/tunnelize-tunnel-$RUN_TAG.err
+    if wait_for_line "$live" 'proxy is live.*"proxy":"endless"' 15 "$tunnel"; then
+      P_ENDLESS=$(grep 'proxy is live.*"proxy":"endless"' "$live" | grep -o '"port":[0-9]*' | head -1 | cut -d: -f2)
+    else
+      log "  tunnelize's endless proxy did not come up: $(tail -c 300 "$live")"
+    fi
+  fi
   case " $features " in *" http "*)
     local i code=""
     for i in $(seq 20); do
@@ -587,10 +655,11 @@ start_bore() {
   "$LOADGEN" wait --addr "127.0.0.1:$P_ECHO" --timeout-secs 20 >/dev/null 2>&1
 }
 
-START_N=0 RUN_TAG=""
+START_N=0 RUN_TAG="" TZ_ENDLESS=0
 start_system() {
   START_N=$((START_N + 1))
   RUN_TAG=r$ROUND-$START_N
+  P_ENDLESS=""
   case $SYS in
     direct) start_direct ;;
     tunnelize) start_tunnelize ;;
@@ -651,6 +720,7 @@ measure_system() {
     record rss_after_kib "$(rss_kib)"
   fi
   stop_system
+  slowread_measure
   [ "$SYS" = direct ] && return
   # Idle clients on freshly started processes: memory kept from the traffic runs would hide
   # what each client costs.
@@ -679,6 +749,22 @@ measure_system() {
     fi
     stop_system
   done
+}
+
+# slowread_measure: the slow-reader run, on fresh processes that also forward the endless
+# target (tunnelize: a proxy of the same tunnel as the echo one), for SLOWREAD_SYSTEMS.
+slowread_measure() {
+  case " $SLOWREAD_SYSTEMS " in *" $SYS "*) ;; *) return 0 ;; esac
+  TZ_ENDLESS=1
+  if start_system && [ -n "$P_ENDLESS" ]; then
+    [ ${#SYS_PIDS[@]} -gt 0 ] && sleep "$SETTLE_SECS"
+    slowread_run
+  else
+    record slowread_probe_p50_us "NA:no forward of the endless target"
+    log "  $SYS has no forward of the endless target for the slow-reader run"
+  fi
+  TZ_ENDLESS=0
+  stop_system
 }
 
 # ---------------------------------------------------------------- main
@@ -751,8 +837,8 @@ write_meta() {
     [ -x "$CACHE/cargo/bin/bore" ] && printf 'bore\t%s\n' "$(version_of "$CACHE/cargo/bin/bore" --version)"
     printf 'tools\t%s; %s; %s; %s\n' "$(version_of iperf3 --version)" "$(version_of wrk --version | cut -d' ' -f1-2)" \
       "$(version_of nginx -v)" "$(version_of rustc --version)"
-    printf 'runs\tiperf3 %ss per run (UDP: %s); wrk -t2 -c%s %ss on a 1 KiB file (nginx, 1 worker); latency %s req/s x %ss on 1 conn; connect rate %ss with %s workers; idle clients held with 1 B echo each\n' \
-      "$IPERF_SECS" "${UDP_ARGS[*]}" "$WRK_CONNS" "$WRK_SECS" "$LAT_RATE" "$LAT_SECS" "$CONN_SECS" "$CONN_CONCURRENCY"
+    printf 'runs\tiperf3 %ss per run (UDP: %s); wrk -t2 -c%s %ss on a 1 KiB file (nginx, 1 worker); latency %s req/s x %ss on 1 conn; connect rate %ss with %s workers; idle clients held with 1 B echo each; slow readers: the latency run again while %s clients of an endless download (16 KiB send buffers) through another forward read 16 B/s each (4 KiB receive buffers, from 127.0.0.2-127.0.0.9)\n' \
+      "$IPERF_SECS" "${UDP_ARGS[*]}" "$WRK_CONNS" "$WRK_SECS" "$LAT_RATE" "$LAT_SECS" "$CONN_SECS" "$CONN_CONCURRENCY" "$SLOW_COUNT"
     printf 'duration\t%s s\n' "$secs"
     for note in "${NOTES[@]}"; do printf 'note\t%s\n' "$note"; done
     printf 'note\t%s\n' "RSS is the sum of VmRSS of the system's processes (hub + tunnel; rathole server + client; bore server + its 3 \`bore local\` processes, one per port); tunnelize's tunnel runs from a copy of the executable, as on its own host."

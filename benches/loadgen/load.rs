@@ -1,6 +1,8 @@
 //! Traffic tools: a TCP echo target, a fixed-rate latency client, a connect-rate client, an
-//! idle-connection holder, a slow-HTTP-client holder, a connection churner (for the soak), a readiness probe and a
-//! free-port finder.
+//! idle-connection holder, a slow-HTTP-client holder, a connection churner (for the soak), a
+//! readiness probe and a free-port finder. Their parts are shared with the other tools: the
+//! accept loop (`serve`), the latency client's paced round trips, the opening of many
+//! connections (`open_all`).
 //!
 //! Each prints `name value` lines on stdout for `run.sh` to record. Every loop ends by a count
 //! or a deadline; the echo server ends after `max_secs` even if nobody stops it.
@@ -17,12 +19,14 @@ use tokio::task::JoinSet;
 
 /// Deadline for one connect + 1-byte echo in the connect-rate, hold and wait tools.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Listen backlog of the echo target (the kernel caps it at `net.core.somaxconn`).
-const ECHO_BACKLOG: u32 = 4096;
+/// A round trip of the latency probe that takes longer than this has failed (issue 26's limit).
+const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(5);
+/// Listen backlog of the echo and endless targets (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: u32 = 4096;
 /// Read buffer per echo connection: small, so 10,000 idle clients cost the target little.
 const ECHO_BUFFER: usize = 4096;
 
-fn runtime(threads: usize) -> io::Result<tokio::runtime::Runtime> {
+pub fn runtime(threads: usize) -> io::Result<tokio::runtime::Runtime> {
     if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -37,28 +41,45 @@ fn runtime(threads: usize) -> io::Result<tokio::runtime::Runtime> {
 
 /// Echoes every byte back on every connection accepted at `listen`, for `max_secs` at most.
 pub fn echo(listen: SocketAddr, max_secs: u64) -> io::Result<()> {
-    runtime(2)?.block_on(async move {
-        let socket = TcpSocket::new_v4()?;
-        socket.set_reuseaddr(true)?;
-        socket.bind(listen)?;
-        let listener = socket.listen(ECHO_BACKLOG)?;
-        println!("listening {}", listener.local_addr()?);
-        io::stdout().flush()?;
-        let deadline = tokio::time::sleep(Duration::from_secs(max_secs));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => return Ok(()),
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        tokio::spawn(echo_connection(stream));
-                    }
-                    // Out of file descriptors or a reset before accept: back off briefly.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                },
-            }
+    runtime(2)?.block_on(serve(listen, None, max_secs, echo_connection))
+}
+
+/// Listens at `listen` (each accepted socket with a send buffer of `send_buffer` bytes, if
+/// given), prints `listening ADDR`, and runs `handle` on every connection for `max_secs`.
+pub async fn serve<F, Fut>(
+    listen: SocketAddr,
+    send_buffer: Option<u32>,
+    max_secs: u64,
+    handle: F,
+) -> io::Result<()>
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    // Accepted sockets inherit the listener's buffer sizes.
+    if let Some(size) = send_buffer {
+        socket.set_send_buffer_size(size)?;
+    }
+    socket.bind(listen)?;
+    let listener = socket.listen(BACKLOG)?;
+    println!("listening {}", listener.local_addr()?);
+    io::stdout().flush()?;
+    let deadline = tokio::time::sleep(Duration::from_secs(max_secs));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle(stream));
+                }
+                // Out of file descriptors or a reset before accept: back off briefly.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
         }
-    })
+    }
 }
 
 async fn echo_connection(mut stream: TcpStream) {
@@ -72,24 +93,70 @@ async fn echo_connection(mut stream: TcpStream) {
     }
 }
 
-/// Sends `size`-byte requests on one connection at `rate` per second and waits for each echo;
-/// prints the percentiles of the round-trip times measured after `warmup_secs`.
+/// How a run of round trips is paced: `size`-byte requests on one connection at `rate` per
+/// second, each waiting for its echo; the first `warmup_secs` are sent and not measured.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct Pace {
+    /// Requests per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    /// Seconds of requests sent first and not measured.
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup_secs: f64,
+    /// Request (and echoed response) size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+}
+
+/// The measured round trips of a paced run, sorted; a failed one is in `samples` as
+/// [`ROUND_TRIP_LIMIT`] and counted in `failed`.
+pub struct RoundTrips {
+    samples: Vec<Duration>,
+    failed: u64,
+}
+
+impl RoundTrips {
+    /// Prints `p50_us`, `p90_us`, `p99_us`, `max_us`, `count` and `failed`, each name after
+    /// `prefix`; the percentiles are `NA:` when nothing was measured.
+    pub fn print(&self, prefix: &str) {
+        for (name, q) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("max", 1.0)] {
+            match percentile(&self.samples, q) {
+                Some(d) => println!("{prefix}{name}_us {:.1}", d.as_secs_f64() * 1e6),
+                None => println!("{prefix}{name}_us NA:no round trip measured"),
+            }
+        }
+        println!("{prefix}count {}", self.samples.len());
+        println!("{prefix}failed {}", self.failed);
+    }
+}
+
+/// Sends `pace.size`-byte requests on one connection at `pace.rate` per second and waits for
+/// each echo; prints the percentiles of the round-trip times measured after the warm-up.
+pub fn latency(addr: SocketAddr, pace: Pace) -> io::Result<()> {
+    paced_round_trips(addr, pace)?.print("");
+    Ok(())
+}
+
+/// The round trips of `pace` to the echo at `addr`. One that fails or takes longer than
+/// [`ROUND_TRIP_LIMIT`] counts as failed, and the next opens a new connection; only the first
+/// connection failing is an error.
 ///
 /// Blocking sockets and `thread::sleep` on purpose: tokio's timer has 1 ms granularity, far
 /// coarser than the round trips measured here.
-pub fn latency(
-    addr: SocketAddr,
-    rate: f64,
-    secs: f64,
-    warmup_secs: f64,
-    size: usize,
-) -> io::Result<()> {
+pub fn paced_round_trips(addr: SocketAddr, pace: Pace) -> io::Result<RoundTrips> {
+    let Pace {
+        rate,
+        secs,
+        warmup_secs,
+        size,
+    } = pace;
     if !(rate > 0.0 && secs > 0.0 && warmup_secs >= 0.0 && size > 0) {
         return Err(io::Error::other("rate, secs and size must be positive"));
     }
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    let mut stream = Some(probe_connection(addr)?);
     let request = vec![b'x'; size];
     let mut response = vec![0u8; size];
     let interval = 1.0 / rate;
@@ -97,7 +164,10 @@ pub fn latency(
     let total = warmup + (secs * rate).ceil() as u64;
     let start = Instant::now();
     let give_up = start + Duration::from_secs_f64(warmup_secs + secs * 2.0 + 10.0);
-    let mut samples = Vec::with_capacity((total - warmup) as usize);
+    let mut trips = RoundTrips {
+        samples: Vec::with_capacity((total - warmup) as usize),
+        failed: 0,
+    };
     for i in 0..total {
         let due = start + Duration::from_secs_f64(interval * i as f64);
         let now = Instant::now();
@@ -108,29 +178,40 @@ pub fn latency(
             std::thread::sleep(due - now);
         }
         let sent = Instant::now();
-        stream.write_all(&request)?;
-        stream.read_exact(&mut response)?;
+        let answered = match stream.as_mut() {
+            Some(s) => s
+                .write_all(&request)
+                .and_then(|()| s.read_exact(&mut response)),
+            None => Err(io::Error::other("no connection")),
+        };
+        let took = sent.elapsed();
+        let ok = answered.is_ok() && took <= ROUND_TRIP_LIMIT;
+        if !ok {
+            // Whatever is still in flight on it would answer the next request.
+            stream = probe_connection(addr).ok();
+        }
         if i >= warmup {
-            samples.push(sent.elapsed());
+            trips.samples.push(if ok { took } else { ROUND_TRIP_LIMIT });
+            trips.failed += u64::from(!ok);
         }
     }
-    samples.sort_unstable();
-    let us = |q: f64| percentile(&samples, q).as_secs_f64() * 1e6;
-    println!("p50_us {:.1}", us(0.50));
-    println!("p90_us {:.1}", us(0.90));
-    println!("p99_us {:.1}", us(0.99));
-    println!("max_us {:.1}", us(1.0));
-    println!("count {}", samples.len());
-    Ok(())
+    trips.samples.sort_unstable();
+    Ok(trips)
 }
 
-/// The `q` quantile (nearest rank) of sorted `samples`; zero when there are none.
-fn percentile(samples: &[Duration], q: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len());
-    samples[rank - 1]
+/// A connection for round trips: no Nagle delay, and no read or write waiting past the limit.
+fn probe_connection(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(ROUND_TRIP_LIMIT))?;
+    stream.set_write_timeout(Some(ROUND_TRIP_LIMIT))?;
+    Ok(stream)
+}
+
+/// The `q` quantile (nearest rank) of sorted `samples`; `None` when there are none.
+fn percentile(samples: &[Duration], q: f64) -> Option<Duration> {
+    let rank = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len().max(1));
+    samples.get(rank - 1).copied()
 }
 
 /// Connect, send one byte, read it back, close: as often as `concurrency` workers manage in
@@ -221,7 +302,8 @@ pub fn slow(addr: SocketAddr, host: String, slowness: Slowness, plan: Plan) -> i
     }))
 }
 
-/// How many connections to open and hold, and for how long (the `hold` and `slow` options).
+/// How many connections to open and hold, and for how long (the `hold`, `slow` and
+/// `slow-readers` options).
 #[derive(Clone, Copy, Debug, clap::Args)]
 pub struct Plan {
     #[arg(long)]
@@ -240,6 +322,20 @@ pub struct Plan {
 /// Opens `plan.count` connections with `open`, prints `established`, `failed` and
 /// `ramp_secs`, then holds what opened for `plan.hold_secs`.
 async fn hold_opened<F, Fut>(plan: Plan, open: F) -> io::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = io::Result<TcpStream>> + Send + 'static,
+{
+    let held = open_all(plan, open).await?;
+    tokio::time::sleep(Duration::from_secs(plan.hold_secs)).await;
+    drop(held);
+    Ok(())
+}
+
+/// Opens `plan.count` connections with `open`, `plan.concurrency` at a time, until
+/// `plan.ready_timeout_secs` have passed; prints `established`, `failed` and `ramp_secs`, and
+/// returns those that opened.
+pub async fn open_all<F, Fut>(plan: Plan, open: F) -> io::Result<Vec<TcpStream>>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = io::Result<TcpStream>> + Send + 'static,
@@ -265,9 +361,7 @@ where
     println!("failed {failed}");
     println!("ramp_secs {ramp:.2}");
     io::stdout().flush()?;
-    tokio::time::sleep(Duration::from_secs(plan.hold_secs)).await;
-    drop(held);
-    Ok(())
+    Ok(held)
 }
 
 /// Returns once `addr` echoes a byte back; fails after `timeout_secs`.

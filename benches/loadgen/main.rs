@@ -6,6 +6,8 @@
 //!
 //! - `load`: traffic tools (echo target, fixed-rate latency, connect rate, idle holder, slow
 //!   HTTP clients, probe).
+//! - `readers`: the slow-reader load (an endless download and its slow readers, held while the
+//!   latency client measures another address).
 //! - `iperf`: reads the figures `run.sh` needs out of `iperf3 -J` output.
 //! - `report`: medians, ratios and targets from the raw measurements; markdown and JSON.
 //! - `soak`: the growth table of a soak run (`run.sh --soak`); markdown, JSON and CSV.
@@ -17,6 +19,7 @@
 
 mod iperf;
 mod load;
+mod readers;
 mod report;
 mod soak;
 
@@ -43,22 +46,13 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         max_secs: u64,
     },
-    /// Small requests on one connection at a fixed rate; prints p50/p90/p99/max in microseconds.
+    /// Small requests on one connection at a fixed rate; prints p50/p90/p99/max in microseconds
+    /// and the round trips that failed (no answer within 5 s).
     Latency {
         #[arg(long)]
         addr: SocketAddr,
-        /// Requests per second.
-        #[arg(long, default_value_t = 1000.0)]
-        rate: f64,
-        /// Measured seconds (after the warm-up).
-        #[arg(long, default_value_t = 5.0)]
-        secs: f64,
-        /// Seconds of requests sent first and not measured.
-        #[arg(long, default_value_t = 0.5)]
-        warmup_secs: f64,
-        /// Request (and echoed response) size in bytes.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
+        #[command(flatten)]
+        pace: load::Pace,
     },
     /// New connections per second: connect, 1-byte echo, close, from concurrent workers.
     ConnectRate {
@@ -91,6 +85,29 @@ enum Command {
         kind: load::Slowness,
         #[command(flatten)]
         plan: load::Plan,
+    },
+    /// TCP server that sends every client bytes as fast as it reads them (16 KiB send buffers).
+    Endless {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Exit after this many seconds whatever happens.
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
+    /// Opens COUNT slow readers of the endless download at ADDR (4 KiB receive buffers, 16 B
+    /// read a second, spread over several source addresses), then measures the latency
+    /// client's round trips to the echo at PROBE while they read; reports, then holds them.
+    SlowReaders {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        probe: SocketAddr,
+        #[command(flatten)]
+        sources: readers::Sources,
+        #[command(flatten)]
+        plan: load::Plan,
+        #[command(flatten)]
+        pace: load::Pace,
     },
     /// Short-lived clients at a fixed rate, ending in turn cleanly, by drop, by reset, without
     /// reading, or without sending (the soak's connection churn).
@@ -172,13 +189,7 @@ fn main() -> ExitCode {
     };
     let result = match command {
         Command::Echo { listen, max_secs } => load::echo(listen, max_secs),
-        Command::Latency {
-            addr,
-            rate,
-            secs,
-            warmup_secs,
-            size,
-        } => load::latency(addr, rate, secs, warmup_secs, size),
+        Command::Latency { addr, pace } => load::latency(addr, pace),
         Command::ConnectRate {
             addr,
             secs,
@@ -192,6 +203,14 @@ fn main() -> ExitCode {
             kind,
             plan,
         } => load::slow(addr, host, kind, plan),
+        Command::Endless { listen, max_secs } => readers::endless(listen, max_secs),
+        Command::SlowReaders {
+            addr,
+            probe,
+            sources,
+            plan,
+            pace,
+        } => readers::slow_readers(addr, probe, sources, plan, pace),
         Command::Churn {
             addr,
             rate,

@@ -120,6 +120,24 @@ const FIGURES: &[Figure] = &[
         Better::Lower,
     ),
     fig(
+        "slowread_probe_p50_us",
+        "64 B echo at 1,000 req/s, 1 conn, under 1,000 slow readers of another proxy: p50, us",
+        0,
+        Better::Lower,
+    ),
+    fig(
+        "slowread_probe_p99_us",
+        "64 B echo at 1,000 req/s, 1 conn, under 1,000 slow readers of another proxy: p99, us",
+        0,
+        Better::Lower,
+    ),
+    fig(
+        "slowread_probe_failed",
+        "64 B echo at 1,000 req/s, 1 conn, under 1,000 slow readers of another proxy: round trips failed (no echo in 5 s)",
+        0,
+        Better::Lower,
+    ),
+    fig(
         "connrate_conns_per_s",
         "New TCP connections/s (connect, 1 B echo, close)",
         0,
@@ -183,6 +201,12 @@ const FIGURES: &[Figure] = &[
     fig(
         "per_client_slowbody_kib",
         "RSS per slow-body client (1,000 holding a head and 100 B of a body), KiB",
+        1,
+        Better::Lower,
+    ),
+    fig(
+        "per_client_slowread_kib",
+        "RSS per slow reader (1,000 reading 16 B/s of an endless download), KiB",
         1,
         Better::Lower,
     ),
@@ -373,7 +397,7 @@ fn derive(values: &mut BTreeMap<String, Measure>) {
             values.insert(mib.into(), Measure::Num(v / 1024.0));
         }
     }
-    for n in ["1k", "10k", "slowloris", "slowbody"] {
+    for n in ["1k", "10k", "slowloris", "slowbody", "slowread"] {
         let with = get(values, &format!("rss_{n}_kib"));
         let base = get(values, &format!("rss_base_{n}_kib"));
         let held = get(values, &format!("held_{n}"));
@@ -785,6 +809,9 @@ mod tests {
             "tunnelize\t1\trss_base_slowbody_kib\t10240",
             "tunnelize\t1\trss_slowbody_kib\t24576",
             "tunnelize\t1\theld_slowbody\t1024",
+            "tunnelize\t1\trss_base_slowread_kib\t10240",
+            "tunnelize\t1\trss_slowread_kib\t266240",
+            "tunnelize\t1\theld_slowread\t1000",
             "tunnelize\t1\tcpu_s_tcp_1_up\t1",
             "tunnelize\t1\tcpu_s_tcp_1_down\t1",
             "tunnelize\t1\tcpu_s_tcp_8_up\t1",
@@ -802,7 +829,24 @@ mod tests {
         // No client held: no per-client figure rather than a division by zero.
         assert_eq!(get("per_client_10k_kib"), None);
         assert_eq!(get("per_client_slowbody_kib"), Some(14.0));
+        assert_eq!(get("per_client_slowread_kib"), Some(256.0));
         assert_eq!(get("cpu_s_per_gib"), Some(3.0));
+    }
+
+    #[test]
+    fn the_probe_under_slow_readers_sits_beside_the_latency_it_repeats_and_direct_has_it_too() {
+        let at = |key: &str| FIGURES.iter().position(|f| f.key == key).expect(key);
+        assert_eq!(at("slowread_probe_p50_us"), at("lat_p99_us") + 1);
+        assert_eq!(at("slowread_probe_p99_us"), at("lat_p99_us") + 2);
+        assert_eq!(at("slowread_probe_failed"), at("lat_p99_us") + 3);
+        for key in [
+            "slowread_probe_p50_us",
+            "slowread_probe_p99_us",
+            "slowread_probe_failed",
+        ] {
+            assert!(applies(DIRECT, key), "{key}");
+        }
+        assert!(!applies(DIRECT, "per_client_slowread_kib"));
     }
 
     #[test]

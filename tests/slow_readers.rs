@@ -50,12 +50,18 @@ const SIP: usize = 16;
 /// Bytes the endless target sends a client at most (a bound on its loop, never reached).
 const ENDLESS: u64 = 1 << 40;
 
-/// A listener whose accepted sockets have small send buffers: the test's own target sockets
-/// filled to the kernel's 4 MiB each would take its TCP memory (`tcp_mem`) and stall every
-/// socket on the machine.
+/// Held by each test for its whole run: two tests' thousands of sockets at once would measure
+/// each other's load (and memory), and can take the kernel's TCP memory between them.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A listener whose accepted sockets have small send and receive buffers: the test's own
+/// target sockets filled to the kernel's 4-6 MiB each (a send queue toward slow readers, a
+/// receive queue nobody reads) would take its TCP memory (`tcp_mem`) and stall every socket
+/// on the machine.
 fn small_buffer_listener() -> TcpListener {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_send_buffer_size(16 * 1024).unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
     socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     socket.listen(1024).unwrap()
 }
@@ -112,7 +118,7 @@ async fn endless_http_target() -> SocketAddr {
 /// A target that accepts clients and never reads what they send; counts the clients whose
 /// first byte it has seen.
 async fn deaf_target(seen: Arc<AtomicU64>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = small_buffer_listener();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let mut held = Vec::new();
@@ -162,6 +168,25 @@ where
         sockets.push(socket.unwrap());
     }
     sockets
+}
+
+/// The opened readers, once every one of them had its first bytes (else the test fails with
+/// the first reasons and the daemons' last lines).
+fn every_reader<R>(opened: Vec<Result<R, String>>, hub: &Daemon, tunnel: &Daemon) -> Vec<R> {
+    let (readers, failed): (Vec<_>, Vec<_>) = opened.into_iter().partition(Result::is_ok);
+    assert!(
+        failed.is_empty(),
+        "{} of {SLOW} slow readers had no first bytes: {:?}\nhub:\n{}\ntunnel:\n{}",
+        failed.len(),
+        failed
+            .into_iter()
+            .filter_map(Result::err)
+            .take(3)
+            .collect::<Vec<_>>(),
+        hub.tail(),
+        tunnel.tail()
+    );
+    readers.into_iter().filter_map(Result::ok).collect()
 }
 
 /// Keeps each reader reading [`SIP`] bytes a second until the set is dropped.
@@ -259,6 +284,7 @@ async fn start(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_slow_readers_of_one_proxy_do_not_stall_another() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (hub, tunnel, slow, app) = start(dir.path(), endless_target().await).await;
     let idle = (hub.rss(), tunnel.rss());
@@ -272,21 +298,7 @@ async fn a_thousand_slow_readers_of_one_proxy_do_not_stall_another() {
         }
     })
     .await;
-    let (readers, failed): (Vec<_>, Vec<_>) = opened.into_iter().partition(Result::is_ok);
-    assert!(
-        failed.is_empty(),
-        "{} of {SLOW} slow readers had no first bytes: {:?}\nhub:\n{}\ntunnel:\n{}",
-        failed.len(),
-        failed
-            .into_iter()
-            .filter_map(Result::err)
-            .take(3)
-            .collect::<Vec<_>>(),
-        hub.tail(),
-        tunnel.tail()
-    );
-    let readers = readers.into_iter().filter_map(Result::ok).collect();
-    let _sipping = sip(readers);
+    let _sipping = sip(every_reader(opened, &hub, &tunnel));
     let failed = probe_all(app).await;
     assert!(
         failed.is_empty(),
@@ -301,6 +313,7 @@ async fn a_thousand_slow_readers_of_one_proxy_do_not_stall_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_reads_nothing_does_not_stall_another_proxy() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let seen = Arc::new(AtomicU64::new(0));
     let (hub, tunnel, slow, app) = start(dir.path(), deaf_target(seen.clone()).await).await;
@@ -413,6 +426,7 @@ async fn probe_all_web(web: &Web) -> Vec<String> {
 /// 1,000 slow readers of `big.test.local` on the hub's http (or, with `tls`, https) service,
 /// and 40 requests for `app.test.local` meanwhile; each daemon's memory within `bound`.
 async fn slow_readers_of_a_hostname(tls: bool, bound: u64) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     common::require_open_files((2 * SLOW + 500) as u64);
     let dir = tempfile::tempdir().unwrap();
     let big = endless_http_target().await;
@@ -491,21 +505,7 @@ async fn slow_readers_of_a_hostname(tls: bool, bound: u64) {
         }
     })
     .await;
-    let (readers, failed): (Vec<_>, Vec<_>) = opened.into_iter().partition(Result::is_ok);
-    assert!(
-        failed.is_empty(),
-        "{} of {SLOW} slow readers had no first bytes: {:?}\nhub:\n{}\ntunnel:\n{}",
-        failed.len(),
-        failed
-            .into_iter()
-            .filter_map(Result::err)
-            .take(3)
-            .collect::<Vec<_>>(),
-        hub.tail(),
-        tunnel.tail()
-    );
-    let readers = readers.into_iter().filter_map(Result::ok).collect();
-    let _sipping = sip(readers);
+    let _sipping = sip(every_reader(opened, &hub, &tunnel));
     let failed = probe_all_web(&web).await;
     assert!(
         failed.is_empty(),

@@ -149,33 +149,51 @@ pub async fn serve_socket(
                 continue;
             }
         };
-        let (router, stop) = (router.clone(), shutdown.clone());
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(caller.clone());
-                let mut router = router.clone();
-                async move { router.call(req).await }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(TLS_DEADLINE)
-                .serve_connection(TokioIo::new(socket), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                r = connection.as_mut() => if let Err(e) = r {
-                    debug!(error = %e, "admin socket connection ended with an error");
-                },
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
+        connections.spawn(serve_connection(
+            socket,
+            caller,
+            router.clone(),
+            shutdown.clone(),
+        ));
     }
     connections.close();
     // Requests in flight finish (a reload's answer, say); bounded by their own deadlines.
     let _ = tokio::time::timeout(TLS_DEADLINE, connections.wait()).await;
     let _ = std::fs::remove_file(&path);
+}
+
+/// Serves HTTP/1.1 requests from `caller` on `io` with `router` (each request carries the
+/// caller in its extensions), heads under [`TLS_DEADLINE`], until the peer closes or `stop`
+/// (then the request in flight is finished).
+async fn serve_connection<IO>(
+    io: IO,
+    caller: super::api::Caller,
+    router: Router,
+    stop: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let who = caller.to_string();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(caller.clone());
+        let mut router = router.clone();
+        async move { router.call(req).await }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(TLS_DEADLINE)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = ended {
+        debug!(caller = %who, error = %e, "admin connection ended with an error");
+    }
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown`.
@@ -217,22 +235,7 @@ pub async fn serve_tls(
                 Ok(Err(e)) => return debug!(%peer, error = %e, "admin TLS handshake failed"),
                 Err(_) => return debug!(%peer, "admin TLS handshake timed out"),
             };
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(super::api::Caller::Tls(peer));
-                let mut router = router.clone();
-                async move { router.call(req).await }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(TLS_DEADLINE)
-                .serve_connection(TokioIo::new(tls), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                r = connection.as_mut() => if let Err(e) = r {
-                    debug!(%peer, error = %e, "admin connection ended with an error");
-                },
-                () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
-            }
+            serve_connection(tls, super::api::Caller::Tls(peer), router, stop).await;
         });
     }
 }

@@ -79,6 +79,23 @@ gzip -9n "$NEW"/man/*.1
 "$BIN/tunnelizectl" completions bash >"$NEW/completions/tunnelizectl.bash"
 "$BIN/tunnelizectl" completions zsh >"$NEW/completions/_tunnelizectl"
 "$BIN/tunnelizectl" completions fish >"$NEW/completions/tunnelizectl.fish"
+# The .deb's changelog, whose first entry must be the package's version (lintian, and
+# `apt changelog`): packaging/debian/changelog, with an entry on top for --deb-version when
+# that is another version.
+CHANGELOG=$ROOT/packaging/debian/changelog
+TOP=$(sed -n '1s/^tunnelize (\([^)]*\)).*/\1/p' "$CHANGELOG")
+if [ -n "$DEB_VERSION" ] && [ "$DEB_VERSION" != "$TOP" ]; then
+  {
+    printf 'tunnelize (%s) unstable; urgency=medium\n\n' "$DEB_VERSION"
+    printf '  * Built as version %s from %s (packaging/build.sh --deb-version).\n\n' \
+      "$DEB_VERSION" "$TOP"
+    printf ' -- tunnelize developers <tunnelize@lists.tunnelize.invalid>  %s\n\n' \
+      "$(date -R -u -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}")"
+    cat "$CHANGELOG"
+  } >"$NEW/changelog"
+else
+  cp "$CHANGELOG" "$NEW/changelog"
+fi
 chmod 0755 "$NEW"
 rm -rf "$GEN"
 mv "$NEW" "$GEN"

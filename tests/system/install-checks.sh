@@ -429,6 +429,9 @@ check "apt-get installs the newer version over it" \
   apt-get install -y --no-install-recommends "$UPGRADE" </dev/null
 check "dpkg has the new version" \
   sh -c "[ \"\$(dpkg-query -W -f '\${Version}' tunnelize)\" = \"$(dpkg-deb -f "$UPGRADE" Version)\" ]"
+check "its changelog's first entry is that version" \
+  sh -c "zcat /usr/share/doc/tunnelize/changelog.Debian.gz | head -n 1 | tee /dev/stderr |
+    grep -qF \"tunnelize ($(dpkg-deb -f "$UPGRADE" Version))\""
 check "hub.toml is the edited one, byte for byte" sh -c "echo '$SUM' | sha256sum -c"
 check "with its mode and group" mode_owner $CONF/hub.toml "640 root tunnelize"
 untouched() {

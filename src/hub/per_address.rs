@@ -5,8 +5,8 @@
 //! Counted at accept, for the public connections of tcp proxies and http/https services, for
 //! as long as each connection is open ([`AddressSlot`]). An IPv6 client counts by its /64, the
 //! block one host is usually given; an IPv4-mapped IPv6 address counts as its IPv4 address.
-//! An upgraded http connection (WebSocket) counts until its upgrade; from then on it counts
-//! as a client of its tunnel (`clients_per_tunnel`).
+//! An upgraded http connection (WebSocket) counts for as long as it lives: its splice holds
+//! the place after the connection's own task has ended.
 //! The table holds one entry per address with a connection open, so it is bounded by the
 //! connections the hub holds. One `parking_lot::Mutex`, held for a map operation only.
 

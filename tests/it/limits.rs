@@ -365,3 +365,48 @@ async fn connections_beyond_the_per_address_limit_are_closed_and_other_addresses
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_keeps_its_place_under_the_per_address_limit() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut config = hub_config(vec![http_any("web", "test.local")]);
+    config.limits = Limits {
+        connections_per_address: 2,
+        ..Limits::default()
+    };
+    let hub = start_hub_with(config).await;
+    let app = common::web::start_app("ws").await;
+    let mut site = proxy("ws", "web", app.addr, None);
+    site.hostname = Some("ws".into());
+    let _tunnel = start_tunnel(tunnel_config(&hub, vec![site])).await;
+    let web = hub.services["web"];
+    // Two WebSockets from 127.0.0.1: once upgraded, each still holds its place.
+    let mut sockets = Vec::new();
+    for i in 0..2u8 {
+        let socket = connect_from([127, 0, 0, 1], web).await;
+        let (mut ws, response) = tokio_tungstenite::client_async("ws://ws.test.local/ws", socket)
+            .await
+            .expect("websocket handshake through the hub");
+        assert_eq!(response.status(), 101);
+        ws.send(Message::binary(vec![i; 16])).await.unwrap();
+        let echoed = tokio::time::timeout(DEADLINE, ws.next()).await.unwrap();
+        assert_eq!(echoed.unwrap().unwrap().into_data().as_ref(), [i; 16]);
+        sockets.push(ws);
+    }
+    let mut third = connect_from([127, 0, 0, 1], web).await;
+    assert!(
+        !http_answers(&mut third).await,
+        "a third connection from the address is closed while two upgraded ones live"
+    );
+    // Closing one gives its place back.
+    let mut first = sockets.remove(0);
+    first.close(None).await.unwrap();
+    drop(first);
+    eventually("the closed websocket's place back", DEADLINE, || async {
+        let mut again = connect_from([127, 0, 0, 1], web).await;
+        http_answers(&mut again).await.then_some(())
+    })
+    .await;
+}

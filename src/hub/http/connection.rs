@@ -29,6 +29,7 @@ use super::gate::HeadGate;
 use super::request::handle;
 use super::upstream::Kept;
 use crate::hub::metrics::Rejection;
+use crate::hub::per_address::AddressSlot;
 
 /// A client connection as the servers take it: the socket, or TLS over it.
 pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -52,6 +53,7 @@ pub(super) async fn serve_http1(
     io: impl ClientIo,
     peer: SocketAddr,
     stop: CancellationToken,
+    place: Arc<AddressSlot>,
 ) {
     let inspector = Arc::new(Mutex::new(HeadInspector::new(front.config.max_head_size)));
     let mut io = HeadGate::new(io, inspector.clone());
@@ -67,7 +69,7 @@ pub(super) async fn serve_http1(
         Err(_) => return debug!(timeout = ?limit, "no whole request head in time; closing"),
     }
     // Boxed: the waiting above holds none of hyper's state.
-    Box::pin(run_http1(front, io, peer, inspector, stop)).await;
+    Box::pin(run_http1(front, io, peer, inspector, stop, place)).await;
 }
 
 /// hyper's HTTP/1.1 server on a connection whose first head is held in its [`HeadGate`].
@@ -77,11 +79,15 @@ async fn run_http1(
     peer: SocketAddr,
     inspector: Arc<Mutex<HeadInspector>>,
     stop: CancellationToken,
+    place: Arc<AddressSlot>,
 ) {
     let handler = front.clone();
     let kept = Arc::new(Kept::default());
     let requests_kept = kept.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        // An upgraded connection outlives this task: its splice holds the client address's
+        // place from here (`request::Upgrade`).
+        req.extensions_mut().insert(place.clone());
         let verdict = inspector.lock().next_verdict();
         handle(
             handler.clone(),

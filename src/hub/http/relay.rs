@@ -17,6 +17,7 @@ use super::Frontend;
 use super::body::{Body, Watched};
 use super::headers::strip_hop_by_hop;
 use super::metered::{Direction, Metered};
+use super::request::Upgrade;
 use crate::hub::clients::ClientGuard;
 use crate::mux::Meter;
 
@@ -32,7 +33,7 @@ pub(super) struct Relay {
 pub(super) fn finish(
     front: &Frontend,
     relay: Relay,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<Upgrade>,
     upgrade: bool,
 ) -> Response<Body> {
     if relay.response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -63,7 +64,7 @@ pub(super) fn finish(
 
 /// Passes the 101 on to the client and spawns the task that splices the two connections once
 /// both sides have switched.
-fn switch_protocols(front: &Frontend, relay: Relay, client_upgrade: OnUpgrade) -> Response<Body> {
+fn switch_protocols(front: &Frontend, relay: Relay, client_upgrade: Upgrade) -> Response<Body> {
     let Relay {
         mut response,
         meter,
@@ -81,12 +82,13 @@ fn switch_protocols(front: &Frontend, relay: Relay, client_upgrade: OnUpgrade) -
 /// Copies both ways between the upgraded client and target connections until either closes
 /// or the hub disconnects the client (`listed` is cancelled), then meters what was copied.
 async fn splice(
-    client_upgrade: OnUpgrade,
+    client_upgrade: Upgrade,
     upstream_upgrade: OnUpgrade,
     meter: Meter,
     listed: Arc<ClientGuard>,
 ) {
-    let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+    let Upgrade { on, place: _place } = client_upgrade;
+    let (client, upstream) = match tokio::try_join!(on, upstream_upgrade) {
         Ok(both) => both,
         Err(e) => return debug!(error = %e, "upgrade failed"),
     };

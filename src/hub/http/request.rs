@@ -17,6 +17,8 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
+
+use crate::hub::per_address::AddressSlot;
 use tracing::warn;
 
 use super::ahead;
@@ -43,11 +45,19 @@ pub(super) struct ClientRequest {
     pub declared: Option<u64>,
     /// Whether it asks for an upgrade (WebSocket), and the client side of that upgrade.
     pub upgrade: bool,
-    pub client_upgrade: Option<OnUpgrade>,
+    pub client_upgrade: Option<Upgrade>,
     /// Without a body, a request can be sent again as it is.
     pub bodyless: bool,
     /// Idempotent, bodyless and no upgrade: safe to send again after a lost connection.
     pub replayable: bool,
+}
+
+/// The client's side of an upgrade it asked for: its connection once switched, and its
+/// address's place (`[limits] connections_per_address`), which the upgraded connection holds
+/// for as long as it lives.
+pub(crate) struct Upgrade {
+    pub on: OnUpgrade,
+    pub place: Option<Arc<AddressSlot>>,
 }
 
 /// Answers one request: validated, then routed and forwarded.
@@ -147,7 +157,10 @@ fn validate(
 /// Splits a valid request into what forwarding it needs.
 fn take_apart(mut req: Request<Incoming>, host: String, peer: SocketAddr) -> ClientRequest {
     let upgrade = is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| Upgrade {
+        place: req.extensions().get::<Arc<AddressSlot>>().cloned(),
+        on: hyper::upgrade::on(&mut req),
+    });
     let (mut head, body) = req.into_parts();
     head.extensions = http::Extensions::new();
     headers::own_head(&mut head);

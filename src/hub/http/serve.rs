@@ -15,6 +15,7 @@ use super::{Frontend, SharedAcceptor, auth};
 use crate::config::HttpService;
 use crate::hub::Shared;
 use crate::hub::idle::IdleIo;
+use crate::hub::per_address::AddressSlot;
 
 /// Serves one http/https service on `listener` until `shutdown`.
 pub(crate) async fn serve(
@@ -57,14 +58,11 @@ async fn accept_loop(
                 Ok((socket, peer, place)) => {
                     // The certificates in force now (a reload may have renewed them).
                     let acceptor = acceptor.read().clone();
-                    let serve = serve_connection(front.clone(), socket, peer, acceptor, shutdown.clone());
-                    front.shared.tasks.spawn(
-                        async move {
-                            serve.await;
-                            drop(place);
-                        }
-                        .instrument(info_span!("connection", %peer)),
-                    );
+                    // Held by the connection's task, and by an upgraded connection's splice
+                    // for as long as that lives.
+                    let place = Arc::new(place);
+                    let serve = serve_connection(front.clone(), socket, peer, acceptor, shutdown.clone(), place);
+                    front.shared.tasks.spawn(serve.instrument(info_span!("connection", %peer)));
                 }
                 Err(e) => {
                     warn!(error = %e, "accepting an http client failed");
@@ -82,14 +80,15 @@ async fn serve_connection(
     peer: SocketAddr,
     acceptor: Option<TlsAcceptor>,
     stop: CancellationToken,
+    place: Arc<AddressSlot>,
 ) {
     crate::mux::tune_socket(&socket);
     // Every wait on the client (body, keep-alive, upgraded bytes) ends after idle_timeout.
     let socket = IdleIo::new(socket, front.shared.config.idle_timeout);
     match acceptor {
-        None => serve_http1(front, socket, peer, stop).await,
+        None => serve_http1(front, socket, peer, stop, place).await,
         // Boxed: a plain connection's task holds none of the TLS and h2 state.
-        Some(acceptor) => Box::pin(serve_tls(front, socket, peer, acceptor, stop)).await,
+        Some(acceptor) => Box::pin(serve_tls(front, socket, peer, acceptor, stop, place)).await,
     }
 }
 
@@ -100,6 +99,7 @@ async fn serve_tls(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     stop: CancellationToken,
+    place: Arc<AddressSlot>,
 ) {
     let limit = front.config.header_timeout;
     let tls = match tokio::time::timeout(limit, acceptor.accept(socket)).await {
@@ -108,8 +108,10 @@ async fn serve_tls(
         Err(_) => return debug!("TLS handshake timed out"),
     };
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        // No upgrades in h2: the connection's task holds its place.
         serve_h2(front, tls, peer, stop).await;
+        drop(place);
     } else {
-        serve_http1(front, tls, peer, stop).await;
+        serve_http1(front, tls, peer, stop, place).await;
     }
 }

@@ -176,6 +176,36 @@ struct State {
     held: GraceTable<(Transport, PortKey)>,
 }
 
+/// The ports of `proxies` that `session` still owns, as reservations for `key_name` until
+/// `until`: what it leaves held when it departs, or across a restart.
+fn owned_ports(
+    state: &State,
+    session: &TunnelSession,
+    proxies: &[ExposedProxy],
+    key_name: &str,
+    until: Instant,
+) -> Vec<((Transport, PortKey), Reservation)> {
+    proxies
+        .iter()
+        .filter_map(|proxy| {
+            let port = proxy.claim?;
+            (state.ports.get(&port) == Some(&session.id)).then(|| {
+                (
+                    port,
+                    Reservation {
+                        key_name: key_name.to_owned(),
+                        tunnel_id: session.id,
+                        service: proxy.service.clone(),
+                        proxy: proxy.name.clone(),
+                        group: None,
+                        until,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
 /// A session refused by [`Registry::insert_within`]: the hub already serves this many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelLimit(pub usize);
@@ -304,19 +334,9 @@ impl Registry {
             if present
                 && let Some(key_name) = session.key_name.as_ref().filter(|_| !grace.is_zero())
             {
-                for proxy in &proxies {
-                    let Some(port) = proxy.claim else { continue };
-                    if state.ports.get(&port) != Some(&session.id) {
-                        continue;
-                    }
-                    let reservation = Reservation {
-                        key_name: key_name.clone(),
-                        tunnel_id: session.id,
-                        service: proxy.service.clone(),
-                        proxy: proxy.name.clone(),
-                        group: None,
-                        until: now + grace,
-                    };
+                for (port, reservation) in
+                    owned_ports(state, session, &proxies, key_name, now + grace)
+                {
                     state.held.hold(port, reservation, now);
                 }
             }
@@ -334,24 +354,15 @@ impl Registry {
         let state = self.state.lock();
         let mut holds = state.held.live(now);
         for session in state.tunnels.values() {
-            let Some(key_name) = &session.key_name else {
-                continue;
-            };
-            for proxy in session.proxies() {
-                let Some(port) = proxy.claim else { continue };
-                if state.ports.get(&port) == Some(&session.id) {
-                    holds.push((
-                        port,
-                        Reservation {
-                            key_name: key_name.clone(),
-                            tunnel_id: session.id,
-                            service: proxy.service.clone(),
-                            proxy: proxy.name.clone(),
-                            group: None,
-                            until: now + grace,
-                        },
-                    ));
-                }
+            if let Some(key_name) = &session.key_name {
+                let proxies = session.proxies();
+                holds.extend(owned_ports(
+                    &state,
+                    session,
+                    &proxies,
+                    key_name,
+                    now + grace,
+                ));
             }
         }
         holds

@@ -698,21 +698,10 @@ fn gen_key(file: Option<&Path>) -> Result<()> {
 
 /// Gives `file` to [`KEY_GROUP`]: `Ok(false)` when the group does not exist.
 fn give_to_key_group(file: &std::fs::File) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let name = std::ffi::CString::new(KEY_GROUP).map_err(std::io::Error::other)?;
-    // SAFETY: getgrnam with a NUL-terminated name; the entry is read at once, before any other
-    // call that could reuse its static storage.
-    let gid = unsafe {
-        let entry = libc::getgrnam(name.as_ptr());
-        if entry.is_null() {
-            return Ok(false);
-        }
-        (*entry).gr_gid
+    let Some(gid) = tunnelize::daemon::account::group_id(KEY_GROUP) else {
+        return Ok(false);
     };
-    // SAFETY: fchown on a descriptor this function borrows; -1 (as uid_t) keeps the owner.
-    if unsafe { libc::fchown(file.as_raw_fd(), libc::uid_t::MAX, gid) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    std::os::unix::fs::fchown(file, None, Some(gid))?;
     Ok(true)
 }
 

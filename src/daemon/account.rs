@@ -117,6 +117,17 @@ impl Account {
     }
 }
 
+/// The id of group `name`, if there is one.
+pub fn group_id(name: &str) -> Option<u32> {
+    let c_name = CString::new(name).ok()?;
+    // SAFETY: getgrnam with a NUL-terminated name; the id is copied out at once, before any
+    // other call that could reuse the entry's static storage.
+    unsafe {
+        let entry = libc::getgrnam(c_name.as_ptr());
+        (!entry.is_null()).then(|| (*entry).gr_gid)
+    }
+}
+
 /// The name of user `uid`, or the number when it has none.
 pub fn user_name(uid: u32) -> String {
     // SAFETY: getpwuid returns a pointer to static storage or null; the name is copied out
@@ -156,6 +167,17 @@ mod tests {
         assert!(!me.user.is_empty() && !me.group.is_empty());
         // SAFETY: no pointers.
         assert_eq!(me.uid, unsafe { libc::geteuid() });
+    }
+
+    #[test]
+    fn a_group_is_found_by_name_and_a_missing_one_is_none() {
+        // SAFETY: no pointers.
+        let gid = unsafe { libc::getegid() };
+        let name = group_name(gid);
+        if name != gid.to_string() {
+            assert_eq!(group_id(&name), Some(gid), "group {name}");
+        }
+        assert_eq!(group_id("no-such-group-for-tunnelize-tests"), None);
     }
 
     #[test]

@@ -4,22 +4,24 @@
 #   packaging/build.sh            -> target/packaging/tunnelize_<version>_<arch>.deb and .rpm
 #   packaging/build.sh --check    also runs lintian and rpmlint on them (installed if missing)
 #
-# For tests (tests/system/install-test.sh), a .deb of the dev-profile binaries that `cargo test`
-# has already built, in seconds instead of a release build's minutes:
+# For tests (tests/system/install-test.sh), packages of the dev-profile binaries that
+# `cargo test` has already built, in seconds instead of a release build's minutes:
 #
 #   packaging/build.sh --profile dev --output DIR [--deb-version 0.1.0-1+test]
 #
 #   --profile NAME      cargo profile of the binaries (default: release). Any other profile
-#                       builds only the .deb, with fast compression.
+#                       gets fast compression.
 #   --deb-only          no .rpm
 #   --deb-version V     the .deb's version, revision included (default: Cargo.toml's, -1)
 #   --no-build          package the binaries as they are (no `cargo build` first)
 #   --output DIR        where the packages go (default: target/packaging)
 #
-# Installs cargo-deb (and cargo-generate-rpm when it builds the .rpm) into
-# target/packaging/tools, or $TUNNELIZE_PACKAGING_TOOLS, when they are not on PATH. Man pages
-# and shell completions are generated from the CLI definitions first, so the packages ship
-# what the binaries accept.
+# Installs cargo-deb into target/packaging/tools, or $TUNNELIZE_PACKAGING_TOOLS, when it is
+# not on PATH. The .rpm is packaging/rpm/tunnelize.spec built by rpmbuild (Debian's package
+# rpm, Fedora's rpm-build), which build.sh installs with apt-get when it runs as root and
+# rpmbuild is missing. Man pages and shell completions are generated from the CLI
+# definitions first, so the packages ship what the binaries accept. Prints the path of each
+# package it wrote, one per line, on its standard output.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$ROOT/target/packaging
@@ -39,8 +41,6 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-# The .rpm's assets name target/release/ literally; other profiles make a .deb only.
-[ "$PROFILE" = release ] || DEB_ONLY=1
 cd "$ROOT"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -54,13 +54,22 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$BIN_DIR
 export PATH="$TOOLS/bin:$PATH"
 # Pinned: cargo-deb warns that --profile dev may become an error in a later version.
 tools=(cargo-deb@3.8.0)
-[ $DEB_ONLY = 1 ] || tools+=(cargo-generate-rpm@0.21.1)
 for tool in "${tools[@]}"; do
   if ! command -v "${tool%@*}" >/dev/null 2>&1; then
     echo "installing $tool into $TOOLS" >&2
     cargo install --locked --root "$TOOLS" "$tool" >&2
   fi
 done
+if [ $DEB_ONLY = 0 ] && ! command -v rpmbuild >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing rpm (for rpmbuild)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rpm >&2
+  else
+    echo "build.sh: rpmbuild is missing: install it (apt-get install rpm, dnf install rpm-build)" \
+      "or build the .deb alone with --deb-only" >&2
+    exit 1
+  fi
+fi
 
 # After `cargo test` the dev-profile binaries are up to date and this takes a second.
 [ $BUILD = 0 ] || cargo build --profile "$PROFILE" --bin tunnelize --bin tunnelizectl >&2
@@ -106,8 +115,19 @@ deb_args=(--no-build --strip --output "$OUT/")
 # cargo-deb prints the path of the package it wrote: the one line on our standard output.
 cargo deb "${deb_args[@]}"
 if [ $DEB_ONLY = 0 ]; then
-  cargo generate-rpm --output "$OUT/" >&2
-  ls -1 "$OUT"/*.rpm
+  VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+  ARCH=$(uname -m)
+  TOP=$(mktemp -d "$ROOT/target/packaging/rpmbuild.XXXXXX")
+  trap 'rm -rf "$NEW" "$TOP"' EXIT
+  rpm_args=(
+    --define "_topdir $TOP" --define "_rpmdir $OUT"
+    --define "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm"
+    --define "tz_version $VERSION" --define "tz_release 1" --define "tz_root $ROOT"
+    --define "tz_bin $BIN" --define "tz_gen $GEN"
+  )
+  [ "$PROFILE" = release ] || rpm_args+=(--define "_binary_payload w1.gzdio")
+  rpmbuild -bb --quiet --target "$ARCH" "${rpm_args[@]}" "$ROOT/packaging/rpm/tunnelize.spec" >&2
+  echo "$OUT/tunnelize-$VERSION-1.$ARCH.rpm"
 fi
 
 if [ $CHECK = 1 ]; then
@@ -119,10 +139,16 @@ if [ $CHECK = 1 ]; then
   fi
   echo "== lintian" >&2
   # Suppressed, on purpose: the prerm stops the units with systemctl (debhelper would generate
-  # the same); the example configurations under /etc are 0640 because they hold keys.
+  # the same); the example configurations under /etc are 0640 because they hold keys; the
+  # package is not uploaded to Debian, so its changelog closes no Debian bug.
   lintian --fail-on error --suppress-tags-from-file "$ROOT/packaging/lintian-overrides.txt" "$OUT"/*.deb >&2
   if [ $DEB_ONLY = 0 ]; then
+    # Clean, or build.sh fails: each finding that stays is filtered with its reason in
+    # packaging/rpmlint.toml.
     echo "== rpmlint (findings explained in packaging/rpmlint.toml)" >&2
-    rpmlint -c "$ROOT/packaging/rpmlint.toml" "$OUT"/*.rpm >&2 || true
+    report=$(rpmlint -c "$ROOT/packaging/rpmlint.toml" "$OUT"/*.rpm 2>&1) || true
+    echo "$report" >&2
+    echo "$report" | grep -q ' 0 errors, 0 warnings' ||
+      { echo "build.sh: rpmlint has findings that packaging/rpmlint.toml does not explain" >&2; exit 1; }
   fi
 fi

@@ -2,18 +2,21 @@
 # tests/system/install-checks.sh: the checks of the install test, run *inside* the booted
 # Debian container by install-test.sh (as root, under the container's own systemd):
 #
-#   install-checks.sh FIRST.deb UPGRADE.deb
+#   install-checks.sh FIRST.deb UPGRADE.deb PACKAGE.rpm
 #
 # Installs the package with apt, then checks what an operator does with it, in order: the
 # unedited hub refuses to start, a configured one reaches `active` through sd_notify, a member
-# of group tunnelize uses tunnelizectl over the socket, reload, structured journal entries, a
+# of group tunnelize-admin uses tunnelizectl over the socket, reload, structured journal entries, a
 # tunnel@ instance forwarding through the hub, a clean stop, an upgrade that keeps the edited
-# configuration, and a purge that removes it. Prints one PASS or FAIL line per check (and the
-# evidence of each failure) and exits with the number of failures.
+# configuration, and a purge that removes it; then the .rpm, installed with rpm and erased.
+# Prints one PASS or FAIL line per check (and the evidence of each failure) and exits with the
+# number of failures.
 set -u
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
-DEB=${1:?usage: install-checks.sh FIRST.deb UPGRADE.deb}
-UPGRADE=${2:?usage: install-checks.sh FIRST.deb UPGRADE.deb}
+USAGE="usage: install-checks.sh FIRST.deb UPGRADE.deb PACKAGE.rpm"
+DEB=${1:?$USAGE}
+UPGRADE=${2:?$USAGE}
+RPM=${3:?$USAGE}
 FAILS=0
 LOG=/tmp/install-checks.out   # the output of the last command a check ran
 J=/tmp/install-checks.journal # the journal excerpt a check reads
@@ -461,6 +464,66 @@ check "dpkg has forgotten the package" sh -c "! dpkg-query -W -f '\${Status}' tu
 if getent passwd tunnelize >/dev/null; then
   echo "INFO: the tunnelize system user stays after a purge (Debian practice: files it owned may remain)"
 fi
+
+echo "== the .rpm ($(basename "$RPM")): installed with rpm on the same systemd, then erased"
+# As on a machine that never had the .deb: its account goes first, so %pre must make it.
+userdel tunnelize 2>/dev/null
+groupdel tunnelize-admin 2>/dev/null
+groupdel tunnelize 2>/dev/null
+# Fedora's preset policy (99-default-disable.preset), which %post applies on a first install.
+mkdir -p /etc/systemd/system-preset
+echo 'disable *' >/etc/systemd/system-preset/99-default-disable.preset
+check "rpm -i installs it (--nodeps: this Debian's libraries are in no rpm database)" \
+  rpm -i --nodeps "$RPM"
+check "%pre made the account and both groups" \
+  sh -c 'getent passwd tunnelize && getent group tunnelize && getent group tunnelize-admin'
+# rpm -V compares each file's digest, mode, owner and group with the package: group
+# tunnelize existed when the files were written. (--nodeps: see rpm -i.)
+check "rpm -V finds every file as packaged" rpm -V --nodeps tunnelize
+check "/etc/tunnelize is 0750 root:tunnelize" mode_owner $CONF "750 root tunnelize"
+check "hub.toml is 0640 root:tunnelize" mode_owner $CONF/hub.toml "640 root tunnelize"
+owned() {
+  local dir
+  for dir in $CONF /usr/share/doc/tunnelize /usr/share/licenses/tunnelize; do
+    rpm -qf "$dir" || return 1
+  done
+}
+check "rpm owns /etc/tunnelize and the doc and licence directories" owned
+check "the licence is installed" sh -c "rpm -q --licensefiles tunnelize | grep -x /usr/share/licenses/tunnelize/LICENSE && grep -q 'MIT License' /usr/share/licenses/tunnelize/LICENSE"
+check "it recommends ca-certificates" sh -c 'rpm -q --recommends tunnelize | grep -x ca-certificates'
+check "the binaries run" sh -c 'tunnelize --version && tunnelizectl --version'
+check "systemd knows the units (%post ran daemon-reload)" \
+  sh -c 'systemctl cat tunnelize-hub.service tunnelize-tunnel@x.service >/dev/null'
+check "/var/lib/tunnelize and /run/tunnelize are made (tmpfiles.d)" \
+  sh -c 'mode_owner() { [ "$(stat -c "%a %U %G" "$1")" = "$2" ]; }
+    mode_owner /var/lib/tunnelize "750 tunnelize tunnelize" && mode_owner /run/tunnelize "755 tunnelize tunnelize"'
+check "nothing is started, and the preset policy leaves the hub disabled" \
+  sh -c '! systemctl is-active -q tunnelize-hub; [ "$(systemctl is-enabled tunnelize-hub)" = disabled ]'
+install -d -m 0750 -g tunnelize $CONF/keys
+tunnelize gen-key $CONF/keys/demo.key >/dev/null
+cat >>$CONF/hub.toml <<'TOML'
+
+# Added by the install test.
+[[keys]]
+name = "demo"
+key_file = "/etc/tunnelize/keys/demo.key"
+TOML
+check "the configured hub starts and is enabled" systemctl enable --now $HUB
+check "a tunnel@ instance is enabled" systemctl enable $TUNNEL
+check "rpm -e tunnelize succeeds" rpm -e tunnelize
+check "the hub was stopped (%preun)" sh -c "! systemctl is-active -q $HUB && ! ps -u tunnelize --no-headers"
+check "no enablement link is left, of the hub or of the tunnel@ instance (%preun)" \
+  sh -c '! find /etc/systemd/system -name "tunnelize*" | grep .'
+check "the units are gone, and systemd forgot them (%postun)" \
+  sh -c '! ls /usr/lib/systemd/system/tunnelize* 2>/dev/null && ! systemctl cat tunnelize-hub.service 2>/dev/null'
+check "the doc and licence directories are gone" \
+  sh -c '! test -e /usr/share/doc/tunnelize && ! test -e /usr/share/licenses/tunnelize'
+check "/run/tunnelize is gone" test ! -e /run/tunnelize
+check "the edited hub.toml is kept as hub.toml.rpmsave, with the added keys" \
+  sh -c "grep -q 'Added by the install test' $CONF/hub.toml.rpmsave && test -s $CONF/keys/demo.key"
+check "rpm has forgotten the package" sh -c '! rpm -q tunnelize'
+rm -rf $CONF
+rm -f /etc/systemd/system-preset/99-default-disable.preset
 
 echo "== $FAILS failed"
 exit $FAILS

@@ -4,20 +4,22 @@
 #
 #   tests/system/install-test.sh
 #
-# 1. builds two .debs of the dev-profile binaries (`cargo test` has built them; a release
-#    build is not needed to test the packaging): the current version and a newer one;
+# 1. builds two .debs and an .rpm of the dev-profile binaries (`cargo test` has built them; a
+#    release build is not needed to test the packaging): the current version and a newer one,
+#    and checks the .rpm from outside (rpmlint, the directories it owns, stripped binaries);
 # 2. debootstraps a minimal Debian bookworm with systemd, while the packages build (cached
 #    under target/install-test/cache, or $INSTALL_TEST_CACHE: a second run skips it);
 # 3. boots a copy of it with systemd-nspawn (its own network namespace: only loopback, so the
 #    packaged default ports are fine) and waits for multi-user;
 # 4. runs tests/system/install-checks.sh inside it (install, start, tunnelizectl, reload,
-#    journal, a tunnel@ instance forwarding, stop, upgrade, purge), which prints a PASS or FAIL
-#    line per check;
+#    journal, a tunnel@ instance forwarding, stop, upgrade, purge; then the .rpm installed and
+#    erased with rpm), which prints a PASS or FAIL line per check;
 # 5. stops the container and removes it, its cgroups and its copy of the file system, also on
 #    failure or Ctrl-C.
 #
-# Exits 0 when every check passed. Needs debootstrap, systemd-nspawn (systemd-container) and
-# nsenter; installs the first two with apt-get when missing. Environment:
+# Exits 0 when every check passed. Needs debootstrap, systemd-nspawn (systemd-container),
+# rpmbuild and rpmlint (rpm, rpmlint) and nsenter; installs all but the last with apt-get when
+# missing. Environment:
 #   INSTALL_TEST_PROFILE=release   package release binaries instead (default: dev)
 #   INSTALL_TEST_KEEP=1            keep the container's file system (target/install-test/run.*)
 #   INSTALL_TEST_CACHE=DIR         where the debootstrapped file system is kept between runs
@@ -33,8 +35,9 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PROFILE=${INSTALL_TEST_PROFILE:-dev}
 # What the checks use besides systemd: apt's dependency resolution needs adduser (a Depends:
 # of the package) already there, as the container has no network; busybox is the local
-# target (httpd); curl the client; procps ps.
-INCLUDE=systemd,systemd-sysv,dbus,adduser,busybox,curl,procps
+# target (httpd); curl the client; procps ps; rpm installs and erases the .rpm (on Debian: the
+# same systemd, another package manager).
+INCLUDE=systemd,systemd-sysv,dbus,adduser,busybox,curl,procps,rpm
 
 START=$SECONDS
 PHASE_START=$SECONDS
@@ -52,6 +55,8 @@ die() { say "FAIL: $*"; exit 1; }
 missing=()
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+command -v rpmbuild >/dev/null || missing+=(rpm)
+command -v rpmlint >/dev/null || missing+=(rpmlint)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   apt-get update -qq
@@ -104,15 +109,70 @@ mkdir -p "$DEBS"
 say "building the packages ($PROFILE profile)"
 # After `cargo test` the dev-profile binaries are up to date: this takes a second.
 (cd "$ROOT" && cargo build --profile "$PROFILE" --bin tunnelize --bin tunnelizectl)
-FIRST=$("$ROOT/packaging/build.sh" --no-build --profile "$PROFILE" --deb-only --output "$DEBS" | tail -n 1)
+BUILT=$("$ROOT/packaging/build.sh" --no-build --profile "$PROFILE" --output "$DEBS")
+FIRST=$(echo "$BUILT" | grep '\.deb$' | tail -n 1)
+RPM=$(echo "$BUILT" | grep '\.rpm$' | tail -n 1)
+[ -f "$RPM" ] || die "build.sh did not make the .rpm (it printed: $BUILT)"
 VERSION=$(dpkg-deb -f "$FIRST" Version)
 SECOND=$("$ROOT/packaging/build.sh" --no-build --profile "$PROFILE" --deb-only --output "$DEBS" \
   --deb-version "$VERSION+upgrade1" | tail -n 1)
 [ -f "$FIRST" ] && [ -f "$SECOND" ] || die "build.sh did not make two packages ($FIRST, $SECOND)"
 dpkg --compare-versions "$(dpkg-deb -f "$SECOND" Version)" gt "$VERSION" ||
   die "the upgrade package's version is not newer"
-say "packages: $(basename "$FIRST") $(basename "$SECOND")"
+say "packages: $(basename "$FIRST") $(basename "$SECOND") $(basename "$RPM")"
 phase_done "packages"
+
+# --- the .rpm from outside ---------------------------------------------------------------
+# PASS/FAIL lines as the container's checks print them; counted with them at the end.
+HOST_LOG=$WORK/host-checks.log
+: >"$HOST_LOG"
+host_check() {
+  local what=$1 out
+  shift
+  if out=$("$@" 2>&1); then
+    echo "PASS: $what" | tee -a "$HOST_LOG" >&2
+  else
+    { echo "FAIL: $what"; echo "$out" | tail -n 40 | sed -e 's/^/    | /'; } | tee -a "$HOST_LOG" >&2
+  fi
+}
+rpmlint_clean() {
+  local report
+  report=$(rpmlint -c "$ROOT/packaging/rpmlint.toml" "$RPM" 2>&1) || true
+  echo "$report"
+  echo "$report" | grep -q ' 0 errors, 0 warnings'
+}
+host_check "rpmlint finds nothing that packaging/rpmlint.toml does not explain" rpmlint_clean
+owns_dirs() {
+  local listing dir
+  listing=$(rpm -qlp "$RPM")
+  for dir in /etc/tunnelize /usr/share/doc/tunnelize /usr/share/doc/tunnelize/examples \
+    /usr/share/licenses/tunnelize; do
+    echo "$listing" | grep -qx "$dir" || { echo "rpm -qlp does not list $dir"; return 1; }
+  done
+}
+host_check "rpm -qlp: the package owns /etc/tunnelize and its doc and licence directories" owns_dirs
+stripped() {
+  local dir bin found=0
+  dir=$(mktemp -d "$WORK/rpm-files.XXXXXX")
+  (cd "$dir" && rpm2cpio "$RPM" | cpio -id --quiet ./usr/bin/tunnelize ./usr/bin/tunnelizectl)
+  for bin in tunnelize tunnelizectl; do
+    [ -s "$dir/usr/bin/$bin" ] || { echo "$bin is not in the package"; found=1; continue; }
+    # (.debug_gdb_scripts stays: a few loaded bytes naming rustc's gdb helpers, not debug data.)
+    if readelf -SW "$dir/usr/bin/$bin" | grep -E ' \.(symtab|debug_info|debug_line|debug_str) '; then
+      echo "$bin has a symbol table or debug sections"
+      found=1
+    fi
+  done
+  rm -rf "$dir"
+  return $found
+}
+host_check "the .rpm's binaries are stripped (no symbol table, no debug information)" stripped
+description() {
+  rpm -qp --qf '%{SUMMARY}\n%{DESCRIPTION}\n' "$RPM"
+  [ "$(rpm -qp --qf '%{DESCRIPTION}' "$RPM")" != "$(rpm -qp --qf '%{SUMMARY}' "$RPM")" ] &&
+    rpm -qp --qf '%{DESCRIPTION}' "$RPM" | grep -q 'behind NAT'
+}
+host_check "the .rpm's description says more than its summary" description
 
 # --- debootstrap: its end ----------------------------------------------------------------
 if [ -n "$DEBOOTSTRAP" ]; then
@@ -242,7 +302,7 @@ phase_done "boot"
 # In the background: bash runs a signal's trap (the cleanup) only once a foreground command
 # ends, while `wait` returns at once.
 (inside /bin/bash /mnt/tests/install-checks.sh "/mnt/debs/$(basename "$FIRST")" \
-  "/mnt/debs/$(basename "$SECOND")" 2>&1 | tee "$RUN/checks.log") &
+  "/mnt/debs/$(basename "$SECOND")" "/mnt/debs/$(basename "$RPM")" 2>&1 | tee "$RUN/checks.log") &
 checks=0
 wait $! || checks=$?
 phase_done "checks"
@@ -251,7 +311,7 @@ say "times on this machine:"
 for t in "${TIMES[@]}"; do echo "    $t" >&2; done
 echo "    $(printf '%-22s %4ss' total $((SECONDS - START)))" >&2
 # Kept after the run directory goes.
-cp "$RUN/checks.log" "$WORK/checks.log"
+cat "$HOST_LOG" "$RUN/checks.log" >"$WORK/checks.log"
 passed=$(grep -c '^PASS: ' "$WORK/checks.log" || true)
 failed=$(grep -c '^FAIL: ' "$WORK/checks.log" || true)
 if [ "$checks" = 0 ] && [ "$failed" = 0 ] && [ "$passed" -gt 0 ]; then

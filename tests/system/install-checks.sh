@@ -254,7 +254,21 @@ journal_since "$C" -u $HUB -o cat >"$J"
 check "the journal has the hub's reason" contains 'refused'
 check "the hub keeps running" has_props $HUB MainPID="$PID" ActiveState=active SubState=running
 systemctl stop install-test-busy
+# systemd runs the stop half of a restart before any command of its start half, so no unit
+# setting can keep the running hub up when the new file is broken (README: check-config
+# first). What the unit can do: fail the restart at once, with the reason, and not loop.
+echo 'this is not toml' >>$CONF/hub.toml
+C=$(cursor)
+check_not "systemctl restart with a broken file fails (and says so to the caller)" systemctl restart $HUB
+check "the hub ends failed, exit status 78, with no restart scheduled" \
+  has_props $HUB ActiveState=failed ExecMainStatus=78 NRestarts=0
+check "systemctl status names the file and line" \
+  sh -c "systemctl status --no-pager -n 20 $HUB | grep -E 'hub.toml:[0-9]+'"
 cp /tmp/hub.toml.good $CONF/hub.toml
+systemctl reset-failed $HUB 2>/dev/null
+check "with the file fixed, systemctl start brings it back" systemctl start $HUB
+# Its http service listens on port 0: the kernel picked a new one.
+WEB=$(web_listen)
 
 echo "== a tunnel@ instance without its file ends failed, not restarting"
 check_not "systemctl start tunnelize-tunnel@nofile fails" systemctl start tunnelize-tunnel@nofile

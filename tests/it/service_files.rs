@@ -794,12 +794,19 @@ fn package_assets() -> Vec<(String, String, String)> {
         let field = |i: usize| fields[i].as_str().unwrap().to_owned();
         assets.push(("deb".to_owned(), field(0), field(1)));
     }
-    for entry in metadata["generate-rpm"]["assets"]
-        .as_array()
-        .expect("rpm assets")
-    {
-        let field = |k: &str| entry[k].as_str().unwrap().to_owned();
-        assets.push(("rpm".to_owned(), field("source"), field("dest")));
+    // The .rpm's spec installs from the tree (`%{tz_root}/…`) and from the build
+    // (`%{tz_bin}/…`, release binaries when build.sh makes a release package).
+    for word in read("packaging/rpm/tunnelize.spec").split_whitespace() {
+        let word = word.trim_end_matches(')');
+        let source = match (
+            word.strip_prefix("%{tz_root}/"),
+            word.strip_prefix("%{tz_bin}/"),
+        ) {
+            (Some(file), _) => file.to_owned(),
+            (None, Some(binary)) => format!("target/release/{binary}"),
+            (None, None) => continue,
+        };
+        assets.push(("rpm".to_owned(), source, String::new()));
     }
     assets
 }
@@ -844,18 +851,18 @@ fn both_packages_ship_every_unit_and_example_config_from_files_in_the_repository
 
 #[test]
 fn the_rpm_keeps_edited_configs_and_the_deb_treats_etc_as_conffiles() {
-    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
-    let rpm = manifest["package"]["metadata"]["generate-rpm"]["assets"]
-        .as_array()
-        .unwrap();
-    for entry in rpm {
-        if entry["dest"].as_str().unwrap().starts_with("/etc/") {
-            assert_eq!(
-                entry.get("config").and_then(|c| c.as_str()),
-                Some("noreplace"),
-                "{entry}"
-            );
-        }
+    let spec = read("packaging/rpm/tunnelize.spec");
+    let files = spec
+        .split_once("\n%files\n")
+        .expect("the spec has a %files section")
+        .1;
+    let configs: Vec<&str> = files
+        .lines()
+        .filter(|line| line.contains(" /etc/tunnelize/"))
+        .collect();
+    assert_eq!(configs.len(), 2, "{configs:?}");
+    for line in configs {
+        assert!(line.starts_with("%config(noreplace) "), "{line}");
     }
     // cargo-deb marks every file installed under /etc as a conffile.
     let deb_etc = package_assets()

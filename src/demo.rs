@@ -185,6 +185,7 @@ fn hub_config(listen: SocketAddr, key: Secret) -> HubConfig {
         limits: crate::config::Limits::default(),
         shutdown_timeout: Duration::from_secs(1),
         reconnect_grace: Duration::from_secs(60),
+        cluster: None,
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::error::ConfigError;
-use super::secret_source::{SecretFields, resolve_stored_key};
+use super::secret_source::{SecretFields, SecretNames, resolve_stored_key};
 use super::source::Source;
 use super::values::check_name;
 use crate::secret::StoredKey;
@@ -61,6 +61,7 @@ pub(super) struct RawAdmin {
 impl RawAdmin {
     fn secret_fields(&self) -> SecretFields<'_> {
         SecretFields {
+            names: SecretNames::KEY,
             key: self.key.as_ref(),
             key_file: self.key_file.as_ref(),
             key_env: self.key_env.as_ref(),

@@ -15,10 +15,11 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::admin::{AdminConfig, RawAdmin, check_admin};
+use super::cluster::{ClusterConfig, RawCluster, check_cluster};
 use super::error::ConfigError;
 use super::file::{self, ConfigFile};
 use super::limits::{Limits, RawLimits, check_limits};
-use super::secret_source::{SecretFields, resolve_stored_key};
+use super::secret_source::{SecretFields, SecretNames, resolve_stored_key};
 use super::service::{RawService, ServiceConfig, check_services};
 use super::source::Source;
 use super::values::{MIN_HUB_KEY_LEN, TlsFiles, check_name, count_in, is_hostname, parse_duration};
@@ -86,6 +87,9 @@ pub struct HubConfig {
     /// holds its live tunnels' claims the same way across its restart (`state_dir/held.json`,
     /// `hub::registry::persist`).
     pub reconnect_grace: Duration,
+    /// `[cluster]` (optional): the Redis this hub shares its claims, membership and lockouts
+    /// in with the cluster's other hubs. `None`: a hub on its own, with no Redis anywhere.
+    pub cluster: Option<Box<ClusterConfig>>,
 }
 
 /// `[[keys]]`: one tunnel key the hub accepts.
@@ -151,6 +155,7 @@ pub(super) struct RawHub {
     limits: Option<RawLimits>,
     shutdown_timeout: Option<Spanned<Value>>,
     reconnect_grace: Option<Spanned<Value>>,
+    cluster: Option<Spanned<RawCluster>>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +179,7 @@ struct RawKey {
 impl RawKey {
     fn secret_fields(&self) -> SecretFields<'_> {
         SecretFields {
+            names: SecretNames::KEY,
             key: self.key.as_ref(),
             key_file: self.key_file.as_ref(),
             key_env: self.key_env.as_ref(),
@@ -242,6 +248,7 @@ impl ConfigFile for HubConfig {
                 DEFAULT_RECONNECT_GRACE,
                 parse_grace,
             )?,
+            cluster: check_cluster(src, raw.cluster.as_ref())?.map(Box::new),
         })
     }
 }
@@ -461,8 +468,47 @@ mod tests {
                 limits: Limits::default(),
                 shutdown_timeout: Duration::from_secs(30),
                 reconnect_grace: Duration::from_secs(60),
+                cluster: None,
             }
         );
+    }
+
+    #[test]
+    fn a_cluster_table_is_checked_and_its_password_comes_from_a_secret_source() {
+        let text = format!(
+            "{KEYS}\n[cluster]\nredis = \"redis://10.0.0.5:6379\"\nname = \"hub-a\"\n\
+             advertise = \"hub-a.example.com:7700\"\npassword = \"s3cret-redis\"\n"
+        );
+        let cluster = parse(&text).unwrap().cluster.expect("[cluster] is read");
+        assert_eq!(cluster.redis, "redis://10.0.0.5:6379");
+        assert_eq!(cluster.name, "hub-a");
+        assert_eq!(cluster.advertise, "hub-a.example.com:7700");
+        assert_eq!(cluster.lease, Duration::from_secs(10));
+        assert_eq!(
+            cluster.password,
+            Some(crate::secret::Secret::new("s3cret-redis"))
+        );
+        assert!(!format!("{cluster:?}").contains("s3cret-redis"));
+
+        let missing = parse(&format!("{KEYS}\n[cluster]\nredis = \"redis://h:1\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("needs `name`"), "{missing}");
+        let both = format!(
+            "{KEYS}\n[cluster]\nredis = \"redis://h:1\"\nname = \"a\"\nadvertise = \"a:1\"\n\
+             password = \"x\"\npassword_env = \"X\"\n"
+        );
+        let both = parse(&both).unwrap_err().to_string();
+        assert!(
+            both.contains("`password` and `password_env` are both set"),
+            "{both}"
+        );
+        let short = format!(
+            "{KEYS}\n[cluster]\nredis = \"redis://h:1\"\nname = \"a\"\nadvertise = \"a:1\"\n\
+             lease = \"100ms\"\n"
+        );
+        let short = parse(&short).unwrap_err().to_string();
+        assert!(short.contains("from 1s to 10m"), "{short}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! `[services.NAME]` tables.
 
 mod admin;
+mod cluster;
 mod error;
 mod file;
 mod http;
@@ -29,6 +30,7 @@ mod values;
 use std::path::Path;
 
 pub use admin::AdminConfig;
+pub use cluster::ClusterConfig;
 pub use error::{ConfigError, Location, Position};
 pub use http::HttpService;
 pub use hub::{HubConfig, TunnelKey};

@@ -1,5 +1,7 @@
-//! Where a tunnel key comes from: inline (`key`), a file (`key_file`) or an environment variable
-//! (`key_env`), so config files need not hold secrets.
+//! Where a secret comes from: inline (`key`), a file (`key_file`) or an environment variable
+//! (`key_env`), so config files need not hold secrets. A password (`[cluster]`'s Redis
+//! password) has the same three sources under its own names: `password`, `password_file`,
+//! `password_env` ([`SecretNames`]).
 //!
 //! Exactly one source may be given per key. The value is checked with
 //! [`check_secret`] and wrapped in a [`Secret`] at once; no error
@@ -15,8 +17,44 @@ use super::source::{Source, Span};
 use super::values::check_secret;
 use crate::secret::{Secret, StoredKey};
 
+/// What the keys of one secret are called, and what the secret is, in messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SecretNames {
+    /// The secret inline: `key`.
+    pub inline: &'static str,
+    /// A file holding it: `key_file`.
+    pub file: &'static str,
+    /// An environment variable holding it: `key_env`.
+    pub env: &'static str,
+    /// What it is: "key".
+    pub noun: &'static str,
+    /// How to make one, completing "…; " in a message.
+    pub make: &'static str,
+}
+
+impl SecretNames {
+    /// A tunnel or monitoring key: `key`, `key_file`, `key_env`.
+    pub(crate) const KEY: SecretNames = SecretNames {
+        inline: "key",
+        file: "key_file",
+        env: "key_env",
+        noun: "key",
+        make: "generate a key with `tunnelize gen-key`",
+    };
+    /// A password: `password`, `password_file`, `password_env`.
+    pub(crate) const PASSWORD: SecretNames = SecretNames {
+        inline: "password",
+        file: "password_file",
+        env: "password_env",
+        noun: "password",
+        make: "write the password in UTF-8",
+    };
+}
+
 /// The optional secret keys of one table, as written.
 pub(crate) struct SecretFields<'r> {
+    /// What they are called.
+    pub names: SecretNames,
     /// `key`: the secret inline. Kept as a raw value so a wrong type is reported without
     /// echoing the value.
     pub key: Option<&'r Spanned<Value>>,
@@ -33,10 +71,11 @@ impl SecretFields<'_> {
     /// The keys that are set, in the order `key`, `key_file`, `key_env`, `key_hash`, with the
     /// spans of their values.
     pub(crate) fn given(&self) -> impl Iterator<Item = (&'static str, Span)> {
+        let names = self.names;
         [
-            self.key.map(|v| ("key", v.span())),
-            self.key_file.map(|v| ("key_file", v.span())),
-            self.key_env.map(|v| ("key_env", v.span())),
+            self.key.map(|v| (names.inline, v.span())),
+            self.key_file.map(|v| (names.file, v.span())),
+            self.key_env.map(|v| (names.env, v.span())),
             self.key_hash.map(|v| ("key_hash", v.span())),
         ]
         .into_iter()
@@ -54,38 +93,41 @@ pub(crate) fn resolve_secret(
     place: &str,
     min_len: usize,
 ) -> Result<Option<Secret>, ConfigError> {
+    let names = fields.names;
     let given: Vec<(&str, Span)> = fields.given().collect();
     if let [(first, _), (second, span), ..] = given.as_slice() {
         return Err(src.error_at(
             span.clone(),
             format!(
-                "`{first}` and `{second}` are both set{place}; keep exactly one of `key`, \
-                 `key_file` and `key_env`"
+                "`{first}` and `{second}` are both set{place}; keep exactly one of `{}`, \
+                 `{}` and `{}`",
+                names.inline, names.file, names.env
             ),
         ));
     }
     let (value, span, origin) = if let Some(key) = fields.key {
         match key.get_ref() {
-            Value::String(value) => (value.clone(), key.span(), String::from("`key`")),
+            Value::String(value) => (value.clone(), key.span(), format!("`{}`", names.inline)),
             other => {
                 return Err(src.error_at(
                     key.span(),
                     format!(
-                        "`key`{place}: expected a string in quotes, found {}",
+                        "`{}`{place}: expected a string in quotes, found {}",
+                        names.inline,
                         other.type_str()
                     ),
                 ));
             }
         }
     } else if let Some(file) = fields.key_file {
-        let value = read_key_file(src, file, place)?;
+        let value = read_key_file(src, file, place, names)?;
         (
             value,
             file.span(),
-            format!("key file {:?}", src.resolve_path(file.get_ref())),
+            format!("{} file {:?}", names.noun, src.resolve_path(file.get_ref())),
         )
     } else if let Some(var) = fields.key_env {
-        let value = read_key_env(src, var, place)?;
+        let value = read_key_env(src, var, place, names)?;
         (
             value,
             var.span(),
@@ -129,13 +171,15 @@ fn read_key_file(
     src: &Source<'_>,
     file: &Spanned<String>,
     place: &str,
+    names: SecretNames,
 ) -> Result<String, ConfigError> {
-    let path = src.non_empty_path(file, &format!("`key_file`{place}"))?;
+    let what = names.file;
+    let path = src.non_empty_path(file, &format!("`{what}`{place}"))?;
     let text = fs::read_to_string(&path).map_err(|err| {
         src.error_at(
             file.span(),
             format!(
-                "`key_file`{place}: cannot read {}: {err}; check the path (relative paths start \
+                "`{what}`{place}: cannot read {}: {err}; check the path (relative paths start \
                  at the config file's directory) and that this user may read it",
                 path.display()
             ),
@@ -148,12 +192,14 @@ fn read_key_env(
     src: &Source<'_>,
     var: &Spanned<String>,
     place: &str,
+    names: SecretNames,
 ) -> Result<String, ConfigError> {
+    let (what, noun) = (names.env, names.noun);
     let name = var.get_ref();
     if name.is_empty() || name.contains('=') || name.contains('\0') {
         return Err(src.error_at(
             var.span(),
-            format!("`key_env`{place}: {name:?} is not an environment variable name"),
+            format!("`{what}`{place}: {name:?} is not an environment variable name"),
         ));
     }
     match src.env_var(name) {
@@ -161,23 +207,25 @@ fn read_key_env(
         Ok(_) => Err(src.error_at(
             var.span(),
             format!(
-                "environment variable `{name}` (named by `key_env`{place}) is empty; set it to \
-                 the key"
+                "environment variable `{name}` (named by `{what}`{place}) is empty; set it to \
+                 the {noun}"
             ),
         )),
         Err(VarError::NotPresent) => Err(src.error_at(
             var.span(),
             format!(
-                "environment variable `{name}` (named by `key_env`{place}) is not set; set it in \
+                "environment variable `{name}` (named by `{what}`{place}) is not set; set it in \
                  the daemon's environment (for systemd, `Environment=` or `EnvironmentFile=`) or \
-                 use `key_file`"
+                 use `{}`",
+                names.file
             ),
         )),
         Err(VarError::NotUnicode(_)) => Err(src.error_at(
             var.span(),
             format!(
-                "environment variable `{name}` (named by `key_env`{place}) is not valid UTF-8; \
-                 generate a key with `tunnelize gen-key`"
+                "environment variable `{name}` (named by `{what}`{place}) is not valid UTF-8; \
+                 {}",
+                names.make
             ),
         )),
     }
@@ -212,6 +260,7 @@ mod tests {
         let src = Source::new(text, origin, &env);
         let raw: RawSecret = src.deserialize().map_err(|err| err.to_string())?;
         let fields = SecretFields {
+            names: SecretNames::KEY,
             key: raw.key.as_ref(),
             key_file: raw.key_file.as_ref(),
             key_env: raw.key_env.as_ref(),

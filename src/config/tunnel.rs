@@ -16,7 +16,7 @@ use toml::{Spanned, Value};
 use super::admin::{AdminConfig, RawAdmin, check_admin};
 use super::error::ConfigError;
 use super::file::{self, ConfigFile};
-use super::secret_source::{SecretFields, resolve_secret};
+use super::secret_source::{SecretFields, SecretNames, resolve_secret};
 use super::source::Source;
 use super::values::{
     check_name, count_in, is_hostname, parse_duration, parse_host_port, port_from_i64,
@@ -207,6 +207,7 @@ impl ConfigFile for TunnelConfig {
         };
         let hub_trust = raw.check_trust(src)?;
         let fields = SecretFields {
+            names: SecretNames::KEY,
             key: raw.key.as_ref(),
             key_file: raw.key_file.as_ref(),
             key_env: raw.key_env.as_ref(),

@@ -26,6 +26,7 @@
 //! `.await`, and never logs a key.
 
 mod claims;
+mod cluster_claim;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub(super) async fn serve_control<S>(
     };
     let Hello { key, name, proxies } = hello;
     let limits = shared.current().limits;
+    // A lockout another hub of the cluster set holds here too.
+    shared.pull_lockout(peer.ip()).await;
     let admitted = authenticate(&shared, peer, &name, key.as_ref()).and_then(|key_name| {
         admit(
             &shared,
@@ -192,7 +195,7 @@ fn authenticate(
     }
     match match_key(shared, key) {
         Ok(key_name) => {
-            shared.lockouts.succeed(peer.ip());
+            shared.login_succeeded(peer.ip());
             Ok(key_name)
         }
         Err(()) => {

@@ -78,6 +78,18 @@ impl HubView {
         self.shared.lockouts.succeed(ip);
     }
 
+    /// This hub's standing in its cluster; `None` for a hub alone.
+    pub fn cluster(&self) -> Option<crate::hub::cluster::Status> {
+        self.shared.cluster.as_ref().map(|cluster| cluster.status())
+    }
+
+    /// The hubs of its cluster, as Redis lists them; `None` for a hub alone.
+    pub async fn cluster_members(
+        &self,
+    ) -> Option<Result<Vec<crate::hub::cluster::Member>, String>> {
+        Some(self.shared.cluster.as_ref()?.members().await)
+    }
+
     /// The failed-login table.
     pub fn lockouts(&self) -> Vec<crate::admin::model::LockoutInfo> {
         self.shared
@@ -95,9 +107,14 @@ impl HubView {
     /// Forgets an address's failures and lockout. False if it is not in the table (or is not
     /// an address).
     pub fn unlock(&self, address: &str) -> bool {
-        address
-            .parse()
-            .is_ok_and(|ip| self.shared.lockouts.clear(ip))
+        let Ok(ip) = address.parse() else {
+            return false;
+        };
+        if let Some(cluster) = &self.shared.cluster {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.login_succeeded(ip, true).await });
+        }
+        self.shared.lockouts.clear(ip)
     }
 
     fn service_config(&self, name: &str) -> Option<ServiceConfig> {
@@ -252,6 +269,7 @@ impl HubView {
         self.service_metrics(&mut text);
         self.tunnel_metrics(&mut text);
         self.counter_metrics(&mut text);
+        self.cluster_metrics(&mut text);
         text.process();
         text.finish()
     }
@@ -313,6 +331,52 @@ impl HubView {
             };
             text.sample(name, &labels("in"), t.traffic.bytes_in())
                 .sample(name, &labels("out"), t.traffic.bytes_out());
+        }
+    }
+
+    /// Its cluster connection's counters, labelled with the hub's name; nothing for a hub
+    /// alone.
+    fn cluster_metrics(&self, text: &mut Exposition) {
+        let Some(cluster) = &self.shared.cluster else {
+            return;
+        };
+        let m = &cluster.metrics;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let hub = [("hub", cluster.name())];
+        let families = [
+            (
+                "tunnelize_cluster_member",
+                Kind::Gauge,
+                "1 while the hub is a member of its cluster (holds a fencing token).",
+                u64::from(cluster.is_member()),
+            ),
+            (
+                "tunnelize_cluster_redis_round_trips_total",
+                Kind::Counter,
+                "Round trips to the cluster's Redis.",
+                load(&m.round_trips),
+            ),
+            (
+                "tunnelize_cluster_redis_errors_total",
+                Kind::Counter,
+                "Round trips to the cluster's Redis that failed or passed their deadline.",
+                load(&m.errors),
+            ),
+            (
+                "tunnelize_cluster_claims_refused_total",
+                Kind::Counter,
+                "Claims refused because another owner holds them in the cluster.",
+                load(&m.claims_refused),
+            ),
+            (
+                "tunnelize_cluster_conflicts_total",
+                Kind::Counter,
+                "Claims found held by another owner when the hub renewed them.",
+                load(&m.conflicts),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            text.family(name, kind, help).sample(name, &hub, value);
         }
     }
 

@@ -78,6 +78,41 @@ impl LockoutTable {
     pub fn fail(&self, ip: IpAddr) -> Option<Duration> {
         let now = Instant::now();
         let mut entries = self.lock();
+        let entry = self.entry(&mut entries, ip, now);
+        if entry.locked_until.is_some_and(|until| until > now) {
+            return None;
+        }
+        entry.locked_until = None;
+        entry.failures += 1;
+        if entry.failures >= self.max_failures {
+            entry.locked_until = Some(now + self.duration);
+            return Some(self.duration);
+        }
+        None
+    }
+
+    /// Locks `ip` out for `duration` from now, unless it is locked out longer already: a
+    /// lockout another hub of the cluster set (`hub::cluster`).
+    pub fn lock_for(&self, ip: IpAddr, duration: Duration) {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        let max_failures = self.max_failures;
+        let entry = self.entry(&mut entries, ip, now);
+        entry.failures = entry.failures.max(max_failures);
+        let until = now + duration;
+        if entry.locked_until.is_none_or(|held| held < until) {
+            entry.locked_until = Some(until);
+        }
+    }
+
+    /// `ip`'s entry, made if it has none (the least recently seen one goes when the table is
+    /// full), seen `now`.
+    fn entry<'t>(
+        &self,
+        entries: &'t mut HashMap<IpAddr, Entry>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> &'t mut Entry {
         if !entries.contains_key(&ip) && entries.len() >= self.capacity {
             let oldest = entries
                 .iter()
@@ -93,16 +128,7 @@ impl LockoutTable {
             last_seen: now,
         });
         entry.last_seen = now;
-        if entry.locked_until.is_some_and(|until| until > now) {
-            return None;
-        }
-        entry.locked_until = None;
-        entry.failures += 1;
-        if entry.failures >= self.max_failures {
-            entry.locked_until = Some(now + self.duration);
-            return Some(self.duration);
-        }
-        None
+        entry
     }
 
     /// A successful login from `ip` clears its failures.
@@ -166,6 +192,18 @@ mod tests {
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn a_lockout_from_elsewhere_locks_at_once_and_never_shortens_a_longer_one() {
+        let table = LockoutTable::new(5, Duration::from_secs(60), 16);
+        table.lock_for(ip(1), Duration::from_secs(30));
+        let left = table.check(ip(1)).expect_err("locked by lock_for");
+        assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(20));
+        table.lock_for(ip(1), Duration::from_secs(1));
+        let left = table.check(ip(1)).expect_err("still locked");
+        assert!(left > Duration::from_secs(20), "{left:?}");
+        assert!(table.check(ip(2)).is_ok());
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod clients;
+pub mod cluster;
 pub(crate) mod control;
 pub mod http;
 pub(crate) mod idle;
@@ -116,6 +117,8 @@ pub(crate) struct Shared {
     pub addresses: Arc<per_address::PerAddress>,
     /// When the hub started.
     pub started: std::time::SystemTime,
+    /// Its cluster membership and Redis connection (`[cluster]`); `None` for a hub alone.
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Shared {
@@ -124,8 +127,19 @@ impl Shared {
         self.current.read().clone()
     }
 
-    /// Counts a failed login from `ip` toward its lockout.
+    /// Counts a failed login from `ip` toward its lockout, here and (in a cluster) in Redis,
+    /// where every hub's failures add up.
     pub fn login_failed(&self, ip: std::net::IpAddr) {
+        if let Some(cluster) = &self.cluster {
+            let cluster = cluster.clone();
+            let (max, duration) = (self.config.lockout_failures, self.config.lockout_duration);
+            tokio::spawn(async move {
+                if cluster.login_failed(ip, max, duration).await.is_some() {
+                    let hub = cluster.name();
+                    warn!(address = %ip, %hub, "address {ip} locked out across the cluster after repeated failed logins");
+                }
+            });
+        }
         if let Some(duration) = self.lockouts.fail(ip) {
             self.metrics
                 .lockouts
@@ -160,6 +174,27 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+
+    /// A successful login from `ip`: its failures in a row are forgotten, here and in the
+    /// cluster.
+    pub fn login_succeeded(&self, ip: std::net::IpAddr) {
+        self.lockouts.succeed(ip);
+        if let Some(cluster) = &self.cluster {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.login_succeeded(ip, false).await });
+        }
+    }
+
+    /// Brings a lockout of `ip` that another hub of the cluster set into this hub's table, so
+    /// that the table's check sees it. Nothing without a cluster, or when Redis does not
+    /// answer (the table alone decides then).
+    pub async fn pull_lockout(&self, ip: std::net::IpAddr) {
+        if let Some(cluster) = &self.cluster
+            && let Some(left) = cluster.lockout_left(ip).await
+        {
+            self.lockouts.lock_for(ip, left);
         }
     }
 
@@ -218,6 +253,13 @@ impl Hub {
                 acceptor: tls,
             });
         }
+        let cluster = match &config.cluster {
+            Some(cluster) => Some(
+                cluster::Cluster::new((**cluster).clone(), config.reconnect_grace)
+                    .map_err(|e| HubError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
         let config_handshakes = config.limits.handshakes;
         let lockouts = lockout::LockoutTable::new(
             config.lockout_failures,
@@ -241,6 +283,7 @@ impl Hub {
             accepts: Arc::default(),
             addresses: Arc::default(),
             started: std::time::SystemTime::now(),
+            cluster,
         };
         Ok(Hub {
             shared: Arc::new(shared),
@@ -280,7 +323,24 @@ impl Hub {
     /// Serves tunnels on `listener` until `shutdown` is cancelled. Then it stops accepting
     /// (tunnels and clients), waits up to `shutdown_timeout` for live clients to finish, closes
     /// every session (tunnels are told why) and waits briefly for connection tasks to end.
-    pub async fn run(mut self, listener: TcpListener, shutdown: CancellationToken) {
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+        match self.shared.cluster.clone() {
+            Some(cluster) => {
+                let span = tracing::info_span!("hub", hub = %cluster.name());
+                let renewal = cluster::keep_membership(self.shared.clone(), cluster.clone());
+                // Ends with this future, also when it is dropped before the hub stops.
+                let renewing = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                    tracing::Instrument::instrument(renewal, span.clone()),
+                ));
+                tracing::Instrument::instrument(self.serve(listener, shutdown), span).await;
+                drop(renewing);
+                cluster.leave().await;
+            }
+            None => self.serve(listener, shutdown).await,
+        }
+    }
+
+    async fn serve(mut self, listener: TcpListener, shutdown: CancellationToken) {
         for service in std::mem::take(&mut self.services) {
             reload::start_service(
                 &self.shared,

@@ -118,6 +118,36 @@ impl<'a> ServicePorts<'a> {
         }
     }
 
+    /// The service's name.
+    pub(super) fn service(&self) -> &str {
+        self.service
+    }
+
+    /// The address its ports are bound on.
+    pub(super) fn listen(&self) -> IpAddr {
+        self.listen
+    }
+
+    /// A port this hub could give a tunnel that lets it choose, neither claimed nor bound:
+    /// in a cluster it is claimed across the cluster first (`hub::cluster`), then here as
+    /// though the tunnel had asked for it. A free port of the range (random, as
+    /// [`ServicePorts::claim_and_bind`] scans), or with a range of `0` one the operating
+    /// system picks now; `None` when the range has no free port here.
+    pub(super) fn candidate(&self, registry: &Registry, transport: Transport) -> Option<u16> {
+        if self.range.is_os_assigned() {
+            let addr = SocketAddr::new(self.listen, 0);
+            let bound = match transport {
+                Transport::Tcp => std::net::TcpListener::bind(addr).and_then(|l| l.local_addr()),
+                Transport::Udp => std::net::UdpSocket::bind(addr).and_then(|s| s.local_addr()),
+            };
+            return bound.ok().map(|addr| addr.port());
+        }
+        scan_order(self.range, random_seed()).find(|&port| {
+            let key = (self.listen, port);
+            registry.owner(transport, &key).is_none() && registry.held(transport, &key).is_none()
+        })
+    }
+
     /// Which port `requested` comes to, or why it is refused.
     fn wanted(&self, requested: Option<u16>) -> Result<Wanted, String> {
         let os_assigned = self.range.is_os_assigned();

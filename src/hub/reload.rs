@@ -232,6 +232,7 @@ fn at_restart(old: &HubConfig, new: &HubConfig) -> Vec<&'static str> {
     [
         ("listen", new.listen != old.listen),
         ("state_dir", new.state_dir != old.state_dir),
+        ("[cluster]", new.cluster != old.cluster),
         ("[admin]", new.admin != old.admin),
         (
             "lockout settings",

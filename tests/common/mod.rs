@@ -5,6 +5,7 @@
 
 pub mod netns;
 pub mod pki;
+pub mod redis;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -79,6 +80,7 @@ pub fn hub_config(services: Vec<ServiceConfig>) -> HubConfig {
         // Stopping a test hub with clients connected waits this long for them.
         shutdown_timeout: Duration::from_secs(1),
         reconnect_grace: Duration::from_secs(60),
+        cluster: None,
     }
 }
 

@@ -16,6 +16,7 @@ mod common;
 mod admin_api;
 mod bench_report;
 mod cli;
+mod cluster;
 mod code_shape;
 mod dead_peer;
 mod exhaustion;

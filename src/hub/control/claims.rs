@@ -140,6 +140,26 @@ async fn expose(
             reason: format!("the hub has no service `{}`", req.service),
         };
     };
+    // In a cluster the port or hostname is settled across it first; the request goes on
+    // as though the tunnel had asked for what it got.
+    let clustered;
+    let req = match &shared.cluster {
+        Some(cluster) => {
+            match super::cluster_claim::claim(shared, cluster, session, service, req).await {
+                Ok(settled) => {
+                    clustered = settled;
+                    &clustered
+                }
+                Err(reason) => {
+                    return ProxyOutcome::Rejected {
+                        name: req.name.clone(),
+                        reason,
+                    };
+                }
+            }
+        }
+        None => req,
+    };
     let name = &service.name;
     let exposed = match &service.kind {
         ServiceKind::Tcp(tcp_service) => {

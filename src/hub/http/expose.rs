@@ -41,7 +41,7 @@ pub(crate) fn expose(
 }
 
 /// A random hostname under the service's domain that nobody has (or holds).
-fn random_hostname(shared: &Shared, service: &str, config: &HttpService) -> String {
+pub(crate) fn random_hostname(shared: &Shared, service: &str, config: &HttpService) -> String {
     loop {
         let mut bytes = [0u8; 5];
         let _ = getrandom::fill(&mut bytes);
@@ -53,7 +53,7 @@ fn random_hostname(shared: &Shared, service: &str, config: &HttpService) -> Stri
 }
 
 /// `name`, outside the service's domain, if the tunnel's key may claim it.
-fn outside_domain(
+pub(crate) fn outside_domain(
     shared: &Shared,
     session: &TunnelSession,
     service: &str,

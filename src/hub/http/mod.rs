@@ -63,7 +63,7 @@ use tokio_rustls::TlsAcceptor;
 use super::Shared;
 use crate::config::HttpService;
 
-pub(crate) use self::expose::expose;
+pub(crate) use self::expose::{expose, outside_domain, random_hostname};
 pub(crate) use self::serve::serve;
 
 /// One http/https service, as its request handlers see it.

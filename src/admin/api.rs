@@ -91,6 +91,7 @@ pub fn router(daemon: Daemon, reload: Option<tokio::sync::mpsc::Sender<ReloadReq
             .route("/v1/tunnels/{id}", delete(disconnect_tunnel))
             .route("/v1/clients/{id}", delete(disconnect_client))
             .route(model::LOCKOUTS, get(lockouts))
+            .route(model::CLUSTER, get(cluster))
             .route("/v1/lockouts/{address}", delete(unlock)),
         Daemon::Tunnel(_) => Router::new().route(model::STATUS, get(status)),
     };
@@ -385,6 +386,40 @@ async fn lockouts(State(api): State<Api>) -> Response {
         Some(hub) => Json(hub.lockouts()).into_response(),
         None => not_found("a tunnel has no lockout table", "ask the hub"),
     }
+}
+
+async fn cluster(State(api): State<Api>) -> Response {
+    let Some(hub) = hub(&api) else {
+        return not_found("a tunnel is in no cluster", "ask a hub");
+    };
+    let Some(status) = hub.cluster() else {
+        return not_found(
+            "this hub is in no cluster",
+            "add a [cluster] table to hub.toml to share a Redis with other hubs",
+        );
+    };
+    let (members, members_error) = match hub.cluster_members().await {
+        Some(Ok(members)) => (members, None),
+        Some(Err(e)) => (Vec::new(), Some(e)),
+        None => (Vec::new(), None),
+    };
+    Json(model::ClusterInfo {
+        name: status.name,
+        redis: status.redis,
+        member: status.member,
+        reachable: status.reachable,
+        members: members
+            .into_iter()
+            .map(|m| model::MemberInfo {
+                name: m.name,
+                advertise: m.advertise,
+                epoch: m.epoch,
+                lease_left_ms: m.lease_left_ms,
+            })
+            .collect(),
+        members_error,
+    })
+    .into_response()
 }
 
 async fn unlock(

@@ -24,6 +24,9 @@ pub const STATUS: &str = "/v1/status";
 /// `GET /v1/lockouts`: `Vec<`[`LockoutInfo`]`>`, the hub's failed-login table.
 pub const LOCKOUTS: &str = "/v1/lockouts";
 
+/// `GET /v1/cluster`: the hub's cluster ([`ClusterInfo`]); 404 for a hub alone.
+pub const CLUSTER: &str = "/v1/cluster";
+
 /// `DELETE /v1/lockouts/{address}`: forget an address's failures and lockout ([`Message`]).
 pub fn lockout(address: &str) -> String {
     format!("/v1/lockouts/{address}")
@@ -208,6 +211,37 @@ pub struct LockoutInfo {
     /// When its lockout ends (RFC 3339), if it is locked out now.
     #[serde(default)]
     pub locked_until: Option<String>,
+}
+
+/// `GET /v1/cluster`: this hub's standing in its cluster and the cluster's hubs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// This hub's `[cluster] name`.
+    pub name: String,
+    /// The cluster's Redis (the URL holds no password).
+    pub redis: String,
+    /// Whether this hub is a member now (holds a fencing token).
+    pub member: bool,
+    /// Whether its last round trip reached Redis.
+    pub reachable: bool,
+    /// The hubs Redis lists, by name (empty when Redis does not answer).
+    pub members: Vec<MemberInfo>,
+    /// Why the members could not be read, if they could not.
+    #[serde(default)]
+    pub members_error: Option<String>,
+}
+
+/// One hub of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Its `[cluster] name`.
+    pub name: String,
+    /// Where tunnels and hubs reach it.
+    pub advertise: String,
+    /// Its fencing token (grows with every join).
+    pub epoch: u64,
+    /// Milliseconds left of its lease.
+    pub lease_left_ms: u64,
 }
 
 /// A plain answer: what happened, or what went wrong (errors use the HTTP status too).

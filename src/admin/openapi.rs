@@ -43,6 +43,16 @@ fn schemas() -> Value {
         "TunnelInfo": tunnel_info(),
         "ClientInfo": client_info(),
         "LockoutInfo": lockout_info(),
+        "ClusterInfo": cluster_info(),
+        "MemberInfo": object(
+            &["name", "advertise", "epoch", "lease_left_ms"],
+            json!({
+                "name": string(),
+                "advertise": string(),
+                "epoch": integer(),
+                "lease_left_ms": integer()
+            }),
+        ),
         "TunnelProxyStatus": tunnel_proxy_status(),
         "TunnelStatus": tunnel_status(),
     })
@@ -152,6 +162,21 @@ fn lockout_info() -> Value {
             "address": string(),
             "failures": integer(),
             "locked_until": { "type": ["string", "null"], "format": "date-time" }
+        }),
+    )
+}
+
+/// `GET /v1/cluster`.
+fn cluster_info() -> Value {
+    object(
+        &["name", "redis", "member", "reachable", "members"],
+        json!({
+            "name": string(),
+            "redis": string(),
+            "member": { "type": "boolean" },
+            "reachable": { "type": "boolean" },
+            "members": list_of("MemberInfo"),
+            "members_error": { "type": ["string", "null"] }
         }),
     )
 }
@@ -306,6 +331,10 @@ fn add_hub_paths(paths: &mut Value) {
         json_answer("entries", list_of("LockoutInfo")),
     );
     paths["/v1/lockouts/{address}"] = delete("forget an address's failures and lockout");
+    paths["/v1/cluster"] = get(
+        "this hub's standing in its cluster, and the cluster's hubs (404 for a hub alone)",
+        json_answer("the cluster", reference("ClusterInfo")),
+    );
 }
 
 #[cfg(test)]

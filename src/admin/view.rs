@@ -223,6 +223,38 @@ pub fn lockouts(entries: &[LockoutInfo]) -> String {
     table.render()
 }
 
+/// `cluster`: this hub's standing, then one line per hub of the cluster.
+pub fn cluster(info: &crate::admin::model::ClusterInfo) -> String {
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    let mut out = fields(&[
+        ("hub", info.name.clone()),
+        ("redis", info.redis.clone()),
+        ("member", yes_no(info.member)),
+        ("redis reachable", yes_no(info.reachable)),
+    ]);
+    if let Some(error) = &info.members_error {
+        out.push_str(&format!("members: cannot be read: {error}\n"));
+        return out;
+    }
+    let mut table = Table::new(&[
+        ("HUB", Align::Left),
+        ("ADVERTISE", Align::Left),
+        ("TOKEN", Align::Right),
+        ("LEASE LEFT", Align::Right),
+    ]);
+    for m in &info.members {
+        table.push(vec![
+            m.name.clone(),
+            m.advertise.clone(),
+            m.epoch.to_string(),
+            format!("{:.1}s", m.lease_left_ms as f64 / 1000.0),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&table.render());
+    out
+}
+
 /// `status`: the tunnel daemon's state, then one line per proxy.
 pub fn status(status: &TunnelStatus) -> String {
     let state = match (status.state.as_str(), &status.retry_at) {

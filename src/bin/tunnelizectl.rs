@@ -133,6 +133,9 @@ enum Command {
     },
     /// List the hub's failed-login table: addresses with failures, and those locked out.
     ListLockouts,
+    /// Show the hub's cluster: whether it is a member, whether Redis answers, and every hub
+    /// of the cluster with its address and lease.
+    Cluster,
     /// Forget an address's failed logins and lift its lockout.
     Unlock {
         /// The address, as `list-lockouts` shows it.
@@ -294,6 +297,7 @@ async fn run(command: &Command, api: &AdminClient, json: bool) -> Result<String,
             })
             .await
         }
+        Command::Cluster => show(api, model::CLUSTER, json, view::cluster).await,
         Command::Unlock { address } => answer(
             api.delete(&model::lockout(&path_segment(address))).await?,
             json,

@@ -377,9 +377,14 @@ impl Hub {
                         let shared = self.shared.clone();
                         let acceptor = self.shared.tunnel_acceptor();
                         let stop = self.shared.sessions_root.clone();
-                        self.shared.tasks.spawn(async move {
+                        // In the hub's span (its cluster name, in a cluster), as are the
+                        // sessions and links the connection becomes.
+                        let connection = async move {
                             serve_connection(shared, acceptor, socket, peer, stop, permit).await;
-                        });
+                        };
+                        self.shared
+                            .tasks
+                            .spawn(tracing::Instrument::in_current_span(connection));
                     }
                     Err(e) => {
                         // Out of descriptors is handled by `accept`; keep the listener, back off.

@@ -390,3 +390,67 @@ async fn the_claims_of_a_hub_that_died_free_up_after_its_lease_and_grace() {
     )
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs redis-server (Debian package redis-server)"]
+async fn tunnelizectl_cluster_lists_every_hub_and_a_hub_alone_says_it_is_in_none() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hub-a.sock");
+    let with_socket = HubConfig {
+        admin: admin_on(&socket),
+        ..member(&redis, "hub-a", [127, 0, 0, 2])
+    };
+    let (_a, _) = start_member(with_socket).await;
+    let (_b, _) = start_member(member(&redis, "hub-b", [127, 0, 0, 3])).await;
+
+    let out = ctl(&socket, &["--json", "cluster"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: tunnelize::admin::model::ClusterInfo = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (info.name.as_str(), info.member, info.reachable),
+        ("hub-a", true, true)
+    );
+    let hubs: Vec<(&str, &str)> = info
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.advertise.as_str()))
+        .collect();
+    assert_eq!(
+        hubs,
+        [("hub-a", "hub-a.test:7700"), ("hub-b", "hub-b.test:7700")]
+    );
+    assert!(
+        info.members
+            .iter()
+            .all(|m| m.epoch > 0 && m.lease_left_ms > 0)
+    );
+    assert_ne!(
+        info.members[0].epoch, info.members[1].epoch,
+        "each join has its own token"
+    );
+    let table = ctl(&socket, &["cluster"]).await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("hub-b.test:7700") && table.contains("member"),
+        "{table}"
+    );
+
+    let alone_socket = dir.path().join("alone.sock");
+    let (_alone, _, _) = start_hub_full(HubConfig {
+        admin: admin_on(&alone_socket),
+        ..hub_config(vec![tcp_any("tcp")])
+    })
+    .await;
+    let out = ctl(&alone_socket, &["cluster"]).await;
+    assert_eq!(out.status.code(), Some(3), "not found");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("in no cluster") && said.contains("[cluster]"),
+        "{said}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `[cluster]`: several hubs sharing their claims, membership and lockouts in one Redis
 //! (`hub::cluster`). Without the table a hub is alone and talks to no Redis at all.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::IntoConnectionInfo;
@@ -23,6 +24,9 @@ pub struct ClusterConfig {
     /// `redis`: where the cluster's state lives: `redis://host:port[/db]`, `rediss://…` (TLS,
     /// the system's roots), or `unix:///path/to/redis.sock`. Never holds the password.
     pub redis: String,
+    /// `ca_file` (optional, `rediss://` only): PEM certificates of the CA that signed the
+    /// Redis server's certificate, instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// `username` (optional): the Redis ACL user.
     pub username: Option<String>,
     /// `password`, `password_file` or `password_env` (optional): the Redis password.
@@ -45,6 +49,7 @@ pub struct ClusterConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCluster {
     redis: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
     username: Option<Spanned<String>>,
     password: Option<Spanned<Value>>,
     password_file: Option<Spanned<String>>,
@@ -97,8 +102,20 @@ pub(super) fn check_cluster(
             }
         },
     )?;
+    let ca_file = match &raw.ca_file {
+        Some(file) if !redis.get_ref().starts_with("rediss://") => {
+            return Err(src.error_at(
+                file.span(),
+                "`ca_file` in [cluster] is for a Redis reached over TLS: write `redis` as \
+                 rediss://HOST:PORT, or remove `ca_file`",
+            ));
+        }
+        Some(file) => Some(src.non_empty_path(file, "`ca_file` in [cluster]")?),
+        None => None,
+    };
     Ok(Some(ClusterConfig {
         redis: src.check(&redis, "`redis` in [cluster]", |url| check_redis_url(url))?,
+        ca_file,
         username: raw.username.as_ref().map(|u| u.get_ref().clone()),
         password: resolve_secret(src, &fields, " in [cluster]", 1)?,
         name: src.check(&name, "`name` in [cluster]", |name| {

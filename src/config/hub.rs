@@ -509,6 +509,24 @@ mod tests {
         );
         let short = parse(&short).unwrap_err().to_string();
         assert!(short.contains("from 1s to 10m"), "{short}");
+        let plain_with_ca = format!(
+            "{KEYS}\n[cluster]\nredis = \"redis://h:1\"\nname = \"a\"\nadvertise = \"a:1\"\n\
+             ca_file = \"/etc/tunnelize/redis-ca.pem\"\n"
+        );
+        let plain_with_ca = parse(&plain_with_ca).unwrap_err().to_string();
+        assert!(
+            plain_with_ca.contains("hub.toml:9:") && plain_with_ca.contains("rediss://"),
+            "{plain_with_ca}"
+        );
+        let tls_with_ca = format!(
+            "{KEYS}\n[cluster]\nredis = \"rediss://h:1\"\nname = \"a\"\nadvertise = \"a:1\"\n\
+             ca_file = \"/etc/tunnelize/redis-ca.pem\"\n"
+        );
+        let tls = parse(&tls_with_ca).unwrap().cluster.unwrap();
+        assert_eq!(
+            tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/tunnelize/redis-ca.pem"))
+        );
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub enum ClusterError {
         /// What the client said.
         source: redis::RedisError,
     },
+    /// `ca_file` cannot be read.
+    #[error("[cluster] ca_file {}: {source}; check the path and that the daemon's user may read it", path.display())]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why not.
+        source: std::io::Error,
+    },
 }
 
 /// What a claim is of: a port of a transport (the same number on every hub of the cluster),
@@ -202,7 +210,7 @@ struct Scripts {
     fail: Script,
 }
 
-/// Joins unless another live hub holds the name (with another token than ARGV[3]). Returns
+/// Joins unless another live hub holds the name (with another token than `ARGV[3]`). Returns
 /// {1, token} or {0, its token, its lease left in ms}.
 const JOIN: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'epoch')
@@ -226,8 +234,8 @@ end
 return 1
 ";
 
-/// Takes claim KEYS[2] for owner ARGV[2] for ARGV[3] ms if it is free or already that owner's,
-/// and the hub (KEYS[1]) still holds token ARGV[1]. Returns {'ok'}, {'fenced'} or
+/// Takes claim `KEYS[2]` for owner `ARGV[2]` for `ARGV[3]` ms if it is free or already that owner's,
+/// and the hub (`KEYS[1]`) still holds token `ARGV[1]`. Returns {'ok'}, {'fenced'} or
 /// {'taken', owner, ms left}.
 const CLAIM: &str = r"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
@@ -241,8 +249,8 @@ end
 return {'taken', cur, tostring(redis.call('PTTL', KEYS[2]))}
 ";
 
-/// Renews the hub's membership (KEYS[1], token ARGV[1], ARGV[2] ms) and claims KEYS[2..] for
-/// owners ARGV[4..] for ARGV[3] ms, writing back those Redis lost. Returns {'fenced'} or
+/// Renews the hub's membership (`KEYS[1]`, token `ARGV[1]`, `ARGV[2]` ms) and claims `KEYS[2..]` for
+/// owners `ARGV[4..]` for `ARGV[3]` ms, writing back those Redis lost. Returns {'fenced'} or
 /// {'ok', key, owner, …} listing the claims another owner holds.
 const RENEW: &str = r"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
@@ -263,8 +271,8 @@ end
 return out
 ";
 
-/// Counts a failed login (KEYS[1], for ARGV[2] ms); at ARGV[1] failures locks the address
-/// (KEYS[2]) for ARGV[2] ms. Returns the ms of the lockout it set, or 0.
+/// Counts a failed login (`KEYS[1]`, for `ARGV[2]` ms); at `ARGV[1]` failures locks the address
+/// (`KEYS[2]`) for `ARGV[2]` ms. Returns the ms of the lockout it set, or 0.
 const FAIL: &str = r"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -297,8 +305,8 @@ fn lockout_keys(ip: IpAddr) -> (String, String) {
 
 impl Cluster {
     /// Prepares the connection (made on first use, and again by itself after a loss);
-    /// [`Cluster::join`] makes this hub a member.
-    pub fn new(config: ClusterConfig, grace: Duration) -> Result<Arc<Self>, ClusterError> {
+    /// [`Cluster::join`] makes this hub a member. Reads `ca_file`, if set.
+    pub async fn new(config: ClusterConfig, grace: Duration) -> Result<Arc<Self>, ClusterError> {
         let client_error = |source| ClusterError::Client {
             url: config.redis.clone(),
             source,
@@ -316,7 +324,23 @@ impl Cluster {
             settings = settings.set_password(password.expose());
         }
         info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(client_error)?;
+        let client = match &config.ca_file {
+            Some(path) => {
+                let root_cert =
+                    tokio::fs::read(path)
+                        .await
+                        .map_err(|source| ClusterError::CaFile {
+                            path: path.clone(),
+                            source,
+                        })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(info, certificates).map_err(client_error)?
+            }
+            None => redis::Client::open(info).map_err(client_error)?,
+        };
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))

@@ -256,6 +256,7 @@ impl Hub {
         let cluster = match &config.cluster {
             Some(cluster) => Some(
                 cluster::Cluster::new((**cluster).clone(), config.reconnect_grace)
+                    .await
                     .map_err(|e| HubError::Config(e.to_string()))?,
             ),
             None => None,

@@ -1,5 +1,6 @@
 //! A real Redis (Debian's `redis-server`) for the cluster tests: its own temporary directory,
-//! a Unix socket there and no TCP port, nothing saved to disk; killed when dropped.
+//! a Unix socket there and no plain TCP port (a TLS port on request), nothing saved to disk;
+//! killed when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,15 +13,48 @@ use tokio::net::UnixStream;
 pub struct Redis {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    tls: Option<Tls>,
+    password: Option<String>,
+}
+
+/// The TLS side of a Redis started by [`Redis::start_tls`].
+struct Tls {
+    cert: tunnelize::config::TlsFiles,
+    port: u16,
 }
 
 impl Redis {
     /// Starts one and waits (bounded) until it answers PING.
     pub async fn start() -> Redis {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut redis = Redis { dir, child: None };
+        let mut redis = Redis {
+            dir,
+            child: None,
+            tls: None,
+            password: None,
+        };
         redis.spawn().await;
         redis
+    }
+
+    /// Starts one that also serves TLS on a loopback port with `cert` (clients unauthenticated)
+    /// and asks for `password`.
+    pub async fn start_tls(cert: tunnelize::config::TlsFiles, password: &str) -> Redis {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut redis = Redis {
+            dir,
+            child: None,
+            tls: Some(Tls { cert, port: 0 }),
+            password: Some(password.into()),
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    /// `rediss://127.0.0.1:PORT` of a Redis started by [`Redis::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("a Redis started with start_tls");
+        format!("rediss://127.0.0.1:{}", tls.port)
     }
 
     /// `unix://…` for `[cluster] redis`.
@@ -48,8 +82,28 @@ impl Redis {
     }
 
     async fn spawn(&mut self) {
+        // Redis takes no port 0 for "any": a port the kernel just chose, and another if Redis
+        // finds it taken meanwhile.
+        for _ in 0..5 {
+            if let Some(tls) = &mut self.tls {
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+                tls.port = probe.local_addr().expect("its address").port();
+            }
+            if self.try_spawn().await {
+                return;
+            }
+        }
+        panic!(
+            "redis-server did not start; its log: {}",
+            tail(&self.dir.path().join("redis.log"))
+        );
+    }
+
+    /// Starts redis-server and waits (bounded) for it to answer; false if it exited first.
+    async fn try_spawn(&mut self) -> bool {
         let dir = self.dir.path();
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
             .args([
@@ -63,7 +117,19 @@ impl Redis {
             .arg("--dir")
             .arg(dir)
             .arg("--logfile")
-            .arg(dir.join("redis.log"))
+            .arg(dir.join("redis.log"));
+        if let Some(tls) = &self.tls {
+            command
+                .args(["--tls-port", &tls.port.to_string(), "--tls-cert-file"])
+                .arg(&tls.cert.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.cert.key_file)
+                .args(["--tls-auth-clients", "no", "--bind", "127.0.0.1"]);
+        }
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -74,19 +140,29 @@ impl Redis {
         self.child = Some(child);
         let socket = self.socket();
         let log = dir.join("redis.log");
-        super::eventually(
-            "redis-server to answer PING",
-            Duration::from_secs(10),
-            || {
-                let (socket, log) = (socket.clone(), log.clone());
-                async move {
-                    ping(&socket)
-                        .await
-                        .map_err(|e| format!("{e}; its log: {}", tail(&log)))
-                }
-            },
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            let exited = self
+                .child
+                .as_mut()
+                .map(|child| matches!(child.try_wait(), Ok(Some(_))))
+                .unwrap_or(true);
+            if exited {
+                self.child = None;
+                return false;
+            }
+            let error = match ping(&socket).await {
+                Ok(()) => return true,
+                Err(e) => e,
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not answer PING within 10 s: {error}; its log: {}",
+                tail(&log)
+            );
+        }
     }
 }
 
@@ -102,7 +178,8 @@ async fn ping(socket: &Path) -> std::io::Result<()> {
     let mut answer = [0u8; 7];
     stream.read_exact(&mut answer).await?;
     match &answer {
-        b"+PONG\r\n" => Ok(()),
+        // Alive, and asking for its password.
+        b"+PONG\r\n" | b"-NOAUTH" => Ok(()),
         other => Err(std::io::Error::other(format!(
             "answered {:?}",
             String::from_utf8_lossy(other)

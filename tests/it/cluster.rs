@@ -50,6 +50,7 @@ fn member(redis: &Redis, name: &str, tcp_ip: [u8; 4]) -> HubConfig {
     config.reconnect_grace = LEASE;
     config.cluster = Some(Box::new(ClusterConfig {
         redis: redis.url(),
+        ca_file: None,
         username: None,
         password: None,
         name: name.into(),
@@ -452,5 +453,51 @@ async fn tunnelizectl_cluster_lists_every_hub_and_a_hub_alone_says_it_is_in_none
     assert!(
         said.contains("in no cluster") && said.contains("[cluster]"),
         "{said}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (Debian package redis-server)"]
+async fn a_hub_reaches_redis_over_tls_with_a_private_ca_and_a_password_and_not_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::TestCa::new(dir.path());
+    let (cert, _) = ca.issue(dir.path(), "redis", "127.0.0.1");
+    let redis = Redis::start_tls(cert, "redis-password-0123").await;
+    let over_tls = |ca_file: Option<std::path::PathBuf>, password: &str| {
+        let mut config = member(&redis, "hub-tls", [127, 0, 0, 2]);
+        let cluster = config.cluster.as_mut().unwrap();
+        cluster.redis = redis.tls_url();
+        cluster.ca_file = ca_file;
+        cluster.password = Some(Secret::new(password));
+        config
+    };
+
+    // The system's roots do not know the test CA, and a wrong password is refused: neither
+    // hub gets an answer from Redis, and neither says the password it tried.
+    for (what, config) in [
+        ("without ca_file", over_tls(None, "redis-password-0123")),
+        (
+            "with a wrong password",
+            over_tls(Some(ca.file.clone()), "not-the-password"),
+        ),
+    ] {
+        let (_hub, _admin, view) = start_hub_full(config).await;
+        let answer = view.cluster_members().await.expect("a hub with [cluster]");
+        let error = answer.expect_err(what);
+        assert!(!error.contains("password-0123"), "{what}: {error}");
+        let status = view.cluster().unwrap();
+        assert!(!status.member && !status.reachable, "{what}: {status:?}");
+    }
+
+    let (_hub, view) = start_member(over_tls(Some(ca.file.clone()), "redis-password-0123")).await;
+    let members = view.cluster_members().await.unwrap().unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].name, "hub-tls");
+    let status = view.cluster().unwrap();
+    assert!(status.reachable, "{status:?}");
+    assert!(
+        !status.redis.contains("redis-password"),
+        "no password in {}",
+        status.redis
     );
 }

@@ -40,6 +40,8 @@ use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
 use crate::protocol::Transport;
+use crate::secret::Secret;
+use crate::tls::Fingerprint;
 
 /// The deadline of one Redis round trip.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,10 +88,33 @@ pub enum ClaimKey {
 
 impl ClaimKey {
     fn redis_key(&self) -> String {
+        format!("{PREFIX}:claim:{}", self.route())
+    }
+
+    /// The claim as a route of the peer links: `tcp:5000`, `udp:5353`,
+    /// `host:web:app.example.com`.
+    pub fn route(&self) -> String {
         match self {
-            ClaimKey::Port(Transport::Tcp, port) => format!("{PREFIX}:claim:tcp:{port}"),
-            ClaimKey::Port(Transport::Udp, port) => format!("{PREFIX}:claim:udp:{port}"),
-            ClaimKey::Host { service, host } => format!("{PREFIX}:claim:host:{service}:{host}"),
+            ClaimKey::Port(Transport::Tcp, port) => format!("tcp:{port}"),
+            ClaimKey::Port(Transport::Udp, port) => format!("udp:{port}"),
+            ClaimKey::Host { service, host } => format!("host:{service}:{host}"),
+        }
+    }
+
+    /// Reads a route back; `None` for anything else.
+    pub fn from_route(route: &str) -> Option<ClaimKey> {
+        let (kind, rest) = route.split_once(':')?;
+        match kind {
+            "tcp" => Some(ClaimKey::Port(Transport::Tcp, rest.parse().ok()?)),
+            "udp" => Some(ClaimKey::Port(Transport::Udp, rest.parse().ok()?)),
+            "host" => {
+                let (service, host) = rest.split_once(':')?;
+                Some(ClaimKey::Host {
+                    service: service.to_owned(),
+                    host: host.to_owned(),
+                })
+            }
+            _ => None,
         }
     }
 }
@@ -198,8 +223,30 @@ pub struct Cluster {
     /// How long claims outlive a lease: the hub's `reconnect_grace`.
     grace: Duration,
     scripts: Scripts,
+    /// The SHA-256 of this hub's certificate, published for other hubs to pin when they dial
+    /// its peer link (a reload that changes the certificate changes it).
+    cert: parking_lot::Mutex<Fingerprint>,
+    /// The token other hubs' peer links show that they are members: random per run, published
+    /// with the membership. Whoever can read the cluster's Redis can take every claim anyway,
+    /// so Redis is the root of trust between hubs.
+    peer_token: Secret,
+    /// Where the routes (claims) other hubs serve are, as read at the last renewal.
+    routes: parking_lot::RwLock<Arc<Routes>>,
     /// Round trips and errors.
     pub metrics: ClusterMetrics,
+}
+
+/// The routes served by other hubs of the cluster: for each claim (`tcp:5000`,
+/// `host:web:app.example.com`), the hubs with a live tunnel session serving it.
+pub type Routes = HashMap<String, Vec<String>>;
+
+/// What a hub needs to dial another hub's peer link: where, and what certificate to expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddress {
+    /// Its `advertise` address (`host:port`).
+    pub advertise: String,
+    /// The SHA-256 of its certificate.
+    pub cert: Fingerprint,
 }
 
 struct Scripts {
@@ -210,8 +257,9 @@ struct Scripts {
     fail: Script,
 }
 
-/// Joins unless another live hub holds the name (with another token than `ARGV[3]`). Returns
-/// {1, token} or {0, its token, its lease left in ms}.
+/// Joins unless another live hub holds the name (with another token than `ARGV[3]`), writing
+/// its advertise address, its certificate's SHA-256 and its peer token. Returns {1, token} or
+/// {0, its token, its lease left in ms}.
 const JOIN: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'epoch')
 if cur and cur ~= ARGV[3] then
@@ -219,7 +267,7 @@ if cur and cur ~= ARGV[3] then
 end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'epoch', epoch, 'advertise', ARGV[1])
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'advertise', ARGV[1], 'cert', ARGV[5], 'peer_token', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[4])
 return {1, epoch}
@@ -249,17 +297,19 @@ end
 return {'taken', cur, tostring(redis.call('PTTL', KEYS[2]))}
 ";
 
-/// Renews the hub's membership (`KEYS[1]`, token `ARGV[1]`, `ARGV[2]` ms) and claims `KEYS[2..]` for
-/// owners `ARGV[4..]` for `ARGV[3]` ms, writing back those Redis lost. Returns {'fenced'} or
+/// Renews the hub's membership (`KEYS[1]`, token `ARGV[1]`, `ARGV[2]` ms, its certificate's
+/// SHA-256 `ARGV[4]`, which a reload may have changed) and claims `KEYS[2..]` for owners
+/// `ARGV[5..]` for `ARGV[3]` ms, writing back those Redis lost. Returns {'fenced'} or
 /// {'ok', key, owner, …} listing the claims another owner holds.
 const RENEW: &str = r"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
   return {'fenced'}
 end
+redis.call('HSET', KEYS[1], 'cert', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local out = {'ok'}
 for i = 2, #KEYS do
-  local owner = ARGV[i + 2]
+  local owner = ARGV[i + 3]
   local cur = redis.call('GET', KEYS[i])
   if cur == false or cur == owner then
     redis.call('SET', KEYS[i], owner, 'PX', ARGV[3])
@@ -306,7 +356,11 @@ fn lockout_keys(ip: IpAddr) -> (String, String) {
 impl Cluster {
     /// Prepares the connection (made on first use, and again by itself after a loss);
     /// [`Cluster::join`] makes this hub a member. Reads `ca_file`, if set.
-    pub async fn new(config: ClusterConfig, grace: Duration) -> Result<Arc<Self>, ClusterError> {
+    pub async fn new(
+        config: ClusterConfig,
+        grace: Duration,
+        cert: Fingerprint,
+    ) -> Result<Arc<Self>, ClusterError> {
         let client_error = |source| ClusterError::Client {
             url: config.redis.clone(),
             source,
@@ -361,6 +415,9 @@ impl Cluster {
                 renew: Script::new(RENEW),
                 fail: Script::new(FAIL),
             },
+            cert: parking_lot::Mutex::new(cert),
+            peer_token: Secret::random(32),
+            routes: parking_lot::RwLock::default(),
             metrics: ClusterMetrics::default(),
         }))
     }
@@ -441,7 +498,9 @@ impl Cluster {
             .arg(&self.config.advertise)
             .arg(millis(self.config.lease))
             .arg(old.to_string())
-            .arg(&self.config.name);
+            .arg(&self.config.name)
+            .arg(self.cert.lock().to_string())
+            .arg(self.peer_token.expose());
         match self.trip::<Vec<redis::Value>>(&invocation).await {
             Ok(answer) => match parse_join(&answer) {
                 Joined::Yes(epoch) => {
@@ -578,7 +637,8 @@ impl Cluster {
         invocation
             .arg(epoch.to_string())
             .arg(millis(self.config.lease))
-            .arg(self.claim_ttl());
+            .arg(self.claim_ttl())
+            .arg(self.cert.lock().to_string());
         for (_, owner) in batch {
             invocation.arg(&owner.0);
         }
@@ -683,6 +743,118 @@ impl Cluster {
         Ok(members)
     }
 
+    /// This hub's fencing token now; 0 while it is not a member.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// The token this hub's peer links present.
+    pub fn peer_token(&self) -> &Secret {
+        &self.peer_token
+    }
+
+    /// A reload changed this hub's certificate: published at the next renewal.
+    pub fn set_cert(&self, cert: Fingerprint) {
+        *self.cert.lock() = cert;
+    }
+
+    /// Where hub `name` takes peer links, and the certificate it showed the cluster.
+    pub async fn peer_address(&self, name: &str) -> Result<PeerAddress, String> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(format!("{PREFIX}:hub:{name}"))
+            .arg("advertise")
+            .arg("cert");
+        let (advertise, cert): (Option<String>, Option<String>) = self
+            .command(&cmd)
+            .await
+            .map_err(|e| format!("Redis at {}: {e}", self.config.redis))?;
+        match (advertise, cert.map(|c| c.parse::<Fingerprint>())) {
+            (Some(advertise), Some(Ok(cert))) => Ok(PeerAddress { advertise, cert }),
+            (None, _) | (_, None) => Err(format!("hub {name} is not a member of the cluster")),
+            (_, Some(Err(e))) => Err(format!(
+                "hub {name} published an unusable certificate hash ({e})"
+            )),
+        }
+    }
+
+    /// Whether `token` is the peer token of hub `name`'s membership `epoch`, as Redis holds
+    /// it (compared in constant time). `Err` when Redis cannot say.
+    pub async fn check_peer(&self, name: &str, epoch: u64, token: &Secret) -> Result<bool, String> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(format!("{PREFIX}:hub:{name}"))
+            .arg("epoch")
+            .arg("peer_token");
+        let (held_epoch, held_token): (Option<u64>, Option<String>) = self
+            .command(&cmd)
+            .await
+            .map_err(|e| format!("Redis at {}: {e}", self.config.redis))?;
+        Ok(match (held_epoch, held_token) {
+            (Some(held), Some(held_token)) => {
+                // Both are compared whatever the first gives, so the time says nothing.
+                let token_ok = Secret::new(held_token).matches(token.expose());
+                token_ok & (held == epoch)
+            }
+            _ => false,
+        })
+    }
+
+    /// Publishes the routes this hub serves with a live tunnel session (replacing what it
+    /// published before), for one lease.
+    pub async fn publish_routes(&self, served: &[String]) {
+        if !self.is_member() {
+            return;
+        }
+        let key = format!("{PREFIX}:routes:{}", self.config.name);
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("DEL").arg(&key).ignore();
+        if !served.is_empty() {
+            pipe.cmd("SADD").arg(&key).arg(served).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(millis(self.config.lease))
+                .ignore();
+        }
+        if let Err(e) = self.pipeline::<()>(&pipe).await {
+            warn!(hub = %self.config.name, error = %e, "cannot publish this hub's routes: Redis at {}: {e}", self.config.redis);
+        }
+    }
+
+    /// Reads where the other hubs' routes are (kept until the next read succeeds).
+    pub async fn refresh_routes(&self) {
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(Self::members_key());
+        let Ok(names) = self.command::<Vec<String>>(&cmd).await else {
+            return;
+        };
+        let others: Vec<String> = names
+            .into_iter()
+            .filter(|name| *name != self.config.name)
+            .collect();
+        let mut pipe = redis::pipe();
+        for name in &others {
+            pipe.cmd("SMEMBERS").arg(format!("{PREFIX}:routes:{name}"));
+        }
+        let sets: Vec<Vec<String>> = match others.is_empty() {
+            true => Vec::new(),
+            false => match self.pipeline(&pipe).await {
+                Ok(sets) => sets,
+                Err(_) => return,
+            },
+        };
+        let mut routes = Routes::new();
+        for (name, set) in others.iter().zip(sets) {
+            for route in set {
+                routes.entry(route).or_default().push(name.clone());
+            }
+        }
+        *self.routes.write() = Arc::new(routes);
+    }
+
+    /// The routes other hubs serve, as last read.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.read().clone()
+    }
+
     async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Trip> {
         self.metrics.round_trips.fetch_add(1, Ordering::Relaxed);
         let mut redis = self.redis.clone();
@@ -750,7 +922,29 @@ pub(crate) async fn keep_membership(shared: Arc<super::Shared>, cluster: Arc<Clu
             _ = tick.tick() => {}
         }
         cluster.renew(&held_claims(&shared)).await;
+        cluster.publish_routes(&served_routes(&shared)).await;
+        cluster.refresh_routes().await;
+        super::peer::sync_remote_ports(&shared, &cluster);
     }
+}
+
+/// The routes this hub serves with a live tunnel session.
+fn served_routes(shared: &super::Shared) -> Vec<String> {
+    let mut routes = Vec::new();
+    for session in shared.registry.tunnels() {
+        for proxy in session.proxies() {
+            if let Some((transport, (_, port))) = proxy.claim {
+                routes.push(ClaimKey::Port(transport, port).route());
+            }
+            if let Some(host) = proxy.hostname {
+                let service = proxy.service.clone();
+                routes.push(ClaimKey::Host { service, host }.route());
+            }
+        }
+    }
+    routes.sort();
+    routes.dedup();
+    routes
 }
 
 /// Every claim this hub holds: its live sessions' ports and hostnames, and those it holds for

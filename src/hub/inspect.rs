@@ -374,6 +374,24 @@ impl HubView {
                 "Claims found held by another owner when the hub renewed them.",
                 load(&m.conflicts),
             ),
+            (
+                "tunnelize_cluster_forwarded_total",
+                Kind::Counter,
+                "Clients this hub forwarded to another hub of the cluster over a peer link.",
+                load(&self.shared.peers.forwarded),
+            ),
+            (
+                "tunnelize_cluster_forwarded_served_total",
+                Kind::Counter,
+                "Clients another hub forwarded here that this hub served from its tunnels.",
+                load(&self.shared.peers.served),
+            ),
+            (
+                "tunnelize_cluster_remote_ports",
+                Kind::Gauge,
+                "Ports this hub binds for tunnels connected to other hubs of the cluster.",
+                self.shared.peers.remote_port_count() as u64,
+            ),
         ];
         for (name, kind, help, value) in families {
             text.family(name, kind, help).sample(name, &hub, value);

@@ -31,6 +31,7 @@ pub mod inspect;
 pub(crate) mod links;
 pub(crate) mod lockout;
 pub(crate) mod metrics;
+pub(crate) mod peer;
 pub(crate) mod per_address;
 mod ports;
 pub(crate) mod registry;
@@ -119,6 +120,8 @@ pub(crate) struct Shared {
     pub started: std::time::SystemTime,
     /// Its cluster membership and Redis connection (`[cluster]`); `None` for a hub alone.
     pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Its peer links to the other hubs of its cluster, and the ports it serves for them.
+    pub(crate) peers: peer::Peers,
 }
 
 impl Shared {
@@ -255,9 +258,13 @@ impl Hub {
         }
         let cluster = match &config.cluster {
             Some(cluster) => Some(
-                cluster::Cluster::new((**cluster).clone(), config.reconnect_grace)
-                    .await
-                    .map_err(|e| HubError::Config(e.to_string()))?,
+                cluster::Cluster::new(
+                    (**cluster).clone(),
+                    config.reconnect_grace,
+                    identity.fingerprint(),
+                )
+                .await
+                .map_err(|e| HubError::Config(e.to_string()))?,
             ),
             None => None,
         };
@@ -285,6 +292,7 @@ impl Hub {
             addresses: Arc::default(),
             started: std::time::SystemTime::now(),
             cluster,
+            peers: peer::Peers::default(),
         };
         Ok(Hub {
             shared: Arc::new(shared),
@@ -530,5 +538,6 @@ async fn serve_connection(
     match preamble.channel {
         Channel::Control => control::serve_control(shared, framed, peer, shutdown, handshake).await,
         Channel::Link => links::serve_link(shared, framed, peer, handshake).await,
+        Channel::Peer => peer::serve_peer(shared, framed, peer, handshake).await,
     }
 }

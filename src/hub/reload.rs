@@ -304,8 +304,9 @@ impl Plan<'_> {
 
 /// Everything a plan needs that can fail, made before anything changes.
 struct Prepared {
-    /// The tunnel listener's certificate, re-read when `[tls]` names files.
-    tunnel_acceptor: Option<TlsAcceptor>,
+    /// The tunnel listener's certificate, re-read when `[tls]` names files, and its SHA-256
+    /// (published to the cluster, whose hubs pin it on their peer links).
+    tunnel_acceptor: Option<(TlsAcceptor, crate::tls::Fingerprint)>,
     /// New certificates of unchanged https services, by service.
     renewed: Vec<(String, TlsAcceptor)>,
     /// The http/https services to start, in the plan's order.
@@ -328,8 +329,7 @@ async fn prepare(plan: &Plan<'_>, new: &HubConfig) -> Result<Prepared, String> {
     let tunnel_acceptor = match &new.tls {
         Some(files) => Some(
             Identity::from_files(files)
-                .and_then(|id| id.server_config())
-                .map(TlsAcceptor::from)
+                .and_then(|id| Ok((TlsAcceptor::from(id.server_config()?), id.fingerprint())))
                 .map_err(|e| format!("[tls]: {e}"))?,
         ),
         None => None,
@@ -384,8 +384,11 @@ async fn apply(
 ) -> String {
     let mut notes = Vec::new();
     *shared.current.write() = new.clone();
-    if let Some(acceptor) = prepared.tunnel_acceptor {
+    if let Some((acceptor, fingerprint)) = prepared.tunnel_acceptor {
         *shared.tunnel_acceptor.write() = acceptor;
+        if let Some(cluster) = &shared.cluster {
+            cluster.set_cert(fingerprint);
+        }
         notes.push("certificates re-read".to_owned());
     }
     renew_certificates(shared, prepared.renewed);

@@ -31,8 +31,25 @@ pub(super) fn expose(
     config: &TcpService,
     req: &ProxyRequest,
 ) -> Result<u16, String> {
-    let listener: TcpListener = ServicePorts::new(service, config.listen, config.ports)
-        .claim_and_bind(&shared.registry, session.id, req.port)?;
+    // A port this hub serves for another hub's tunnel (`hub::peer`) is taken over, socket and
+    // all, when a tunnel claims it here: it never closes in between.
+    let remote = req
+        .port
+        .and_then(|port| shared.peers.take_remote_port(&(config.listen, port)));
+    let listener =
+        match (remote, req.port) {
+            (Some(listener), Some(port)) => {
+                shared
+                    .registry
+                    .claim_port((config.listen, port), session.id)
+                    .map_err(|_| format!("port {port} is taken by another tunnel"))?;
+                listener
+            }
+            _ => Arc::new(
+                ServicePorts::new(service, config.listen, config.ports)
+                    .claim_and_bind::<TcpListener>(&shared.registry, session.id, req.port)?,
+            ),
+        };
     let port = listener
         .local_addr()
         .map(|a| a.port())
@@ -50,7 +67,7 @@ pub(super) fn expose(
 async fn accept_clients(
     shared: Arc<Shared>,
     session: Arc<TunnelSession>,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     service: String,
     proxy: String,
 ) {

@@ -24,6 +24,10 @@ pub const ERROR_HEADER: &str = "tunnelize-error";
 /// Header naming the transport the stream's bodies carry; absent means TCP.
 pub const TRANSPORT_HEADER: &str = "tunnelize-transport";
 
+/// Header of a hub-to-hub stream naming the route (the cluster claim) its client came for:
+/// `tcp:PORT`, `udp:PORT` or `host:SERVICE:HOSTNAME`.
+pub const ROUTE_HEADER: &str = "tunnelize-route";
+
 const LINK_URI: &str = "https://tunnelize.link/v1/stream";
 
 /// Errors parsing link stream heads.
@@ -125,6 +129,64 @@ impl LinkOpen {
     }
 }
 
+/// The head of a hub-to-hub stream (a cluster's peer link): a client that reached another hub
+/// for a route this hub serves. The answer and the bodies are a link stream's (the serving
+/// hub relays its tunnel's answer), so a refusal travels back as a [`LinkRefusal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerOpen {
+    /// The claim the client came for (`tcp:5000`).
+    pub route: String,
+    /// The public client's address, as the first hub saw it.
+    pub peer: SocketAddr,
+    /// What the stream's bodies carry.
+    pub transport: Transport,
+}
+
+impl PeerOpen {
+    /// The HTTP/2 request head that opens the stream.
+    pub fn to_request(&self) -> Result<Request<()>, LinkHeaderError> {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(LINK_URI)
+            .body(())
+            .map_err(|_| LinkHeaderError::Invalid("uri"))?;
+        let headers = req.headers_mut();
+        let route = HeaderValue::from_str(&self.route)
+            .ok()
+            .filter(|v| v.to_str().is_ok())
+            .ok_or(LinkHeaderError::Invalid(ROUTE_HEADER))?;
+        headers.insert(ROUTE_HEADER, route);
+        headers.insert(
+            PEER_HEADER,
+            HeaderValue::from_str(&self.peer.to_string())
+                .map_err(|_| LinkHeaderError::Invalid(PEER_HEADER))?,
+        );
+        headers.insert(
+            TRANSPORT_HEADER,
+            HeaderValue::from_static(self.transport.name()),
+        );
+        Ok(req)
+    }
+
+    /// Reads a stream's request head.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, LinkHeaderError> {
+        let route = text(headers, ROUTE_HEADER)?.to_owned();
+        let peer = text(headers, PEER_HEADER)?
+            .parse()
+            .map_err(|_| LinkHeaderError::Invalid(PEER_HEADER))?;
+        let transport = match text(headers, TRANSPORT_HEADER)? {
+            "tcp" => Transport::Tcp,
+            "udp" => Transport::Udp,
+            _ => return Err(LinkHeaderError::Invalid(TRANSPORT_HEADER)),
+        };
+        Ok(PeerOpen {
+            route,
+            peer,
+            transport,
+        })
+    }
+}
+
 /// Why a tunnel could not serve a link stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRefusal {
@@ -196,6 +258,31 @@ mod tests {
         assert!(
             req.headers().get(TRANSPORT_HEADER).is_none(),
             "tcp streams send no transport header"
+        );
+    }
+
+    #[test]
+    fn a_peer_open_round_trips_and_needs_its_route() {
+        let open = PeerOpen {
+            route: "tcp:5000".into(),
+            peer: "203.0.113.9:40000".parse().unwrap(),
+            transport: Transport::Tcp,
+        };
+        let req = open.to_request().unwrap();
+        assert_eq!(PeerOpen::from_headers(req.headers()), Ok(open));
+        let mut headers = req.headers().clone();
+        headers.remove(ROUTE_HEADER);
+        assert_eq!(
+            PeerOpen::from_headers(&headers),
+            Err(LinkHeaderError::Missing(ROUTE_HEADER))
+        );
+        let bad = PeerOpen {
+            route: "tcp:5000\n".into(),
+            ..PeerOpen::from_headers(req.headers()).unwrap()
+        };
+        assert_eq!(
+            bad.to_request().map(|_| ()),
+            Err(LinkHeaderError::Invalid(ROUTE_HEADER))
         );
     }
 

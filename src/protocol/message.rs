@@ -39,6 +39,16 @@ pub enum TunnelMessage {
         /// The session's link token from `Welcome`.
         token: Secret,
     },
+    /// First message on a peer connection (hub to hub, in a cluster): which hub dials, with
+    /// the token it published in the cluster's Redis for its membership `epoch`.
+    PeerHello {
+        /// The dialing hub's `[cluster] name`.
+        hub: String,
+        /// Its fencing token (membership) now.
+        epoch: u64,
+        /// The peer token of that membership.
+        token: Secret,
+    },
     /// Heartbeat; the hub answers with `Pong` and the same id.
     Ping,
     /// Answer to a hub's `Ping`.
@@ -94,8 +104,8 @@ pub enum HubMessage {
         /// One outcome per requested proxy, in request order.
         proxies: Vec<ProxyOutcome>,
     },
-    /// The link connection is bound to its session; answers `LinkHello`. Multiplexed streams
-    /// follow on the same connection.
+    /// The link connection is bound to its session; answers `LinkHello` (and `PeerHello`, for
+    /// a hub-to-hub link). Multiplexed streams follow on the same connection.
     LinkAccepted,
     /// The request is refused; the hub closes the connection after sending this.
     Refused {
@@ -293,6 +303,11 @@ mod tests {
         });
         round_trip(TunnelMessage::LinkHello {
             tunnel_id: Uuid::new_v4(),
+            token: Secret::random(16),
+        });
+        round_trip(TunnelMessage::PeerHello {
+            hub: "hub-a".into(),
+            epoch: 7,
             token: Secret::random(16),
         });
         round_trip(TunnelMessage::Ping);

@@ -22,7 +22,7 @@ pub use datagram::{
     datagram_header, encode_datagram,
 };
 pub use frame::{FrameError, decode_frame, encode_frame};
-pub use link::{LinkHeaderError, LinkOpen, LinkRefusal, Transport};
+pub use link::{LinkHeaderError, LinkOpen, LinkRefusal, PeerOpen, Transport};
 pub use message::{
     BasicAuth, Envelope, HubMessage, ProxyOutcome, ProxyRequest, RefusalCode, TunnelMessage,
 };

@@ -22,6 +22,9 @@ pub enum Channel {
     Control,
     /// A link connection: after its handshake it carries multiplexed link streams.
     Link,
+    /// A hub-to-hub link of a cluster: another hub forwards the clients it got for a tunnel
+    /// this hub holds, one stream each.
+    Peer,
 }
 
 impl Channel {
@@ -29,6 +32,7 @@ impl Channel {
         match self {
             Channel::Control => 1,
             Channel::Link => 2,
+            Channel::Peer => 3,
         }
     }
 
@@ -36,6 +40,7 @@ impl Channel {
         match b {
             1 => Some(Channel::Control),
             2 => Some(Channel::Link),
+            3 => Some(Channel::Peer),
             _ => None,
         }
     }
@@ -133,7 +138,7 @@ mod tests {
 
     #[test]
     fn preamble_round_trips_for_both_channels() {
-        for channel in [Channel::Control, Channel::Link] {
+        for channel in [Channel::Control, Channel::Link, Channel::Peer] {
             let p = Preamble::new(channel);
             assert_eq!(Preamble::decode(&p.encode()), Ok(p));
         }

@@ -123,9 +123,14 @@ pub async fn start_hub_presenting(
     tunnelize::hub::inspect::HubView,
 ) {
     tunnelize::tls::install_crypto_provider();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // `config.listen` is 127.0.0.1:0 unless a test gives a hub another address.
+    let listener = TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     config.listen = addr;
+    // A cluster member whose test left `advertise` empty advertises where it listens.
+    if let Some(cluster) = config.cluster.as_mut().filter(|c| c.advertise.is_empty()) {
+        cluster.advertise = addr.to_string();
+    }
     let admin = config.admin.clone();
     let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
     let hub = Hub::new(config, identity).await.unwrap();

@@ -21,16 +21,16 @@ use tunnelize::protocol::ProxyOutcome;
 use tunnelize::secret::Secret;
 use tunnelize::tunnel::Tunnel;
 
-const ALICE: &str = "alice-key-0123456789abcdef";
+pub(crate) const ALICE: &str = "alice-key-0123456789abcdef";
 const BOB: &str = "bob-key-0123456789abcdef";
 const LEASE: Duration = Duration::from_secs(1);
 /// A lease, the grace of the claims after it, and renewals: far more than any test waits.
-const SETTLES: Duration = Duration::from_secs(20);
+pub(crate) const SETTLES: Duration = Duration::from_secs(20);
 
 /// A hub of the cluster in `redis` named `name`: an http service for `test.local` and a tcp
 /// service on `tcp_ip` (hubs of one test listen on different addresses, as on different
 /// machines), keys alice and bob, a one-second lease and reconnect_grace.
-fn member(redis: &Redis, name: &str, tcp_ip: [u8; 4]) -> HubConfig {
+pub(crate) fn member(redis: &Redis, name: &str, tcp_ip: [u8; 4]) -> HubConfig {
     let tcp = ServiceConfig {
         name: "tcp".into(),
         kind: ServiceKind::Tcp(TcpService {
@@ -61,7 +61,7 @@ fn member(redis: &Redis, name: &str, tcp_ip: [u8; 4]) -> HubConfig {
 }
 
 /// Starts `config` and waits until it is a member of its cluster.
-async fn start_member(config: HubConfig) -> (TestHub, HubView) {
+pub(crate) async fn start_member(config: HubConfig) -> (TestHub, HubView) {
     let (hub, _admin, view) = start_hub_full(config).await;
     eventually("the hub to join its cluster", SETTLES, || {
         let status = view.cluster();
@@ -76,7 +76,11 @@ async fn start_member(config: HubConfig) -> (TestHub, HubView) {
     (hub, view)
 }
 
-fn tunnel_of(hub: &TestHub, key: &str, proxy: ProxyConfig) -> tunnelize::config::TunnelConfig {
+pub(crate) fn tunnel_of(
+    hub: &TestHub,
+    key: &str,
+    proxy: ProxyConfig,
+) -> tunnelize::config::TunnelConfig {
     let mut config = tunnel_config(hub, vec![proxy]);
     config.key = Some(Secret::new(key));
     config

@@ -17,6 +17,7 @@ mod admin_api;
 mod bench_report;
 mod cli;
 mod cluster;
+mod cluster_forward;
 mod cluster_kill;
 mod code_shape;
 mod dead_peer;

@@ -160,40 +160,7 @@ impl Peers {
         .await
         .map_err(|_| format!("{what}: no TLS handshake within {limit:?}"))?
         .map_err(|e| format!("{what}: TLS: {e}"))?;
-        let mut framed = FramedStream::new(tls);
-        let hello = Envelope {
-            id: 1,
-            msg: TunnelMessage::PeerHello {
-                hub: cluster.name().to_owned(),
-                epoch: cluster.epoch(),
-                token: cluster.peer_token().clone(),
-            },
-        };
-        framed
-            .write_preamble_and(&Preamble::new(Channel::Peer).encode(), &[&hello])
-            .await
-            .map_err(|e| format!("{what}: {e}"))?;
-        let answer = framed
-            .read_hub_preamble(limit)
-            .await
-            .map_err(|e| format!("{what}: {e}"))?;
-        if !answer.accepted || answer.version != PROTOCOL_VERSION {
-            return Err(format!(
-                "{what} speaks protocol version {}, this hub {PROTOCOL_VERSION}",
-                answer.version
-            ));
-        }
-        let reply: Envelope<HubMessage> = framed
-            .read_message(limit, "answering our peer hello")
-            .await
-            .map_err(|e| format!("{what}: {e}"))?;
-        match reply.msg {
-            HubMessage::LinkAccepted => {}
-            HubMessage::Refused { message, .. } => {
-                return Err(format!("{what} refused the peer link: {message}"));
-            }
-            other => return Err(format!("{what} answered {other:?} to the peer hello")),
-        }
+        let framed = say_hello(FramedStream::new(tls), cluster, &what, limit).await?;
         let (handle, mut connection) =
             tokio::time::timeout(limit, mux::hub_builder().handshake(framed.into_inner()))
                 .await
@@ -223,6 +190,50 @@ impl Peers {
         });
         Ok(handle)
     }
+}
+
+/// Sends the peer preamble and hello on a new peer connection and reads the answer: the
+/// connection, ready for HTTP/2, or why the other hub refused it.
+async fn say_hello<S: AsyncRead + AsyncWrite + Unpin>(
+    mut framed: FramedStream<S>,
+    cluster: &Cluster,
+    what: &str,
+    limit: Duration,
+) -> Result<FramedStream<S>, String> {
+    let hello = Envelope {
+        id: 1,
+        msg: TunnelMessage::PeerHello {
+            hub: cluster.name().to_owned(),
+            epoch: cluster.epoch(),
+            token: cluster.peer_token().clone(),
+        },
+    };
+    framed
+        .write_preamble_and(&Preamble::new(Channel::Peer).encode(), &[&hello])
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let answer = framed
+        .read_hub_preamble(limit)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    if !answer.accepted || answer.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "{what} speaks protocol version {}, this hub {PROTOCOL_VERSION}",
+            answer.version
+        ));
+    }
+    let reply: Envelope<HubMessage> = framed
+        .read_message(limit, "answering our peer hello")
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    match reply.msg {
+        HubMessage::LinkAccepted => {}
+        HubMessage::Refused { message, .. } => {
+            return Err(format!("{what} refused the peer link: {message}"));
+        }
+        other => return Err(format!("{what} answered {other:?} to the peer hello")),
+    }
+    Ok(framed)
 }
 
 /// The host part of `host:port` (brackets of an IPv6 address taken off).
